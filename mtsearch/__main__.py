@@ -1,0 +1,3 @@
+from mtsearch.cli import entry
+
+entry()

@@ -1,0 +1,136 @@
+"""The `mtsearch` command line: argument parsing, dispatch, and error -> exit code mapping.
+
+Handlers live in the sibling modules and are imported only when their command runs, so
+`mtsearch --help` and input validation never pay for importing torch or ray.
+Exit codes: 0 ok, 1 the work failed at run time, 2 invalid input, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from mtsearch import __version__
+
+EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports usage errors as one `error:` line with exit 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        sys.stderr.write(f"error: {self.prog}: {message}\n")
+        raise SystemExit(EXIT_INVALID)
+
+
+def _search_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--trials-dir", default="trials", help="where studies live (default: trials)")
+    p.add_argument("--name", help="study name (overrides the file's `name`)")
+    p.add_argument("--num-samples", type=int, help="number of trials (overrides search.num_samples)")
+    p.add_argument("--max-concurrent", type=int, help="trials at once (overrides search.max_concurrent)")
+    p.add_argument("--address", help="join an existing Ray cluster (default: start a local one)")
+    p.add_argument("--data", metavar="ROOT", help="dataset root (overrides data.root)")
+    p.add_argument("--quiet", action="store_true", help="plain log lines instead of the live display")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted or existing study")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="mtsearch",
+        description="Hyperparameter search and ablations for multi-branch video models.",
+    )
+    parser.add_argument("--version", action="version", version=f"mtsearch {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    p = sub.add_parser("run", help="run a search (Ray Tune + Optuna + ASHA)")
+    p.add_argument("space", metavar="SPACE.yaml")
+    _search_options(p)
+    p.set_defaults(handler="run:cmd_run")
+
+    p = sub.add_parser("ablate", help="run a grid of configs x seeds")
+    p.add_argument("space", metavar="GRID.yaml")
+    _search_options(p)
+    p.set_defaults(handler="run:cmd_ablate")
+
+    p = sub.add_parser("leaderboard", help="ranked table of a study's trials")
+    p.add_argument("study", metavar="trials/NAME")
+    p.add_argument("--top", type=int, default=10)
+    p.add_argument("--format", choices=["table", "md", "csv", "json"], default="table")
+    p.set_defaults(handler="results:cmd_leaderboard")
+
+    p = sub.add_parser("report", help="ablation table: mean, 95%% CI, paired deltas")
+    p.add_argument("study", metavar="trials/NAME")
+    p.add_argument("--format", choices=["table", "md", "csv", "json"], default="table")
+    p.set_defaults(handler="results:cmd_report")
+
+    p = sub.add_parser("export", help="a trial's config as YAML for `mtsearch train`")
+    p.add_argument("study", metavar="trials/NAME")
+    p.add_argument("--rank", type=int, default=1, help="1 = best (default)")
+    p.add_argument("--out", metavar="FILE", help="default: trials/NAME/best.yaml")
+    p.set_defaults(handler="results:cmd_export")
+
+    p = sub.add_parser("plot", help="PNG figures of a study")
+    p.add_argument("study", metavar="trials/NAME")
+    p.add_argument("--out", metavar="DIR", help="default: trials/NAME/plots")
+    p.set_defaults(handler="results:cmd_plot")
+
+    p = sub.add_parser("train", help="one training run without Ray")
+    p.add_argument("config", metavar="CONFIG.yaml")
+    p.add_argument("--epochs", type=int, help="override optim.epochs")
+    p.add_argument("--out", metavar="DIR", help="run folder (default: runs/<config name>); re-run resumes")
+    p.add_argument("--data", metavar="ROOT", help="dataset root (overrides data.root)")
+    p.set_defaults(handler="train:cmd_train")
+
+    p = sub.add_parser("model", help="the network stage by stage (like the thesis's Table 3.1)")
+    p.add_argument("--preset", default="thesis", help="thesis | small | tiny")
+    p.add_argument("--branches", default="cls,track,dir", help="e.g. cls,track")
+    p.add_argument("--num-classes", type=int, default=51)
+    p.add_argument("--config", metavar="CONFIG.yaml", help="take preset, crop, clip and branches from a config")
+    p.set_defaults(handler="model:cmd_model")
+
+    data = sub.add_parser("data", help="datasets: write the synthetic set, check a dataset")
+    data_sub = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND", parser_class=_Parser)
+    p = data_sub.add_parser("synth", help="write the built-in synthetic dataset")
+    p.add_argument("dir", metavar="DIR")
+    p.add_argument("--classes", type=int, default=None, help="number of classes (default 10)")
+    p.add_argument("--videos-per-class", type=int, default=None, help="default 24")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(handler="data:cmd_synth")
+    p = data_sub.add_parser("check", help="index a dataset; counts per class and unreadable videos")
+    p.add_argument("root", metavar="ROOT", nargs="?", help="dataset root (synthetic: default cache)")
+    p.add_argument("--dataset", choices=["hmdb51", "ucf101", "list", "synthetic"], default="hmdb51")
+    p.add_argument("--split", type=int, choices=[1, 2, 3], default=1)
+    p.add_argument("--fps", type=float, default=None, help="also check length at this fps")
+    p.add_argument("--clip-frames", type=int, default=13, help="frames a clip needs (default 13)")
+    p.set_defaults(handler="data:cmd_check")
+    data.set_defaults(handler=None, _help=data.print_help)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler = getattr(args, "handler", None)
+    if handler is None:
+        getattr(args, "_help", parser.print_help)()
+        return EXIT_INVALID if args.command else EXIT_OK
+    module_name, func_name = handler.split(":")
+    from mtsearch.errors import InvalidInput
+
+    try:
+        module = importlib.import_module(f"mtsearch.cli.{module_name}")
+        return int(getattr(module, func_name)(args) or EXIT_OK)
+    except InvalidInput as exc:
+        sys.stderr.write(f"error: {exc.render()}\n")
+        return EXIT_INVALID
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted\n")
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        return EXIT_OK
+
+
+def entry() -> None:
+    sys.exit(main())

@@ -1,0 +1,416 @@
+"""One trial's configuration: typed, validated in one place, thesis defaults, presets.
+
+Keys are addressed by dotted names (`loss.w_track`) everywhere: in config files (nested mappings
+or dotted keys, mixed freely), in space files, in Parquet columns. Values a preset decides
+(`data.crop`, `track.patch`) default to `None` and are filled in by `resolved()`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable, get_type_hints
+
+from mtsearch.errors import InvalidInput, did_you_mean
+from mtsearch.yamlio import dump_yaml, read_yaml
+
+BRANCHES: tuple[str, ...] = ("cls", "track", "dir")
+DATASETS: tuple[str, ...] = ("synthetic", "hmdb51", "ucf101", "list")
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Network size as a few numbers; every preset keeps the thesis geometry.
+
+    Trunk stride is 8 (conv1 /2, max pool /2, conv3_x /2, conv4_x stride 1) and the tracked patch is
+    a third of the crop, so the patch feature is crop/24 cells wide (thesis: 240 -> 30x30, 80 -> 10x10).
+    """
+
+    width: int  # conv1 channels; stage widths are width * (1, 2, 4), bottleneck expansion 4
+    depths: tuple[int, int, int]  # units in conv2_x, conv3_x, conv4_x
+    head_depth: int  # units in each head's conv5_x
+    crop: int  # default data.crop
+    patch: int  # default track.patch
+    track_dim: int  # channels of the tracking projection (TimeCycle: 512)
+
+
+PRESETS: dict[str, Preset] = {
+    "thesis": Preset(width=64, depths=(3, 4, 6), head_depth=3, crop=240, patch=80, track_dim=512),
+    "small": Preset(width=32, depths=(2, 2, 3), head_depth=2, crop=144, patch=48, track_dim=128),
+    "tiny": Preset(width=8, depths=(1, 1, 1), head_depth=1, crop=96, patch=32, track_dim=32),
+}
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str = "synthetic"
+    root: str | None = None  # None: the built-in synthetic set in the cache folder
+    split: int = 1
+    fps: float = 30.0
+    clip_frames: int = 13  # s
+    crop: int | None = None  # None: the preset's (thesis 240)
+    short_side: int | None = None  # resize before cropping; None: crop * 256/240 (TimeCycle)
+    cache_dir: str | None = None  # None: $MTSEARCH_CACHE or ~/.cache/mtsearch
+    workers: int | None = None  # DataLoader workers; None: 0 on CPU, up to 8 on CUDA
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    preset: str = "thesis"
+    branches: tuple[str, ...] = BRANCHES
+
+
+@dataclass(frozen=True)
+class TrackConfig:
+    frame_gap: int = 4  # f
+    past_frames: int = 3  # k
+    patch: int | None = None  # None: the preset's (thesis 80 = crop/3)
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    w_track: float = 25.0  # w1
+    w_dir: float = 2.0  # w2
+    track_lambda: float = 0.1  # lambda
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    lr: float = 2e-4
+    betas: tuple[float, float] = (0.5, 0.999)
+    weight_decay: float = 1e-4
+    batch_size: int = 4
+    epochs: int = 100
+    plateau_patience: int = 10
+    grad_clip: float = 10.0  # max gradient norm (TimeCycle); 0 turns clipping off
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    every: int = 2
+
+
+@dataclass(frozen=True)
+class TrialConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    track: TrackConfig = field(default_factory=TrackConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+
+    # ---- construction -------------------------------------------------------------------------
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any] | None, source: str | Path = "<config>") -> TrialConfig:
+        """Build and validate from nested and/or dotted keys; errors name `source` and the key."""
+        return cls().with_overrides(flatten_keys(data or {}, source), source)
+
+    def with_overrides(self, flat: Mapping[str, Any], source: str | Path = "<config>") -> TrialConfig:
+        """A copy with dotted-key overrides applied, every value coerced and checked."""
+        values = self.to_flat()
+        for key, raw in flat.items():
+            if key not in _FIELDS:
+                raise InvalidInput(source, key, "unknown key" + did_you_mean(key, _FIELDS))
+            values[key] = _coerce(key, raw, source)
+        cfg = _build(values)
+        _check_cross_fields(cfg, source)
+        return cfg
+
+    # ---- derived values -----------------------------------------------------------------------
+    @property
+    def preset(self) -> Preset:
+        return PRESETS[self.model.preset]
+
+    @property
+    def crop(self) -> int:
+        return self.data.crop if self.data.crop is not None else self.preset.crop
+
+    @property
+    def patch(self) -> int:
+        if self.track.patch is not None:
+            return self.track.patch
+        if self.data.crop is None:
+            return self.preset.patch
+        return max(8, round(self.data.crop / 3 / 8) * 8)
+
+    @property
+    def short_side(self) -> int:
+        if self.data.short_side is not None:
+            return self.data.short_side
+        return max(self.crop, round(self.crop * 256 / 240))
+
+    def has(self, branch: str) -> bool:
+        return branch in self.model.branches
+
+    def resolved(self) -> TrialConfig:
+        """Preset-dependent defaults written out, so the config runs the same anywhere."""
+        return self.with_overrides(
+            {"data.crop": self.crop, "track.patch": self.patch, "data.short_side": self.short_side}
+        )
+
+    # ---- output -------------------------------------------------------------------------------
+    def to_flat(self) -> dict[str, Any]:
+        flat: dict[str, Any] = {}
+        for key, (section, name) in _FIELDS.items():
+            obj = getattr(self, section) if section else self
+            flat[key] = getattr(obj, name)
+        return flat
+
+    def to_dict(self) -> dict[str, Any]:
+        """Nested plain data (lists, not tuples) for YAML/JSON."""
+        nested: dict[str, Any] = {}
+        for key, value in self.to_flat().items():
+            value = list(value) if isinstance(value, tuple) else value
+            section, _, name = key.rpartition(".")
+            (nested.setdefault(section, {}) if section else nested)[name] = value
+        return nested
+
+    def to_yaml(self) -> str:
+        return dump_yaml(self.to_dict())
+
+
+def load_config(path: str | Path) -> TrialConfig:
+    data = read_yaml(path)
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        raise InvalidInput(path, None, "expected a mapping of config keys", type(data).__name__)
+    return TrialConfig.from_mapping(data, path)
+
+
+def flatten_keys(data: Mapping[str, Any], source: str | Path, prefix: str = "") -> dict[str, Any]:
+    """Nested mappings and dotted keys -> {dotted key: value}; a key given twice is an error."""
+    flat: dict[str, Any] = {}
+    for raw_key, value in data.items():
+        if not isinstance(raw_key, str):
+            raise InvalidInput(source, prefix + str(raw_key), "keys must be strings", raw_key)
+        key = prefix + raw_key
+        if key in _SECTIONS:
+            if not isinstance(value, Mapping):
+                raise InvalidInput(source, key, f"expected a mapping of {key}.* keys", value)
+            inner = flatten_keys(value, source, key + ".")
+        elif isinstance(value, Mapping) and key not in _FIELDS:
+            hint = did_you_mean(key, list(_FIELDS) + list(_SECTIONS))
+            raise InvalidInput(source, key, "unknown key" + hint)
+        else:
+            inner = {key: value}
+        for k, v in inner.items():
+            if k in flat:
+                raise InvalidInput(source, k, "given twice (nested and dotted)")
+            flat[k] = v
+    return flat
+
+
+def config_keys() -> list[str]:
+    return list(_FIELDS)
+
+
+def normalize_branches(value: Any) -> tuple[str, ...]:
+    """`[cls, track]`, `"cls+track"` or `"cls,track"` -> ('cls', 'track') in canonical order."""
+    if isinstance(value, str):
+        items = [v.strip() for v in re.split(r"[+,\s]+", value) if v.strip()]
+    elif isinstance(value, (list, tuple)):
+        items = list(value)
+    else:
+        raise ValueError("expected a list of branch names")
+    for item in items:
+        if item not in BRANCHES:
+            raise ValueError(f"unknown branch {item!r}; branches are {', '.join(BRANCHES)}")
+    if len(set(items)) != len(items):
+        raise ValueError("a branch is listed twice")
+    return tuple(b for b in BRANCHES if b in items)
+
+
+def branches_label(branches: tuple[str, ...] | list[str]) -> str:
+    """The canonical string form, `cls+track+dir`, used as a categorical value and in tables."""
+    return "+".join(normalize_branches(list(branches)))
+
+
+# ---- field table and checks ------------------------------------------------------------------
+
+_SECTION_TYPES: dict[str, Any] = {
+    f.name: f.default_factory
+    for f in fields(TrialConfig)
+    if f.default_factory is not dataclasses.MISSING
+}
+_SECTIONS = frozenset(_SECTION_TYPES)
+
+
+def _field_table() -> dict[str, tuple[str, str]]:
+    table: dict[str, tuple[str, str]] = {}
+    for f in fields(TrialConfig):
+        if f.name in _SECTION_TYPES:
+            for sub in fields(_SECTION_TYPES[f.name]):
+                table[f"{f.name}.{sub.name}"] = (f.name, sub.name)
+        else:
+            table[f.name] = ("", f.name)
+    return table
+
+
+_FIELDS = _field_table()
+
+
+def _type_of(key: str) -> Any:
+    section, name = _FIELDS[key]
+    owner = _SECTION_TYPES[section] if section else TrialConfig
+    return get_type_hints(owner)[name]
+
+
+def _as_int(value: Any) -> int:
+    if isinstance(value, bool):
+        raise ValueError("expected an integer")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    raise ValueError("expected an integer")
+
+
+def _as_float(value: Any) -> float:
+    if isinstance(value, bool):
+        raise ValueError("expected a number")
+    if isinstance(value, str):  # YAML 1.1 reads `2e-4` as a string
+        try:
+            value = float(value)
+        except ValueError:
+            raise ValueError("expected a number") from None
+    if not isinstance(value, (int, float)):
+        raise ValueError("expected a number")
+    if not math.isfinite(value):
+        raise ValueError("must be finite")
+    return float(value)
+
+
+def _positive(v: float) -> str | None:
+    return None if v > 0 else "must be > 0"
+
+
+def _non_negative(v: float) -> str | None:
+    return None if v >= 0 else "must be >= 0"
+
+
+def _at_least(n: int) -> Callable[[Any], str | None]:
+    return lambda v: None if v is None or v >= n else f"must be >= {n}"
+
+
+def _one_of(options: tuple[str, ...] | list[str]) -> Callable[[Any], str | None]:
+    def check(v: Any) -> str | None:
+        return None if v in options else f"must be one of {', '.join(options)}{did_you_mean(str(v), options)}"
+
+    return check
+
+
+def _multiple_of_8(v: int | None) -> str | None:
+    if v is None:
+        return None
+    if v < 16 or v % 8:
+        return "must be a multiple of 8 and at least 16 (the trunk's stride is 8)"
+    return None
+
+
+def _device(v: str) -> str | None:
+    return None if re.fullmatch(r"auto|cpu|cuda(:\d+)?", v) else "must be auto, cpu, cuda or cuda:N"
+
+
+def _betas(v: tuple[float, float]) -> str | None:
+    return None if all(0 <= b < 1 for b in v) else "each beta must be in [0, 1)"
+
+
+_CHECKS: dict[str, Callable[[Any], str | None]] = {
+    "data.dataset": _one_of(DATASETS),
+    "data.split": lambda v: None if v in (1, 2, 3) else "must be 1, 2 or 3",
+    "data.fps": _positive,
+    "data.clip_frames": _at_least(1),
+    "data.crop": _multiple_of_8,
+    "data.short_side": _at_least(8),
+    "data.workers": _at_least(0),
+    "model.preset": _one_of(list(PRESETS)),
+    "track.frame_gap": _at_least(1),
+    "track.past_frames": _at_least(1),
+    "track.patch": _multiple_of_8,
+    "loss.w_track": _non_negative,
+    "loss.w_dir": _non_negative,
+    "loss.track_lambda": _non_negative,
+    "optim.lr": _positive,
+    "optim.betas": _betas,
+    "optim.weight_decay": _non_negative,
+    "optim.batch_size": _at_least(1),
+    "optim.epochs": _at_least(1),
+    "optim.plateau_patience": _at_least(0),
+    "optim.grad_clip": _non_negative,
+    "eval.every": _at_least(1),
+    "seed": _at_least(0),
+    "device": _device,
+}
+
+
+def _coerce(key: str, raw: Any, source: str | Path) -> Any:
+    typ = _type_of(key)
+    text = str(typ)
+    optional = raw is None and "None" in text
+    try:
+        if optional:
+            value = None
+        elif key == "model.branches":
+            value = normalize_branches(raw)
+        elif key == "optim.betas":
+            if not isinstance(raw, (list, tuple)) or len(raw) != 2:
+                raise ValueError("expected two numbers [beta1, beta2]")
+            value = (_as_float(raw[0]), _as_float(raw[1]))
+        elif text.startswith("int") or typ is int:
+            value = _as_int(raw)
+        elif text.startswith("float") or typ is float:
+            value = _as_float(raw)
+        elif text.startswith("str") or typ is str:
+            if isinstance(raw, Path):
+                raw = str(raw)
+            if not isinstance(raw, str):
+                raise ValueError("expected a string")
+            value = raw
+        else:  # pragma: no cover - every field type is handled above
+            raise ValueError(f"unsupported type {text}")
+    except ValueError as exc:
+        raise InvalidInput(source, key, str(exc), raw) from None
+    check = _CHECKS.get(key)
+    problem = check(value) if check and value is not None else None
+    if problem:
+        raise InvalidInput(source, key, problem, raw)
+    return value
+
+
+def _build(flat: Mapping[str, Any]) -> TrialConfig:
+    sections: dict[str, dict[str, Any]] = {name: {} for name in _SECTION_TYPES}
+    top: dict[str, Any] = {}
+    for key, value in flat.items():
+        section, name = _FIELDS[key]
+        (sections[section] if section else top)[name] = value
+    built = {name: _SECTION_TYPES[name](**vals) for name, vals in sections.items()}
+    return TrialConfig(**built, **top)
+
+
+def _check_cross_fields(cfg: TrialConfig, source: str | Path) -> None:
+    if "cls" not in cfg.model.branches:
+        raise InvalidInput(source, "model.branches", "must include cls (classification is always on)",
+                           list(cfg.model.branches))
+    if cfg.has("track"):
+        k, f, s = cfg.track.past_frames, cfg.track.frame_gap, cfg.data.clip_frames
+        if k * f >= s:
+            raise InvalidInput(
+                source, "track.past_frames",
+                f"track.past_frames * track.frame_gap must be < data.clip_frames ({k}*{f} >= {s})", k,
+            )
+    if cfg.has("dir") and cfg.data.clip_frames < 2:
+        raise InvalidInput(source, "data.clip_frames", "the dir branch needs at least 2 frames",
+                           cfg.data.clip_frames)
+    if cfg.has("track") and cfg.patch >= cfg.crop:
+        raise InvalidInput(source, "track.patch", f"must be smaller than data.crop ({cfg.crop})",
+                           cfg.patch)
+    if cfg.short_side < cfg.crop:
+        raise InvalidInput(source, "data.short_side", f"must be >= data.crop ({cfg.crop})",
+                           cfg.short_side)

@@ -1,0 +1,53 @@
+"""The two error types every layer shares; the CLI maps them to exit codes (2 and a warning)."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+_NO_VALUE = object()
+
+
+class InvalidInput(Exception):
+    """Bad user input: the CLI prints one `error:` line and exits 2.
+
+    Rendered as `<file>: <dotted.key>: <what is wrong> (got <value>)`; file and key may be empty
+    when they do not apply (a missing dataset folder has no key).
+    """
+
+    def __init__(self, file: str | Path | None, key: str | None, what: str, got: Any = _NO_VALUE):
+        self.file = str(file) if file is not None else ""
+        self.key = key or ""
+        self.what = what
+        self.got = got
+        super().__init__(self.render())
+
+    def render(self) -> str:
+        parts = [p for p in (self.file, self.key) if p]
+        text = ": ".join(parts + [self.what])
+        if self.got is not _NO_VALUE:
+            text += f" (got {self.got!r})" if isinstance(self.got, str) else f" (got {self.got})"
+        return text
+
+    def with_file(self, file: str | Path) -> InvalidInput:
+        """The same error attributed to `file` (for errors raised before the file was known)."""
+        err = InvalidInput(file, self.key, self.what, self.got)
+        err.__cause__ = self.__cause__
+        return err
+
+
+class VideoReadError(Exception):
+    """A video that cannot be decoded; callers skip it with a warning that names it."""
+
+    def __init__(self, path: str | Path, reason: str):
+        self.path = Path(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+def did_you_mean(word: str, options: Iterable[str]) -> str:
+    """` (did you mean 'x'?)` for the closest option, or '' when nothing is close."""
+    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
