@@ -1,0 +1,140 @@
+"""`mtsearch train CONFIG.yaml`: one training run without Ray, with a progress bar per epoch."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+from mtsearch.config import load_config
+from mtsearch.errors import InvalidInput
+
+
+def _fmt(value: Any, pct: bool = False) -> str:
+    if value is None:
+        return "-"
+    if pct:
+        return f"{100 * value:.1f}%"
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
+    """`metrics.parquet`: the SPEC epoch columns, one row per epoch, written atomically."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from mtsearch.train import EPOCH_COLUMNS
+
+    types = {"epoch": pa.int64()}
+    table = pa.table(
+        {c: pa.array([r.get(c) for r in rows], type=types.get(c, pa.float64())) for c in EPOCH_COLUMNS}
+    )
+    tmp = path.with_name(f".{path.name}.tmp")
+    pq.write_table(table, tmp)
+    tmp.replace(path)
+
+
+def _read_metrics(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    import pyarrow.parquet as pq
+
+    return pq.read_table(path).to_pylist()
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config)
+    overrides: dict[str, Any] = {}
+    if args.epochs is not None:
+        overrides["optim.epochs"] = args.epochs
+    if args.data is not None:
+        overrides["data.root"] = args.data
+    cfg = cfg.with_overrides(overrides, "command line")
+    out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
+    if out.exists() and not out.is_dir():
+        raise InvalidInput(out, None, "--out must be a folder")
+
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.table import Table
+
+    from mtsearch.train import fit
+
+    console = Console(stderr=False)
+    err = Console(stderr=True)
+    out.mkdir(parents=True, exist_ok=True)
+    metrics_path = out / "metrics.parquet"
+    rows = _read_metrics(metrics_path)
+    progress = Progress(
+        TextColumn("[bold]epoch {task.fields[epoch]}/{task.fields[epochs]}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]:.4f}  {task.fields[rate]:.1f} clips/s"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    )
+    state = {"task": None, "epoch": None}
+    epochs = cfg.optim.epochs
+
+    def on_batch(done: int, total: int, loss: float, rate: float) -> None:
+        if state["task"] is None:
+            epoch = (rows[-1]["epoch"] + 1) if rows else 1
+            state["epoch"] = epoch
+            state["task"] = progress.add_task("train", total=total, epoch=epoch, epochs=epochs,
+                                              loss=loss, rate=rate)
+        progress.update(state["task"], completed=done, loss=loss, rate=rate)
+
+    def on_epoch(metrics: dict[str, Any], _ckpt: Path | None) -> None:
+        nonlocal rows
+        rows = [r for r in rows if r["epoch"] < metrics["epoch"]] + [metrics]
+        write_metrics(metrics_path, rows)
+        if state["task"] is not None:
+            progress.remove_task(state["task"])
+            state["task"] = None
+        val = ""
+        if metrics["val_hit1"] is not None:
+            val = f"  val Hit@1 {_fmt(metrics['val_hit1'], True)}  Hit@5 {_fmt(metrics['val_hit5'], True)}"
+        progress.console.print(
+            f"epoch {metrics['epoch']:>3}/{epochs}  loss {metrics['loss']:.4f}  "
+            f"train Hit@1 {_fmt(metrics['train_hit1'], True)}{val}  "
+            f"{metrics['clips_per_s']:.1f} clips/s  {metrics['epoch_s']:.1f} s"
+        )
+
+    def log(message: str) -> None:
+        progress.console.print(f"[yellow]{message}[/]" if message.startswith("skipping") else message)
+
+    resume_cmd = f"mtsearch train {shlex.quote(args.config)} --out {shlex.quote(str(out))}"
+    try:
+        with progress:
+            result = fit(cfg, out, on_epoch=on_epoch, resume=True, log=log, on_batch=on_batch)
+    except KeyboardInterrupt:
+        err.print(f"interrupted; resume with: {resume_cmd}")
+        return 130
+    except (RuntimeError, OSError, MemoryError) as exc:
+        sys.stderr.write(f"error: training failed: {exc}\n")
+        return 1
+
+    table = Table(title=f"mtsearch train: {args.config}")
+    table.add_column("status")
+    table.add_column("epochs", justify="right")
+    table.add_column("best epoch", justify="right")
+    table.add_column("best val Hit@1", justify="right")
+    table.add_column("best val Hit@5", justify="right")
+    table.add_column("final loss", justify="right")
+    table.add_row(
+        result.status,
+        str(result.epochs_done),
+        _fmt(result.best_epoch),
+        _fmt(result.best_val_hit1, True),
+        _fmt(result.best_val_hit5, True),
+        _fmt(result.history[-1]["loss"] if result.history else None),
+    )
+    console.print(table)
+    console.print(f"metrics: {metrics_path}   checkpoints: {out / 'checkpoint'}")
+    if result.status == "diverged":
+        sys.stderr.write(f"error: training diverged: {result.error}\n")
+        return 1
+    return 0

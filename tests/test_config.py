@@ -1,0 +1,113 @@
+"""TrialConfig: defaults, nested/dotted loading, validation messages, presets."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mtsearch.config import PRESETS, TrialConfig, branches_label, load_config, normalize_branches
+from mtsearch.errors import InvalidInput
+
+
+def test_defaults_are_the_thesis():
+    cfg = TrialConfig()
+    assert cfg.model.preset == "thesis"
+    assert cfg.crop == 240 and cfg.patch == 80 and cfg.short_side == 256
+    assert (cfg.loss.w_track, cfg.loss.w_dir, cfg.loss.track_lambda) == (25.0, 2.0, 0.1)
+    assert (cfg.optim.lr, cfg.optim.betas, cfg.optim.weight_decay) == (2e-4, (0.5, 0.999), 1e-4)
+    assert (cfg.optim.batch_size, cfg.optim.epochs, cfg.optim.plateau_patience) == (4, 100, 10)
+    assert (cfg.data.clip_frames, cfg.track.frame_gap, cfg.track.past_frames) == (13, 4, 3)
+    assert cfg.model.branches == ("cls", "track", "dir")
+
+
+def test_presets_keep_thesis_geometry():
+    for name, preset in PRESETS.items():
+        assert preset.crop % 8 == 0 and preset.patch % 8 == 0, name
+        assert preset.patch * 3 == preset.crop, name
+
+
+def test_nested_and_dotted_keys_mix():
+    cfg = TrialConfig.from_mapping(
+        {"model": {"preset": "tiny"}, "loss.w_track": 5, "optim": {"lr": "1e-3"}}, "c.yaml"
+    )
+    assert cfg.model.preset == "tiny" and cfg.crop == PRESETS["tiny"].crop
+    assert cfg.loss.w_track == 5.0 and cfg.optim.lr == 1e-3
+
+
+def test_key_given_twice_is_an_error():
+    with pytest.raises(InvalidInput, match="given twice"):
+        TrialConfig.from_mapping({"loss": {"w_dir": 1}, "loss.w_dir": 2}, "c.yaml")
+
+
+@pytest.mark.parametrize(
+    ("data", "key", "fragment"),
+    [
+        ({"loss.w_trak": 1}, "loss.w_trak", "did you mean 'loss.w_track'"),
+        ({"optim": {"lrr": 1}}, "optim.lrr", "did you mean 'optim.lr'"),
+        ({"data.fps": 0}, "data.fps", "must be > 0"),
+        ({"data.fps": "fast"}, "data.fps", "expected a number"),
+        ({"optim.batch_size": 2.5}, "optim.batch_size", "expected an integer"),
+        ({"optim.epochs": True}, "optim.epochs", "expected an integer"),
+        ({"model.branches": ["track", "dir"]}, "model.branches", "must include cls"),
+        ({"model.branches": ["cls", "flow"]}, "model.branches", "unknown branch"),
+        ({"model.preset": "huge"}, "model.preset", "must be one of"),
+        ({"track.past_frames": 4}, "track.past_frames", "< data.clip_frames"),
+        ({"data.crop": 100}, "data.crop", "multiple of 8"),
+        ({"track.patch": 240}, "track.patch", "smaller than data.crop"),
+        ({"data.split": 4}, "data.split", "1, 2 or 3"),
+        ({"optim.betas": [0.5]}, "optim.betas", "two numbers"),
+        ({"data": 3}, "data", "expected a mapping"),
+    ],
+)
+def test_invalid_values_name_the_key(data, key, fragment):
+    with pytest.raises(InvalidInput) as info:
+        TrialConfig.from_mapping(data, "c.yaml")
+    assert info.value.key == key
+    assert fragment in str(info.value)
+    assert str(info.value).startswith("c.yaml: " + key + ": ")
+
+
+def test_branches_forms():
+    assert normalize_branches("cls+dir") == ("cls", "dir")
+    assert normalize_branches(["dir", "cls", "track"]) == ("cls", "track", "dir")
+    assert branches_label(["track", "cls"]) == "cls+track"
+
+
+def test_resolved_round_trip(tmp_path: Path):
+    cfg = TrialConfig.from_mapping({"model.preset": "tiny", "data.crop": 48}).resolved()
+    assert cfg.data.crop == 48 and cfg.track.patch == 16 and cfg.data.short_side == 51
+    path = tmp_path / "c.yaml"
+    path.write_text(cfg.to_yaml())
+    assert load_config(path) == cfg
+
+
+def test_yaml_errors(tmp_path: Path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("loss:\n  w_track: 1\n  w_track: 2\n")
+    with pytest.raises(InvalidInput, match="duplicate key"):
+        load_config(bad)
+    bad.write_text("loss: [1, 2\n")
+    with pytest.raises(InvalidInput, match="invalid YAML"):
+        load_config(bad)
+    bad.write_text("!!python/object/apply:os.system ['echo hi']\n")
+    with pytest.raises(InvalidInput):
+        load_config(bad)
+    with pytest.raises(InvalidInput, match="file not found"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_train_cli_rejects_bad_config_with_one_line(tmp_path: Path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  preset: tiny\nloss:\n  w_trak: 3\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "mtsearch", "train", str(bad), "--out", str(tmp_path / "run")],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0] == f"error: {bad}: loss.w_trak: unknown key; did you mean 'loss.w_track'?"
+    assert not (tmp_path / "run").exists()
