@@ -1,0 +1,486 @@
+"""PNG figures of a study: learning curves, the weight scatter, parallel coordinates, ablation bars.
+
+Figures are built on `matplotlib.figure.Figure` with the Agg canvas (headless, no pyplot global
+state) and written atomically, so a plot taken mid-run never leaves half a PNG behind.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from mtsearch.report import (
+    Study,
+    _param_value,
+    ablation,
+    best_score,
+    leaderboard,
+    metric_unit,
+    short_labels,
+)
+from mtsearch.yamlio import write_atomic
+
+METRIC_NAMES = {
+    "val_hit1": "validation hit@1",
+    "val_hit5": "validation hit@5",
+    "train_hit1": "training hit@1",
+    "dir_acc": "time-direction accuracy",
+    "loss": "training loss",
+    "loss_cls": "classification loss",
+    "loss_track": "tracking loss",
+    "loss_dir": "direction loss",
+    "lr": "learning rate",
+    "epoch_s": "epoch time",
+    "clips_per_s": "training throughput",
+}
+KEY_NAMES = {
+    "loss.w_track": "w_track (w1, tracking loss weight)",
+    "loss.w_dir": "w_dir (w2, direction loss weight)",
+}
+DPI = 120
+
+
+def metric_label(metric: str, unit: str) -> str:
+    name = METRIC_NAMES.get(metric, metric)
+    if metric == "epoch_s":
+        unit = "s"
+    return f"{name} ({unit})" if unit else name
+
+
+def _new_figure(width: float, height: float):  # -> matplotlib.figure.Figure
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig, path: Path) -> Path:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI, facecolor="white")
+    write_atomic(path, buf.getvalue())
+    return path
+
+
+def _is_log_key(study: Study, key: str, values: Sequence[float]) -> bool:
+    """Log axis for keys searched with a log distribution, or positive ones spanning > 1.5 decades."""
+    dist = (study.spec.get("space") or {}).get(key)
+    if isinstance(dist, dict) and any(k in dist for k in ("loguniform", "logint")):
+        return True
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    return bool(finite) and min(finite) > 0 and max(finite) / min(finite) > 30
+
+
+# ---- learning curves ---------------------------------------------------------------------------
+
+
+def learning_curves(study: Study, path: Path) -> Path | None:
+    """Metric and training loss per epoch, one line per trial; pruned trials faded, failed dotted."""
+    import matplotlib as mpl
+
+    trial_ids = [
+        str(t.get("trial_id")) for t in study.trials if study.epochs.get(str(t.get("trial_id")))
+    ]
+    if not trial_ids:
+        return None
+    status = {str(t.get("trial_id")): str(t.get("status")) for t in study.trials}
+    scale, unit = metric_unit(study.metric, [v for tid in trial_ids for _, v in study.curve(tid)])
+    board = leaderboard(study)
+    rank = {row["trial_id"]: row["rank"] for row in board.rows}
+    fig = _new_figure(12, 4.8)
+    ax_metric, ax_loss = fig.subplots(1, 2)
+
+    if study.is_grid:
+        cells = sorted({str(t.get("cell")) for t in study.trials})
+        palette = mpl.colormaps["tab10"]
+        cell_of = {str(t.get("trial_id")): str(t.get("cell")) for t in study.trials}
+        color_of = {tid: palette(cells.index(cell_of[tid]) % 10) for tid in trial_ids}
+    else:
+        cmap = mpl.colormaps["viridis"]
+        n = max(1, len(rank) - 1)
+        color_of = {
+            tid: (cmap(0.9 - 0.8 * (rank[tid] - 1) / n) if tid in rank else (0.5, 0.5, 0.5, 1.0))
+            for tid in trial_ids
+        }
+
+    labelled_cells: set[str] = set()
+    for tid in trial_ids:
+        st = status.get(tid, "")
+        style = {"color": color_of[tid], "linewidth": 1.6, "alpha": 0.9, "linestyle": "-"}
+        if st == "pruned":
+            style.update(alpha=0.25, linewidth=1.0)
+        elif st in ("error", "diverged"):
+            style.update(linestyle=":", alpha=0.6)
+        label = None
+        if study.is_grid:
+            cell = str(next(t.get("cell") for t in study.trials if str(t.get("trial_id")) == tid))
+            if cell not in labelled_cells:
+                labelled_cells.add(cell)
+                label = cell
+        elif rank.get(tid, 99) <= 5:
+            label = f"#{rank[tid]} {tid}"
+        curve = study.curve(tid)
+        if curve:
+            xs, ys = zip(*curve)
+            ax_metric.plot(
+                xs, [y * scale for y in ys], marker="o", markersize=3, label=label, **style
+            )
+        loss = study.curve(tid, "loss")
+        if loss:
+            xs, ys = zip(*loss)
+            ax_loss.plot(xs, ys, **style)
+
+    ax_metric.set_xlabel("epoch")
+    ax_metric.set_ylabel(metric_label(study.metric, unit))
+    ax_metric.set_title(f"{METRIC_NAMES.get(study.metric, study.metric)} per evaluated epoch")
+    ax_loss.set_xlabel("epoch")
+    ax_loss.set_ylabel("training loss (total, log scale)")
+    ax_loss.set_title("training loss per epoch")
+    if any(y > 0 for tid in trial_ids for _, y in study.curve(tid, "loss")):
+        ax_loss.set_yscale("log")
+    for ax in (ax_metric, ax_loss):
+        ax.grid(True, alpha=0.3)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    from matplotlib.lines import Line2D
+
+    handles, labels = ax_metric.get_legend_handles_labels()
+    if not study.is_grid:  # top trials in rank order
+        pairs = sorted(zip(handles, labels), key=lambda hl: int(hl[1].split()[0].lstrip("#")))
+        handles, labels = [h for h, _ in pairs], [lb for _, lb in pairs]
+    handles += [
+        Line2D([], [], color="gray", alpha=0.25, linewidth=1.0),
+        Line2D([], [], color="gray", linestyle=":", alpha=0.6),
+    ]
+    labels += ["pruned (faded)", "error / diverged (dotted)"]
+    ax_metric.legend(
+        handles,
+        labels,
+        fontsize=8,
+        loc="best",
+        title="cell" if study.is_grid else "top trials (rank, id)",
+        title_fontsize=8,
+    )
+    fig.suptitle(f"{study.name}: learning curves of {len(trial_ids)} trials")
+    return _save(fig, path)
+
+
+# ---- search figures ----------------------------------------------------------------------------
+
+
+def weights_scatter(
+    study: Study, path: Path, x_key: str = "loss.w_track", y_key: str = "loss.w_dir"
+) -> Path | None:
+    """w_track × w_dir on log axes, coloured by each trial's best metric; the best trial starred."""
+    points, failed = [], []
+    for trial in study.trials:
+        x, y = trial.get(x_key), trial.get(y_key)
+        if not isinstance(x, (int, float)) or not isinstance(y, (int, float)) or x <= 0 or y <= 0:
+            continue
+        score = best_score(study, trial)
+        if score is None or trial.get("status") in ("error", "diverged"):
+            failed.append((x, y))
+        else:
+            points.append((x, y, score, trial.get("status") == "pruned"))
+    if not points and not failed:
+        return None
+    scale, unit = metric_unit(study.metric, [p[2] for p in points])
+    fig = _new_figure(7.5, 6)
+    ax = fig.subplots()
+    if points:
+        values = [p[2] * scale for p in points]
+        vmin, vmax = min(values), max(values)
+        if vmin == vmax:
+            vmin, vmax = vmin - 1e-9, vmax + 1e-9
+        for pruned in (True, False):
+            sel = [(p, v) for p, v in zip(points, values) if p[3] == pruned]
+            if not sel:
+                continue
+            sc = ax.scatter(
+                [p[0] for p, _ in sel],
+                [p[1] for p, _ in sel],
+                c=[v for _, v in sel],
+                cmap="viridis",
+                vmin=vmin,
+                vmax=vmax,
+                s=70 if not pruned else 45,
+                alpha=1.0 if not pruned else 0.45,
+                edgecolors="black",
+                linewidths=0.6,
+                marker="o" if not pruned else "s",
+                label="pruned by ASHA (faded squares)" if pruned else "completed / running",
+            )
+        fig.colorbar(sc, ax=ax, label=f"best {metric_label(study.metric, unit)}")
+        best = (
+            max(points, key=lambda p: p[2])
+            if study.mode == "max"
+            else min(points, key=lambda p: p[2])
+        )
+        ax.scatter(
+            [best[0]],
+            [best[1]],
+            marker="*",
+            s=320,
+            facecolors="none",
+            edgecolors="red",
+            linewidths=1.8,
+            label=f"best: w_track={best[0]:.3g}, w_dir={best[1]:.3g}",
+        )
+    if failed:
+        ax.scatter(
+            [f[0] for f in failed],
+            [f[1] for f in failed],
+            marker="x",
+            color="gray",
+            s=50,
+            label="error / diverged",
+        )
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel(KEY_NAMES.get(x_key, x_key) + ", log scale")
+    ax.set_ylabel(KEY_NAMES.get(y_key, y_key) + ", log scale")
+    ax.set_title(f"{study.name}: loss weights searched ({len(points) + len(failed)} trials)")
+    ax.grid(True, which="both", alpha=0.25)
+    ax.legend(fontsize=8, loc="best")
+    return _save(fig, path)
+
+
+def _axis_positions(
+    study: Study, key: str, values: list[Any]
+) -> tuple[list[float | None], list[tuple[float, str]]]:
+    """Values of one key mapped to [0, 1] and the tick (position, label) pairs for that axis."""
+    numeric = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    if numeric and len(numeric) == len([v for v in values if v is not None]):
+        log = _is_log_key(study, key, numeric)
+        tf = (lambda v: math.log10(v)) if log else (lambda v: float(v))
+        lo, hi = min(tf(v) for v in numeric), max(tf(v) for v in numeric)
+        span = hi - lo or 1.0
+        pos = [None if v is None else (tf(v) - lo) / span for v in values]
+        ticks = (
+            [(0.0, f"{min(numeric):.3g}"), (1.0, f"{max(numeric):.3g}")]
+            if hi > lo
+            else [(0.0, f"{numeric[0]:.3g}")]
+        )
+        if log and hi > lo:
+            ticks.append((0.5, f"{10 ** ((lo + hi) / 2):.3g}"))
+        return pos, ticks
+    cats = sorted({str(v) for v in values if v is not None})
+    step = 1.0 / max(1, len(cats) - 1)
+    where = {c: i * step for i, c in enumerate(cats)}
+    return [None if v is None else where[str(v)] for v in values], [(where[c], c) for c in cats]
+
+
+def parallel_coordinates(study: Study, path: Path) -> Path | None:
+    """One vertical axis per searched key plus the metric; each trial a line coloured by its score."""
+    import matplotlib as mpl
+
+    rows = []
+    for trial in study.trials:
+        score = best_score(study, trial)
+        if score is None or trial.get("status") in ("error", "diverged"):
+            continue
+        rows.append((trial, score))
+    if not rows or not study.params:
+        return None
+    scale, unit = metric_unit(study.metric, [s for _, s in rows])
+    keys = list(study.params)
+    columns: list[list[float | None]] = []
+    ticks: list[list[tuple[float, str]]] = []
+    for key in keys:
+        pos, tk = _axis_positions(study, key, [_param_value(t.get(key)) for t, _ in rows])
+        columns.append(pos)
+        ticks.append(tk)
+    pos, tk = _axis_positions(study, study.metric, [s * scale for _, s in rows])
+    columns.append(pos)
+    ticks.append(tk)
+    labels = [
+        KEY_NAMES.get(k, k).split(" (")[0]
+        + (
+            "\n(log scale)"
+            if _is_log_key(
+                study, k, [t.get(k) for t, _ in rows if isinstance(t.get(k), (int, float))]
+            )
+            else ""
+        )
+        for k in keys
+    ]
+    labels.append(metric_label(study.metric, unit))
+
+    fig = _new_figure(max(7.0, 2.0 * len(labels) + 2), 5.5)
+    ax = fig.subplots()
+    cmap = mpl.colormaps["viridis"]
+    scores = [s for _, s in rows]
+    lo, hi = min(scores), max(scores)
+    order = sorted(range(len(rows)), key=lambda i: scores[i] if study.mode == "max" else -scores[i])
+    for i in order:  # best drawn last, on top
+        trial, score = rows[i]
+        frac = 0.5 if hi == lo else (score - lo) / (hi - lo)
+        frac = frac if study.mode == "max" else 1 - frac
+        ys = [columns[j][i] for j in range(len(labels))]
+        xs = [j for j, y in enumerate(ys) if y is not None]
+        pruned = trial.get("status") == "pruned"
+        ax.plot(
+            xs,
+            [ys[j] for j in xs],
+            color=cmap(frac),
+            alpha=0.3 if pruned else 0.9,
+            linewidth=1.0 if pruned else 1.8,
+            marker="o",
+            markersize=3,
+        )
+    for j, tk in enumerate(ticks):
+        ax.axvline(j, color="black", linewidth=0.8)
+        for y, text in tk:
+            ax.text(
+                j + 0.04,
+                y,
+                text,
+                fontsize=8,
+                va="center",
+                ha="left",
+                bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.7, "pad": 1},
+            )
+    ax.set_xticks(range(len(labels)))
+    ax.set_xticklabels(labels, fontsize=9)
+    ax.set_yticks([])
+    ax.set_xlim(-0.2, len(labels) - 0.6)
+    ax.set_ylim(-0.06, 1.06)
+    for side in ("top", "right", "left"):
+        ax.spines[side].set_visible(False)
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    norm = Normalize(vmin=lo * scale, vmax=hi * scale if hi > lo else lo * scale + 1e-9)
+    fig.colorbar(
+        ScalarMappable(norm=norm, cmap=cmap if study.mode == "max" else cmap.reversed()),
+        ax=ax,
+        label=f"best {metric_label(study.metric, unit)}",
+    )
+    ax.set_title(
+        f"{study.name}: searched keys against best {METRIC_NAMES.get(study.metric, study.metric)}\n"
+        f"one line per scored trial ({len(rows)}), pruned trials faded",
+        fontsize=10,
+    )
+    return _save(fig, path)
+
+
+# ---- ablation bars -----------------------------------------------------------------------------
+
+
+def ablation_bars(study: Study, path: Path) -> Path | None:
+    """Per cell mean best metric with 95% CI whiskers and the seeds as dots; paired deltas beside."""
+    report = ablation(study)
+    cells = [c for c in report.cells if c.n > 0]
+    if not cells:
+        return None
+    scale, unit = metric_unit(report.metric, [c.best.mean for c in cells])
+    _, names = short_labels([c.cell for c in cells], report.factors)
+    has_deltas = report.reference is not None and any(
+        c.delta_best and c.delta_best.n for c in cells
+    )
+    fig = _new_figure(12 if has_deltas else 7.5, 5.2)
+    axes = fig.subplots(1, 2, width_ratios=[3, 2]) if has_deltas else [fig.subplots()]
+    ax = axes[0]
+    xs = list(range(len(cells)))
+    colors = ["#bbbbbb" if c.is_reference else "#4c72b0" for c in cells]
+    errs = [(c.best.half_width or 0.0) * scale for c in cells]
+    bars = ax.bar(
+        xs,
+        [c.best.mean * scale for c in cells],
+        yerr=errs,
+        capsize=6,
+        color=colors,
+        edgecolor="black",
+        linewidth=0.8,
+        error_kw={"linewidth": 1.2},
+    )
+    for bar, cell in zip(bars, cells):
+        if cell.is_reference:
+            bar.set_hatch("//")
+    cell_trials: dict[str, list[float]] = {}
+    for trial in study.trials:
+        score = best_score(study, trial)
+        if trial.get("status") == "completed" and score is not None:
+            cell_trials.setdefault(str(trial.get("cell")), []).append(score)
+    for x, cell in zip(xs, cells):
+        pts = cell_trials.get(cell.cell, [])
+        offsets = [(i - (len(pts) - 1) / 2) * 0.08 for i in range(len(pts))]
+        ax.scatter(
+            [x + o for o in offsets], [p * scale for p in pts], color="black", s=14, zorder=3
+        )
+    ref = next((c for c in cells if c.is_reference), None)
+    if ref is not None:
+        ax.axhline(
+            ref.best.mean * scale,
+            color="gray",
+            linestyle="--",
+            linewidth=1,
+            label=f"reference mean ({names[cells.index(ref)]})",
+        )
+        ax.legend(fontsize=8, loc="lower right")
+    ax.set_xticks(xs)
+    ax.set_xticklabels(
+        [f"{n}\n(n={c.n}){' ref' if c.is_reference else ''}" for n, c in zip(names, cells)],
+        fontsize=9,
+    )
+    ax.set_ylabel(f"best {metric_label(report.metric, unit)}")
+    ax.set_xlabel(", ".join(report.factors) if report.factors else "cell")
+    ax.set_title("mean over seeds, whiskers: 95% CI (Student t), dots: seeds", fontsize=10)
+    ax.grid(True, axis="y", alpha=0.3)
+
+    if has_deltas:
+        ax2 = axes[1]
+        others = [
+            (n, c)
+            for n, c in zip(names, cells)
+            if not c.is_reference and c.delta_best and c.delta_best.n
+        ]
+        verdict_color = {"helps": "#2a9d4b", "hurts": "#c0392b"}
+        for i, (name, cell) in enumerate(others):
+            d = cell.delta_best
+            ax2.errorbar(
+                [d.mean * scale],
+                [i],
+                xerr=[[(d.half_width or 0) * scale]] * 2 if d.half_width else None,
+                fmt="o",
+                capsize=5,
+                color=verdict_color.get(cell.verdict or "", "#555555"),
+            )
+        ax2.axvline(0, color="gray", linestyle="--", linewidth=1)
+        ax2.set_yticks(range(len(others)))
+        ax2.set_yticklabels([f"{n} (pairs={c.delta_best.n})" for n, c in others], fontsize=9)
+        ax2.invert_yaxis()
+        ax2.set_xlabel(f"Δ best {metric_label(report.metric, unit)} vs reference")
+        ax2.set_title(
+            "paired difference vs reference (same seeds), 95% CI;\n"
+            "green: helps, red: hurts, gray: indistinguishable",
+            fontsize=10,
+        )
+        ax2.grid(True, axis="x", alpha=0.3)
+    fig.suptitle(f"{study.name}: ablation of {', '.join(report.factors) or 'cells'}")
+    return _save(fig, path)
+
+
+# ---- all of them -------------------------------------------------------------------------------
+
+
+def make_plots(
+    study: Study, out_dir: str | Path, warn: Callable[[str], None] | None = None
+) -> list[Path]:
+    """Write every figure that applies to this study; returns the paths written."""
+    out_dir = Path(out_dir)
+    warn = warn or (lambda message: None)
+    written: list[Path | None] = [learning_curves(study, out_dir / "learning_curves.png")]
+    if written[0] is None:
+        warn("no epochs recorded yet: no learning curves")
+    if study.is_grid:
+        written.append(ablation_bars(study, out_dir / "ablation_bars.png"))
+    else:
+        if "loss.w_track" in study.params and "loss.w_dir" in study.params:
+            written.append(weights_scatter(study, out_dir / "weights_scatter.png"))
+        if study.params:
+            written.append(parallel_coordinates(study, out_dir / "parallel_coordinates.png"))
+    return [p for p in written if p is not None]

@@ -1,0 +1,536 @@
+"""report.py: t quantiles, intervals, paired deltas, leaderboards and ablations on real Parquet studies.
+
+The study builders below write real study folders (space.yaml, Parquet files with the SPEC columns,
+an Optuna SQLite study); test_plots.py and test_cli_results.py import them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mtsearch import report
+from mtsearch.errors import InvalidInput
+from mtsearch.yamlio import dump_yaml
+
+EPOCH_FIELDS = (
+    "loss",
+    "loss_cls",
+    "loss_track",
+    "loss_dir",
+    "train_hit1",
+    "val_hit1",
+    "val_hit5",
+    "dir_acc",
+    "lr",
+    "epoch_s",
+    "clips_per_s",
+)
+
+
+def _config_json(overrides: dict[str, Any]) -> str:
+    from mtsearch.config import TrialConfig
+
+    cfg = TrialConfig.from_mapping(
+        {"model.preset": "tiny", "optim.epochs": 3, **overrides}
+    ).resolved()
+    return json.dumps(cfg.to_dict())
+
+
+def _trial_schema(params: dict[str, Any], with_cell: bool):
+    import pyarrow as pa
+
+    fields = [("trial_id", pa.string()), ("status", pa.string()), ("error", pa.string())]
+    fields += [(k, t) for k, t in params.items()]
+    fields += [
+        ("seed", pa.int64()),
+        ("epochs_done", pa.int64()),
+        ("best_epoch", pa.int64()),
+        ("best_val_hit1", pa.float64()),
+        ("best_val_hit5", pa.float64()),
+        ("wall_s", pa.float64()),
+        ("config", pa.string()),
+    ]
+    if with_cell:
+        fields.append(("cell", pa.string()))
+    return pa.schema(fields)
+
+
+def _epoch_schema():
+    import pyarrow as pa
+
+    return pa.schema(
+        [("trial_id", pa.string()), ("epoch", pa.int64())]
+        + [(k, pa.float64()) for k in EPOCH_FIELDS]
+    )
+
+
+def _epoch_rows(
+    trial_id: str, best: float | None, epochs: int, diverged: bool = False
+) -> list[dict]:
+    """Val metric best-0.1, best, best-0.02 (final) on epochs 1..3; loss falling."""
+    rows = []
+    offsets = [-0.1, 0.0, -0.02]
+    for e in range(1, epochs + 1):
+        val = None if best is None else round(best + offsets[(e - 1) % 3], 6)
+        loss = float("nan") if diverged and e == epochs else 3.0 / e
+        rows.append(
+            {
+                "trial_id": trial_id,
+                "epoch": e,
+                "loss": loss,
+                "loss_cls": 2.0 / e,
+                "loss_track": 0.05 / e,
+                "loss_dir": 0.6 / e,
+                "train_hit1": 0.2 * e,
+                "val_hit1": val,
+                "val_hit5": None if val is None else min(1.0, val + 0.3),
+                "dir_acc": 0.5 + 0.05 * e,
+                "lr": 2e-4,
+                "epoch_s": 1.5,
+                "clips_per_s": 40.0,
+            }
+        )
+    return rows
+
+
+def write_grid_study(
+    root: Path,
+    cells: dict[str, dict[int, float]],
+    name: str = "abl",
+    reference: Any = None,
+    extra: list[dict] | None = None,
+) -> Path:
+    """A grid study over model.branches: cells maps a branch label to {seed: best val_hit1}.
+
+    trials.parquet is one file; epochs.parquet is a folder of part files (one per trial).
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    study = root / name
+    study.mkdir(parents=True)
+    labels = list(cells)
+    spec = {
+        "name": name,
+        "metric": "val_hit1",
+        "mode": "max",
+        "base": {"model.preset": "tiny"},
+        "grid": {"model.branches": [label.split("+") for label in labels]},
+        "repeats": max(len(v) for v in cells.values()),
+        "reference": reference
+        if reference is not None
+        else {"model.branches": labels[0].split("+")},
+    }
+    (study / "space.yaml").write_text(dump_yaml(spec))
+    rows, n = [], 0
+    epochs_dir = study / "epochs.parquet"
+    epochs_dir.mkdir()
+    for label, by_seed in cells.items():
+        for seed, best in by_seed.items():
+            tid = f"t{n:03d}"
+            rows.append(
+                {
+                    "trial_id": tid,
+                    "status": "completed",
+                    "error": None,
+                    "model.branches": label,
+                    "seed": seed,
+                    "epochs_done": 3,
+                    "best_epoch": 2,
+                    "best_val_hit1": best,
+                    "best_val_hit5": min(1.0, best + 0.3),
+                    "wall_s": 10.0 + n,
+                    "config": _config_json({"model.branches": label, "seed": seed}),
+                    "cell": f"model.branches={label}",
+                }
+            )
+            pq.write_table(
+                pa.Table.from_pylist(_epoch_rows(tid, best, 3), schema=_epoch_schema()),
+                epochs_dir / f"part-{n:03d}.parquet",
+            )
+            n += 1
+    rows += extra or []
+    schema = _trial_schema({"model.branches": pa.string()}, with_cell=True)
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), study / "trials.parquet")
+    return study
+
+
+SEARCH_TRIALS = [  # trial_id, status, w_track, w_dir, best val_hit1, epochs_done
+    ("a0", "completed", 25.0, 2.0, 0.52, 3),
+    ("a1", "completed", 3.0, 0.8, 0.31, 3),
+    ("a2", "completed", 60.0, 8.0, 0.61, 3),
+    ("a3", "pruned", 1.5, 15.0, 0.20, 1),
+    ("a4", "completed", 10.0, 1.0, 0.44, 3),
+    ("a5", "error", 90.0, 0.6, None, 0),
+    ("a6", "completed", 40.0, 4.0, 0.58, 3),
+    ("a7", "completed", 5.0, 12.0, 0.35, 3),
+]
+
+
+def write_search_study(
+    root: Path,
+    name: str = "weights",
+    optuna_db: bool = True,
+    trials: list[tuple] | None = None,
+    metric: str = "val_hit1",
+    mode: str = "max",
+) -> Path:
+    """A search over loss.w_track × loss.w_dir with a pruned and an error trial, plus optuna.db."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    trials = SEARCH_TRIALS if trials is None else trials
+    study = root / name
+    study.mkdir(parents=True)
+    spec = {
+        "name": name,
+        "metric": metric,
+        "mode": mode,
+        "base": {"model.preset": "tiny"},
+        "search": {"algorithm": "tpe", "num_samples": len(trials), "max_concurrent": 2, "seed": 0},
+        "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 3},
+        "space": {
+            "loss.w_track": {"loguniform": [1, 100]},
+            "loss.w_dir": {"loguniform": [0.5, 20]},
+        },
+    }
+    (study / "space.yaml").write_text(dump_yaml(spec))
+    rows, epochs = [], []
+    for i, (tid, status, wt, wd, best, done) in enumerate(trials):
+        rows.append(
+            {
+                "trial_id": tid,
+                "status": status,
+                "error": "RuntimeError: CUDA out of memory" if status == "error" else None,
+                "loss.w_track": wt,
+                "loss.w_dir": wd,
+                "seed": 0,
+                "epochs_done": done,
+                "best_epoch": 2 if best is not None else None,
+                "best_val_hit1": best,
+                "best_val_hit5": None if best is None else min(1.0, best + 0.3),
+                "wall_s": 30.0 + i,
+                "config": _config_json({"loss.w_track": wt, "loss.w_dir": wd}),
+            }
+        )
+        epochs += _epoch_rows(tid, best, done)
+    schema = _trial_schema(
+        {"loss.w_track": pa.float64(), "loss.w_dir": pa.float64()}, with_cell=False
+    )
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), study / "trials.parquet")
+    pq.write_table(pa.Table.from_pylist(epochs, schema=_epoch_schema()), study / "epochs.parquet")
+    if optuna_db:
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        ostudy = optuna.create_study(
+            study_name=name, direction="maximize", storage=f"sqlite:///{study / 'optuna.db'}"
+        )
+        dists = {
+            "loss.w_track": optuna.distributions.FloatDistribution(1, 100, log=True),
+            "loss.w_dir": optuna.distributions.FloatDistribution(0.5, 20, log=True),
+        }
+        for tid, status, wt, wd, best, _ in trials:
+            state = {
+                "completed": optuna.trial.TrialState.COMPLETE,
+                "pruned": optuna.trial.TrialState.PRUNED,
+                "error": optuna.trial.TrialState.FAIL,
+            }[status]
+            ostudy.add_trial(
+                optuna.trial.create_trial(
+                    params={"loss.w_track": wt, "loss.w_dir": wd},
+                    distributions=dists,
+                    state=state,
+                    value=best if state == optuna.trial.TrialState.COMPLETE else None,
+                )
+            )
+    return study
+
+
+TWO_BY_TWO = {"cls": {0: 0.40, 1: 0.50}, "cls+track": {0: 0.55, 1: 0.61}}
+
+
+# ---- Student t ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "df, expected",
+    [(1, 12.706), (2, 4.303), (4, 2.776), (9, 2.262), (30, 2.042), (math.inf, 1.960)],
+)
+def test_t_quantile_matches_tables(df: float, expected: float) -> None:
+    assert report.t_quantile(0.975, df) == pytest.approx(expected, abs=6e-4)
+
+
+def test_t_quantile_other_levels_and_symmetry() -> None:
+    assert report.t_quantile(0.995, 3) == pytest.approx(5.841, abs=1e-3)
+    assert report.t_quantile(0.95, 10) == pytest.approx(1.812, abs=1e-3)
+    assert report.t_quantile(0.025, 4) == pytest.approx(-report.t_quantile(0.975, 4))
+    assert report.t_quantile(0.5, 7) == 0.0
+    assert report.t_cdf(report.t_quantile(0.9, 5.5), 5.5) == pytest.approx(0.9, abs=1e-10)
+    with pytest.raises(ValueError):
+        report.t_quantile(1.0, 3)
+
+
+def test_betainc_known_values() -> None:
+    assert report.betainc(2, 3, 0.5) == pytest.approx(11 / 16, abs=1e-12)  # binomial sum
+    assert report.betainc(1, 1, 0.3) == pytest.approx(0.3, abs=1e-12)  # uniform
+    assert report.betainc(0.5, 0.5, 0.5) == pytest.approx(0.5, abs=1e-12)
+
+
+# ---- intervals and pairs -----------------------------------------------------------------------
+
+
+def test_summarize_hand_computed() -> None:
+    iv = report.summarize([1, 2, 3, 4])
+    assert iv.n == 4 and iv.mean == 2.5
+    assert iv.sd == pytest.approx(1.29099, abs=1e-5)
+    assert iv.half_width == pytest.approx(3.182 * 1.29099 / 2, abs=1e-3)
+    assert iv.low == pytest.approx(2.5 - iv.half_width) and iv.high == pytest.approx(
+        2.5 + iv.half_width
+    )
+
+
+def test_summarize_small_and_dirty_inputs() -> None:
+    assert report.summarize([]).mean is None
+    one = report.summarize([0.7])
+    assert one.n == 1 and one.mean == 0.7 and one.sd is None and one.low is None
+    two = report.summarize([1.0, float("nan"), 3.0, None])
+    assert two.n == 2 and two.mean == 2.0
+    assert two.half_width == pytest.approx(12.706 * math.sqrt(2) / math.sqrt(2), abs=1e-3)
+
+
+def test_paired_differences_use_matching_seeds_only() -> None:
+    deltas = report.paired_differences(
+        {0: 0.5, 1: 0.7, 2: 0.9, 3: float("nan")}, {0: 0.4, 1: 0.5, 3: 0.1, 4: 0.2}
+    )
+    assert list(deltas) == [0, 1]
+    assert deltas[0] == pytest.approx(0.1) and deltas[1] == pytest.approx(0.2)
+
+
+# ---- loading -----------------------------------------------------------------------------------
+
+
+def test_missing_study_folder_and_trials_file(tmp_path: Path) -> None:
+    with pytest.raises(InvalidInput, match="no such study folder") as err:
+        report.load_study(tmp_path / "nope")
+    assert str(tmp_path / "nope") in str(err.value)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InvalidInput, match="trials.parquet"):
+        report.load_study(tmp_path / "empty")
+
+
+def test_bad_metric_in_space_file(tmp_path: Path) -> None:
+    study = write_search_study(tmp_path, optuna_db=False)
+    (study / "space.yaml").write_text("name: weights\nmetric: accuracy\nmode: max\n")
+    with pytest.raises(InvalidInput, match="metric"):
+        report.load_study(study)
+
+
+def test_duplicate_trial_rows_keep_the_final_status(tmp_path: Path) -> None:
+    study = write_grid_study(
+        tmp_path,
+        TWO_BY_TWO,
+        extra=[
+            {
+                "trial_id": "t000",
+                "status": "running",
+                "error": None,
+                "model.branches": "cls",
+                "seed": 0,
+                "epochs_done": 1,
+                "best_epoch": None,
+                "best_val_hit1": None,
+                "best_val_hit5": None,
+                "wall_s": 1.0,
+                "config": None,
+                "cell": "model.branches=cls",
+            }
+        ],
+    )
+    loaded = report.load_study(study)
+    assert len(loaded.trials) == 4
+    assert next(t for t in loaded.trials if t["trial_id"] == "t000")["status"] == "completed"
+    assert loaded.params == ["model.branches"] and loaded.is_grid
+    assert [e for e, _ in loaded.curve("t000")] == [1, 2, 3]  # read from a folder of part files
+
+
+# ---- leaderboard -------------------------------------------------------------------------------
+
+
+def test_leaderboard_ranks_scored_trials_and_lists_failures_apart(tmp_path: Path) -> None:
+    study = report.load_study(write_search_study(tmp_path))
+    board = report.leaderboard(study)
+    assert [r["trial_id"] for r in board.rows] == ["a2", "a6", "a0", "a4", "a7", "a1", "a3"]
+    assert [r["rank"] for r in board.rows] == list(range(1, 8))
+    assert board.rows[0]["val_hit1"] == 0.61 and board.rows[0]["final_val_hit1"] == pytest.approx(
+        0.59
+    )
+    assert board.rows[0]["loss.w_track"] == 60.0
+    assert board.rows[-1]["status"] == "pruned"
+    assert [u["trial_id"] for u in board.unranked] == ["a5"]
+    assert "out of memory" in board.unranked[0]["error"]
+    assert board.counts == {"completed": 6, "pruned": 1, "error": 1}
+    top = report.leaderboard(study, top=3)
+    assert len(top.rows) == 3 and top.total_ranked == 7
+    with pytest.raises(InvalidInput):
+        report.leaderboard(study, top=0)
+
+
+def test_leaderboard_min_mode_metric_from_epochs(tmp_path: Path) -> None:
+    study = report.load_study(
+        write_search_study(tmp_path, optuna_db=False, metric="loss", mode="min")
+    )
+    board = report.leaderboard(study)
+    # loss is 3/e: trials with 3 epochs reach 1.0, the pruned one (1 epoch) 3.0
+    assert board.rows[0]["loss"] == pytest.approx(1.0)
+    assert board.rows[-1]["trial_id"] == "a3" and board.rows[-1]["loss"] == pytest.approx(3.0)
+
+
+def test_ranked_trial_and_config(tmp_path: Path) -> None:
+    study = report.load_study(write_search_study(tmp_path, optuna_db=False))
+    trial = report.ranked_trial(study, 2)
+    assert trial["trial_id"] == "a6"
+    cfg = report.trial_config(study, trial)
+    assert cfg.loss.w_track == 40.0 and cfg.model.preset == "tiny"
+    with pytest.raises(InvalidInput, match="between 1 and 7"):
+        report.ranked_trial(study, 8)
+
+
+def test_leaderboard_renderings(tmp_path: Path) -> None:
+    board = report.leaderboard(
+        report.load_study(write_search_study(tmp_path, optuna_db=False)), top=4
+    )
+    parsed = json.loads(report.leaderboard_json(board))
+    assert parsed["rows"][0]["trial_id"] == "a2" and parsed["metric"] == "val_hit1"
+    lines = report.leaderboard_csv(board).splitlines()
+    assert lines[0].split(",")[:5] == ["rank", "trial_id", "status", "val_hit1", "final_val_hit1"]
+    assert "loss.w_track" in lines[0] and len(lines) == 5
+    md = report.leaderboard_markdown(board)
+    assert (
+        "| rank | trial_id |" in md and "| 1 | a2 | completed | 61.0 | 59.0 |" in md
+    )  # percent points
+
+
+# ---- ablation ----------------------------------------------------------------------------------
+
+
+def test_ablation_two_cells_two_seeds_by_hand(tmp_path: Path) -> None:
+    result = report.ablation(report.load_study(write_grid_study(tmp_path, TWO_BY_TWO)))
+    assert result.reference == "model.branches=cls"
+    assert result.factors == ["model.branches"]
+    ref, other = result.cells
+    assert ref.is_reference and ref.n == 2 and ref.seeds == [0, 1]
+    assert ref.best.mean == pytest.approx(0.45)
+    assert ref.best.sd == pytest.approx(math.sqrt(0.005))
+    assert ref.best.half_width == pytest.approx(12.7062 * math.sqrt(0.005) / math.sqrt(2), abs=1e-4)
+    assert ref.final.mean == pytest.approx(0.43)  # last evaluated epoch: best - 0.02
+    assert other.best.mean == pytest.approx(0.58)
+    # paired deltas: 0.15 and 0.11
+    assert other.delta_best.n == 2 and other.delta_best.mean == pytest.approx(0.13)
+    assert other.delta_best.sd == pytest.approx(math.sqrt(0.0008))
+    assert other.delta_best.half_width == pytest.approx(
+        12.7062 * math.sqrt(0.0008) / math.sqrt(2), abs=1e-4
+    )
+    assert other.verdict == "indistinguishable"
+    assert "indistinguishable" in result.reading and "model.branches=cls+track" in result.reading
+
+
+def test_ablation_paired_verdicts_and_exclusions(tmp_path: Path) -> None:
+    cells = {
+        "cls": {0: 0.40, 1: 0.50, 2: 0.45},
+        "cls+track+dir": {0: 0.50, 1: 0.61, 2: 0.54},  # +0.10, +0.11, +0.09: consistent gain
+        "cls+dir": {0: 0.30, 1: 0.41, 2: 0.36},  # -0.10, -0.09, -0.09
+        "cls+track": {0: 0.45, 1: 0.45, 2: 0.47},
+    }  # +0.05, -0.05, +0.02
+    error_row = {
+        "trial_id": "x9",
+        "status": "diverged",
+        "error": "loss is nan",
+        "model.branches": "cls+dir",
+        "seed": 3,
+        "epochs_done": 1,
+        "best_epoch": None,
+        "best_val_hit1": None,
+        "best_val_hit5": None,
+        "wall_s": 2.0,
+        "config": _config_json({"model.branches": "cls+dir", "seed": 3}),
+        "cell": "model.branches=cls+dir",
+    }
+    result = report.ablation(
+        report.load_study(
+            write_grid_study(tmp_path, cells, reference="model.branches=cls", extra=[error_row])
+        )
+    )
+    order = [c.cell for c in result.cells]
+    assert order == [
+        "model.branches=cls",
+        "model.branches=cls+track+dir",
+        "model.branches=cls+track",
+        "model.branches=cls+dir",
+    ]  # reference first, then by mean
+    verdicts = {c.cell: c.verdict for c in result.cells}
+    assert verdicts["model.branches=cls+track+dir"] == "helps"
+    assert verdicts["model.branches=cls+dir"] == "hurts"
+    assert verdicts["model.branches=cls+track"] == "indistinguishable"
+    bad = next(c for c in result.cells if c.cell == "model.branches=cls+dir")
+    assert bad.n == 3 and bad.not_counted == {"diverged": 1}
+    assert result.reading.startswith("Against the reference model.branches=cls")
+    assert (
+        "helps: model.branches=cls+track+dir (+10.0 points, 95% CI +7.5 to +12.5)" in result.reading
+    )
+
+
+def test_ablation_renderings(tmp_path: Path) -> None:
+    result = report.ablation(report.load_study(write_grid_study(tmp_path, TWO_BY_TWO)))
+    md = report.ablation_markdown(result)
+    assert "| model.branches | n |" in md and "| cls (ref) | 2 | 45.0 ± 7.1 |" in md
+    assert "[-12.4, +38.4]" in md  # Δ best 95% CI in points: 13 ± 25.41
+    assert md.rstrip().endswith(".")
+    rows = report.ablation_csv(result).splitlines()
+    assert rows[0].startswith("cell,is_reference,n,seeds,best_mean")
+    assert len(rows) == 3
+    parsed = json.loads(report.ablation_json(result))
+    assert parsed["cells"][1]["delta_best"]["mean"] == pytest.approx(0.13)
+    assert parsed["cells"][0]["delta_best"] is None
+
+
+# ---- importances -------------------------------------------------------------------------------
+
+
+def test_param_importances_from_optuna_db(tmp_path: Path) -> None:
+    imps = report.param_importances(report.load_study(write_search_study(tmp_path)))
+    assert imps.reason is None and imps.completed_trials == 6
+    assert set(imps.values) == {"loss.w_track", "loss.w_dir"}
+    assert sum(imps.values.values()) == pytest.approx(1.0)
+
+
+def test_param_importances_too_few_or_missing(tmp_path: Path) -> None:
+    few = write_search_study(tmp_path, name="few", trials=SEARCH_TRIALS[:3])
+    imps = report.param_importances(report.load_study(few))
+    assert imps.values == {} and "at least 4 completed trials (has 3)" in imps.reason
+    none = write_search_study(tmp_path, name="nodb", optuna_db=False)
+    assert "no Optuna study" in report.param_importances(report.load_study(none)).reason
+
+
+def test_part_files_with_drifting_schemas_are_merged(tmp_path: Path) -> None:
+    """A folder of part files where an early part has an all-null `error` column (type null)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder = write_search_study(tmp_path, optuna_db=False)
+    rows = pq.read_table(folder / "trials.parquet").to_pylist()
+    (folder / "trials.parquet").unlink()
+    (folder / "trials.parquet").mkdir()
+    first = [{k: v for k, v in r.items()} for r in rows[:2]]
+    table = pa.Table.from_pylist(first).set_column(2, "error", pa.nulls(2))
+    assert table.schema.field("error").type == pa.null()
+    pq.write_table(table, folder / "trials.parquet" / "part-000.parquet")
+    pq.write_table(pa.Table.from_pylist(rows[2:]), folder / "trials.parquet" / "part-001.parquet")
+    study = report.load_study(folder)
+    assert len(study.trials) == 8
+    assert report.leaderboard(study).rows[0]["trial_id"] == "a2"
