@@ -1,0 +1,186 @@
+"""Training-clip throughput: decoding with PyAV for every clip vs reading the frame cache.
+
+    python benchmarks/decode.py [--videos 36] [--width 320 --height 240] [--seconds 4]
+
+Writes HMDB-like videos (320x240, 30 fps, 3-5 s, mpeg4 AVI) to a temp folder, then samples
+training clips the way TrainClips does (random video, random s-frame window, random crop, flip,
+ImageNet normalisation) two ways in the same run:
+- decode: probe the header, pick the window, decode from the start of the file up to the
+  window's last frame (resampling + short-side resize inside FFmpeg), crop. This is a loader
+  without a cache that already stops decoding early.
+- cache: TrainClips on a warmed FrameCache (memory-mapped uint8 arrays).
+The last line is `cache_vs_decode: <ratio>x`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from mtsearch.data.cache import FrameCache
+from mtsearch.data.clips import TrainClips, loop_indices, normalise_clip, usable_videos
+from mtsearch.data.video import probe, read_video, write_video
+
+
+@dataclass(frozen=True)
+class Item:
+    path: Path
+    label: int
+    name: str
+
+
+def textured_frames(rng: np.random.Generator, frames: int, height: int, width: int) -> np.ndarray:
+    """A textured background panning slowly with a textured block moving across it (T, H, W, 3)."""
+    background = rng.integers(0, 256, (height // 8 + 2, width // 8 + 2, 3), dtype=np.uint8)
+    background = np.repeat(np.repeat(background, 8, axis=0), 8, axis=1)  # blocky texture
+    block = rng.integers(0, 256, (height // 3, width // 4, 3), dtype=np.uint8)
+    out = np.empty((frames, height, width, 3), dtype=np.uint8)
+    dx, dy = rng.integers(2, 6), rng.integers(-2, 3)
+    for t in range(frames):
+        shift = t // 4 % 8
+        out[t] = background[shift : shift + height, shift : shift + width]
+        y = int(np.clip(height // 3 + dy * t, 0, height - block.shape[0]))
+        x = int((dx * t) % (width - block.shape[1]))
+        out[t, y : y + block.shape[0], x : x + block.shape[1]] = block
+    return out
+
+
+def write_videos(
+    folder: Path, count: int, width: int, height: int, fps: float, seconds: float, seed: int
+) -> list[Item]:
+    rng = np.random.default_rng(seed)
+    items = []
+    for index in range(count):
+        frames = int(fps * rng.uniform(seconds * 0.75, seconds * 1.25))
+        path = write_video(
+            folder / f"video_{index:03d}.avi", textured_frames(rng, frames, height, width), fps=fps
+        )
+        items.append(Item(path, index % 8, path.name))
+    return items
+
+
+def decode_clip(
+    item: Item,
+    rng: np.random.Generator,
+    fps: float,
+    short_side: int,
+    clip_frames: int,
+    crop: int,
+    threads: int,
+):
+    """One training clip straight from the file (no cache), same sampling as TrainClips."""
+    info = probe(item.path)
+    frames = max(1, round(info.duration_s * fps))
+    start = int(rng.integers(0, max(frames - clip_frames, 0) + 1))
+    decoded = read_video(
+        item.path, fps=fps, short_side=short_side, threads=threads, max_frames=start + clip_frames
+    )
+    start = min(start, len(decoded) - 1)
+    clip = decoded[loop_indices(start, min(start + clip_frames, len(decoded)), clip_frames)]
+    height, width = clip.shape[1:3]
+    y0 = int(rng.integers(0, height - crop + 1))
+    x0 = int(rng.integers(0, width - crop + 1))
+    clip = clip[:, y0 : y0 + crop, x0 : x0 + crop]
+    if rng.random() < 0.5:
+        clip = clip[:, :, ::-1]
+    return normalise_clip(clip), item.label
+
+
+def timed(label: str, budget_s: float, max_clips: int, sample) -> float:
+    """Clips per second of `sample()` over at least 3 clips, until the budget or max_clips."""
+    count, began, cpu_began = 0, time.perf_counter(), time.process_time()
+    while count < max_clips and (count < 3 or time.perf_counter() - began < budget_s):
+        sample()
+        count += 1
+    elapsed = time.perf_counter() - began
+    cpu = time.process_time() - cpu_began
+    rate = count / elapsed
+    print(
+        f"{label:<8} {count:6d} clips in {elapsed:6.2f} s = {rate:8.1f} clips/s "
+        f"({1000 / rate:7.2f} ms/clip; {1000 * cpu / count:7.2f} ms CPU/clip)"
+    )
+    return rate
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--videos", type=int, default=36)
+    parser.add_argument("--width", type=int, default=320)
+    parser.add_argument("--height", type=int, default=240)
+    parser.add_argument("--seconds", type=float, default=4.0, help="mean video length (+-25%%)")
+    parser.add_argument("--source-fps", type=float, default=30.0)
+    parser.add_argument("--fps", type=float, default=30.0, help="data.fps")
+    parser.add_argument("--clip-frames", type=int, default=13, help="data.clip_frames (s)")
+    parser.add_argument("--crop", type=int, default=240, help="data.crop")
+    parser.add_argument("--short-side", type=int, default=256, help="data.short_side")
+    parser.add_argument("--threads", type=int, default=0, help="FFmpeg decoder threads (0: auto)")
+    parser.add_argument("--budget", type=float, default=15.0, help="seconds per measurement")
+    parser.add_argument("--max-clips", type=int, default=3000)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="mtsearch-bench-") as tmp:
+        folder = Path(tmp)
+        began = time.perf_counter()
+        items = write_videos(
+            folder / "videos",
+            args.videos,
+            args.width,
+            args.height,
+            args.source_fps,
+            args.seconds,
+            args.seed,
+        )
+        size_mb = sum(item.path.stat().st_size for item in items) / 1e6
+        print(
+            f"videos   {len(items)} x {args.width}x{args.height} @ {args.source_fps:g} fps, "
+            f"{size_mb:.1f} MB, written in {time.perf_counter() - began:.1f} s"
+        )
+
+        cache = FrameCache(folder / "frames", threads=args.threads)
+        began = time.perf_counter()
+        usable = usable_videos(items, cache, args.fps, args.short_side, print)
+        cache_mb = sum(p.stat().st_size for p in cache.root.rglob("*.npy")) / 1e6
+        print(
+            f"fill     {len(usable)} videos decoded into the cache in "
+            f"{time.perf_counter() - began:.1f} s ({cache_mb:.0f} MB of uint8 frames)"
+        )
+        clips = TrainClips(
+            usable, cache, args.fps, args.short_side, args.clip_frames, args.crop, seed=args.seed
+        )
+
+        rng = np.random.default_rng(args.seed)
+        decode_rate = timed(
+            "decode",
+            args.budget,
+            args.max_clips,
+            lambda: decode_clip(
+                usable[int(rng.integers(len(usable)))],
+                rng,
+                args.fps,
+                args.short_side,
+                args.clip_frames,
+                args.crop,
+                args.threads,
+            ),
+        )
+        draws = iter(range(10**9))
+        cache_rate = timed(
+            "cache",
+            args.budget,
+            args.max_clips,
+            lambda: clips[(next(draws), int(rng.integers(len(usable))))],
+        )
+    print(f"cache_vs_decode: {cache_rate / decode_rate:.1f}x")
+
+
+if __name__ == "__main__":
+    main()

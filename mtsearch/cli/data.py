@@ -1,0 +1,159 @@
+"""`mtsearch data synth` (write the synthetic set) and `mtsearch data check` (index, check)."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from mtsearch.cli import EXIT_FAILED, EXIT_OK
+from mtsearch.errors import InvalidInput
+
+_SHORT_SHOWN = 40  # short videos still train (loop-padded): name the first few, count the rest
+
+
+@contextmanager
+def _progress(console: Console, what: str) -> Iterator[Callable[[int, int], None]]:
+    """A transient progress bar on stderr; yields the `progress(done, total)` callback.
+
+    auto_refresh=False keeps rich from starting a thread, so the synthetic builder may fork.
+    """
+    bar = Progress(TextColumn(what), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   console=console, transient=True, auto_refresh=False,
+                   disable=not console.is_terminal)
+    task = bar.add_task(what, total=None)
+    last = [0.0]
+
+    def update(done: int, total: int) -> None:
+        bar.update(task, completed=done, total=total)
+        now = time.monotonic()
+        if now - last[0] > 0.1 or done == total:
+            last[0] = now
+            bar.refresh()
+
+    with bar:
+        yield update
+
+
+def _size_mb(root: Path) -> float:
+    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file()) / 1e6
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from mtsearch.data.datasets import load_index
+    from mtsearch.data.synthetic import CLASS_NAMES, write_synthetic
+
+    classes = 10 if args.classes is None else args.classes
+    videos_per_class = 24 if args.videos_per_class is None else args.videos_per_class
+    out, err = Console(), Console(stderr=True)
+    start = time.monotonic()
+    with _progress(err, "writing videos") as progress:
+        root = write_synthetic(args.dir, classes, videos_per_class, args.seed, progress=progress)
+    seconds = time.monotonic() - start
+    index = load_index("synthetic", root, 1)
+    table = Table(title=f"synthetic set, seed {args.seed}, split 1")
+    for column in ("id", "class", "time-reversal of", "train", "test"):
+        table.add_column(column, justify="right" if column in ("id", "train", "test") else "left")
+    for label, name in enumerate(index.classes):
+        partner = CLASS_NAMES[CLASS_NAMES.index(name) ^ 1]
+        table.add_row(str(label), name, partner,
+                      str(sum(v.label == label for v in index.train)),
+                      str(sum(v.label == label for v in index.test)))
+    out.print(table)
+    out.print(f"wrote {classes * videos_per_class} videos ({classes} classes x {videos_per_class}) "
+              f"to {root} in {seconds:.1f} s, {_size_mb(root):.1f} MB", soft_wrap=True,
+              highlight=False)
+    out.print(f"check it with: mtsearch data check --dataset synthetic {root}", soft_wrap=True,
+              highlight=False)
+    return EXIT_OK
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from mtsearch.data.datasets import LAYOUTS, check_videos, load_index
+
+    if args.clip_frames < 1:
+        raise InvalidInput(None, "--clip-frames", "must be >= 1", args.clip_frames)
+    if args.fps is not None and not args.fps > 0:
+        raise InvalidInput(None, "--fps", "must be > 0", args.fps)
+    out, err = Console(), Console(stderr=True)
+    root = args.root
+    if root is None:
+        if args.dataset != "synthetic":
+            raise InvalidInput(None, "ROOT",
+                               f"a dataset root is required for --dataset {args.dataset} "
+                               f"(expected layout: {LAYOUTS[args.dataset]}); "
+                               f"or use --dataset synthetic")
+        from mtsearch.data.synthetic import ensure_synthetic
+
+        with _progress(err, "building the synthetic set") as progress:
+            root = ensure_synthetic(progress=progress)
+
+    warnings: list[str] = []
+    index = load_index(args.dataset, root, args.split, warn=warnings.append)
+    for line in warnings:
+        err.print(f"[yellow]warning:[/] {line}", markup=True, highlight=False)
+    items = index.train + index.test
+    start = time.monotonic()
+    with _progress(err, "checking videos") as progress:
+        checks = check_videos(items, args.clip_frames, args.fps, decode=args.decode,
+                              progress=progress)
+    seconds = time.monotonic() - start
+    train_checks, test_checks = checks[: len(index.train)], checks[len(index.train):]
+
+    out.print(f"{args.dataset} split {args.split}: {index.root}", soft_wrap=True, highlight=False)
+    table = Table()
+    for column in ("id", "class", "train", "test", "unreadable", "short"):
+        table.add_column(column, justify="left" if column == "class" else "right")
+    for label, name in enumerate(index.classes):
+        mine = [c for c in checks if c.item.label == label]
+        table.add_row(
+            str(label), name,
+            str(sum(c.usable and c.item.label == label for c in train_checks)),
+            str(sum(c.usable and c.item.label == label for c in test_checks)),
+            str(sum(not c.usable for c in mine) or ""),
+            str(sum(c.usable and c.frames is not None and c.frames < args.clip_frames
+                    for c in mine) or ""),
+        )
+    usable_train = sum(c.usable for c in train_checks)
+    usable_test = sum(c.usable for c in test_checks)
+    table.add_section()
+    table.add_row("", "total", str(usable_train), str(usable_test),
+                  str(sum(not c.usable for c in checks)),
+                  str(sum(c.usable and (c.frames or 0) < args.clip_frames for c in checks)))
+    out.print(table)
+
+    unreadable = [c for c in checks if not c.usable]
+    if unreadable:
+        unreadable.sort(key=lambda c: c.item.name)
+        out.print(f"[bold red]unreadable videos ({len(unreadable)}), skipped by trials:[/]")
+        for c in unreadable:
+            out.print(f"  {c.item.name}: {c.error}", markup=False, highlight=False, soft_wrap=True)
+    at = f" at {args.fps:g} fps" if args.fps else ""
+    short = [c for c in checks if c.usable and c.frames is not None and c.frames < args.clip_frames]
+    if short:
+        out.print(f"[bold yellow]shorter than a clip of {args.clip_frames} frames{at} "
+                  f"({len(short)}), loop-padded by trials:[/]")
+        short.sort(key=lambda c: c.item.name)
+        for c in short[:_SHORT_SHOWN]:
+            out.print(f"  {c.item.name}: {c.frames} frames", markup=False, highlight=False)
+        if len(short) > _SHORT_SHOWN:
+            out.print(f"  ... and {len(short) - _SHORT_SHOWN} more", highlight=False)
+    if index.missing:
+        out.print(f"[yellow]listed but missing on disk: {len(index.missing)}[/] (named above)")
+    how = "decoded in full" if args.decode else "headers, decoding where not conclusive"
+    out.print(f"{usable_train + usable_test} of {len(checks)} videos usable "
+              f"(train {usable_train}/{len(train_checks)}, test {usable_test}/{len(test_checks)}), "
+              f"{len(index.classes)} classes; checked in {seconds:.1f} s ({how})",
+              highlight=False, soft_wrap=True)
+    if usable_train == 0 or usable_test == 0:
+        counts = (("train", usable_train), ("test", usable_test))
+        empty = " and ".join(name for name, count in counts if count == 0)
+        err.print(f"error: no usable {empty} videos in {index.root}", markup=False, highlight=False)
+        return EXIT_FAILED
+    return EXIT_OK

@@ -1,0 +1,335 @@
+"""Clips for training and testing, read from the frame cache, as torch Datasets and a DataLoader.
+
+A clip is float32 (3, T, crop, crop): RGB scaled to [0, 1], then normalised with the ImageNet
+mean/std (the trunk is an inflated ImageNet ResNet-50, so its first layer expects that input).
+
+Frame selection (T = s = clip_frames; n = frames in the video after fps resampling):
+- train: one clip per video per epoch, random start in [0, n - s], one random crop and one
+  horizontal flip (p = 0.5) shared by all frames of the clip; the draw is a function of
+  (seed, epoch, video index) only, so batches do not depend on the worker count.
+- test: non-overlapping clips [0, s), [s, 2s), ... covering the whole video, centre crop, no flip.
+- padding (Hara et al.'s LoopPadding): a clip that runs past the end repeats its own frames
+  cyclically ([26, 27, 28, 29, 26, 27, ...]); a video shorter than a clip is one looped clip,
+  down to a single frame repeated s times. Looping keeps every frame real (no black frames) and
+  the motion inside each repeat forward.
+- a video whose short side is below the crop after resizing (odd aspect ratios) is scaled up
+  bilinearly so its short side equals the crop.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from mtsearch.data.cache import FrameCache, load_entry
+from mtsearch.errors import VideoReadError
+
+if TYPE_CHECKING:
+    from mtsearch.data.datasets import VideoItem
+
+# ImageNet statistics (torchvision / the inflated ResNet-50 weights), RGB order.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class _Item(Protocol):
+    """What clips need from a `mtsearch.data.datasets.VideoItem`."""
+
+    path: Path
+    label: int
+    name: str
+
+
+def usable_videos(
+    items: Sequence[VideoItem],
+    cache: FrameCache,
+    fps: float | None,
+    short_side: int | None,
+    warn: Callable[[str], Any],
+) -> list[VideoItem]:
+    """Fill the cache for `items` and return the readable ones, in order.
+
+    Unreadable videos are dropped with `warn("skipping <name>: <reason>")`. Videos another process
+    is decoding right now are left for a second pass, so trials started together split the
+    decoding work instead of queueing on the same video. An fps above a video's rate is a config
+    error (InvalidInput) and propagates.
+    """
+    readable: dict[int, bool] = {}
+    reasons: dict[int, str] = {}
+
+    def attempt(index: int, wait: bool) -> None:
+        try:
+            entry = cache.fill(items[index].path, fps, short_side, wait=wait)
+        except VideoReadError as exc:
+            readable[index] = False
+            reasons[index] = exc.reason
+            return
+        if entry is not None:
+            readable[index] = True
+
+    for index in range(len(items)):
+        attempt(index, wait=False)
+    for index in range(len(items)):
+        if index not in readable:
+            attempt(index, wait=True)
+    usable = []
+    for index, item in enumerate(items):
+        if readable[index]:
+            usable.append(item)
+        else:
+            warn(f"skipping {item.name}: {reasons[index]}")
+    return usable
+
+
+def loop_indices(start: int, stop: int, clip_frames: int) -> np.ndarray:
+    """Frame indices [start, stop) repeated cyclically to `clip_frames` entries (LoopPadding)."""
+    return np.resize(np.arange(start, stop), clip_frames)
+
+
+class _ClipReader:
+    """Shared by TrainClips and TestClips: entries, frame counts, crop + normalise."""
+
+    def __init__(
+        self,
+        items: Sequence[_Item],
+        cache: FrameCache,
+        fps: float | None,
+        short_side: int | None,
+        clip_frames: int,
+        crop: int,
+    ):
+        if clip_frames < 1 or crop < 1:
+            raise ValueError(f"clip_frames and crop must be >= 1 (got {clip_frames}, {crop})")
+        self.items = list(items)
+        self.clip_frames = clip_frames  # s
+        self.crop = crop
+        # Resolve cache entries once (decoding what is missing); workers then only mmap files.
+        self.entries: list[Path] = []
+        self.num_frames: list[int] = []
+        for item in self.items:
+            entry = cache.fill(item.path, fps, short_side)
+            assert entry is not None
+            self.entries.append(entry)
+            self.num_frames.append(int(load_entry(entry).shape[0]))
+        self.labels = [int(item.label) for item in self.items]
+
+    def _clip(
+        self, video: int, indices: np.ndarray, corner: tuple[float, float] | None, flip: bool
+    ) -> torch.Tensor:
+        """Crop frames `indices` of a video; corner = (fy, fx) in [0, 1] (None: centre)."""
+        frames = load_entry(self.entries[video])  # (n, H, W, 3) uint8 memmap
+        height, width = frames.shape[1:3]
+        if min(height, width) < self.crop:
+            return _upscaled_clip(frames[indices], self.crop, corner, flip)
+        fy, fx = (0.5, 0.5) if corner is None else corner
+        y0 = min(int(fy * (height - self.crop + 1)), height - self.crop)
+        x0 = min(int(fx * (width - self.crop + 1)), width - self.crop)
+        rows, cols = slice(y0, y0 + self.crop), slice(x0, x0 + self.crop)
+        step = np.diff(indices)
+        if len(indices) > 1 and np.all(step == 1):  # contiguous: one slice read of the memmap
+            clip = frames[indices[0] : indices[-1] + 1, rows, cols]
+        else:
+            clip = frames[indices][:, rows, cols]
+        if flip:
+            clip = clip[:, :, ::-1]
+        return normalise_clip(clip)
+
+
+_SCALE = np.array([1 / (255 * s) for s in IMAGENET_STD], np.float32).reshape(3, 1, 1, 1)
+_SHIFT = np.array([m / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD)], np.float32).reshape(
+    3, 1, 1, 1
+)
+
+
+def normalise_clip(clip: np.ndarray) -> torch.Tensor:
+    """uint8 (T, h, w, 3) -> float32 (3, T, h, w): (x / 255 - mean) / std per RGB channel.
+
+    In numpy on purpose: single-threaded and several times faster than torch's intra-op threads
+    on a busy machine, and the same speed in the main process as in loader workers.
+    """
+    planar = clip.transpose(3, 0, 1, 2).astype(np.float32, order="C")  # (3, T, h, w)
+    planar *= _SCALE
+    planar -= _SHIFT
+    return torch.from_numpy(planar)
+
+
+def _upscaled_clip(
+    clip: np.ndarray,
+    crop: int,
+    corner: tuple[float, float] | None,
+    flip: bool,
+) -> torch.Tensor:
+    """Rare path: frames smaller than the crop are scaled up (short side = crop), then cropped."""
+    tensor = normalise_clip(clip)  # (3, T, h, w)
+    height, width = tensor.shape[2:]
+    scale = crop / min(height, width)
+    size = (max(crop, math.ceil(height * scale)), max(crop, math.ceil(width * scale)))
+    tensor = torch.nn.functional.interpolate(
+        tensor, size=size, mode="bilinear", align_corners=False
+    )
+    fy, fx = (0.5, 0.5) if corner is None else corner
+    y0 = min(int(fy * (size[0] - crop + 1)), size[0] - crop)
+    x0 = min(int(fx * (size[1] - crop + 1)), size[1] - crop)
+    tensor = tensor[:, :, y0 : y0 + crop, x0 : x0 + crop]
+    if flip:
+        tensor = tensor.flip(3)
+    return tensor.contiguous()
+
+
+class TrainClips(Dataset):
+    """One random clip per video per epoch: item -> (clip float32 (3, s, crop, crop), label).
+
+    Call `set_epoch(e)` before each epoch. An index may also be an (epoch, index) pair: the
+    sampler of `make_loader` sends those, so persistent workers (which hold their own copy of
+    the dataset) still draw the current epoch's clips.
+    """
+
+    def __init__(
+        self,
+        items: Sequence[VideoItem],
+        cache: FrameCache,
+        fps: float | None,
+        short_side: int | None,
+        clip_frames: int,
+        crop: int,
+        seed: int,
+    ):
+        self._reader = _ClipReader(items, cache, fps, short_side, clip_frames, crop)
+        self.items = self._reader.items
+        self.labels = self._reader.labels
+        self.seed = int(seed)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
+        epoch, video = index if isinstance(index, tuple) else (self.epoch, index)
+        rng = np.random.default_rng([self.seed, epoch, video])
+        clip_frames = self._reader.clip_frames
+        frames = self._reader.num_frames[video]
+        start = int(rng.integers(0, max(frames - clip_frames, 0) + 1))
+        indices = loop_indices(start, min(start + clip_frames, frames), clip_frames)
+        corner = (float(rng.random()), float(rng.random()))
+        flip = bool(rng.random() < 0.5)
+        return self._reader._clip(video, indices, corner, flip), self.labels[video]
+
+
+class TestClips(Dataset):
+    """All non-overlapping clips of every video, centre crop: item -> (clip, label, video index).
+
+    Average the clip outputs per video index for video-level accuracy (`video_labels[v]` is the
+    label of video v). The last clip of a video loop-pads its own frames (see module docstring).
+    """
+
+    __test__ = False  # not a pytest test class, despite the name
+
+    def __init__(
+        self,
+        items: Sequence[VideoItem],
+        cache: FrameCache,
+        fps: float | None,
+        short_side: int | None,
+        clip_frames: int,
+        crop: int,
+    ):
+        self._reader = _ClipReader(items, cache, fps, short_side, clip_frames, crop)
+        self.items = self._reader.items
+        self.video_labels = self._reader.labels
+        # (video index, first frame) of every clip, video by video.
+        self.clips: list[tuple[int, int]] = [
+            (video, start)
+            for video, frames in enumerate(self._reader.num_frames)
+            for start in range(0, max(frames, 1), clip_frames)
+        ]
+
+    @property
+    def num_videos(self) -> int:
+        return len(self.items)
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
+        video, start = self.clips[index]
+        frames = self._reader.num_frames[video]
+        clip_frames = self._reader.clip_frames
+        indices = loop_indices(start, min(start + clip_frames, frames), clip_frames)
+        clip = self._reader._clip(video, indices, None, False)
+        return clip, self.video_labels[video], video
+
+
+class _EpochSampler(Sampler):
+    """Yields (epoch, index) pairs, shuffled per (seed, epoch) when asked.
+
+    It reads `dataset.epoch` in the main process each time iteration starts, which is how the
+    epoch reaches persistent workers.
+    """
+
+    def __init__(self, dataset: TrainClips, shuffle: bool, seed: int):
+        self.dataset = dataset
+        self.shuffle = shuffle
+        self.seed = int(seed)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        epoch = self.dataset.epoch
+        count = len(self.dataset)
+        if self.shuffle:
+            # The extra 1 keeps the order stream apart from TrainClips' per-clip streams.
+            order = np.random.default_rng([self.seed, epoch, count, 1]).permutation(count)
+        else:
+            order = np.arange(count)
+        return iter([(epoch, int(i)) for i in order])
+
+
+def make_loader(
+    dataset: Dataset,
+    batch_size: int,
+    shuffle: bool,
+    workers: int,
+    device: str | torch.device,
+    seed: int,
+) -> DataLoader:
+    """A DataLoader with the settings that matter for speed and reproducibility.
+
+    Pinned memory only for CUDA devices; persistent workers when workers > 0 (decoder state
+    and mmaps survive between epochs); a seeded generator. With shuffle (training), a final
+    batch of one clip is dropped (BatchNorm cannot train on one sample; it is a different clip
+    each epoch); otherwise every clip is kept.
+    """
+    pin_memory = _is_cuda(device)
+    generator = torch.Generator().manual_seed(int(seed))
+    drop_last = bool(
+        shuffle and batch_size > 1 and len(dataset) > 1 and len(dataset) % batch_size == 1
+    )
+    options: dict[str, Any] = {
+        "batch_size": batch_size,
+        "num_workers": workers,
+        "pin_memory": pin_memory,
+        "persistent_workers": workers > 0,
+        "generator": generator,
+        "drop_last": drop_last,
+    }
+    if isinstance(dataset, TrainClips):
+        options["sampler"] = _EpochSampler(dataset, shuffle, seed)
+    else:
+        options["shuffle"] = shuffle
+    return DataLoader(dataset, **options)
+
+
+def _is_cuda(device: str | torch.device) -> bool:
+    if isinstance(device, str) and device == "auto":
+        return torch.cuda.is_available()
+    return torch.device(device).type == "cuda" and torch.cuda.is_available()

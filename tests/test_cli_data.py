@@ -1,0 +1,121 @@
+"""`mtsearch data synth` / `data check` end to end through `python -m mtsearch`."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def mtsearch(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "mtsearch", *args], capture_output=True, text=True,
+                          check=False, timeout=300, env={**os.environ, **(env or {})})
+
+
+def _one_error_line(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def synth_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("cli") / "syn"
+    result = mtsearch("data", "synth", str(root), "--classes", "3", "--videos-per-class", "4",
+                      "--seed", "2")
+    assert result.returncode == 0, result.stderr
+    assert "wrote 12 videos (3 classes x 4)" in result.stdout
+    assert "move_right" in result.stdout and "move_left" in result.stdout
+    return root
+
+
+def test_synth_then_check(synth_dir: Path) -> None:
+    assert len(list(synth_dir.rglob("*.avi"))) == 12
+    result = mtsearch("data", "check", "--dataset", "synthetic", str(synth_dir))
+    assert result.returncode == 0, result.stderr
+    assert "12 of 12 videos usable (train 9/9, test 3/3), 3 classes" in result.stdout
+    # at 10 fps the 2-3 s videos have 20-30 frames: all shorter than a 40-frame clip, still usable
+    result = mtsearch("data", "check", "--dataset", "synthetic", str(synth_dir), "--fps", "10",
+                      "--clip-frames", "40", "--decode")
+    assert result.returncode == 0, result.stderr
+    assert "shorter than a clip of 40 frames at 10 fps (12)" in result.stdout
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--classes", "1"], "--classes: must be an integer from 2 to 12 (got 1)"),
+    (["--videos-per-class", "0"], "--videos-per-class"),
+])
+def test_synth_rejects_bad_sizes(tmp_path: Path, args: list[str], needle: str) -> None:
+    line = _one_error_line(mtsearch("data", "synth", str(tmp_path / "s"), *args))
+    assert needle in line
+    assert not (tmp_path / "s").exists()
+
+
+def test_check_bad_layout_exits_2_with_one_line(tmp_path: Path, make_video) -> None:
+    line = _one_error_line(mtsearch("data", "check", "--dataset", "hmdb51", str(tmp_path / "none")))
+    assert str(tmp_path / "none") in line and "expected layout" in line
+    make_video(tmp_path / "hmdb" / "run" / "a.avi", num_frames=3, size=(32, 32))
+    line = _one_error_line(mtsearch("data", "check", str(tmp_path / "hmdb")))
+    assert "testTrainMulti_7030_splits" in line and "missing split folder" in line
+    line = _one_error_line(mtsearch("data", "check", "--dataset", "ucf101", str(tmp_path / "hmdb")))
+    assert "ucfTrainTestlist" in line
+    line = _one_error_line(mtsearch("data", "check", "--dataset", "ucf101"))
+    assert "ROOT" in line and "--dataset synthetic" in line
+
+
+def _hmdb_with_damage(root: Path, make_video, damage_all: bool) -> None:
+    videos = {"clap": ["clap_a.avi", "clap_b.avi", "clap_c.avi"],
+              "wave": ["wave_a.avi", "wave_b.avi"]}
+    for cls, names in videos.items():
+        for name in names:
+            make_video(root / cls / name, num_frames=20, size=(32, 32))
+        lines = [f"{name} {2 if i == 0 else 1} " for i, name in enumerate(names)]
+        path = root / "testTrainMulti_7030_splits" / f"{cls}_test_split1.txt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("\n".join(lines) + "\n")
+    damaged = [root / "clap" / "clap_b.avi", root / "wave" / "wave_a.avi"]
+    if damage_all:
+        damaged = list(root.glob("*/*.avi"))
+    for i, path in enumerate(damaged):
+        data = path.read_bytes()
+        path.write_bytes([b"", b"\x00garbage" * 50, data[: len(data) // 3]][i % 3])
+
+
+def test_check_lists_damaged_videos_exits_0_while_some_usable(tmp_path: Path, make_video) -> None:
+    root = tmp_path / "hmdb"
+    _hmdb_with_damage(root, make_video, damage_all=False)
+    result = mtsearch("data", "check", str(root))
+    assert result.returncode == 0, result.stderr
+    assert "unreadable videos (2)" in result.stdout
+    assert "clap/clap_b.avi: empty file" in result.stdout
+    assert "wave/wave_a.avi:" in result.stdout
+    assert "3 of 5 videos usable (train 2/3, test 1/2)" in result.stdout
+    assert "Traceback" not in result.stderr
+
+
+def test_check_exits_1_when_nothing_is_usable(tmp_path: Path, make_video) -> None:
+    root = tmp_path / "hmdb"
+    _hmdb_with_damage(root, make_video, damage_all=True)
+    result = mtsearch("data", "check", "--dataset", "hmdb51", str(root))
+    assert result.returncode == 1, (result.stdout, result.stderr)
+    assert "unreadable videos (5)" in result.stdout
+    assert "error: no usable train and test videos" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_check_synthetic_without_root_builds_then_reuses_the_cached_set(tmp_path: Path) -> None:
+    env = {"MTSEARCH_CACHE": str(tmp_path / "cache")}
+    first = mtsearch("data", "check", "--dataset", "synthetic", env=env)
+    assert first.returncode == 0, first.stderr
+    assert "240 of 240 videos usable (train 170/170, test 70/70), 10 classes" in first.stdout
+    built = tmp_path / "cache" / "synthetic" / "v1-seed0"
+    assert str(built) in first.stdout
+    stamp = (built / "synthetic.yaml").stat().st_mtime_ns
+    again = mtsearch("data", "check", "--dataset", "synthetic", env=env)
+    assert again.returncode == 0 and (built / "synthetic.yaml").stat().st_mtime_ns == stamp
