@@ -12,7 +12,6 @@ reduced whenever the loss plateaus", thesis §4.2), so its patience counts epoch
 
 from __future__ import annotations
 
-import math
 import os
 import random
 import time
@@ -357,7 +356,3 @@ def _load_checkpoint(
     if rng.get("cuda") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(rng["cuda"])
     return state
-
-
-def finite_or_none(value: float | None) -> float | None:
-    return value if value is not None and math.isfinite(value) else None

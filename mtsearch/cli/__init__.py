@@ -100,7 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler="data:cmd_synth")
     p = data_sub.add_parser("check", help="index a dataset; counts per class and unreadable videos")
     p.add_argument("root", metavar="ROOT", nargs="?", help="dataset root (synthetic: default cache)")
-    p.add_argument("--dataset", choices=["hmdb51", "ucf101", "list", "synthetic"], default="hmdb51")
+    p.add_argument("--dataset", choices=["hmdb51", "ucf101", "list", "synthetic"], default=None,
+                   help="layout (default: detected from ROOT; synthetic without ROOT)")
     p.add_argument("--split", type=int, choices=[1, 2, 3], default=1)
     p.add_argument("--fps", type=float, default=None, help="also check length at this fps")
     p.add_argument("--clip-frames", type=int, default=13, help="frames a clip needs (default 13)")

@@ -75,7 +75,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from mtsearch.data.datasets import LAYOUTS, check_videos, load_index
+    from mtsearch.data.datasets import LAYOUTS, check_videos, detect_layout, load_index
 
     if args.clip_frames < 1:
         raise InvalidInput(None, "--clip-frames", "must be >= 1", args.clip_frames)
@@ -83,6 +83,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         raise InvalidInput(None, "--fps", "must be > 0", args.fps)
     out, err = Console(), Console(stderr=True)
     root = args.root
+    if args.dataset is None:
+        args.dataset = "synthetic" if root is None else (detect_layout(root) or "hmdb51")
     if root is None:
         if args.dataset != "synthetic":
             raise InvalidInput(None, "ROOT",

@@ -292,6 +292,20 @@ def _load_list(root: Path, split: int, warn: Warn) -> DatasetIndex:
 
 # --- entry points ---------------------------------------------------------------------------------
 
+def detect_layout(root: str | os.PathLike[str]) -> str | None:
+    """The dataset kind a folder's layout says (`synthetic`, `hmdb51`, `ucf101`, `list`), or None."""
+    root = Path(root)
+    if (root / "synthetic.yaml").is_file() and (root / HMDB_SPLIT_DIR).is_dir():
+        return "synthetic"
+    if (root / HMDB_SPLIT_DIR).is_dir():
+        return "hmdb51"
+    if (root / UCF_LIST_DIR).is_dir():
+        return "ucf101"
+    if (root / "train.txt").is_file() or (root / "test.txt").is_file():
+        return "list"
+    return None
+
+
 def load_index(dataset: str, root: str | os.PathLike[str], split: int = 1,
                warn: Warn | None = None) -> DatasetIndex:
     """Index `root` as `dataset` for official split 1-3 (`list` has one fixed split)."""
