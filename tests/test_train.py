@@ -1,0 +1,144 @@
+"""The trainer on real (small) synthetic videos: metrics, checkpoints, resume, divergence."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from mtsearch.config import TrialConfig
+from mtsearch.errors import InvalidInput
+from mtsearch.train import EPOCH_COLUMNS, best_epoch, fit, hit_at_k
+
+TIMING = {"epoch_s", "clips_per_s"}
+
+
+@pytest.fixture(scope="module")
+def small_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from mtsearch.data.synthetic import write_synthetic
+
+    root = tmp_path_factory.mktemp("synth")
+    write_synthetic(root / "set", classes=4, videos_per_class=5, seed=3, workers=1)
+    return root / "set"
+
+
+def small_config(root: Path, cache: Path, **overrides) -> TrialConfig:
+    base = {
+        "data.root": str(root),
+        "data.cache_dir": str(cache),
+        "data.crop": 48,
+        "data.clip_frames": 7,
+        "track.frame_gap": 2,
+        "track.past_frames": 3,
+        "model.preset": "tiny",
+        "optim.batch_size": 4,
+        "optim.epochs": 2,
+        "optim.lr": 1e-3,
+        "eval.every": 1,
+        "device": "cpu",
+        "seed": 5,
+    }
+    base.update(overrides)
+    return TrialConfig.from_mapping(base)
+
+
+def _without_timing(history: list[dict]) -> list[dict]:
+    return [{k: v for k, v in row.items() if k not in TIMING} for row in history]
+
+
+def test_hit_at_k_on_hand_made_scores():
+    scores = torch.tensor([[0.1, 0.7, 0.2], [0.5, 0.3, 0.2], [0.2, 0.3, 0.5], [0.6, 0.3, 0.1]])
+    labels = torch.tensor([1, 1, 0, 2])
+    assert hit_at_k(scores, labels, 1) == pytest.approx(0.25)
+    assert hit_at_k(scores, labels, 2) == pytest.approx(0.5)
+    assert hit_at_k(scores, labels, 5) == pytest.approx(1.0)  # k capped at the class count
+
+
+def test_best_epoch_prefers_earlier_on_ties():
+    history = [{"epoch": 1, "val_hit1": None}, {"epoch": 2, "val_hit1": 0.5},
+               {"epoch": 3, "val_hit1": 0.5}, {"epoch": 4, "val_hit1": 0.25}]
+    assert best_epoch(history)["epoch"] == 2
+    assert best_epoch([{"epoch": 1, "val_hit1": None}]) is None
+
+
+def test_fit_reports_every_epoch_column(small_set: Path, tmp_path: Path):
+    cfg = small_config(small_set, tmp_path / "cache", **{"eval.every": 2, "optim.epochs": 3})
+    seen: list[dict] = []
+    ckpts: list[Path | None] = []
+    result = fit(cfg, tmp_path / "run", on_epoch=lambda m, c: (seen.append(m), ckpts.append(c)) and None)
+    assert result.status == "completed" and result.epochs_done == 3
+    assert [m["epoch"] for m in seen] == [1, 2, 3]
+    for m in seen:
+        assert tuple(m) == EPOCH_COLUMNS
+        assert m["loss_track"] is not None and m["loss_dir"] is not None
+        assert 0.0 <= m["train_hit1"] <= 1.0 and m["clips_per_s"] > 0
+    # evaluated on epoch 2 (every 2) and on the last epoch, not on epoch 1
+    assert seen[0]["val_hit1"] is None and seen[1]["val_hit1"] is not None
+    assert seen[2]["val_hit1"] is not None and seen[2]["dir_acc"] is not None
+    assert all(c is not None and (c / "state.pt").exists() for c in ckpts)
+    assert result.best_epoch in (2, 3)
+
+
+def test_disabled_branches_report_no_loss(small_set: Path, tmp_path: Path):
+    cfg = small_config(small_set, tmp_path / "cache", **{"model.branches": ["cls"], "optim.epochs": 1})
+    result = fit(cfg)
+    row = result.history[0]
+    assert row["loss_track"] is None and row["loss_dir"] is None and row["dir_acc"] is None
+    assert row["loss"] == pytest.approx(row["loss_cls"])
+
+
+def test_resume_reproduces_an_uninterrupted_run(small_set: Path, tmp_path: Path):
+    cache = tmp_path / "cache"
+    straight = fit(small_config(small_set, cache, **{"optim.epochs": 3}), tmp_path / "a")
+    first = fit(small_config(small_set, cache, **{"optim.epochs": 1}), tmp_path / "b")
+    assert first.epochs_done == 1
+    resumed = fit(small_config(small_set, cache, **{"optim.epochs": 3}), tmp_path / "b")
+    assert resumed.epochs_done == 3
+    a, b = _without_timing(straight.history), _without_timing(resumed.history)
+    for row_a, row_b in zip(a, b, strict=True):
+        assert row_a.keys() == row_b.keys()
+        for key in row_a:
+            assert row_a[key] == pytest.approx(row_b[key], rel=1e-5, abs=1e-6), key
+
+
+def test_resume_refuses_a_changed_config(small_set: Path, tmp_path: Path):
+    cache = tmp_path / "cache"
+    fit(small_config(small_set, cache, **{"optim.epochs": 1}), tmp_path / "run")
+    with pytest.raises(InvalidInput, match="loss.w_dir"):
+        fit(small_config(small_set, cache, **{"loss.w_dir": 7}), tmp_path / "run")
+
+
+def test_on_epoch_false_stops_the_run(small_set: Path, tmp_path: Path):
+    cfg = small_config(small_set, tmp_path / "cache", **{"optim.epochs": 3})
+    result = fit(cfg, on_epoch=lambda m, c: False)
+    assert result.status == "stopped" and result.epochs_done == 1
+
+
+def test_non_finite_loss_is_diverged(small_set: Path, tmp_path: Path):
+    # l_track is negative (l_sim); a float32-overflowing weight turns the loss into -inf
+    cfg = small_config(small_set, tmp_path / "cache", **{"loss.w_track": 1e39, "optim.epochs": 2})
+    result = fit(cfg)
+    assert result.status == "diverged"
+    assert "non-finite loss" in result.error and result.epochs_done == 0
+
+
+def test_train_cli_writes_metrics_and_resumes(small_set: Path, tmp_path: Path):
+    import pyarrow.parquet as pq
+
+    cfg = small_config(small_set, tmp_path / "cache", **{"optim.epochs": 1})
+    path = tmp_path / "c.yaml"
+    path.write_text(cfg.to_yaml())
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "mtsearch", "train", str(path), "--out", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert pq.read_table(out / "metrics.parquet").column("epoch").to_pylist() == [1]
+    proc = subprocess.run(cmd + ["--epochs", "2"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "resuming from epoch 1" in proc.stdout
+    table = pq.read_table(out / "metrics.parquet")
+    assert table.column("epoch").to_pylist() == [1, 2]
+    assert set(EPOCH_COLUMNS) <= set(table.column_names)
