@@ -41,7 +41,7 @@ class Preset:
 PRESETS: dict[str, Preset] = {
     "thesis": Preset(width=64, depths=(3, 4, 6), head_depth=3, crop=240, patch=80, track_dim=512),
     "small": Preset(width=32, depths=(2, 2, 3), head_depth=2, crop=144, patch=48, track_dim=128),
-    "tiny": Preset(width=8, depths=(1, 1, 1), head_depth=1, crop=96, patch=32, track_dim=32),
+    "tiny": Preset(width=8, depths=(1, 1, 1), head_depth=2, crop=96, patch=32, track_dim=32),
 }
 
 

@@ -1,0 +1,97 @@
+"""The multi-branch network (thesis §3): a shared trunk and up to three branches, and its loss.
+
+    clips (B, 3, T, H, W) -> trunk -> feat (B, 16w, T, H/8, W/8)
+        feat -> cls head                                  -> logits (B, num_classes)
+        feat, half reversed in time -> dir head           -> dir_logits (B, 2), dir_labels (B,)
+        feat + re-encoded target patch -> tracking branch -> l_track (scalar)
+
+l = l_cls + w_track * l_track + w_dir * l_dir (eq. 3.1). A branch switched off in
+`model.branches` is never built: no parameters, no compute, no loss term.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mtsearch.config import TrialConfig
+from mtsearch.model.heads import Conv5Head, reverse_half
+from mtsearch.model.tracking import TrackingBranch
+from mtsearch.model.trunk import Trunk, init_weights
+
+
+@dataclass
+class BranchOutputs:
+    """What one forward pass produced; None for a branch that is off (or track=False)."""
+
+    logits: torch.Tensor  # (B, num_classes)
+    dir_logits: torch.Tensor | None = None  # (B, 2)
+    dir_labels: torch.Tensor | None = None  # (B,) 1 = forward, 0 = reversed in time
+    loss_track: torch.Tensor | None = None  # scalar l_track (lambda already applied inside)
+    track_terms: dict[str, torch.Tensor] = field(default_factory=dict)  # sim, skip, long (detached)
+
+
+class MultiBranchNet(nn.Module):
+    """The thesis network at the size of `cfg.preset`, with the branches of `cfg.model.branches`."""
+
+    def __init__(self, cfg: TrialConfig, num_classes: int):
+        super().__init__()
+        preset = cfg.preset
+        self.branches = tuple(cfg.model.branches)
+        self.trunk = Trunk(preset.width, preset.depths)
+        trunk_ch = self.trunk.out_channels  # thesis 1024
+        head_planes = preset.width * 8  # conv5_x: 512 planes -> 2048 channels in the thesis
+        self.cls_head = Conv5Head(trunk_ch, head_planes, preset.head_depth, num_classes)
+        self.dir_head = (
+            Conv5Head(trunk_ch, head_planes, preset.head_depth, 2) if cfg.has("dir") else None
+        )
+        self.tracking = None
+        if cfg.has("track"):
+            self.tracking = TrackingBranch(
+                trunk_ch,
+                preset.track_dim,
+                crop=cfg.crop,
+                patch=cfg.patch,
+                past_frames=cfg.track.past_frames,
+                frame_gap=cfg.track.frame_gap,
+                track_lambda=cfg.loss.track_lambda,
+            )
+        init_weights(self)
+
+    def forward(
+        self, clips: torch.Tensor, track: bool = True, generator: torch.Generator | None = None
+    ) -> BranchOutputs:
+        """clips (B, 3, T, H, W), normalised; `track=False` skips the tracking branch (eval).
+
+        `generator` drives every random choice (which clips are reversed, the tracked patch).
+        """
+        feat = self.trunk(clips)  # (B, 16w, T, H/8, W/8)
+        out = BranchOutputs(logits=self.cls_head(feat))
+        if self.dir_head is not None:
+            dir_feat, out.dir_labels = reverse_half(feat, generator)
+            out.dir_logits = self.dir_head(dir_feat)
+        if self.tracking is not None and track:
+            out.loss_track, out.track_terms = self.tracking(feat, clips, self.trunk, generator)
+        return out
+
+
+def compute_losses(
+    out: BranchOutputs, labels: torch.Tensor, cfg: TrialConfig
+) -> dict[str, torch.Tensor]:
+    """{"loss", "loss_cls"} plus "loss_track" / "loss_dir" for the branches that produced output.
+
+    loss = l_cls + w_track * l_track + w_dir * l_dir (thesis eq. 3.1, w1 = w_track, w2 = w_dir).
+    """
+    loss_cls = F.cross_entropy(out.logits.float(), labels)
+    losses = {"loss_cls": loss_cls}
+    total = loss_cls
+    if cfg.has("track") and out.loss_track is not None:
+        losses["loss_track"] = out.loss_track.float()
+        total = total + cfg.loss.w_track * losses["loss_track"]
+    if cfg.has("dir") and out.dir_logits is not None and out.dir_labels is not None:
+        losses["loss_dir"] = F.cross_entropy(out.dir_logits.float(), out.dir_labels)
+        total = total + cfg.loss.w_dir * losses["loss_dir"]
+    return {"loss": total, **losses}

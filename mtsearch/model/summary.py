@@ -1,0 +1,180 @@
+"""The network stage by stage (thesis Table 3.1): output shape, parameters and MACs per clip.
+
+Counted from the real modules built on the meta device (no memory, no arithmetic), so the table
+can never drift from the code: parameters are the modules' own, MACs come from forward hooks on
+every Conv3d/Conv2d/Linear (BN, ReLU, pooling and sampling are ignored, as usual), plus the
+affinity matrix products of the tracking branch, counted from their shapes.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from mtsearch.config import TrialConfig, branches_label
+from mtsearch.model.heads import Conv5Head
+from mtsearch.model.multibranch import MultiBranchNet
+from mtsearch.model.trunk import EXPANSION
+
+
+@dataclass(frozen=True)
+class StageInfo:
+    """One row of the table; `macs` are multiply-accumulates for one clip (batch 1)."""
+
+    name: str
+    layers: str
+    out_shape: tuple[int, ...]  # (C, T, H, W), (C, H, W) or (N,)
+    params: int
+    macs: int
+
+
+def run_counting(module: nn.Module, *inputs: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Run `module` and count the MACs of its convolutions and linear layers."""
+    macs = 0
+
+    def hook(layer: nn.Module, args: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
+        nonlocal macs
+        if isinstance(layer, (nn.Conv3d, nn.Conv2d)):
+            macs += out.numel() * (layer.in_channels // layer.groups) * math.prod(layer.kernel_size)
+        elif isinstance(layer, nn.Linear):
+            macs += out.numel() * layer.in_features
+
+    handles = [
+        m.register_forward_hook(hook)
+        for m in module.modules()
+        if isinstance(m, (nn.Conv3d, nn.Conv2d, nn.Linear))
+    ]
+    try:
+        with torch.no_grad():
+            out = module(*inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return out, macs
+
+
+def count_params(module: nn.Module | None) -> int:
+    return 0 if module is None else sum(p.numel() for p in module.parameters())
+
+
+def bottleneck_text(stage: nn.Sequential) -> str:
+    """`[1×1×1, 64; 1×3×3, 64; 1×1×1, 256] ×3` (+ stride) from the stage's first unit."""
+    unit = stage[0]
+    kt, kh, kw = unit.conv2.kernel_size
+    planes = unit.conv2.out_channels
+    text = f"[1×1×1, {planes}; {kt}×{kh}×{kw}, {planes}; 1×1×1, {planes * EXPANSION}] ×{len(stage)}"
+    stride = unit.conv2.stride
+    if stride != (1, 1, 1):
+        text += f", stride {','.join(map(str, stride))}"
+    return text
+
+
+def describe(cfg: TrialConfig, num_classes: int) -> list[StageInfo]:
+    """Rows for the trunk stages, each enabled branch, and a final `total` row."""
+    with torch.device("meta"):
+        model = MultiBranchNet(cfg, num_classes)
+    model.eval()
+    frames, crop = cfg.data.clip_frames, cfg.crop
+    rows: list[StageInfo] = []
+
+    def add(name: str, layers: str, module: nn.Module, x: torch.Tensor, params: int) -> torch.Tensor:
+        """Run one stage on the meta input `x`, record its row, return its output."""
+        out, macs = run_counting(module, x)
+        rows.append(StageInfo(name, layers, tuple(out.shape[1:]), params, macs))
+        return out
+
+    # ---- trunk --------------------------------------------------------------------------------
+    trunk = model.trunk
+    clip = torch.empty(1, 3, frames, crop, crop, device="meta")
+    stem, pool = trunk.conv1[:3], trunk.conv1[3]  # conv + BN + ReLU, then the max pool
+    x = add("conv1", f"1×7×7, {stem[0].out_channels}, stride 1,2,2", stem, clip, count_params(stem))
+    x = add("conv1 max pool", "1×3×3 max pool, stride 1,2,2", pool, x, 0)
+    for name in ("conv2_x", "conv3_x", "conv4_x"):
+        stage = getattr(trunk, name)
+        x = add(name, bottleneck_text(stage), stage, x, count_params(stage))
+    feat = x  # (1, 16w, T, H/8, W/8)
+
+    # ---- classification and direction heads ---------------------------------------------------
+    def head_rows(prefix: str, head: Conv5Head) -> None:
+        h = add(f"{prefix} max pool", "3×3×3 max pool, stride 2,2,2", head.pool, feat, 0)
+        h = add(
+            f"{prefix} conv5_x",
+            bottleneck_text(head.conv5_x),
+            head.conv5_x,
+            h,
+            count_params(head.conv5_x),
+        )
+        pool_fc = nn.Sequential(head.avgpool, nn.Flatten(1), head.fc)
+        add(
+            f"{prefix} avg pool, fc",
+            f"global avg pool, fc {head.fc.in_features}→{head.fc.out_features}",
+            pool_fc,
+            h,
+            count_params(head.fc),
+        )
+
+    head_rows("cls", model.cls_head)
+    if model.dir_head is not None:
+        head_rows("dir", model.dir_head)
+
+    # ---- tracking branch -------------------------------------------------------------------------
+    tracking = model.tracking
+    if tracking is not None:
+        k = tracking.past_frames
+        dim = tracking.proj[0].out_channels
+        tracked = feat[:, :, : k + 1]  # (1, C, k+1, h, w): only the tracked frames are projected
+        add(
+            "track projection",
+            f"1×1×1, {dim} + ReLU on the k+1 = {k + 1} tracked frames",
+            tracking.proj,
+            tracked,
+            count_params(tracking.proj),
+        )
+
+        patch = torch.empty(1, 3, 1, tracking.patch, tracking.patch, device="meta")
+        encode = nn.Sequential(trunk, tracking.proj)
+        add(
+            "track patch",
+            f"{tracking.patch}×{tracking.patch} crop (±45°) → shared trunk → projection",
+            encode,
+            patch,
+            0,
+        )
+
+        cells, frame_positions = tracking.patch_cells, tracking.frame_cells**2
+        steps = tracking.steps_per_clip
+        affinity = torch.empty(1, frame_positions, cells, cells, device="meta")
+        _, localizer_macs = run_counting(tracking.localizer, affinity)
+        affinity_macs = frame_positions * cells * cells * dim
+        kern = tracking.localizer.kernel
+        c1, c2 = tracking.localizer.conv1.out_channels, tracking.localizer.conv2.out_channels
+        layers = (
+            f"{steps} steps × (affinity {frame_positions}×{cells * cells}, softmax ·√{dim}; "
+            f"conv {kern}×{kern}, {c1}; conv {kern}×{kern}, {c2}; fc 3; bilinear crop)"
+        )
+        rows.append(
+            StageInfo(
+                "track localizer",
+                layers,
+                (3,),
+                count_params(tracking.localizer),
+                steps * (localizer_macs + affinity_macs),
+            )
+        )
+
+    total_params = count_params(model)
+    total_macs = sum(r.macs for r in rows)
+    label = branches_label(cfg.model.branches)
+    rows.append(
+        StageInfo(
+            "total",
+            f"{cfg.model.preset} preset, {label}, {num_classes} classes",
+            (num_classes,),
+            total_params,
+            total_macs,
+        )
+    )
+    return rows
