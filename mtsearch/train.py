@@ -74,8 +74,12 @@ def fit(
     resume: bool = True,
     log: Callable[[str], None] | None = None,
     on_batch: OnBatch | None = None,
+    warn: Callable[[str], None] | None = None,
 ) -> FitResult:
-    """Train `cfg` for `optim.epochs` epochs; checkpoints go to `out_dir/checkpoint/`."""
+    """Train `cfg` for `optim.epochs` epochs; checkpoints go to `out_dir/checkpoint/`.
+
+    `log` gets progress notes, `warn` (default: `log`) the videos skipped as unreadable.
+    """
     from mtsearch.data.cache import FrameCache
     from mtsearch.data.clips import TestClips, TrainClips, make_loader, usable_videos
     from mtsearch.data.datasets import index_for_config
@@ -83,16 +87,17 @@ def fit(
     from mtsearch.paths import frames_dir
 
     say = log or (lambda msg: None)
+    warn = warn or say
     cfg = cfg.resolved()
     device = pick_device(cfg.device)
     _configure_torch(device)
     ckpt_dir = Path(out_dir) / "checkpoint" if out_dir is not None else None
 
-    index = index_for_config(cfg, warn=say)
+    index = index_for_config(cfg, warn=warn)
     cache = FrameCache(frames_dir(cfg.data.cache_dir))
     fps, short = cfg.data.fps, cfg.short_side
-    train_items = usable_videos(index.train, cache, fps, short, say)
-    test_items = usable_videos(index.test, cache, fps, short, say)
+    train_items = usable_videos(index.train, cache, fps, short, warn)
+    test_items = usable_videos(index.test, cache, fps, short, warn)
     if not train_items:
         raise RuntimeError(f"no usable training videos in {index.root} (split {cfg.data.split})")
     num_classes = len(index.classes)

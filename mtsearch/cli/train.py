@@ -62,8 +62,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     from mtsearch.train import fit
 
-    console = Console(stderr=False)
-    err = Console(stderr=True)
+    console = Console(soft_wrap=True)
+    err = Console(stderr=True, soft_wrap=True)
     out.mkdir(parents=True, exist_ok=True)
     metrics_path = out / "metrics.parquet"
     rows = _read_metrics(metrics_path)
@@ -104,12 +104,16 @@ def cmd_train(args: argparse.Namespace) -> int:
         )
 
     def log(message: str) -> None:
-        progress.console.print(f"[yellow]{message}[/]" if message.startswith("skipping") else message)
+        progress.console.print(message, highlight=False)
+
+    def warn(message: str) -> None:
+        err.print(f"[yellow]warning:[/] {message}", highlight=False)
 
     resume_cmd = f"mtsearch train {shlex.quote(args.config)} --out {shlex.quote(str(out))}"
     try:
         with progress:
-            result = fit(cfg, out, on_epoch=on_epoch, resume=True, log=log, on_batch=on_batch)
+            result = fit(cfg, out, on_epoch=on_epoch, resume=True, log=log, on_batch=on_batch,
+                         warn=warn)
     except KeyboardInterrupt:
         err.print(f"interrupted; resume with: {resume_cmd}")
         return 130
