@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from mtsearch.data.synthetic import VERSION
+
 
 def mtsearch(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "mtsearch", *args], capture_output=True, text=True,
@@ -30,7 +32,7 @@ def synth_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
                       "--seed", "2")
     assert result.returncode == 0, result.stderr
     assert "wrote 12 videos (3 classes x 4)" in result.stdout
-    assert "move_right" in result.stdout and "move_left" in result.stdout
+    assert "move_down" in result.stdout and "move_up" in result.stdout
     return root
 
 
@@ -39,7 +41,7 @@ def test_synth_then_check(synth_dir: Path) -> None:
     result = mtsearch("data", "check", "--dataset", "synthetic", str(synth_dir))
     assert result.returncode == 0, result.stderr
     assert "12 of 12 videos usable (train 9/9, test 3/3), 3 classes" in result.stdout
-    # at 10 fps the 2-3 s videos have 20-30 frames: all shorter than a 40-frame clip, still usable
+    # at 10 fps the 1.3-1.9 s videos have 13-19 frames: all shorter than a 40-frame clip, still usable
     result = mtsearch("data", "check", "--dataset", "synthetic", str(synth_dir), "--fps", "10",
                       "--clip-frames", "40", "--decode")
     assert result.returncode == 0, result.stderr
@@ -47,7 +49,7 @@ def test_synth_then_check(synth_dir: Path) -> None:
 
 
 @pytest.mark.parametrize("args,needle", [
-    (["--classes", "1"], "--classes: must be an integer from 2 to 12 (got 1)"),
+    (["--classes", "1"], "--classes: must be an integer from 2 to 10 (got 1)"),
     (["--videos-per-class", "0"], "--videos-per-class"),
 ])
 def test_synth_rejects_bad_sizes(tmp_path: Path, args: list[str], needle: str) -> None:
@@ -113,8 +115,8 @@ def test_check_synthetic_without_root_builds_then_reuses_the_cached_set(tmp_path
     env = {"MTSEARCH_CACHE": str(tmp_path / "cache")}
     first = mtsearch("data", "check", "--dataset", "synthetic", env=env)
     assert first.returncode == 0, first.stderr
-    assert "240 of 240 videos usable (train 170/170, test 70/70), 10 classes" in first.stdout
-    built = tmp_path / "cache" / "synthetic" / "v1-seed0"
+    assert "240 of 240 videos usable (train 168/168, test 72/72), 6 classes" in first.stdout
+    built = tmp_path / "cache" / "synthetic" / f"v{VERSION}-seed0"
     assert str(built) in first.stdout
     stamp = (built / "synthetic.yaml").stat().st_mtime_ns
     again = mtsearch("data", "check", "--dataset", "synthetic", env=env)

@@ -36,11 +36,11 @@ def test_layout_and_video_format(small_set: Path) -> None:
         assert sum(v.label == label for v in index.test) == 1
     info = probe(index.train[0].path)
     assert (info.width, info.height, round(info.fps)) == (112, 112, 30)
-    assert 60 <= info.num_frames <= 90  # 2-3 s
+    assert synthetic.FRAMES_RANGE[0] <= info.num_frames <= synthetic.FRAMES_RANGE[1]
     frames = read_video(index.train[0].path)
     assert frames.shape[1:] == (112, 112, 3) and frames.dtype == np.uint8
     assert frames.std() > 10  # textured, not flat
-    split = (small_set / "testTrainMulti_7030_splits" / "move_left_test_split1.txt").read_bytes()
+    split = (small_set / "testTrainMulti_7030_splits" / "move_up_test_split1.txt").read_bytes()
     lines = split.decode().splitlines()
     assert len(lines) == 4 and all(line.endswith(" ") for line in lines)  # like the official files
     tests = [load_index("synthetic", small_set, k).test for k in (1, 2, 3)]
@@ -62,20 +62,62 @@ def test_same_seed_same_files_other_seed_other_frames(small_set: Path, tmp_path:
 
 
 def test_reversed_class_is_the_forward_trajectory_backwards() -> None:
-    """Pairs share one trajectory generator; the reversed class plays it backwards."""
-    rng_a, rng_b = np.random.default_rng(5), np.random.default_rng(5)
-    forward = synthetic._trajectory("move_right", 70, 14.0, rng_a)
-    again = synthetic._trajectory("move_right", 70, 14.0, rng_b)
-    np.testing.assert_array_equal(forward["x"], again["x"])
-    assert np.all(np.diff(forward["x"]) > 0)  # right: x grows
-    for pair in synthetic.MOTION_PAIRS:
-        path = synthetic._trajectory(pair[0], 75, 16.0, np.random.default_rng(0))
-        assert all(len(v) == 75 for v in path.values())
-        margin = 0  # the main object's centre stays in the frame
-        assert path["x"].min() > margin and path["x"].max() < synthetic.SIZE - margin
-        assert path["y"].min() > margin and path["y"].max() < synthetic.SIZE - margin
+    """A reversed class plays its partner's kind of trajectory backwards, frame for frame."""
+    assert synthetic.MOTION_PAIRS == (("move_down", "move_up"), ("grow", "shrink"),
+                                      ("converge", "diverge"))
+    for forward_name, backward_name in synthetic.MOTION_PAIRS:
+        forward = synthetic.main_tracks(CLASS_NAMES.index(forward_name), 50,
+                                        np.random.default_rng(5))
+        backward = synthetic.main_tracks(CLASS_NAMES.index(backward_name), 50,
+                                         np.random.default_rng(5))
+        assert len(forward) == len(backward) >= 1
+        for f, b in zip(forward, backward):
+            for key in ("x", "y", "angle", "scale"):
+                np.testing.assert_array_equal(f[key][::-1], b[key])
+    for index in range(len(CLASS_NAMES)):  # every object stays in or right next to the frame
+        for track in synthetic.main_tracks(index, 56, np.random.default_rng(index)):
+            assert all(len(track[key]) == 56 for key in ("x", "y", "angle", "scale"))
+            reach = synthetic._reach(track["look"]["radius"] * max(1.0, track["scale"].max()))
+            for axis in ("x", "y"):
+                assert track[axis].min() >= -reach and track[axis].max() <= synthetic.SIZE + reach
     frames = render_video(CLASS_NAMES.index("shrink"), 0, seed=0)
     assert frames.shape[1:] == (112, 112, 3)
+
+
+def test_motion_is_fast_and_lasts_the_whole_video() -> None:
+    """Several px/frame on the main objects in every 13-frame window (the tiny trunk's cells are
+    8 px), and the class motion keeps its sign: down stays down, grow keeps growing."""
+    tracks = synthetic.main_tracks(CLASS_NAMES.index("move_down"), 56, np.random.default_rng(1))
+    for track in tracks:
+        step = np.diff(track["y"])
+        moving = step[np.abs(step) < synthetic.SIZE / 2]  # leave out the wrap-around jumps
+        assert len(moving) >= 50 and np.all(moving >= synthetic.SPEED_RANGE[0])
+    tracks = synthetic.main_tracks(CLASS_NAMES.index("grow"), 56, np.random.default_rng(2))
+    growing = np.concatenate([np.diff(track["scale"]) for track in tracks])
+    assert np.mean(growing > 0) > 0.8  # shrinking only at a respawn
+    tracks = synthetic.main_tracks(CLASS_NAMES.index("converge"), 56, np.random.default_rng(3))
+    gap = np.hypot(tracks[0]["x"] - tracks[1]["x"], tracks[0]["y"] - tracks[1]["y"])
+    assert np.mean(np.diff(gap) < 0) > 0.8
+    for window in range(0, 56 - 13, 13):  # every clip shows the two objects closing in
+        assert np.any(np.diff(gap[window : window + 13]) < -2 * synthetic.SPEED_RANGE[0])
+
+
+def test_no_class_has_a_left_right_or_turning_sense() -> None:
+    """Training clips are mirrored left-right with p = 0.5 under the same label, so a class may
+    not depend on left vs right or clockwise vs anticlockwise: both senses occur in every class."""
+    def senses(name: str, key: str) -> set[float]:
+        out = set()
+        for video in range(40):
+            rng = np.random.default_rng(video)
+            track = synthetic.main_tracks(CLASS_NAMES.index(name), 20, rng)[0]
+            step = np.diff(track[key])
+            step = step[np.abs(step) < synthetic.SIZE / 2]  # leave out the wrap-around jumps
+            out.add(float(np.sign(np.median(step))))
+        return out
+
+    assert senses("slide", "x") == {-1.0, 1.0}
+    assert senses("spin", "angle") == {-1.0, 1.0}
+    assert {-1.0, 1.0} <= senses("move_down", "x")  # the slight sideways drift, too
 
 
 def test_invalid_sizes_and_foreign_folder(tmp_path: Path) -> None:
@@ -97,7 +139,7 @@ def test_rewrite_replaces_an_earlier_set(small_set: Path, tmp_path: Path) -> Non
     target = write_synthetic(tmp_path / "d", classes=3, videos_per_class=4, workers=1)
     write_synthetic(target, classes=2, videos_per_class=2, workers=1)
     assert sorted(p.name for p in target.iterdir() if p.is_dir()) == [
-        "move_left", "move_right", "testTrainMulti_7030_splits"]
+        "move_down", "move_up", "testTrainMulti_7030_splits"]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp leftovers
 
 
@@ -122,7 +164,11 @@ def test_ensure_synthetic_two_processes_build_one_set(tmp_path: Path) -> None:
     leftovers = [p.name for p in root.parent.iterdir() if not p.name.endswith(".lock")]
     assert leftovers == [root.name]  # no half-built or duplicate sets
     index = load_index("synthetic", root, 1)
-    assert index.num_classes == 10 and len(index.train) == 170 and len(index.test) == 70
+    classes, per_class = synthetic.DEFAULT_CLASSES, synthetic.DEFAULT_VIDEOS_PER_CLASS
+    num_test = round(synthetic.TEST_FRACTION * per_class)
+    assert index.num_classes == classes
+    assert len(index.train) == classes * (per_class - num_test)
+    assert len(index.test) == classes * num_test
     assert all(v.path.stat().st_size > 0 for v in index.train + index.test)
     # reused afterwards, and what data.dataset: synthetic resolves to
     mtime = (root / synthetic.INFO_FILE).stat().st_mtime_ns

@@ -49,8 +49,12 @@ def cmd_synth(args: argparse.Namespace) -> int:
     from mtsearch.data.datasets import load_index
     from mtsearch.data.synthetic import CLASS_NAMES, write_synthetic
 
-    classes = 10 if args.classes is None else args.classes
-    videos_per_class = 24 if args.videos_per_class is None else args.videos_per_class
+    from mtsearch.data.synthetic import DEFAULT_CLASSES, DEFAULT_VIDEOS_PER_CLASS
+
+    classes = DEFAULT_CLASSES if args.classes is None else args.classes
+    videos_per_class = (
+        DEFAULT_VIDEOS_PER_CLASS if args.videos_per_class is None else args.videos_per_class
+    )
     out, err = Console(), Console(stderr=True)
     start = time.monotonic()
     with _progress(err, "writing videos") as progress:
