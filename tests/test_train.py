@@ -142,3 +142,21 @@ def test_train_cli_writes_metrics_and_resumes(small_set: Path, tmp_path: Path):
     table = pq.read_table(out / "metrics.parquet")
     assert table.column("epoch").to_pylist() == [1, 2]
     assert set(EPOCH_COLUMNS) <= set(table.column_names)
+
+
+@pytest.mark.slow
+def test_tiny_learns_the_synthetic_set_well_above_chance(tmp_path: Path):
+    """The CPU-sized preset on the built-in set (built in a private cache): from motion alone."""
+    cfg = TrialConfig.from_mapping({
+        "data.cache_dir": str(tmp_path / "cache"),
+        "model.preset": "tiny",
+        "model.branches": ["cls"],
+        "optim.lr": 1e-3,
+        "optim.epochs": 8,
+        "eval.every": 2,
+        "device": "cpu",
+    })
+    result = fit(cfg)
+    chance = 1 / 6
+    assert result.status == "completed"
+    assert result.best_val_hit1 >= 2 * chance, result.history
