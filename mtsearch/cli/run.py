@@ -1,0 +1,190 @@
+"""`mtsearch run SPACE.yaml` and `mtsearch ablate GRID.yaml`: validate, search, show progress.
+
+The space is validated (space.py) before Ray is imported or anything is written under
+`trials/`; the driver (search.py) then runs the study and calls back with snapshots, which are
+drawn as a rich live leaderboard, or as plain log lines with `--quiet`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+from rich.text import Text
+
+from mtsearch.errors import InvalidInput
+
+EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
+TOP = 10
+_STATUS_STYLE = {"running": "cyan", "completed": "green", "pruned": "yellow", "error": "red", "diverged": "magenta"}
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    return _run(args, "search")
+
+
+def cmd_ablate(args: argparse.Namespace) -> int:
+    return _run(args, "grid")
+
+
+def _run(args: argparse.Namespace, kind: str) -> int:
+    from mtsearch.space import load_space
+
+    spec = load_space(args.space, kind)
+    spec = spec.with_cli(name=args.name, num_samples=args.num_samples, max_concurrent=args.max_concurrent,
+                         data_root=args.data)
+    _check_data_root(spec)
+    console = Console()
+    err = Console(stderr=True)
+    command = "ablate" if kind == "grid" else "run"
+    resume_cmd = _resume_command(command, args, spec.name)
+
+    from mtsearch.search import run_search  # heavy: ray, optuna
+
+    state: dict[str, Any] = {"progress": None, "seen": {}}
+    log = (lambda msg: err.print(msg, markup=False, highlight=False))
+
+    def on_update(progress: Any) -> None:
+        state["progress"] = progress
+        if args.quiet:
+            _log_changes(progress, state["seen"], console)
+
+    try:
+        if args.quiet:
+            outcome = run_search(spec, args.trials_dir, resume=args.resume, address=args.address,
+                                 on_update=on_update, log=log)
+        else:
+            with Live(get_renderable=lambda: _render(state["progress"]), console=console,
+                      refresh_per_second=2, transient=True):
+                outcome = run_search(spec, args.trials_dir, resume=args.resume, address=args.address,
+                                     on_update=on_update, log=log)
+    except KeyboardInterrupt:
+        err.print(f"interrupted; resume with: {resume_cmd}", markup=False, highlight=False, soft_wrap=True)
+        return EXIT_INTERRUPTED
+
+    progress = outcome.progress
+    console.print(_leaderboard(progress, TOP))
+    console.print(_counts_line(progress))
+    if outcome.interrupted:
+        err.print(f"interrupted; resume with: {resume_cmd}", markup=False, highlight=False, soft_wrap=True)
+        return EXIT_INTERRUPTED
+    console.print(f"results: {outcome.study_dir} (trials.parquet, epochs.parquet, space.yaml"
+                  + (", optuna.db)" if not spec.is_grid else ")"), markup=False, highlight=False)
+    finished = [r for r in progress.rows if r["status"] in ("completed", "pruned")]
+    if progress.rows and not finished:
+        err.print("error: every trial failed; see the error column in trials.parquet", markup=False)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def _check_data_root(spec: Any) -> None:
+    """A missing dataset folder is invalid input (exit 2) before anything starts."""
+    root = spec.base.data.root
+    if root and not Path(root).expanduser().is_dir():
+        raise InvalidInput(spec.source, "base.data.root", "dataset folder not found", root)
+
+
+def _resume_command(command: str, args: argparse.Namespace, name: str) -> str:
+    parts = ["mtsearch", command, args.space, "--resume"]
+    if args.name:
+        parts += ["--name", name]
+    if args.trials_dir != "trials":
+        parts += ["--trials-dir", args.trials_dir]
+    if args.data:
+        parts += ["--data", args.data]
+    if args.address:
+        parts += ["--address", args.address]
+    return " ".join(shlex.quote(p) for p in parts)
+
+
+# ---- rendering -----------------------------------------------------------------------------------
+
+def _ranked(progress: Any) -> list[dict[str, Any]]:
+    scored = [r for r in progress.rows if r.get("score") is not None]
+    reverse = progress.mode == "max"
+    return sorted(scored, key=lambda r: r["score"], reverse=reverse)
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _leaderboard(progress: Any, top: int) -> Table:
+    table = Table(title=f"{progress.name}: top {top} by {progress.metric} ({progress.mode})", title_justify="left")
+    table.add_column("#", justify="right")
+    table.add_column("trial")
+    table.add_column("status")
+    table.add_column(f"best {progress.metric}", justify="right")
+    table.add_column("epochs", justify="right")
+    for key in progress.searched_keys:
+        table.add_column(key, justify="right")
+    for rank, row in enumerate(_ranked(progress)[:top], 1):
+        status = row["status"] or "running"
+        table.add_row(str(rank), row["trial_id"], Text(status, style=_STATUS_STYLE.get(status, "")),
+                      _fmt(row["score"]), _fmt(row.get("epochs_done")),
+                      *(_fmt(row.get(k) if k != "seed" else row.get("seed")) for k in progress.searched_keys))
+    return table
+
+
+def _counts_line(progress: Any) -> Text:
+    text = Text()
+    for status, count in progress.counts.items():
+        text.append(f"{status} {count}  ", style=_STATUS_STYLE.get(status, ""))
+    return text
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(max(0, seconds))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def _render(progress: Any) -> Any:
+    if progress is None:
+        return Text("starting Ray ...")
+    finished = sum(v for k, v in progress.counts.items() if k != "running")
+    elapsed = time.time() - progress.started
+    done_here = finished - progress.done_at_start
+    eta = "?"
+    if done_here > 0 and finished < progress.total:
+        eta = _clock(elapsed / done_here * (progress.total - finished))
+    elif finished >= progress.total:
+        eta = "0:00"
+    bar = ProgressBar(total=max(progress.total, 1), completed=finished, width=40)
+    line = Text(f" {finished}/{progress.total} trials  elapsed {_clock(elapsed)}  ETA {eta}  ")
+    header = Table.grid(padding=0)
+    header.add_row(bar, line)
+    return Group(header, _counts_line(progress), _leaderboard(progress, TOP))
+
+
+def _log_changes(progress: Any, seen: dict[str, tuple[Any, Any]], console: Console) -> None:
+    """--quiet: one plain line per trial start, status change and evaluated epoch."""
+    finished = sum(v for k, v in progress.counts.items() if k != "running")
+    for row in progress.rows:
+        key = (row["status"], row.get("epochs_done"))
+        if seen.get(row["trial_id"]) == key:
+            continue
+        seen[row["trial_id"]] = key
+        params = ", ".join(f"{k}={_fmt(row.get(k))}" for k in progress.searched_keys)
+        epochs = row.get("epochs_done") or 0
+        what = "started" if row["status"] == "running" and not epochs else f"{row['status']} epoch {epochs}"
+        console.print(
+            f"[{finished}/{progress.total}] trial {row['trial_id']} {what}"
+            f" best {progress.metric}={_fmt(row.get('score'))}"
+            + (f" error: {row['error']}" if row.get("error") else "") + f" ({params})",
+            markup=False, highlight=False, soft_wrap=True,
+        )
+    sys.stdout.flush()

@@ -1,0 +1,567 @@
+"""The Ray Tune driver: one validated `SpaceSpec` in, a finished (or resumable) study out.
+
+Thin adapters around Ray Tune and Optuna:
+- the trainable wraps the trainer (`mtsearch.train.fit`): one `tune.report` per epoch with the
+  epoch metrics and the epoch's checkpoint, and resumes from `tune.get_checkpoint()`;
+- OptunaSearch (TPE seeded, multivariate, constant_liar; random; CMA-ES) stored in
+  `trials/<name>/optuna.db`, told PRUNED for trials the scheduler stopped; grids use Tune's own
+  grid search; ASHA runs on epochs;
+- a Tune `Callback` keeps the Parquet store current and hands snapshots to the caller's
+  `on_update` (the CLI's live display). This module never prints.
+Tune's own state lives in `trials/<name>/tune/`, which is what `--resume` restores.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+import ray
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.search.optuna import OptunaSearch
+
+from mtsearch.config import TrialConfig
+from mtsearch.errors import InvalidInput
+from mtsearch.space import SpaceSpec, expand_params, load_study_space
+from mtsearch.store import StudyStore
+from mtsearch.yamlio import write_atomic
+
+OBJECTIVE = "objective"  # the key Tune, ASHA and Optuna optimise: the space's metric, carried forward
+TUNE_DIR = "tune"
+LOCK_FILE = ".lock"
+SPACE_FILE = "space.yaml"
+OPTUNA_FILE = "optuna.db"
+
+Trainer = Callable[..., Any]  # fit(cfg, out_dir, on_epoch, resume, log) -> FitResult-like
+Log = Callable[[str], None]
+
+
+@dataclass
+class SearchProgress:
+    """What a display needs, handed to `on_update` after every change of the store."""
+
+    name: str
+    study_dir: Path
+    metric: str
+    mode: str
+    total: int
+    searched_keys: list[str]
+    counts: dict[str, int]
+    rows: list[dict[str, Any]]  # trial rows (store columns) plus `score`: best metric so far
+    started: float  # time.time() when this driver started
+    resumed: bool
+    done_at_start: int  # trials already finished before this driver started (for the ETA)
+
+
+@dataclass
+class SearchOutcome:
+    study_dir: Path
+    interrupted: bool
+    progress: SearchProgress
+
+
+@dataclass
+class _Live:
+    """The driver-side objects the Tune callback writes to (never pickled with Tune's state)."""
+
+    spec: SpaceSpec
+    store: StudyStore
+    on_update: Callable[[SearchProgress], None] | None
+    started: float
+    resumed: bool
+    done_at_start: int
+    known_trials: set[str] = field(default_factory=set)
+    segment_start: dict[str, float] = field(default_factory=dict)
+
+
+# Tune pickles its RunConfig (with the callbacks) into the experiment folder, so the callback holds
+# only a key into this table, filled for the lifetime of `run_search` and emptied afterwards.
+_LIVE: dict[str, _Live] = {}
+
+
+# ---- the study folder ---------------------------------------------------------------------------
+
+def study_dir_for(spec: SpaceSpec, trials_dir: str | Path) -> Path:
+    return Path(trials_dir) / spec.name
+
+
+def _open_study(spec: SpaceSpec, trials_dir: Path, resume: bool) -> tuple[Path, int, bool]:
+    """Create or reopen `trials/<name>/` and hold its lock; refuse a study in use or a clobber."""
+    study_dir = study_dir_for(spec, trials_dir)
+    existed = study_dir.exists() and any(study_dir.iterdir())
+    study_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(study_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise InvalidInput(study_dir, None, f"study is in use by another mtsearch driver (pid {holder}); "
+                           "wait for it to finish or choose another --name") from None
+    try:
+        if existed and not resume:
+            raise InvalidInput(study_dir, None, "study already exists; add --resume to continue it "
+                               "or pick a new --name")
+        if existed and (study_dir / SPACE_FILE).exists():
+            saved = load_study_space(study_dir)
+            if saved.identity() != spec.identity():
+                changed = [k for k in spec.identity() if saved.identity().get(k) != spec.identity().get(k)]
+                raise InvalidInput(spec.source, ", ".join(changed) or None,
+                                   f"differs from the study's {study_dir / SPACE_FILE}; a resumed study keeps "
+                                   "its space: restore the file or pick a new --name")
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+    except BaseException:
+        os.close(fd)
+        raise
+    return study_dir, fd, not existed
+
+
+def _release(fd: int) -> None:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+# ---- the trainable (runs in a Ray worker) ------------------------------------------------------------
+
+def _default_trainer() -> Trainer:
+    from mtsearch.train import fit
+
+    return fit
+
+
+def run_trial(config: dict[str, Any], *, base: dict[str, Any], metric: str, mode: str,
+              trainer: Trainer | None = None) -> None:
+    """Tune function trainable: train one config, reporting each epoch with its checkpoint."""
+    cfg = TrialConfig.from_mapping(base, "<study base>").with_overrides(expand_params(config), "<trial>")
+    train = trainer or _default_trainer()
+    threads = max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))
+    try:
+        import torch
+
+        torch.set_num_threads(threads)
+    except ImportError:  # a trainer that does not use torch
+        pass
+
+    work = Path(tune.get_context().get_trial_dir()) / "work"
+    # Tune's last reported checkpoint is the source of truth: the trainer may have saved an epoch
+    # that was never reported (interrupted in between); resuming from that would skip its row.
+    shutil.rmtree(work, ignore_errors=True)
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as ckpt_dir:
+            shutil.copytree(ckpt_dir, work / "checkpoint")
+    worst = -math.inf if mode == "max" else math.inf
+    last = {"objective": worst, "epoch": 0}
+
+    def on_epoch(metrics: dict[str, Any], ckpt_dir: Path | None) -> None:
+        value = metrics.get(metric)
+        if value is not None and math.isfinite(value):
+            last["objective"] = float(value)
+        last["epoch"] = int(metrics["epoch"])
+        report = {**metrics, OBJECTIVE: last["objective"], "epochs_planned": cfg.optim.epochs}
+        ckpt = tune.Checkpoint.from_directory(str(ckpt_dir)) if ckpt_dir is not None else None
+        tune.report(report, checkpoint=ckpt)
+
+    result = train(cfg, work, on_epoch, True, None)
+    if getattr(result, "status", None) == "diverged":
+        tune.report({"epoch": last["epoch"], OBJECTIVE: last["objective"], "epochs_planned": cfg.optim.epochs,
+                     "fit_status": "diverged", "fit_error": str(result.error or "loss is not finite")})
+    shutil.rmtree(work, ignore_errors=True)
+
+
+# ---- Tune pieces --------------------------------------------------------------------------------------
+
+def _trial_dirname(trial: Any) -> str:
+    return trial.trial_id
+
+
+class PruneAwareOptunaSearch(OptunaSearch):
+    """Tells Optuna PRUNED (not COMPLETE with a low score) for trials the scheduler stopped."""
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if "fit_status" in result or trial_id not in self._ot_trials:
+            return
+        ot_trial = self._ot_trials[trial_id]
+        value = result.get(OBJECTIVE)
+        if value is not None and math.isfinite(value):
+            ot_trial.report(value, int(result.get("epoch", result.get("training_iteration", 0))))
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials or error or not result:
+            return super().on_trial_complete(trial_id, result, error)
+        state = None
+        if result.get("fit_status") == "diverged":
+            state = optuna.trial.TrialState.FAIL
+        elif int(result.get("epoch", 0)) < int(result.get("epochs_planned", 0)):
+            state = optuna.trial.TrialState.PRUNED
+        value = result.get(OBJECTIVE)
+        if state is None and (value is None or not math.isfinite(value)):
+            state = optuna.trial.TrialState.FAIL
+        if state is None:
+            return super().on_trial_complete(trial_id, result, error)
+        try:
+            self._ot_study.tell(self._ot_trials[trial_id], state=state)
+        except Exception as exc:  # noqa: BLE001 - a tell that Optuna refuses must not stop the search
+            logging.getLogger(__name__).warning("optuna tell failed: %s", exc)
+        self._completed_trials.add(trial_id)
+
+
+def _optuna_searcher(spec: SpaceSpec, study_dir: Path) -> Any:
+    seed = spec.search.seed
+    if spec.search.algorithm == "random":
+        sampler = optuna.samplers.RandomSampler(seed=seed)
+    elif spec.search.algorithm == "cmaes":
+        sampler = optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
+    else:
+        sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True)
+    storage = optuna.storages.RDBStorage(f"sqlite:///{(study_dir / OPTUNA_FILE).resolve()}")
+    return PruneAwareOptunaSearch(sampler=sampler, study_name=spec.name, storage=storage)
+
+
+def _param_space(spec: SpaceSpec) -> dict[str, Any]:
+    space: dict[str, Any] = {}
+    for key, dist in spec.space.items():
+        low_high = dist.values
+        if dist.kind == "uniform":
+            space[key] = tune.uniform(*low_high)
+        elif dist.kind == "loguniform":
+            space[key] = tune.loguniform(*low_high)
+        elif dist.kind == "int":
+            space[key] = tune.randint(low_high[0], low_high[1] + 1)  # Tune's upper bound is exclusive
+        elif dist.kind == "logint":
+            space[key] = tune.lograndint(low_high[0], low_high[1] + 1)
+        elif dist.kind == "choice":
+            space[key] = tune.choice(list(dist.values))
+        else:  # tied grid factors are lists of levels; expand_params splits them in the trial
+            space[key] = tune.grid_search([list(v) if isinstance(v, tuple) else v for v in dist.values])
+    if spec.kind == "grid" and spec.repeats > 1 and "seed" not in space:
+        space["seed"] = tune.grid_search(list(range(spec.repeats)))
+    return space
+
+
+def _scheduler(spec: SpaceSpec) -> Any:
+    if spec.scheduler.type == "asha":
+        return ASHAScheduler(time_attr="epoch", max_t=spec.max_epochs, grace_period=spec.scheduler.grace_period,
+                             reduction_factor=spec.scheduler.reduction_factor)
+    return FIFOScheduler()
+
+
+class StoreCallback(tune.Callback):
+    """Mirrors Tune's trial events into the Parquet store, then notifies the display."""
+
+    def __init__(self, live_key: str):
+        self.live_key = live_key
+
+    def _live(self) -> _Live | None:
+        return _LIVE.get(self.live_key)
+
+    def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
+        live = self._live()
+        if live is not None:
+            live.known_trials.update(t.trial_id for t in trials)
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        live = self._live()
+        if live is None:
+            return
+        live.known_trials.add(trial.trial_id)
+        _record_start(live, trial)
+        _publish(live)
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        live = self._live()
+        if live is None:
+            return
+        if trial.trial_id not in live.store.trials:
+            _record_start(live, trial)
+        if result.get("fit_status") == "diverged":
+            live.store.upsert_trial(trial.trial_id, status="diverged", error=_last_line(result.get("fit_error")))
+        elif "epoch" in result and "loss" in result:
+            live.store.add_epoch(trial.trial_id, result)
+        _touch_wall(live, trial.trial_id)
+        _publish(live)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        live = self._live()
+        if live is None:
+            return
+        if trial.trial_id not in live.store.trials:
+            _record_start(live, trial)
+        row = live.store.trials[trial.trial_id]
+        if row["status"] != "diverged":
+            planned = json.loads(row["config"])["optim"]["epochs"] if row["config"] else live.spec.max_epochs
+            done = row["epochs_done"] or 0
+            row["status"] = "completed" if done >= planned else "pruned"
+            row["error"] = None
+        _touch_wall(live, trial.trial_id, end=True)
+        _publish(live)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        live = self._live()
+        if live is None:
+            return
+        if trial.trial_id not in live.store.trials:
+            _record_start(live, trial)
+        error = _trial_error(trial)
+        live.store.upsert_trial(trial.trial_id, status="error",
+                                   error=_last_line(error) or "failed (no error text)")
+        _touch_wall(live, trial.trial_id, end=True)
+        _publish(live)
+
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        live = self._live()
+        if live is not None and trial.trial_id in live.store.trials:
+            live.store.upsert_trial(trial.trial_id, status="running")
+            _touch_wall(live, trial.trial_id, end=True)
+            _publish(live)
+
+
+def _record_start(live: _Live, trial: Any) -> None:
+    flat = expand_params(trial.config)
+    params = {k: flat[k] for k in live.spec.searched_keys if k in flat}
+    cfg = live.spec.trial_config(flat)
+    values: dict[str, Any] = dict(params)
+    existing = live.store.trials.get(trial.trial_id)
+    if existing is None or existing["status"] in (None, "running", "error"):
+        values["status"] = "running"
+        values["error"] = None
+    if live.spec.kind == "grid":
+        values["cell"] = live.spec.cell_of(trial.config)
+    live.store.upsert_trial(trial.trial_id, seed=cfg.seed, config=cfg.resolved().to_dict(), **values)
+    row = live.store.trials[trial.trial_id]
+    if row["epochs_done"] is None:
+        row["epochs_done"] = 0
+    live.segment_start[trial.trial_id] = time.time()
+
+
+def _touch_wall(live: _Live, trial_id: str, end: bool = False) -> None:
+    """wall_s accumulates over a trial's running segments (a resumed trial keeps its earlier time)."""
+    now = time.time()
+    start = live.segment_start.get(trial_id)
+    if start is None:
+        return
+    row = live.store.trials[trial_id]
+    row["wall_s"] = (row["wall_s"] or 0.0) + (now - start)
+    if end:
+        live.segment_start.pop(trial_id, None)
+    else:
+        live.segment_start[trial_id] = now
+
+
+def _trial_error(trial: Any) -> str | None:
+    """The trial's error text: Tune writes it locally first and copies it to storage later."""
+    try:
+        local = trial.error_file
+        if local and Path(local).exists():
+            return Path(local).read_text(errors="replace")
+        return trial.get_error()
+    except Exception:  # noqa: BLE001 - an unreadable error file must not stop the search
+        return None
+
+
+def _last_line(text: Any) -> str | None:
+    if text is None:
+        return None
+    lines = [ln.strip() for ln in str(text).splitlines() if ln.strip()]
+    return lines[-1][:500] if lines else None
+
+
+def _score(spec: SpaceSpec, store: StudyStore, trial_id: str) -> float | None:
+    values = [r.get(spec.metric) for r in store.trial_epochs(trial_id)]
+    values = [v for v in values if v is not None]
+    if not values:
+        return None
+    return max(values) if spec.mode == "max" else min(values)
+
+
+def _snapshot(live: _Live) -> SearchProgress:
+    rows = []
+    for tid, row in live.store.trials.items():
+        rows.append({**row, "score": _score(live.spec, live.store, tid)})
+    return SearchProgress(
+        name=live.spec.name, study_dir=live.store.study_dir, metric=live.spec.metric, mode=live.spec.mode,
+        total=live.spec.total_trials, searched_keys=live.spec.searched_keys, counts=live.store.counts(),
+        rows=rows, started=live.started, resumed=live.resumed, done_at_start=live.done_at_start,
+    )
+
+
+def _publish(live: _Live) -> None:
+    live.store.flush()
+    if live.on_update is not None:
+        live.on_update(_snapshot(live))
+
+
+# ---- the driver --------------------------------------------------------------------------------------
+
+def run_search(
+    spec: SpaceSpec,
+    trials_dir: str | Path = "trials",
+    *,
+    resume: bool = False,
+    address: str | None = None,
+    on_update: Callable[[SearchProgress], None] | None = None,
+    log: Log | None = None,
+    trainable_fn: Trainer | None = None,
+    num_cpus: int | None = None,
+) -> SearchOutcome:
+    """Run (or resume) a study to the end; returns what happened, never prints.
+
+    `trainable_fn` replaces the trainer (same signature as `mtsearch.train.fit`); it must be
+    picklable by Ray. `num_cpus` sizes a local Ray (default: all cores); ignored with `address`.
+    """
+    say = log or (lambda msg: None)
+    trials_dir = Path(trials_dir).resolve()
+    spec = _absolute_paths(spec)
+    study_dir, lock_fd, created = _open_study(spec, trials_dir, resume)
+    started_ray = False
+    key = str(study_dir)
+    try:
+        if not (study_dir / SPACE_FILE).exists():
+            write_atomic(study_dir / SPACE_FILE, spec.to_yaml())
+        # Tune reads these at run time; set as defaults only, so a user's own setting wins:
+        # no per-trial JSON/CSV/TensorBoard loggers (Parquet is the record), experiment state saved
+        # every 2 s (what a kill -9 can lose), trials keep the driver's working folder.
+        for name, value in (("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1"), ("TUNE_GLOBAL_CHECKPOINT_S", "2"),
+                            ("RAY_CHDIR_TO_TRIAL_DIR", "0"), ("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0"),
+                            ("RAY_AIR_NEW_OUTPUT", "0")):
+            os.environ.setdefault(name, value)
+        if not ray.is_initialized():
+            env = {k: v for k, v in os.environ.items() if k.startswith("MTSEARCH_")}
+            common = dict(log_to_driver=False, logging_level=logging.ERROR,
+                          runtime_env={"env_vars": env} if env else None)
+            if address:
+                say(f"joining the Ray cluster at {address}")
+                ray.init(address=address, **common)
+            else:
+                ray.init(num_cpus=num_cpus or os.cpu_count() or 1, include_dashboard=False, **common)
+            started_ray = True
+        for name in ("ray", "ray.tune", "ray.train"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        try:
+            _check_resources(spec)
+        except InvalidInput:
+            if created:  # invalid input leaves nothing behind under trials/
+                _release(lock_fd)
+                lock_fd = -1
+                shutil.rmtree(study_dir, ignore_errors=True)
+            raise
+
+        store = StudyStore(study_dir, spec.param_types(), with_cell=spec.kind == "grid")
+        done_at_start = sum(1 for r in store.trials.values() if r["status"] not in (None, "running"))
+        live = _Live(spec=spec, store=store, on_update=on_update, started=time.time(),
+                     resumed=resume, done_at_start=done_at_start)
+        _LIVE[key] = live
+        trainable = tune.with_resources(
+            tune.with_parameters(run_trial, base=spec.base.to_dict(), metric=spec.metric, mode=spec.mode,
+                                 trainer=trainable_fn),
+            {"cpu": spec.resources.cpus_per_trial, "gpu": spec.resources.gpus_per_trial},
+        )
+        tune_path = study_dir / TUNE_DIR
+        if resume and tune.Tuner.can_restore(str(tune_path)):
+            say(f"resuming {study_dir}")
+            tuner = tune.Tuner.restore(str(tune_path), trainable, resume_unfinished=True, resume_errored=False)
+        else:
+            if tune_path.exists():  # an interrupted start that never saved Tune's state
+                shutil.rmtree(tune_path)
+            tuner = tune.Tuner(
+                trainable,
+                param_space=_param_space(spec),
+                tune_config=tune.TuneConfig(
+                    metric=OBJECTIVE, mode=spec.mode,
+                    search_alg=None if spec.is_grid else _optuna_searcher(spec, study_dir),
+                    scheduler=_scheduler(spec),
+                    num_samples=1 if spec.is_grid else spec.search.num_samples,
+                    max_concurrent_trials=spec.search.max_concurrent,
+                    reuse_actors=False,
+                    trial_dirname_creator=_trial_dirname,
+                ),
+                run_config=tune.RunConfig(
+                    name=TUNE_DIR, storage_path=str(study_dir), verbose=0,
+                    failure_config=tune.FailureConfig(max_failures=spec.max_failures),
+                    checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                    # the experiment state (what --resume restores) is staged locally and copied
+                    # to trials/<name>/tune/ at most once per sync_period (default 300 s)
+                    sync_config=tune.SyncConfig(sync_period=2),
+                    callbacks=[StoreCallback(key)],
+                ),
+            )
+        _publish(live)
+        tuner.fit()
+        counts = store.counts()
+        interrupted = counts["running"] > 0 or len(live.known_trials) < spec.total_trials
+        if not interrupted:
+            orphans = set(store.trials) - live.known_trials
+            if orphans:
+                store.forget(orphans)
+            _fail_stale_optuna_trials(spec, study_dir)
+        store.flush()
+        _drop_work_dirs(study_dir, store)
+        progress = _snapshot(live)
+        return SearchOutcome(study_dir=study_dir, interrupted=interrupted, progress=progress)
+    finally:
+        _LIVE.pop(key, None)
+        if started_ray:
+            ray.shutdown()
+        if lock_fd >= 0:
+            _release(lock_fd)
+
+
+def _drop_work_dirs(study_dir: Path, store: StudyStore) -> None:
+    """A finished trial's working copy duplicates its last Tune checkpoint: free the disk."""
+    for trial_id, row in store.trials.items():
+        if row["status"] not in (None, "running"):
+            shutil.rmtree(study_dir / TUNE_DIR / trial_id / "work", ignore_errors=True)
+
+
+def _check_resources(spec: SpaceSpec) -> None:
+    """A trial asking for more than the cluster has would wait forever: refuse it up front."""
+    total = ray.cluster_resources()
+    for key, name, need in (("CPU", "cpus_per_trial", spec.resources.cpus_per_trial),
+                            ("GPU", "gpus_per_trial", spec.resources.gpus_per_trial)):
+        have = float(total.get(key, 0.0))
+        if need > have:
+            raise InvalidInput(spec.source, f"resources.{name}",
+                               f"this Ray cluster has {have:g} {key}s in all; a trial cannot get {need:g}", need)
+
+
+def _absolute_paths(spec: SpaceSpec) -> SpaceSpec:
+    """Trials run in Ray workers with another working folder: make file paths absolute."""
+    from dataclasses import replace
+
+    overrides = {}
+    for key in ("data.root", "data.cache_dir"):
+        value = spec.base.to_flat()[key]
+        if value:
+            overrides[key] = str(Path(value).expanduser().resolve())
+    if not overrides:
+        return spec
+    return replace(spec, base=spec.base.with_overrides(overrides, spec.source))
+
+
+def _fail_stale_optuna_trials(spec: SpaceSpec, study_dir: Path) -> None:
+    """Optuna trials left RUNNING by a killed driver would mislead the sampler and the dashboard."""
+    if spec.is_grid or not (study_dir / OPTUNA_FILE).exists():
+        return
+
+    storage = optuna.storages.RDBStorage(f"sqlite:///{(study_dir / OPTUNA_FILE).resolve()}")
+    try:
+        study = optuna.load_study(study_name=spec.name, storage=storage)
+    except KeyError:
+        return
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)

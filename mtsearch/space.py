@@ -1,0 +1,644 @@
+"""Space files and grid files -> a validated `SpaceSpec`, checked before anything runs.
+
+A space file (`mtsearch run`) maps dotted config keys to distributions; a grid file
+(`mtsearch ablate`) maps them to value lists and repeats every cell over seeds. Every value a
+trial could get is checked through `TrialConfig.with_overrides`, so a bad bound fails here with
+the key that caused it instead of inside a trial an hour later. Light imports only (stdlib, yaml).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, get_type_hints
+
+from mtsearch.config import TrialConfig, config_keys, flatten_keys, normalize_branches
+from mtsearch.errors import InvalidInput, did_you_mean
+from mtsearch.yamlio import dump_yaml, read_yaml
+
+# Metrics reported once per epoch by the trainer (SPEC epochs.parquet) that a study may optimise.
+EPOCH_METRICS: tuple[str, ...] = (
+    "loss", "loss_cls", "loss_track", "loss_dir", "train_hit1", "val_hit1", "val_hit5",
+    "dir_acc", "lr", "epoch_s", "clips_per_s",
+)
+_LOWER_IS_BETTER = frozenset({"loss", "loss_cls", "loss_track", "loss_dir", "epoch_s"})
+ALGORITHMS: tuple[str, ...] = ("tpe", "random", "grid", "cmaes")
+SCHEDULERS: tuple[str, ...] = ("asha", "none")
+DISTRIBUTIONS: tuple[str, ...] = ("uniform", "loguniform", "int", "logint", "choice", "grid")
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+_SEARCH_TOP = ("name", "base", "metric", "mode", "search", "scheduler", "resources", "failure", "space")
+_GRID_TOP = ("name", "base", "metric", "mode", "search", "scheduler", "resources", "failure",
+             "grid", "repeats", "reference")
+
+
+@dataclass(frozen=True)
+class Distribution:
+    """One searched key: `kind` is a DISTRIBUTIONS name; `values` the bounds or the options.
+
+    Bounds are inclusive for `int`/`logint`. Options of `model.branches` are stored as their
+    canonical string label (`cls+track`), which Optuna can hash and the config accepts as is.
+    """
+
+    kind: str
+    values: tuple[Any, ...]
+
+    def to_yaml(self) -> dict[str, list[Any]]:
+        return {self.kind: list(self.values)}
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    algorithm: str = "tpe"
+    num_samples: int = 16
+    max_concurrent: int = 2
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class SchedulerSettings:
+    type: str = "asha"
+    grace_period: int = 1
+    reduction_factor: float = 3.0
+
+
+@dataclass(frozen=True)
+class Resources:
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+
+
+@dataclass(frozen=True)
+class SpaceSpec:
+    """A validated study: what to train (`base` + searched keys), how to search, where it lives."""
+
+    kind: str  # "search" (space file) or "grid" (grid file)
+    name: str
+    source: str
+    base: TrialConfig
+    base_overrides: dict[str, Any]
+    metric: str
+    mode: str
+    search: SearchSettings
+    scheduler: SchedulerSettings
+    resources: Resources
+    max_failures: int
+    space: dict[str, Distribution] = field(default_factory=dict)
+    repeats: int = 1
+    reference: dict[str, Any] | None = None
+
+    # ---- derived --------------------------------------------------------------------------------
+    @property
+    def is_grid(self) -> bool:
+        """True when trials are an enumerated grid (grid files and `algorithm: grid`)."""
+        return self.kind == "grid" or self.search.algorithm == "grid"
+
+    @property
+    def searched_keys(self) -> list[str]:
+        """Config keys that vary between trials (Parquet columns); `seed` for repeated grids."""
+        keys = [k for factor in self.space for k in factor_keys(factor)]
+        if self.kind == "grid" and self.repeats > 1 and "seed" not in keys:
+            keys.append("seed")
+        return keys
+
+    @property
+    def cell_keys(self) -> list[str]:
+        """The keys that define a grid cell (the grid factors, not the seed)."""
+        return [k for factor in self.space for k in factor_keys(factor) if k != "seed"]
+
+    @property
+    def total_trials(self) -> int:
+        if not self.is_grid:
+            return self.search.num_samples
+        cells = math.prod(len(d.values) for d in self.space.values()) if self.space else 1
+        return cells * (self.repeats if self.kind == "grid" else 1)
+
+    @property
+    def max_epochs(self) -> int:
+        return self.base.optim.epochs
+
+    def param_types(self) -> dict[str, str]:
+        """Column type per searched key, from the config field's type: float, int, string or bool."""
+        return {key: _column_type(key) for key in self.searched_keys}
+
+    def trial_config(self, params: Mapping[str, Any]) -> TrialConfig:
+        """The full config of one trial: base plus its sampled values."""
+        return self.base.with_overrides(expand_params(params), self.source)
+
+    def cell_of(self, params: Mapping[str, Any]) -> str:
+        """A readable cell id, `model.branches=cls+track,loss.w_dir=2` (seed excluded)."""
+        flat = expand_params(params)
+        return ",".join(f"{k}={_show(flat.get(k))}" for k in self.cell_keys)
+
+    def reference_cell(self) -> str | None:
+        return self.cell_of(self.reference) if self.reference is not None else None
+
+    def with_cli(
+        self,
+        name: str | None = None,
+        num_samples: int | None = None,
+        max_concurrent: int | None = None,
+        data_root: str | None = None,
+    ) -> SpaceSpec:
+        """Command-line overrides, validated like the file's values."""
+        spec = self
+        if name is not None:
+            spec = replace(spec, name=_check_name(name, "--name", None))
+        if num_samples is not None:
+            if spec.is_grid:
+                raise InvalidInput(None, "--num-samples", "does not apply to grids (the grid sets the trial count)",
+                                   num_samples)
+            if num_samples < 1:
+                raise InvalidInput(None, "--num-samples", "must be >= 1", num_samples)
+            spec = replace(spec, search=replace(spec.search, num_samples=num_samples))
+        if max_concurrent is not None:
+            if max_concurrent < 1:
+                raise InvalidInput(None, "--max-concurrent", "must be >= 1", max_concurrent)
+            spec = replace(spec, search=replace(spec.search, max_concurrent=max_concurrent))
+        if data_root is not None:
+            overrides = {**spec.base_overrides, "data.root": data_root}
+            base = spec.base.with_overrides({"data.root": data_root}, "--data")
+            spec = replace(spec, base=base, base_overrides=overrides)
+            _check_space_values(spec.space, base, spec.source, "grid" if spec.kind == "grid" else "space")
+        return spec
+
+    # ---- output ---------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """The study as run, every default written out; `load_space` reads it back unchanged."""
+        out: dict[str, Any] = {
+            "name": self.name,
+            "base": self.base.to_dict(),
+            "metric": self.metric,
+            "mode": self.mode,
+            "search": {
+                "algorithm": self.search.algorithm,
+                "num_samples": self.total_trials if self.is_grid else self.search.num_samples,
+                "max_concurrent": self.search.max_concurrent,
+                "seed": self.search.seed,
+            },
+            "scheduler": {
+                "type": self.scheduler.type,
+                "grace_period": self.scheduler.grace_period,
+                "reduction_factor": self.scheduler.reduction_factor,
+            },
+            "resources": {
+                "cpus_per_trial": self.resources.cpus_per_trial,
+                "gpus_per_trial": self.resources.gpus_per_trial,
+            },
+            "failure": {"max_failures": self.max_failures},
+        }
+        if self.kind == "grid":
+            del out["search"]["algorithm"], out["search"]["seed"], out["search"]["num_samples"]
+            out["grid"] = {k: [_plain(v) for v in d.values] for k, d in self.space.items()}  # tied: lists
+            out["repeats"] = self.repeats
+            if self.reference is not None:
+                out["reference"] = {k: _plain(v) for k, v in self.reference.items()}
+        else:
+            out["space"] = {k: {d.kind: [_plain(v) for v in d.values]} for k, d in self.space.items()}
+        return out
+
+    def to_yaml(self) -> str:
+        return dump_yaml(self.to_dict())
+
+    def identity(self) -> dict[str, Any]:
+        """What must not change between a study's start and its resume."""
+        data = self.to_dict()
+        data["search"] = {k: v for k, v in data["search"].items() if k != "max_concurrent"}
+        return data
+
+
+# ---- loading ----------------------------------------------------------------------------------
+
+def load_space(path: str | Path, kind: str | None = None) -> SpaceSpec:
+    """Read and validate a space file (`kind="search"`) or grid file (`kind="grid"`).
+
+    `kind=None` decides from the file (`grid:` -> grid). Errors are `InvalidInput` naming the
+    file and the dotted key.
+    """
+    data = read_yaml(path)
+    return space_from_mapping(data, str(path), kind, default_name=Path(path).stem)
+
+
+def space_from_mapping(
+    data: Any, source: str, kind: str | None = None, default_name: str = "study"
+) -> SpaceSpec:
+    if not isinstance(data, Mapping):
+        raise InvalidInput(source, None, "expected a mapping (name, base, metric, search, space ...)",
+                           type(data).__name__ if data is not None else "an empty file")
+    if kind is None:
+        kind = "grid" if "grid" in data else "search"
+    allowed = _GRID_TOP if kind == "grid" else _SEARCH_TOP
+    for key in data:
+        if key not in allowed:
+            hint = did_you_mean(str(key), allowed)
+            if kind == "search" and key in ("grid", "repeats", "reference"):
+                hint = "; grid files run with `mtsearch ablate`"
+            if kind == "grid" and key == "space":
+                hint = "; space files run with `mtsearch run` (a grid file uses `grid:`)"
+            raise InvalidInput(source, str(key), "unknown key" + hint)
+
+    name = _check_name(data.get("name", default_name), "name", source)
+
+    raw_base = data.get("base") or {}
+    if not isinstance(raw_base, Mapping):
+        raise InvalidInput(source, "base", "expected a mapping of config keys", raw_base)
+    base_overrides = _prefixed(flatten_keys(raw_base, source), "base", source)
+    base = _prefixed_call(lambda: TrialConfig().with_overrides(base_overrides, source), "base")
+
+    metric = data.get("metric", "val_hit1")
+    if metric not in EPOCH_METRICS:
+        raise InvalidInput(source, "metric", "must be an epoch metric: " + ", ".join(EPOCH_METRICS)
+                           + did_you_mean(str(metric), EPOCH_METRICS), metric)
+    mode = data.get("mode", "min" if metric in _LOWER_IS_BETTER else "max")
+    if mode not in ("min", "max"):
+        raise InvalidInput(source, "mode", "must be min or max", mode)
+
+    search = _search_settings(data.get("search"), source, kind)
+    default_sched = "asha" if kind == "search" and search.algorithm != "grid" else "none"
+    scheduler = _scheduler_settings(data.get("scheduler"), source, default_sched)
+    resources = _resources(data.get("resources"), source)
+    max_failures = _failure(data.get("failure"), source)
+
+    repeats, reference = 1, None
+    if kind == "grid":
+        space = _grid_section(data.get("grid"), source)
+        repeats = _int_field(data.get("repeats", 1), "repeats", source, minimum=1)
+        if repeats > 1 and "seed" in space:
+            raise InvalidInput(source, "grid.seed", "set either `repeats` (seeds 0..N-1) or a seed grid, not both")
+    else:
+        space = _space_section(data.get("space"), source, search.algorithm)
+
+    _check_space_values(space, base, source, "grid" if kind == "grid" else "space")
+    spec = SpaceSpec(
+        kind=kind, name=name, source=source, base=base, base_overrides=base_overrides,
+        metric=metric, mode=mode, search=search, scheduler=scheduler, resources=resources,
+        max_failures=max_failures, space=space, repeats=repeats,
+    )
+    if kind == "grid" and data.get("reference") is not None:
+        spec = replace(spec, reference=_reference(data["reference"], spec))
+    if base.device.startswith("cuda") and resources.gpus_per_trial == 0:
+        raise InvalidInput(source, "resources.gpus_per_trial", f"must be > 0 when base.device is {base.device}", 0)
+    if scheduler.type == "asha":
+        if "optim.epochs" in space:
+            raise InvalidInput(source, "space.optim.epochs",
+                               "cannot be searched with the asha scheduler (max_t = optim.epochs)")
+        if scheduler.grace_period > base.optim.epochs:
+            raise InvalidInput(source, "scheduler.grace_period",
+                               f"must be <= optim.epochs ({base.optim.epochs})", scheduler.grace_period)
+    return spec
+
+
+def load_study_space(study_dir: str | Path) -> SpaceSpec:
+    """The `space.yaml` a study was run with (for reports, leaderboards and resume)."""
+    path = Path(study_dir) / "space.yaml"
+    data = read_yaml(path)
+    kind = "grid" if isinstance(data, Mapping) and "grid" in data else "search"
+    return space_from_mapping(data, str(path), kind, default_name=Path(study_dir).name)
+
+
+# ---- sections ---------------------------------------------------------------------------------
+
+def _check_name(name: Any, key: str, source: str | None) -> str:
+    """A study name is one plain folder name: it can never point outside the trials folder."""
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name) or ".." in name:
+        raise InvalidInput(source, key, "must be a simple folder name (letters, digits, . _ -; "
+                           "no '/', no '..', at most 100 characters)", name)
+    return name
+
+
+def _section(raw: Any, key: str, source: str, allowed: tuple[str, ...]) -> dict[str, Any]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping):
+        raise InvalidInput(source, key, "expected a mapping", raw)
+    for sub in raw:
+        if sub not in allowed:
+            raise InvalidInput(source, f"{key}.{sub}", "unknown key" + did_you_mean(str(sub), allowed))
+    return dict(raw)
+
+
+def _int_field(value: Any, key: str, source: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        else:
+            raise InvalidInput(source, key, "expected an integer", value)
+    if value < minimum:
+        raise InvalidInput(source, key, f"must be >= {minimum}", value)
+    return value
+
+
+def _number_field(value: Any, key: str, source: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise InvalidInput(source, key, "expected a number", value)
+    return float(value)
+
+
+def _search_settings(raw: Any, source: str, kind: str) -> SearchSettings:
+    allowed = ("max_concurrent",) if kind == "grid" else ("algorithm", "num_samples", "max_concurrent", "seed")
+    sec = _section(raw, "search", source, allowed)
+    algorithm = sec.get("algorithm", "grid" if kind == "grid" else "tpe")
+    if algorithm not in ALGORITHMS:
+        raise InvalidInput(source, "search.algorithm", "must be one of " + ", ".join(ALGORITHMS)
+                           + did_you_mean(str(algorithm), ALGORITHMS), algorithm)
+    if algorithm == "cmaes" and importlib.util.find_spec("cmaes") is None:
+        raise InvalidInput(source, "search.algorithm",
+                           "cmaes needs the `cmaes` package (pip install cmaes)", algorithm)
+    return SearchSettings(
+        algorithm=algorithm,
+        num_samples=_int_field(sec.get("num_samples", 16), "search.num_samples", source, 1),
+        max_concurrent=_int_field(sec.get("max_concurrent", 2), "search.max_concurrent", source, 1),
+        seed=_int_field(sec.get("seed", 0), "search.seed", source, 0),
+    )
+
+
+def _scheduler_settings(raw: Any, source: str, default_type: str) -> SchedulerSettings:
+    sec = _section(raw, "scheduler", source, ("type", "grace_period", "reduction_factor"))
+    typ = sec.get("type", default_type)
+    if typ not in SCHEDULERS:
+        raise InvalidInput(source, "scheduler.type", "must be asha or none" + did_you_mean(str(typ), SCHEDULERS), typ)
+    factor = _number_field(sec.get("reduction_factor", 3), "scheduler.reduction_factor", source)
+    if factor <= 1:
+        raise InvalidInput(source, "scheduler.reduction_factor", "must be > 1", sec.get("reduction_factor"))
+    return SchedulerSettings(
+        type=typ,
+        grace_period=_int_field(sec.get("grace_period", 1), "scheduler.grace_period", source, 1),
+        reduction_factor=factor,
+    )
+
+
+def _resources(raw: Any, source: str) -> Resources:
+    sec = _section(raw, "resources", source, ("cpus_per_trial", "gpus_per_trial"))
+    cpus = _number_field(sec.get("cpus_per_trial", 1), "resources.cpus_per_trial", source)
+    gpus = _number_field(sec.get("gpus_per_trial", 0), "resources.gpus_per_trial", source)
+    if cpus <= 0:
+        raise InvalidInput(source, "resources.cpus_per_trial", "must be > 0", sec.get("cpus_per_trial"))
+    if gpus < 0:
+        raise InvalidInput(source, "resources.gpus_per_trial", "must be >= 0", sec.get("gpus_per_trial"))
+    if gpus > 1 and not gpus.is_integer():
+        raise InvalidInput(source, "resources.gpus_per_trial",
+                           "fractions are for sharing one GPU: use a value <= 1 or a whole number", gpus)
+    return Resources(cpus_per_trial=cpus, gpus_per_trial=gpus)
+
+
+def _failure(raw: Any, source: str) -> int:
+    sec = _section(raw, "failure", source, ("max_failures",))
+    return _int_field(sec.get("max_failures", 0), "failure.max_failures", source, 0)
+
+
+def _check_key(key: Any, section: str, source: str) -> str:
+    keys = config_keys()
+    if not isinstance(key, str) or key not in keys:
+        raise InvalidInput(source, f"{section}.{key}", "unknown config key" + did_you_mean(str(key), keys))
+    if key in ("device", "data.cache_dir", "data.workers"):
+        raise InvalidInput(source, f"{section}.{key}", "is a machine setting; put it under base, not in the search")
+    return key
+
+
+def _space_section(raw: Any, source: str, algorithm: str) -> dict[str, Distribution]:
+    if raw is None or raw == {}:
+        raise InvalidInput(source, "space", "needs at least one searched key (e.g. loss.w_track: {loguniform: [1, 100]})")
+    if not isinstance(raw, Mapping):
+        raise InvalidInput(source, "space", "expected a mapping of config key -> distribution", raw)
+    raw = _flatten_space(raw, source)
+    space: dict[str, Distribution] = {}
+    for key, spec in raw.items():
+        key = _check_key(key, "space", source)
+        dotted = f"space.{key}"
+        if not isinstance(spec, Mapping) or len(spec) != 1:
+            raise InvalidInput(source, dotted, "expected one distribution, e.g. {loguniform: [1, 100]}; "
+                               "distributions: " + ", ".join(DISTRIBUTIONS), spec)
+        kind, args = next(iter(spec.items()))
+        if kind not in DISTRIBUTIONS:
+            raise InvalidInput(source, dotted, "unknown distribution; use one of " + ", ".join(DISTRIBUTIONS)
+                               + did_you_mean(str(kind), DISTRIBUTIONS), kind)
+        dist = _distribution(key, kind, args, source, dotted)
+        if algorithm == "grid" and kind not in ("grid", "choice"):
+            raise InvalidInput(source, dotted, "search.algorithm grid needs grid or choice values", kind)
+        if algorithm != "grid" and kind == "grid":
+            raise InvalidInput(source, dotted, "grid values need search.algorithm: grid (or use choice)")
+        if algorithm == "grid":
+            dist = Distribution("grid", dist.values)
+        space[key] = dist
+    return space
+
+
+def _flatten_space(raw: Mapping[str, Any], source: str, prefix: str = "") -> dict[str, Any]:
+    """Allow nested sections (`loss: {w_track: {...}}`) as well as dotted keys."""
+    out: dict[str, Any] = {}
+    sections = {k.split(".")[0] for k in config_keys() if "." in k}
+    for key, value in raw.items():
+        full = f"{prefix}{key}"
+        if isinstance(key, str) and full in sections and isinstance(value, Mapping) and \
+                not (len(value) == 1 and next(iter(value)) in DISTRIBUTIONS):
+            out.update(_flatten_space(value, source, full + "."))
+        else:
+            if full in out:
+                raise InvalidInput(source, f"space.{full}", "given twice (nested and dotted)")
+            out[full] = value
+    return out
+
+
+def _distribution(key: str, kind: str, args: Any, source: str, dotted: str) -> Distribution:
+    integer_key = _is_int_key(key)
+    if kind in ("uniform", "loguniform", "int", "logint"):
+        ok = (isinstance(args, (list, tuple)) and len(args) == 2
+              and all(isinstance(a, (int, float)) and not isinstance(a, bool) and math.isfinite(a) for a in args))
+        need = "two integers" if kind in ("int", "logint") else "two numbers"
+        if not ok or args[0] >= args[1]:
+            raise InvalidInput(source, dotted, f"{kind} needs {need} low < high", list(args) if isinstance(args, (list, tuple)) else args)
+        low, high = args
+        if kind in ("int", "logint"):
+            if not all(float(a).is_integer() for a in args):
+                raise InvalidInput(source, dotted, f"{kind} needs {need} low < high", list(args))
+            low, high = int(low), int(high)
+        else:
+            low, high = float(low), float(high)
+            if integer_key:
+                raise InvalidInput(source, dotted, f"{key} takes integers: use int or logint instead of {kind}")
+        if kind in ("loguniform", "logint") and low <= 0:
+            raise InvalidInput(source, dotted, f"{kind} needs low > 0", list(args))
+        if key == "model.branches":
+            raise InvalidInput(source, dotted, "model.branches takes choice or grid", kind)
+        return Distribution(kind, (low, high))
+    # choice / grid
+    if not isinstance(args, (list, tuple)) or not args:
+        raise InvalidInput(source, dotted, f"{kind} needs a non-empty list of values", args)
+    values: list[Any] = []
+    for value in args:
+        if key == "model.branches":
+            try:
+                value = _branches(value)
+            except ValueError as exc:
+                raise InvalidInput(source, dotted, str(exc), value) from None
+        elif isinstance(value, (list, tuple, Mapping)):
+            raise InvalidInput(source, dotted, f"{kind} values must be numbers or strings", value)
+        if value in values:
+            raise InvalidInput(source, dotted, f"{kind} lists a value twice", value)
+        values.append(value)
+    return Distribution(kind, tuple(values))
+
+
+def _grid_section(raw: Any, source: str) -> dict[str, Distribution]:
+    """`key: [values]` factors; `a.x,b.y: [[1, 2], [3, 4]]` ties keys into one factor (paired levels)."""
+    if not isinstance(raw, Mapping) or not raw:
+        raise InvalidInput(source, "grid", "needs at least one factor (key: [values])", raw)
+    raw = _flatten_space(raw, source)
+    grid: dict[str, Distribution] = {}
+    seen: set[str] = set()
+    for factor, values in raw.items():
+        dotted = f"grid.{factor}"
+        parts = [_check_key(p.strip(), "grid", source) for p in str(factor).split(",")]
+        for part in parts:
+            if part in seen:
+                raise InvalidInput(source, dotted, f"{part} is in two factors")
+            seen.add(part)
+        if not isinstance(values, (list, tuple)):
+            raise InvalidInput(source, dotted, "expected a list of values", values)
+        if not values:
+            raise InvalidInput(source, dotted, "an empty factor makes an empty grid", [])
+        if len(parts) == 1:
+            grid[parts[0]] = _distribution(parts[0], "grid", values, source, dotted)
+            continue
+        levels: list[tuple[Any, ...]] = []
+        for level in values:
+            if not isinstance(level, (list, tuple)) or len(level) != len(parts):
+                raise InvalidInput(source, dotted, f"each level must list {len(parts)} values "
+                                   f"({', '.join(parts)})", level)
+            level = tuple(_distribution(p, "grid", [v], source, dotted).values[0] for p, v in zip(parts, level))
+            if level in levels:
+                raise InvalidInput(source, dotted, "grid lists a value twice", list(level))
+            levels.append(level)
+        grid[",".join(parts)] = Distribution("grid", tuple(levels))
+    return grid
+
+
+def factor_keys(factor: str) -> list[str]:
+    """The config keys of a grid factor (`loss.w_track,loss.w_dir` -> both)."""
+    return factor.split(",")
+
+
+def expand_params(params: Mapping[str, Any]) -> dict[str, Any]:
+    """Sampled values keyed by config key: tied factors (`a,b: [x, y]`) become `a: x, b: y`."""
+    out: dict[str, Any] = {}
+    for key, value in params.items():
+        if "," in key:
+            out.update(zip(factor_keys(key), value))
+        else:
+            out[key] = value
+    return out
+
+
+def _check_space_values(space: Mapping[str, Distribution], base: TrialConfig, source: str, section: str) -> None:
+    """Every value a trial can receive must be a valid config value on top of `base`."""
+    for key, dist in space.items():
+        probes = list(dist.values)
+        if dist.kind in ("int", "logint") and dist.values[1] - dist.values[0] > 1:
+            probes.insert(1, dist.values[0] + 1)
+        for value in probes:
+            try:
+                base.with_overrides(expand_params({key: value}), source)
+            except InvalidInput as exc:
+                what = exc.what if exc.key in ("", key) else f"{exc.key}: {exc.what}"
+                got = list(value) if isinstance(value, tuple) else value
+                raise InvalidInput(source, f"{section}.{key}", what, got) from None
+
+
+def _reference(raw: Any, spec: SpaceSpec) -> dict[str, Any]:
+    source = spec.source
+    if not isinstance(raw, Mapping):
+        raise InvalidInput(source, "reference", "expected a mapping key -> value naming the baseline cell", raw)
+    ref: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key not in spec.cell_keys:
+            raise InvalidInput(source, f"reference.{key}", "not a grid factor"
+                               + did_you_mean(str(key), spec.cell_keys))
+        if key == "model.branches":
+            try:
+                value = _branches(value)
+            except ValueError as exc:
+                raise InvalidInput(source, f"reference.{key}", str(exc), value) from None
+        if key in spec.space and value not in spec.space[key].values:
+            raise InvalidInput(source, f"reference.{key}", "not one of the grid's values "
+                               + str([_plain(v) for v in spec.space[key].values]), value)
+        ref[key] = value
+    missing = [k for k in spec.cell_keys if k not in ref]
+    if missing:
+        raise InvalidInput(source, "reference", "must name a value for every grid factor; missing "
+                           + ", ".join(missing))
+    for factor, dist in spec.space.items():
+        if "," in factor:
+            level = tuple(ref[k] for k in factor_keys(factor))
+            if level not in dist.values:
+                raise InvalidInput(source, "reference", f"({', '.join(factor_keys(factor))}) is not one of the "
+                                   f"grid's levels {[list(v) for v in dist.values]}", list(level))
+    return ref
+
+
+# ---- helpers ----------------------------------------------------------------------------------
+
+def grid_points(spec: SpaceSpec) -> list[dict[str, Any]]:
+    """Every trial of a grid: the cells in file order, each repeated over seeds 0..repeats-1."""
+    keys = list(spec.space)
+    points = []
+    for combo in itertools.product(*(spec.space[k].values for k in keys)):
+        for seed in range(spec.repeats if spec.kind == "grid" else 1):
+            point = expand_params(dict(zip(keys, combo)))
+            if spec.kind == "grid" and spec.repeats > 1:
+                point["seed"] = seed
+            points.append(point)
+    return points
+
+
+def _branches(value: Any) -> str:
+    """A branch mask in any spelling (`[cls, track]`, `cls+track`) -> its canonical label."""
+    return "+".join(normalize_branches(list(value) if isinstance(value, (list, tuple)) else str(value)))
+
+
+def _column_type(key: str) -> str:
+    if key == "model.branches":
+        return "string"
+    section, _, name = key.rpartition(".")
+    owner = type(getattr(TrialConfig(), section)) if section else TrialConfig
+    hint = str(get_type_hints(owner)[name])
+    for word, kind in (("bool", "bool"), ("int", "int"), ("float", "float")):
+        if word in hint:
+            return kind
+    return "string"
+
+
+def _is_int_key(key: str) -> bool:
+    section, _, name = key.rpartition(".")
+    owner = type(getattr(TrialConfig(), section)) if section else TrialConfig
+    hint = str(get_type_hints(owner)[name])
+    return hint == "<class 'int'>" or hint.startswith("int") or hint.startswith("typing.Optional[int]")
+
+
+def _prefixed(flat: dict[str, Any], section: str, source: str) -> dict[str, Any]:
+    keys = config_keys()
+    for key in flat:
+        if key not in keys:
+            raise InvalidInput(source, f"{section}.{key}", "unknown config key" + did_you_mean(key, keys))
+    return flat
+
+
+def _prefixed_call(build: Any, section: str) -> TrialConfig:
+    try:
+        return build()
+    except InvalidInput as exc:
+        raise InvalidInput(exc.file, f"{section}.{exc.key}" if exc.key else section, exc.what, exc.got) from None
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)

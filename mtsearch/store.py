@@ -1,0 +1,243 @@
+"""The study's results as Parquet: `trials.parquet` (one row per trial), `epochs.parquet` (per epoch).
+
+Both files are rewritten whole, through a temp file and `os.replace`, every time the driver
+learns something, so a reader (`pyarrow.parquet.read_table`, pandas, duckdb) always sees a
+complete file, during the run and after a crash. A study's tables are small (hundreds of trials,
+thousands of epochs), which makes rewriting cheaper than managing part files. One caveat of
+any replace-by-rename: pyarrow's `read_table(path)` notes the file size, then opens the path; a
+rename landing in between makes that one read raise OSError (never return a wrong table), and a
+retry succeeds. The readers here (`load_trials`, `load_epochs`) retry. On resume the
+store loads what is already on disk and only adds or updates rows: rows are never dropped,
+except `forget()` for trials that Tune itself never knew (lost before its state was saved).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+TRIALS_FILE = "trials.parquet"
+EPOCHS_FILE = "epochs.parquet"
+STATUSES: tuple[str, ...] = ("running", "completed", "pruned", "error", "diverged")
+EPOCH_VALUES: tuple[str, ...] = (
+    "loss", "loss_cls", "loss_track", "loss_dir", "train_hit1", "val_hit1", "val_hit5",
+    "dir_acc", "lr", "epoch_s", "clips_per_s",
+)
+_ARROW_TYPES = {"float": "float64", "int": "int64", "string": "string", "bool": "bool"}
+
+
+class StudyStore:
+    """In-memory rows of one study plus their atomic Parquet mirror on disk.
+
+    `param_types` maps each searched dotted key to float/int/string/bool (its column type);
+    `with_cell` adds the grid `cell` column.
+    """
+
+    def __init__(self, study_dir: str | Path, param_types: Mapping[str, str], with_cell: bool = False):
+        self.study_dir = Path(study_dir)
+        self.param_types = dict(param_types)
+        self.with_cell = with_cell
+        self.trials: dict[str, dict[str, Any]] = {}
+        self.epochs: dict[tuple[str, int], dict[str, Any]] = {}
+        self._load_existing()
+
+    # ---- columns ------------------------------------------------------------------------------
+    def trial_columns(self) -> list[str]:
+        cols = ["trial_id", "status", "error"]
+        if self.with_cell:
+            cols.append("cell")
+        cols += [k for k in self.param_types if k != "seed"]
+        cols += ["seed", "epochs_done", "best_epoch", "best_val_hit1", "best_val_hit5", "wall_s", "config"]
+        return cols
+
+    def _trial_schema(self) -> Any:
+        import pyarrow as pa
+
+        types: dict[str, Any] = {
+            "trial_id": pa.string(), "status": pa.string(), "error": pa.string(), "cell": pa.string(),
+            "seed": pa.int64(), "epochs_done": pa.int64(), "best_epoch": pa.int64(),
+            "best_val_hit1": pa.float64(), "best_val_hit5": pa.float64(), "wall_s": pa.float64(),
+            "config": pa.string(),
+        }
+        for key, kind in self.param_types.items():
+            if key != "seed":
+                types[key] = pa.type_for_alias(_ARROW_TYPES[kind])
+        return pa.schema([(c, types[c]) for c in self.trial_columns()])
+
+    @staticmethod
+    def _epoch_schema() -> Any:
+        import pyarrow as pa
+
+        return pa.schema([("trial_id", pa.string()), ("epoch", pa.int64())]
+                         + [(c, pa.float64()) for c in EPOCH_VALUES])
+
+    # ---- updates ------------------------------------------------------------------------------
+    def upsert_trial(self, trial_id: str, **values: Any) -> dict[str, Any]:
+        """Create or update a trial row; unknown keys are ignored, `config` may be a dict."""
+        row = self.trials.setdefault(trial_id, {c: None for c in self.trial_columns()})
+        row["trial_id"] = trial_id
+        for key, value in values.items():
+            if key == "config" and isinstance(value, Mapping):
+                value = json.dumps(value, sort_keys=False)
+            if key == "status" and value not in STATUSES:
+                raise ValueError(f"unknown status {value!r}")
+            if key in row:
+                row[key] = _cast(value, self.param_types.get(key))
+        return row
+
+    def add_epoch(self, trial_id: str, metrics: Mapping[str, Any]) -> None:
+        """Record one epoch (a later report of the same epoch, after a resume, replaces it)."""
+        epoch = int(metrics["epoch"])
+        row = {"trial_id": trial_id, "epoch": epoch}
+        for col in EPOCH_VALUES:
+            row[col] = _finite(metrics.get(col))
+        self.epochs[(trial_id, epoch)] = row
+        trial = self.trials.get(trial_id)
+        if trial is not None:
+            self._refresh_progress(trial_id)
+
+    def _refresh_progress(self, trial_id: str) -> None:
+        rows = self.trial_epochs(trial_id)
+        trial = self.trials[trial_id]
+        trial["epochs_done"] = max((r["epoch"] for r in rows), default=0)
+        best = best_epoch_row(rows)
+        trial["best_epoch"] = best["epoch"] if best else None
+        trial["best_val_hit1"] = best["val_hit1"] if best else None
+        trial["best_val_hit5"] = best["val_hit5"] if best else None
+
+    def trial_epochs(self, trial_id: str) -> list[dict[str, Any]]:
+        return sorted((r for (t, _), r in self.epochs.items() if t == trial_id), key=lambda r: r["epoch"])
+
+    def forget(self, trial_ids: Iterable[str]) -> None:
+        """Drop trials (and their epochs) that the search no longer knows; see the module doc."""
+        drop = set(trial_ids)
+        for tid in drop:
+            self.trials.pop(tid, None)
+        self.epochs = {k: v for k, v in self.epochs.items() if k[0] not in drop}
+
+    def counts(self) -> dict[str, int]:
+        counts = {s: 0 for s in STATUSES}
+        for row in self.trials.values():
+            counts[row["status"] or "running"] += 1
+        return counts
+
+    # ---- disk ---------------------------------------------------------------------------------
+    def flush(self) -> None:
+        """Write both tables atomically (temp file in the same folder + rename)."""
+        import pyarrow as pa
+
+        trial_rows = sorted(self.trials.values(), key=lambda r: r["trial_id"])
+        epoch_rows = sorted(self.epochs.values(), key=lambda r: (r["trial_id"], r["epoch"]))
+        _write_table(pa.Table.from_pylist(trial_rows, schema=self._trial_schema()),
+                     self.study_dir / TRIALS_FILE)
+        _write_table(pa.Table.from_pylist(epoch_rows, schema=self._epoch_schema()),
+                     self.study_dir / EPOCHS_FILE)
+
+    def _load_existing(self) -> None:
+        trials_path = self.study_dir / TRIALS_FILE
+        if trials_path.exists():
+            for row in load_trials(self.study_dir).to_pylist():
+                full = {c: row.get(c) for c in self.trial_columns()}
+                self.trials[row["trial_id"]] = full
+        epochs_path = self.study_dir / EPOCHS_FILE
+        if epochs_path.exists():
+            for row in load_epochs(self.study_dir).to_pylist():
+                self.epochs[(row["trial_id"], int(row["epoch"]))] = row
+
+
+def best_epoch_row(rows: list[Mapping[str, Any]]) -> Mapping[str, Any] | None:
+    """The evaluated epoch with the highest val_hit1 (ties: the earlier), as the trainer picks it."""
+    evaluated = [r for r in rows if r.get("val_hit1") is not None]
+    if not evaluated:
+        return None
+    return max(evaluated, key=lambda r: (r["val_hit1"], -r["epoch"]))
+
+
+# ---- reading (reports, leaderboards) --------------------------------------------------------------
+
+def load_trials(study_dir: str | Path) -> Any:
+    """`trials.parquet` as a pyarrow Table (a file or a folder of part files)."""
+    return _read_table(Path(study_dir) / TRIALS_FILE)
+
+
+def load_epochs(study_dir: str | Path) -> Any:
+    """`epochs.parquet` as a pyarrow Table."""
+    return _read_table(Path(study_dir) / EPOCHS_FILE)
+
+
+def _read_table(path: Path, attempts: int = 5) -> Any:
+    """Read while a driver may be replacing the file (see the module doc): retry a failed read."""
+    import time
+
+    import pyarrow.parquet as pq
+
+    for attempt in range(attempts):
+        try:
+            return pq.read_table(path)
+        except FileNotFoundError:
+            raise
+        except OSError:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.05 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+def trial_rows(study_dir: str | Path) -> list[dict[str, Any]]:
+    """Trials as plain dicts with `config` decoded from JSON."""
+    rows = load_trials(study_dir).to_pylist()
+    for row in rows:
+        row["config"] = json.loads(row["config"]) if row.get("config") else None
+    return rows
+
+
+def epoch_rows(study_dir: str | Path) -> list[dict[str, Any]]:
+    return load_epochs(study_dir).to_pylist()
+
+
+# ---- helpers -------------------------------------------------------------------------------------
+
+def _write_table(table: Any, path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        pq.write_table(table, tmp)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def _finite(value: Any) -> float | None:
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _cast(value: Any, kind: str | None) -> Any:
+    if value is None or kind is None:
+        return value
+    if kind == "float":
+        return float(value)
+    if kind == "int":
+        return int(value)
+    if kind == "bool":
+        return bool(value)
+    return str(value)

@@ -1,0 +1,339 @@
+"""The Ray Tune driver with real Ray, real Optuna (SQLite) and real Parquet.
+
+Most tests use a stand-in trainer (a synthetic learning curve that depends on `loss.w_track`, with
+real checkpoints) so that scheduling, pruning, failures and resume are exercised in seconds; it
+is a closure, so Ray ships it by value. One Ray head (`ray start --head` on 127.0.0.1) serves the
+module and is reached through `address=`, which also covers `--address`; one test starts a
+local Ray the default way. The slow tests run the real trainer through the `mtsearch` command.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pyarrow.parquet as pq
+import pytest
+
+from mtsearch.errors import InvalidInput
+from mtsearch.search import run_search
+from mtsearch.space import space_from_mapping
+
+REPO = Path(__file__).resolve().parents[1]
+SPEC_TRIAL_COLUMNS = {"trial_id", "status", "error", "seed", "epochs_done", "best_epoch", "best_val_hit1",
+                      "best_val_hit5", "wall_s", "config"}
+SPEC_EPOCH_COLUMNS = ["trial_id", "epoch", "loss", "loss_cls", "loss_track", "loss_dir", "train_hit1", "val_hit1",
+                      "val_hit5", "dir_acc", "lr", "epoch_s", "clips_per_s"]
+
+
+def make_fit(log_dir: Path, epoch_s: float = 0.2, fail_w: float | None = None,
+             diverge_w: float | None = None) -> Callable[..., Any]:
+    """A stand-in for `mtsearch.train.fit`: same signature, real checkpoint files, a curve peaking at w=20."""
+    log_dir = str(log_dir)
+
+    def fake_fit(cfg: Any, out_dir: Any, on_epoch: Any, resume: bool, log: Any) -> Any:
+        import json as _json
+        import math
+        import os as _os
+        import time as _time
+        from pathlib import Path as _Path
+        from types import SimpleNamespace
+
+        ckpt = _Path(out_dir) / "checkpoint"
+        ckpt.mkdir(parents=True, exist_ok=True)
+        start = 1
+        if resume and (ckpt / "state.json").exists():
+            start = _json.loads((ckpt / "state.json").read_text())["epoch"] + 1
+        w = cfg.loss.w_track
+        t0 = _time.time()
+        if fail_w is not None and w == fail_w:
+            raise ValueError(f"boom: w_track={w} is cursed")
+        quality = 1.0 / (1.0 + abs(math.log(w / 20.0)))
+        for epoch in range(start, cfg.optim.epochs + 1):
+            if diverge_w is not None and w == diverge_w and epoch == 2:
+                return SimpleNamespace(status="diverged", error="loss is nan at epoch 2")
+            _time.sleep(epoch_s)
+            (ckpt / "state.json").write_text(_json.dumps({"epoch": epoch}))
+            val = quality * epoch / cfg.optim.epochs
+            on_epoch({"epoch": epoch, "loss": 1.0 / epoch, "loss_cls": 0.5 / epoch, "loss_track": None,
+                      "loss_dir": None, "train_hit1": val, "val_hit1": val, "val_hit5": min(1.0, 2 * val),
+                      "dir_acc": None, "lr": 1e-3, "epoch_s": epoch_s, "clips_per_s": 10.0}, ckpt)
+        record = {"w": w, "seed": cfg.seed, "start_epoch": start, "t0": t0, "t1": _time.time()}
+        (_Path(log_dir) / f"{_os.getpid()}-{_time.time_ns()}.json").write_text(_json.dumps(record))
+        return SimpleNamespace(status="completed", error=None)
+
+    return fake_fit
+
+
+def records(log_dir: Path) -> list[dict[str, Any]]:
+    return [json.loads(p.read_text()) for p in sorted(log_dir.glob("*.json"))]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ray_address() -> Iterator[str]:
+    """A Ray head on 127.0.0.1 (4 logical CPUs: stand-in trials only sleep), stopped afterwards.
+
+    Token authentication is off for this throw-away local head (Ray 2.60 turns it on by default
+    for `ray start`, and a driver without the token cannot join).
+    """
+    port = _free_port()
+    temp_dir = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths have a length limit
+    log = open(Path(temp_dir) / "head.log", "w")
+    proc = subprocess.Popen(
+        ["ray", "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1", "--num-cpus=4",
+         "--num-gpus=0", "--include-dashboard=false", f"--temp-dir={temp_dir}", "--block"],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        env={**os.environ, "RAY_AUTH_MODE": "disabled"},
+    )
+    address = f"127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 90
+        probe = None
+        while time.time() < deadline:
+            probe = subprocess.run(
+                [sys.executable, "-c", f"import ray; ray.init(address='{address}'); ray.shutdown()"],
+                capture_output=True, text=True, timeout=60,
+            )
+            if probe.returncode == 0:
+                break
+            if proc.poll() is not None:
+                raise RuntimeError((Path(temp_dir) / "head.log").read_text())
+            time.sleep(1)
+        else:
+            raise RuntimeError(f"Ray head did not start: {probe.stderr[-2000:] if probe else ''}")
+        yield address
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+        log.close()
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _spec(data: dict[str, Any], kind: str = "search") -> Any:
+    return space_from_mapping(data, "test.yaml", kind, default_name="study")
+
+
+def test_asha_prunes_and_optuna_hears_pruned(tmp_path: Path, ray_address: str) -> None:
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    spec = _spec({"name": "asha", "base": {"optim.epochs": 4, "eval.every": 1},
+                  "search": {"algorithm": "tpe", "num_samples": 8, "max_concurrent": 2, "seed": 1},
+                  "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 2},
+                  "space": {"loss.w_track": {"loguniform": [1, 400]}}})
+    outcome = run_search(spec, tmp_path / "trials", address=ray_address, trainable_fn=make_fit(logs, 0.15))
+    assert not outcome.interrupted
+    rows = pq.read_table(outcome.study_dir / "trials.parquet").to_pylist()
+    statuses = [r["status"] for r in rows]
+    assert len(rows) == 8 and statuses.count("pruned") >= 1 and statuses.count("completed") >= 1
+    assert all(r["epochs_done"] < 4 for r in rows if r["status"] == "pruned")
+    assert all(r["epochs_done"] == 4 for r in rows if r["status"] == "completed")
+    study = optuna.load_study(study_name="asha", storage=f"sqlite:///{outcome.study_dir / 'optuna.db'}")
+    states = [t.state.name for t in study.trials]
+    assert len(states) == 8
+    assert states.count("PRUNED") == statuses.count("pruned")
+    assert states.count("COMPLETE") == statuses.count("completed")
+
+
+def test_max_concurrent_trials_really_run_together(tmp_path: Path, ray_address: str) -> None:
+    """TPE + constant_liar with max_concurrent 2 on 4 free CPUs: 2 trials overlap, never 3."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    spec = _spec({"name": "conc", "base": {"optim.epochs": 3},
+                  "search": {"algorithm": "tpe", "num_samples": 4, "max_concurrent": 2},
+                  "scheduler": {"type": "none"}, "space": {"loss.w_track": {"uniform": [1, 40]}}})
+    run_search(spec, tmp_path / "trials", address=ray_address, trainable_fn=make_fit(logs, 0.6))
+    spans = [(r["t0"], r["t1"]) for r in records(logs)]
+    assert len(spans) == 4
+
+    def overlap_at(t: float) -> int:
+        return sum(1 for a, b in spans if a <= t < b)
+
+    peak = max(overlap_at(a) for a, _ in spans)
+    assert peak == 2, spans
+
+
+def test_existing_or_busy_study_is_refused(tmp_path: Path) -> None:
+    spec = _spec({"name": "busy", "space": {"loss.w_track": {"uniform": [1, 40]}}})
+    study = tmp_path / "trials" / "busy"
+    study.mkdir(parents=True)
+    (study / "space.yaml").write_text(spec.to_yaml())
+    with pytest.raises(InvalidInput, match="already exists; add --resume"):
+        run_search(spec, tmp_path / "trials")
+    fd = os.open(study / ".lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        with pytest.raises(InvalidInput, match="in use by another mtsearch driver"):
+            run_search(spec, tmp_path / "trials", resume=True)
+    finally:
+        os.close(fd)
+    other = _spec({"name": "busy", "space": {"loss.w_track": {"uniform": [1, 50]}}})
+    with pytest.raises(InvalidInput, match="differs from the study's"):
+        run_search(other, tmp_path / "trials", resume=True)
+
+
+def test_resources_beyond_the_cluster_are_refused(tmp_path: Path, ray_address: str) -> None:
+    spec = _spec({"name": "gpu", "resources": {"gpus_per_trial": 1},
+                  "space": {"loss.w_track": {"uniform": [1, 40]}}})
+    with pytest.raises(InvalidInput, match="resources.gpus_per_trial: this Ray cluster has 0 GPUs"):
+        run_search(spec, tmp_path / "trials", address=ray_address, trainable_fn=make_fit(tmp_path))
+    assert not (tmp_path / "trials" / "gpu").exists()
+
+
+DRIVER = """\
+import sys
+from pathlib import Path
+sys.path.insert(0, {tests!r})
+from test_search import make_fit
+from mtsearch.search import run_search
+from mtsearch.space import space_from_mapping
+spec = space_from_mapping({{"name": "resume", "base": {{"optim.epochs": 5}},
+    "search": {{"algorithm": "tpe", "num_samples": 6, "max_concurrent": 2}},
+    "scheduler": {{"type": "none"}}, "space": {{"loss.w_track": {{"uniform": [1, 40]}}}}}}, "resume.yaml")
+import ray.cloudpickle
+ray.cloudpickle.register_pickle_by_value(sys.modules["test_search"])
+out = run_search(spec, {trials!r}, resume="--resume" in sys.argv, address={address!r},
+                 trainable_fn=make_fit(Path({logs!r}), 2.0))
+print("interrupted" if out.interrupted else "finished", flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_resume_after_kill_9(tmp_path: Path, ray_address: str) -> None:
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    script = tmp_path / "driver.py"
+    script.write_text(DRIVER.format(tests=str(Path(__file__).parent), trials=str(tmp_path / "trials"),
+                                    address=ray_address, logs=str(logs)))
+    epochs_path = tmp_path / "trials" / "resume" / "epochs.parquet"
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline:  # kill once a trial finished and another is at epoch 2 of 5
+        time.sleep(0.3)
+        if epochs_path.exists() and records(logs):
+            last: dict[str, int] = {}
+            for row in pq.read_table(epochs_path).to_pylist():
+                last[row["trial_id"]] = max(last.get(row["trial_id"], 0), row["epoch"])
+            if 2 in last.values():
+                break
+    else:
+        proc.kill()
+        raise AssertionError(proc.communicate()[0])
+    time.sleep(3)  # past a save of Tune's experiment state (every 2 s); epochs take 2 s
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    before = pq.read_table(epochs_path).num_rows
+
+    again = subprocess.run([sys.executable, str(script), "--resume"], capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and "finished" in again.stdout, again.stdout + again.stderr
+    trials = pq.read_table(tmp_path / "trials" / "resume" / "trials.parquet").to_pylist()
+    assert len(trials) == 6 and all(t["status"] == "completed" for t in trials), trials
+    epochs = pq.read_table(epochs_path).to_pylist()
+    keys = [(r["trial_id"], r["epoch"]) for r in epochs]
+    assert len(keys) == len(set(keys)) == 6 * 5 and len(epochs) >= before
+    assert not list((tmp_path / "trials" / "resume" / "tune").glob("*/work"))  # working copies freed
+    assert any(r["start_epoch"] > 1 for r in records(logs)), "no trial continued from its checkpoint"
+    study = optuna.load_study(study_name="resume", storage=f"sqlite:///{tmp_path / 'trials/resume/optuna.db'}")
+    assert not [t for t in study.trials if t.state.name == "RUNNING"]
+
+
+TINY_SPACE = """\
+name: tiny
+base: {{model.preset: tiny, optim.epochs: {epochs}, eval.every: 1, device: cpu, data.cache_dir: {cache}}}
+search: {{algorithm: tpe, num_samples: 2, max_concurrent: 2, seed: 0}}
+scheduler: {{type: none}}
+space:
+  loss.w_track: {{loguniform: [1, 100]}}
+  model.branches: {{choice: [[cls, track, dir], [cls, dir]]}}
+"""
+
+
+@pytest.mark.slow
+def test_cli_real_trainer_interrupt_and_resume(tmp_path: Path, ray_address: str) -> None:
+    """`mtsearch run` end to end with the real trainer: Ctrl-C -> exit 130 + resume command -> --resume."""
+    cache = os.environ.get("MTSEARCH_CACHE") or str(Path.home() / ".cache" / "mtsearch")
+    space = tmp_path / "tiny.yaml"
+    space.write_text(TINY_SPACE.format(epochs=2, cache=cache))
+    cmd = [sys.executable, "-m", "mtsearch", "run", str(space), "--trials-dir", str(tmp_path / "trials"),
+           "--address", ray_address, "--quiet"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    epochs_path = tmp_path / "trials" / "tiny" / "epochs.parquet"
+    deadline = time.time() + 400
+    while time.time() < deadline and proc.poll() is None:
+        time.sleep(1)
+        if epochs_path.exists() and pq.read_table(epochs_path).num_rows >= 1:
+            break
+    assert proc.poll() is None, proc.communicate()
+    time.sleep(2.5)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out + err
+    assert "resume with: mtsearch run" in err and "--resume" in err, err
+
+    done = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=500)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "results:" in done.stdout
+    trials = pq.read_table(tmp_path / "trials" / "tiny" / "trials.parquet").to_pylist()
+    assert len(trials) == 2 and all(t["status"] == "completed" for t in trials), trials
+    assert all(t["best_val_hit1"] is not None and t["epochs_done"] == 2 for t in trials)
+    epochs = pq.read_table(epochs_path).to_pylist()
+    keys = [(r["trial_id"], r["epoch"]) for r in epochs]
+    assert len(keys) == len(set(keys)) == 4
+    assert all(r["loss"] is not None and r["val_hit1"] is not None for r in epochs)
+
+
+def test_grid_statuses_columns_and_local_ray(tmp_path: Path) -> None:
+    """Completed, error and diverged trials side by side; the search goes on; SPEC columns.
+
+    Starts its own local Ray (the default without --address); it comes last in this module
+    because a second Ray session in one process after a local one is unreliable in Ray 2.60.
+    """
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    spec = _spec({"name": "grid", "base": {"optim.epochs": 3, "eval.every": 1},
+                  "grid": {"loss.w_track": [5, 20, 50, 80]}, "search": {"max_concurrent": 2},
+                  "reference": {"loss.w_track": 20}}, "grid")
+    updates: list[Any] = []
+    outcome = run_search(spec, tmp_path / "trials", trainable_fn=make_fit(logs, fail_w=50, diverge_w=80),
+                         num_cpus=2, on_update=updates.append)
+    study = tmp_path / "trials" / "grid"
+    assert outcome.study_dir == study and not outcome.interrupted
+    assert (study / "space.yaml").exists() and (study / "tune").is_dir()
+    trials = pq.read_table(study / "trials.parquet")
+    assert SPEC_TRIAL_COLUMNS | {"cell", "loss.w_track"} == set(trials.column_names)
+    rows = {r["loss.w_track"]: r for r in trials.to_pylist()}
+    assert {w: r["status"] for w, r in rows.items()} == {5.0: "completed", 20.0: "completed", 50.0: "error",
+                                                        80.0: "diverged"}
+    assert "boom: w_track=50.0 is cursed" in rows[50.0]["error"]
+    assert rows[80.0]["error"] == "loss is nan at epoch 2" and rows[80.0]["epochs_done"] == 1
+    assert rows[20.0]["epochs_done"] == 3 and rows[20.0]["best_epoch"] == 3 and rows[20.0]["wall_s"] > 0
+    assert rows[20.0]["cell"] == "loss.w_track=20" and rows[20.0]["best_val_hit1"] == pytest.approx(1.0)
+    assert json.loads(rows[20.0]["config"])["loss"]["w_track"] == 20.0
+    epochs = pq.read_table(study / "epochs.parquet")
+    assert epochs.column_names == SPEC_EPOCH_COLUMNS
+    keys = [(r["trial_id"], r["epoch"]) for r in epochs.to_pylist()]
+    assert len(keys) == len(set(keys)) == 3 + 3 + 1
+    assert updates and updates[-1].counts["completed"] == 2
