@@ -104,6 +104,7 @@ class TrialConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    threads: int | None = None  # CPU threads; None: $OMP_NUM_THREADS or every core (searches: CPUs/trial)
 
     # ---- construction -------------------------------------------------------------------------
     @classmethod
@@ -347,6 +348,7 @@ _CHECKS: dict[str, Callable[[Any], str | None]] = {
     "eval.every": _at_least(1),
     "seed": _at_least(0),
     "device": _device,
+    "threads": _at_least(1),
 }
 
 

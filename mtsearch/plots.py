@@ -79,7 +79,7 @@ def _is_log_key(study: Study, key: str, values: Sequence[float]) -> bool:
 
 
 def learning_curves(study: Study, path: Path) -> Path | None:
-    """Metric and training loss per epoch, one line per trial; pruned trials faded, failed dotted."""
+    """Metric and training l_cls per epoch, one line per trial; pruned trials faded, failed dotted."""
     import matplotlib as mpl
 
     trial_ids = [
@@ -129,7 +129,7 @@ def learning_curves(study: Study, path: Path) -> Path | None:
             ax_metric.plot(
                 xs, [y * scale for y in ys], marker="o", markersize=3, label=label, **style
             )
-        loss = study.curve(tid, "loss")
+        loss = study.curve(tid, "loss_cls")
         if loss:
             xs, ys = zip(*loss)
             ax_loss.plot(xs, ys, **style)
@@ -138,10 +138,9 @@ def learning_curves(study: Study, path: Path) -> Path | None:
     ax_metric.set_ylabel(metric_label(study.metric, unit))
     ax_metric.set_title(f"{METRIC_NAMES.get(study.metric, study.metric)} per evaluated epoch")
     ax_loss.set_xlabel("epoch")
-    ax_loss.set_ylabel("training loss (total, log scale)")
-    ax_loss.set_title("training loss per epoch")
-    if any(y > 0 for tid in trial_ids for _, y in study.curve(tid, "loss")):
-        ax_loss.set_yscale("log")
+    # l_cls, not the total: totals weigh the (negative) tracking term differently in every trial
+    ax_loss.set_ylabel("classification loss l_cls (cross-entropy)")
+    ax_loss.set_title("training classification loss per epoch")
     for ax in (ax_metric, ax_loss):
         ax.grid(True, alpha=0.3)
         ax.xaxis.get_major_locator().set_params(integer=True)

@@ -341,7 +341,8 @@ def _record_start(live: _Live, trial: Any) -> None:
         values["error"] = None
     if live.spec.kind == "grid":
         values["cell"] = live.spec.cell_of(trial.config)
-    live.store.upsert_trial(trial.trial_id, seed=cfg.seed, config=cfg.resolved().to_dict(), **values)
+    values["seed"] = cfg.seed  # also a searched key in grids with repeats
+    live.store.upsert_trial(trial.trial_id, config=cfg.resolved().to_dict(), **values)
     row = live.store.trials[trial.trial_id]
     if row["epochs_done"] is None:
         row["epochs_done"] = 0

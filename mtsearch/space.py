@@ -127,8 +127,15 @@ class SpaceSpec:
         return {key: _column_type(key) for key in self.searched_keys}
 
     def trial_config(self, params: Mapping[str, Any]) -> TrialConfig:
-        """The full config of one trial: base plus its sampled values."""
-        return self.base.with_overrides(expand_params(params), self.source)
+        """The full config of one trial: base plus its sampled values.
+
+        `threads` is pinned to the trial's CPUs unless the base sets it: CPU results depend on the
+        thread count, so an exported trial reproduces its metrics under `mtsearch train`.
+        """
+        overrides = dict(expand_params(params))
+        if self.base.threads is None and "threads" not in overrides:
+            overrides["threads"] = max(1, int(self.resources.cpus_per_trial))
+        return self.base.with_overrides(overrides, self.source)
 
     def cell_of(self, params: Mapping[str, Any]) -> str:
         """A readable cell id, `model.branches=cls+track,loss.w_dir=2` (seed excluded)."""

@@ -90,7 +90,7 @@ def fit(
     warn = warn or say
     cfg = cfg.resolved()
     device = pick_device(cfg.device)
-    _configure_torch(device)
+    _configure_torch(device, cfg.threads)
     ckpt_dir = Path(out_dir) / "checkpoint" if out_dir is not None else None
 
     index = index_for_config(cfg, warn=warn)
@@ -277,11 +277,13 @@ def _evaluate(
 
 # ---- plumbing ----------------------------------------------------------------------------------
 
-def _configure_torch(device: torch.device) -> None:
+def _configure_torch(device: torch.device, threads: int | None) -> None:
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+    if threads is not None:
+        torch.set_num_threads(threads)  # CPU results depend on it: pinned for reproducibility
     elif "OMP_NUM_THREADS" not in os.environ:
         # all cores this process may use (Ray sets OMP_NUM_THREADS to the trial's CPUs)
         torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))
