@@ -10,10 +10,10 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, get_type_hints
+from typing import Any, get_type_hints
 
 from mtsearch.errors import InvalidInput, did_you_mean
 from mtsearch.yamlio import dump_yaml, read_yaml

@@ -438,7 +438,7 @@ def ablation_bars(study: Study, path: Path) -> Path | None:
             if not c.is_reference and c.delta_best and c.delta_best.n
         ]
         verdict_color = {"helps": "#2a9d4b", "hurts": "#c0392b"}
-        for i, (name, cell) in enumerate(others):
+        for i, (_name, cell) in enumerate(others):
             d = cell.delta_best
             ax2.errorbar(
                 [d.mean * scale],

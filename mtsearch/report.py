@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from mtsearch.errors import InvalidInput
+from mtsearch.store import EPOCH_METRICS
 
 # ---- Student t ---------------------------------------------------------------------------------
 
@@ -152,20 +153,6 @@ TRIAL_COLUMNS = (
     "config",
     "cell",
 )
-EPOCH_METRICS = (
-    "loss",
-    "loss_cls",
-    "loss_track",
-    "loss_dir",
-    "train_hit1",
-    "val_hit1",
-    "val_hit5",
-    "dir_acc",
-    "lr",
-    "epoch_s",
-    "clips_per_s",
-)
-STATUSES = ("completed", "pruned", "running", "error", "diverged")
 _FINAL_STATUSES = {
     "completed": 3,
     "pruned": 3,

@@ -19,13 +19,10 @@ from typing import Any, get_type_hints
 
 from mtsearch.config import TrialConfig, config_keys, flatten_keys, normalize_branches
 from mtsearch.errors import InvalidInput, did_you_mean
+from mtsearch.store import EPOCH_METRICS
 from mtsearch.yamlio import dump_yaml, read_yaml
 
 # Metrics reported once per epoch by the trainer (SPEC epochs.parquet) that a study may optimise.
-EPOCH_METRICS: tuple[str, ...] = (
-    "loss", "loss_cls", "loss_track", "loss_dir", "train_hit1", "val_hit1", "val_hit5",
-    "dir_acc", "lr", "epoch_s", "clips_per_s",
-)
 _LOWER_IS_BETTER = frozenset({"loss", "loss_cls", "loss_track", "loss_dir", "epoch_s"})
 ALGORITHMS: tuple[str, ...] = ("tpe", "random", "grid", "cmaes")
 SCHEDULERS: tuple[str, ...] = ("asha", "none")
@@ -271,7 +268,7 @@ def space_from_mapping(
     resources = _resources(data.get("resources"), source)
     max_failures = _failure(data.get("failure"), source)
 
-    repeats, reference = 1, None
+    repeats = 1
     if kind == "grid":
         space = _grid_section(data.get("grid"), source)
         repeats = _int_field(data.get("repeats", 1), "repeats", source, minimum=1)

@@ -15,19 +15,20 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from mtsearch.yamlio import atomic_output
+
 TRIALS_FILE = "trials.parquet"
 EPOCHS_FILE = "epochs.parquet"
 STATUSES: tuple[str, ...] = ("running", "completed", "pruned", "error", "diverged")
-EPOCH_VALUES: tuple[str, ...] = (
+EPOCH_METRICS: tuple[str, ...] = (  # what the trainer reports each epoch (SPEC epoch columns)
     "loss", "loss_cls", "loss_track", "loss_dir", "train_hit1", "val_hit1", "val_hit5",
     "dir_acc", "lr", "epoch_s", "clips_per_s",
 )
+EPOCH_COLUMNS: tuple[str, ...] = ("epoch", *EPOCH_METRICS)
 _ARROW_TYPES = {"float": "float64", "int": "int64", "string": "string", "bool": "bool"}
 
 
@@ -74,7 +75,7 @@ class StudyStore:
         import pyarrow as pa
 
         return pa.schema([("trial_id", pa.string()), ("epoch", pa.int64())]
-                         + [(c, pa.float64()) for c in EPOCH_VALUES])
+                         + [(c, pa.float64()) for c in EPOCH_METRICS])
 
     # ---- updates ------------------------------------------------------------------------------
     def upsert_trial(self, trial_id: str, **values: Any) -> dict[str, Any]:
@@ -94,7 +95,7 @@ class StudyStore:
         """Record one epoch (a later report of the same epoch, after a resume, replaces it)."""
         epoch = int(metrics["epoch"])
         row = {"trial_id": trial_id, "epoch": epoch}
-        for col in EPOCH_VALUES:
+        for col in EPOCH_METRICS:
             row[col] = _finite(metrics.get(col))
         self.epochs[(trial_id, epoch)] = row
         trial = self.trials.get(trial_id)
@@ -205,20 +206,19 @@ def epoch_rows(study_dir: str | Path) -> list[dict[str, Any]]:
 def _write_table(table: Any, path: Path) -> None:
     import pyarrow.parquet as pq
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_output(path) as tmp:
         pq.write_table(table, tmp)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+
+
+def write_metrics(path: str | Path, rows: Iterable[Mapping[str, Any]]) -> None:
+    """One run's `metrics.parquet` (`mtsearch train`): the epoch columns, written atomically."""
+    import pyarrow as pa
+
+    rows = list(rows)
+    columns = {"epoch": pa.array([int(r["epoch"]) for r in rows], type=pa.int64())}
+    for key in EPOCH_METRICS:
+        columns[key] = pa.array([_finite(r.get(key)) for r in rows], type=pa.float64())
+    _write_table(pa.table(columns), Path(path))
 
 
 def _finite(value: Any) -> float | None:

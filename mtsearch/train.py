@@ -26,11 +26,8 @@ import torch.nn.functional as F
 
 from mtsearch.config import TrialConfig
 from mtsearch.errors import InvalidInput
+from mtsearch.store import EPOCH_COLUMNS
 
-EPOCH_COLUMNS: tuple[str, ...] = (
-    "epoch", "loss", "loss_cls", "loss_track", "loss_dir", "train_hit1", "val_hit1", "val_hit5",
-    "dir_acc", "lr", "epoch_s", "clips_per_s",
-)
 CHECKPOINT_FILE = "state.pt"
 
 OnEpoch = Callable[[dict[str, Any], "Path | None"], "bool | None"]

@@ -235,7 +235,7 @@ def write_search_study(
             "loss.w_track": optuna.distributions.FloatDistribution(1, 100, log=True),
             "loss.w_dir": optuna.distributions.FloatDistribution(0.5, 20, log=True),
         }
-        for tid, status, wt, wd, best, _ in trials:
+        for _tid, status, wt, wd, best, _ in trials:
             state = {
                 "completed": optuna.trial.TrialState.COMPLETE,
                 "pruned": optuna.trial.TrialState.PRUNED,

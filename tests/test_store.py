@@ -9,7 +9,15 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from mtsearch.store import EPOCHS_FILE, TRIALS_FILE, StudyStore, epoch_rows, load_epochs, load_trials, trial_rows
+from mtsearch.store import (
+    EPOCHS_FILE,
+    TRIALS_FILE,
+    StudyStore,
+    epoch_rows,
+    load_epochs,
+    load_trials,
+    trial_rows,
+)
 
 SPEC_TRIAL_COLUMNS = ["trial_id", "status", "error", "seed", "epochs_done", "best_epoch", "best_val_hit1",
                       "best_val_hit5", "wall_s", "config"]

@@ -47,9 +47,12 @@ def _size_mb(root: Path) -> float:
 
 def cmd_synth(args: argparse.Namespace) -> int:
     from mtsearch.data.datasets import load_index
-    from mtsearch.data.synthetic import CLASS_NAMES, write_synthetic
-
-    from mtsearch.data.synthetic import DEFAULT_CLASSES, DEFAULT_VIDEOS_PER_CLASS
+    from mtsearch.data.synthetic import (
+        CLASS_NAMES,
+        DEFAULT_CLASSES,
+        DEFAULT_VIDEOS_PER_CLASS,
+        write_synthetic,
+    )
 
     classes = DEFAULT_CLASSES if args.classes is None else args.classes
     videos_per_class = (

@@ -20,22 +20,6 @@ def _fmt(value: Any, pct: bool = False) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
-    """`metrics.parquet`: the SPEC epoch columns, one row per epoch, written atomically."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from mtsearch.train import EPOCH_COLUMNS
-
-    types = {"epoch": pa.int64()}
-    table = pa.table(
-        {c: pa.array([r.get(c) for r in rows], type=types.get(c, pa.float64())) for c in EPOCH_COLUMNS}
-    )
-    tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(table, tmp)
-    tmp.replace(path)
-
-
 def _read_metrics(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
@@ -60,6 +44,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
+    from mtsearch.store import write_metrics
     from mtsearch.train import fit
 
     console = Console(soft_wrap=True)

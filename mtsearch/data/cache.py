@@ -28,7 +28,6 @@ import fcntl
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -37,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from mtsearch.errors import VideoReadError
-from mtsearch.yamlio import write_atomic
+from mtsearch.yamlio import atomic_output, write_atomic
 
 # Bump when read_video's output for the same file and settings changes (resampling, scaler).
 FORMAT_VERSION = 1
@@ -172,16 +171,5 @@ def load_entry(entry: str | Path) -> np.ndarray:
 
 def _save_atomic(entry: Path, frames: np.ndarray) -> None:
     """np.save to a temp file in the entry's folder, fsync, rename: readers see all or nothing."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{entry.stem}.", suffix=".tmp", dir=entry.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.save(fh, np.ascontiguousarray(frames, dtype=np.uint8), allow_pickle=False)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, entry)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    with atomic_output(entry) as tmp, open(tmp, "wb") as fh:
+        np.save(fh, np.ascontiguousarray(frames, dtype=np.uint8), allow_pickle=False)
