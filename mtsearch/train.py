@@ -328,6 +328,18 @@ def _save_checkpoint(
     os.replace(tmp, ckpt_dir / CHECKPOINT_FILE)
 
 
+def checkpoint_history(ckpt_dir: str | Path) -> list[dict[str, Any]]:
+    """The per-epoch metrics saved in a checkpoint folder ([] when there is none)."""
+    path = Path(ckpt_dir) / CHECKPOINT_FILE
+    if not path.exists():
+        return []
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    except Exception as exc:  # a damaged checkpoint is a user-facing input problem
+        raise InvalidInput(path, None, f"cannot read checkpoint: {exc}") from None
+    return list(state["history"])
+
+
 def _load_checkpoint(
     ckpt_dir: Path,
     cfg: TrialConfig,

@@ -160,3 +160,36 @@ def test_tiny_learns_the_synthetic_set_well_above_chance(tmp_path: Path):
     chance = 1 / 6
     assert result.status == "completed"
     assert result.best_val_hit1 >= 2 * chance, result.history
+
+
+@pytest.mark.slow
+def test_killed_train_resumes_from_its_last_epoch(small_set: Path, tmp_path: Path):
+    import signal
+    import time
+
+    import pyarrow.parquet as pq
+
+    cfg = small_config(small_set, tmp_path / "cache", **{"optim.epochs": 4})
+    path = tmp_path / "c.yaml"
+    path.write_text(cfg.to_yaml())
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "mtsearch", "train", str(path), "--out", str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    metrics = out / "metrics.parquet"
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if metrics.exists() and pq.read_table(metrics).num_rows >= 1:
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    done = pq.read_table(metrics).column("epoch").to_pylist()
+    assert 1 <= len(done) < 4
+
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    # the checkpoint may be one epoch ahead of metrics.parquet if the kill fell between the two
+    resumed = int(again.stdout.split("resuming from epoch ")[1].split()[0])
+    assert done[-1] <= resumed < 4
+    assert pq.read_table(metrics).column("epoch").to_pylist() == [1, 2, 3, 4]

@@ -20,12 +20,12 @@ def _fmt(value: Any, pct: bool = False) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def _read_metrics(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    import pyarrow.parquet as pq
+def _resumed_history(out: Path) -> list[dict[str, Any]]:
+    """The epochs the checkpoint holds: the run resumes after them, so metrics.parquet starts
+    from them (a kill between the checkpoint and the Parquet write loses no row)."""
+    from mtsearch.train import checkpoint_history
 
-    return pq.read_table(path).to_pylist()
+    return checkpoint_history(out / "checkpoint")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -51,7 +51,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     err = Console(stderr=True, soft_wrap=True)
     out.mkdir(parents=True, exist_ok=True)
     metrics_path = out / "metrics.parquet"
-    rows = _read_metrics(metrics_path)
+    rows = _resumed_history(out)
     progress = Progress(
         TextColumn("[bold]epoch {task.fields[epoch]}/{task.fields[epochs]}"),
         BarColumn(),
