@@ -37,6 +37,7 @@ from mtsearch.space import SpaceSpec, expand_params, load_study_space
 from mtsearch.store import StudyStore
 from mtsearch.yamlio import write_atomic
 
+NOTES = "trainer_notes"  # report key carrying the trainer's log lines to the driver
 OBJECTIVE = "objective"  # the key Tune, ASHA and Optuna optimise: the space's metric, carried forward
 TUNE_DIR = "tune"
 LOCK_FILE = ".lock"
@@ -81,8 +82,10 @@ class _Live:
     started: float
     resumed: bool
     done_at_start: int
+    log: Log = lambda msg: None
     known_trials: set[str] = field(default_factory=set)
     segment_start: dict[str, float] = field(default_factory=dict)
+    warned: set[str] = field(default_factory=set)
 
 
 # Tune pickles its RunConfig (with the callbacks) into the experiment folder, so the callback holds
@@ -166,6 +169,7 @@ def run_trial(config: dict[str, Any], *, base: dict[str, Any], metric: str, mode
             shutil.copytree(ckpt_dir, work / "checkpoint")
     worst = -math.inf if mode == "max" else math.inf
     last = {"objective": worst, "epoch": 0}
+    notes: list[str] = []  # the trainer's log (skipped videos, resumes), shown by the driver
 
     def on_epoch(metrics: dict[str, Any], ckpt_dir: Path | None) -> None:
         value = metrics.get(metric)
@@ -173,10 +177,13 @@ def run_trial(config: dict[str, Any], *, base: dict[str, Any], metric: str, mode
             last["objective"] = float(value)
         last["epoch"] = int(metrics["epoch"])
         report = {**metrics, OBJECTIVE: last["objective"], "epochs_planned": cfg.optim.epochs}
+        if notes:
+            report[NOTES] = list(notes)
+            notes.clear()
         ckpt = tune.Checkpoint.from_directory(str(ckpt_dir)) if ckpt_dir is not None else None
         tune.report(report, checkpoint=ckpt)
 
-    result = train(cfg, work, on_epoch, True, None)
+    result = train(cfg, work, on_epoch, True, notes.append)
     if getattr(result, "status", None) == "diverged":
         tune.report({"epoch": last["epoch"], OBJECTIVE: last["objective"], "epochs_planned": cfg.optim.epochs,
                      "fit_status": "diverged", "fit_error": str(result.error or "loss is not finite")})
@@ -288,6 +295,7 @@ class StoreCallback(tune.Callback):
             return
         if trial.trial_id not in live.store.trials:
             _record_start(live, trial)
+        _show_notes(live, trial.trial_id, result.get(NOTES))
         if result.get("fit_status") == "diverged":
             live.store.upsert_trial(trial.trial_id, status="diverged", error=_last_line(result.get("fit_error")))
         elif "epoch" in result and "loss" in result:
@@ -347,6 +355,17 @@ def _record_start(live: _Live, trial: Any) -> None:
     if row["epochs_done"] is None:
         row["epochs_done"] = 0
     live.segment_start[trial.trial_id] = time.time()
+
+
+def _show_notes(live: _Live, trial_id: str, notes: Any) -> None:
+    """Skipped videos once per study (every trial skips the same ones); other notes per trial."""
+    for note in notes or ():
+        if str(note).startswith("skipping "):
+            if note not in live.warned:
+                live.warned.add(note)
+                live.log(f"warning: {note}")
+        else:
+            live.log(f"trial {trial_id}: {note}")
 
 
 def _touch_wall(live: _Live, trial_id: str, end: bool = False) -> None:
@@ -465,7 +484,7 @@ def run_search(
         store = StudyStore(study_dir, spec.param_types(), with_cell=spec.kind == "grid")
         done_at_start = sum(1 for r in store.trials.values() if r["status"] not in (None, "running"))
         live = _Live(spec=spec, store=store, on_update=on_update, started=time.time(),
-                     resumed=resume, done_at_start=done_at_start)
+                     resumed=resume, done_at_start=done_at_start, log=say)
         _LIVE[key] = live
         trainable = tune.with_resources(
             tune.with_parameters(run_trial, base=spec.base.to_dict(), metric=spec.metric, mode=spec.mode,

@@ -47,6 +47,8 @@ def test_grid_report_export_train_round_trip(tmp_path: Path) -> None:
     from mtsearch.data.synthetic import write_synthetic
 
     root = write_synthetic(tmp_path / "data", classes=3, videos_per_class=5, seed=1, workers=1)
+    damaged = sorted(root.glob("*/*.avi"))[0]
+    damaged.write_bytes(b"\x00garbage" * 100)  # every trial skips it; the driver warns once
     env = {"MTSEARCH_CACHE": str(tmp_path / "cache")}
     grid = tmp_path / "grid.yaml"
     grid.write_text(GRID.format(root=root))
@@ -54,6 +56,8 @@ def test_grid_report_export_train_round_trip(tmp_path: Path) -> None:
 
     run = mtsearch("ablate", str(grid), "--trials-dir", str(trials_dir), "--quiet", env=env)
     assert run.returncode == 0, run.stdout + run.stderr
+    warnings = [line for line in run.stderr.splitlines() if line.startswith("warning: skipping")]
+    assert len(warnings) == 1 and damaged.name in warnings[0], run.stderr
     study = trials_dir / "e2e"
     trials = pq.read_table(study / "trials.parquet").to_pylist()
     assert len(trials) == 4 and {t["status"] for t in trials} == {"completed"}
