@@ -438,13 +438,26 @@ def write_synthetic(
             raise InvalidInput(target, None, "folder is not empty and holds no synthetic set; "
                                              "choose a new or empty folder")
     target.parent.mkdir(parents=True, exist_ok=True)
+    _build_and_publish(target, classes, videos_per_class, seed, workers, progress, replace=True)
+    return target
+
+
+def _build_and_publish(
+    target: Path,
+    classes: int,
+    videos_per_class: int,
+    seed: int,
+    workers: int | None,
+    progress: Callable[[int, int], None] | None,
+    replace: bool,
+) -> None:
+    """Build in a hidden temp folder beside `target`, then rename it into place (see _publish)."""
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.build-", dir=target.parent))
     try:
         _build(tmp, classes, videos_per_class, seed, workers, progress)
-        _publish(tmp, target, replace=True)
+        _publish(tmp, target, replace=replace)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return target
 
 
 def _publish(tmp: Path, target: Path, replace: bool) -> bool:
@@ -498,12 +511,8 @@ def ensure_synthetic(
         for stale in parent.glob(f".{target.name}.build-*"):  # builds of crashed processes
             if fcntl is not None:
                 shutil.rmtree(stale, ignore_errors=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.build-", dir=parent))
-        try:
-            _build(tmp, DEFAULT_CLASSES, DEFAULT_VIDEOS_PER_CLASS, seed, None, progress)
-            _publish(tmp, target, replace=False)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        _build_and_publish(target, DEFAULT_CLASSES, DEFAULT_VIDEOS_PER_CLASS, seed, None, progress,
+                           replace=False)
     return target
 
 
