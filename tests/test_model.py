@@ -333,7 +333,7 @@ def test_one_tracker_step_learns_to_locate_a_patch() -> None:
     data_gen, theta_gen = torch.Generator().manual_seed(1), torch.Generator().manual_seed(2)
 
     def encode(image: torch.Tensor) -> torch.Tensor:  # (N, 3, H, W) -> (N, D, H/8, W/8)
-        return branch.proj(F.pixel_unshuffle(image, 8).unsqueeze(2)).squeeze(2)
+        return branch.proj(F.pixel_unshuffle(image, 8))
 
     history = []
     for _ in range(200):
@@ -343,7 +343,7 @@ def test_one_tracker_step_learns_to_locate_a_patch() -> None:
         patch_px = F.grid_sample(frame, grid, align_corners=True)
         frame_feat = encode(frame)
         theta, _ = branch.step(
-            F.normalize(encode(patch_px), dim=1), frame_feat, F.normalize(frame_feat, dim=1)
+            F.normalize(encode(patch_px), dim=1), F.normalize(frame_feat, dim=1), frame_feat
         )
         loss = grid_loss(theta, theta_gt).mean()
         optimizer.zero_grad()
@@ -354,10 +354,14 @@ def test_one_tracker_step_learns_to_locate_a_patch() -> None:
 
 
 def test_channels_last_and_bf16_autocast() -> None:
-    """The trainer's CUDA path: channels_last_3d weights and inputs, bf16 autocast (run on CPU here)."""
+    """The trainer's CUDA path: channels-last weights and inputs, bf16 autocast (run on CPU here)."""
     cfg = tiny_config()
     torch.manual_seed(0)
-    model = MultiBranchNet(cfg, num_classes=3).to(memory_format=torch.channels_last_3d)
+    model = MultiBranchNet(cfg, num_classes=3).channels_last()
+    assert model.trunk.conv1[0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert model.cls_head.conv5_x[0].conv2.weight.is_contiguous(
+        memory_format=torch.channels_last_3d
+    )
     clips = torch.randn(2, 3, 13, cfg.crop, cfg.crop).contiguous(
         memory_format=torch.channels_last_3d
     )

@@ -34,23 +34,37 @@ class Conv5Head(nn.Module):
         return self.fc(x)  # (B, num_outputs)
 
 
+def draw_reversals(batch: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """(B,) bool on the generator's device, True = reversed: half the batch, chosen at random.
+
+    With an odd batch the extra sample's direction is random too. The draws (a permutation, then
+    one uniform for an odd batch) are those of the landed code, so a seed picks the same clips.
+    """
+    device = generator.device if generator is not None else None  # draw where the generator lives
+    order = torch.randperm(batch, generator=generator, device=device)
+    num_reversed = batch // 2
+    if batch % 2 and torch.rand((), generator=generator, device=device).item() < 0.5:
+        num_reversed += 1
+    reverse = torch.zeros(batch, dtype=torch.bool, device=order.device)
+    reverse[order[:num_reversed]] = True
+    return reverse
+
+
+def reverse_time(feat: torch.Tensor, reverse: torch.Tensor) -> torch.Tensor:
+    """(B, C, T, h, w) with the time axis of the samples where `reverse` (B,) is True flipped.
+
+    The trunk has no temporal kernels, so reversing its features equals reversing the input clip
+    without a second trunk pass. A select on the device, not a Python loop: no host sync.
+    """
+    return torch.where(reverse.view(-1, 1, 1, 1, 1), feat.flip(2), feat)
+
+
 def reverse_half(
     feat: torch.Tensor, generator: torch.Generator | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Reverse the time axis of half the batch, chosen at random; labels 1 = forward, 0 = reversed.
 
-    The trunk has no temporal kernels, so reversing its features equals reversing the input clip
-    without a second trunk pass. With an odd batch the extra sample's direction is random too.
     Returns (features (B, C, T, h, w), labels (B,) int64 on feat's device).
     """
-    batch = feat.shape[0]
-    device = generator.device if generator is not None else None  # draw where the generator lives
-    order = torch.randperm(batch, generator=generator, device=device).cpu()
-    num_reversed = batch // 2
-    if batch % 2 and torch.rand((), generator=generator, device=device).item() < 0.5:
-        num_reversed += 1
-    labels = torch.ones(batch, dtype=torch.long)
-    labels[order[:num_reversed]] = 0
-    # flip only the chosen samples: cheaper than flipping the whole batch and selecting
-    mixed = torch.stack([x.flip(1) if label == 0 else x for x, label in zip(feat, labels.tolist())])
-    return mixed, labels.to(feat.device)
+    reverse = draw_reversals(feat.shape[0], generator).to(feat.device)
+    return reverse_time(feat, reverse), (~reverse).long()

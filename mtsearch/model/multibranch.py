@@ -7,6 +7,10 @@
 
 l = l_cls + w_track * l_track + w_dir * l_dir (eq. 3.1). A branch switched off in
 `model.branches` is never built: no parameters, no compute, no loss term.
+
+A step's random choices (which clips are reversed, the tracked patch) are drawn on the host by
+`draw` from a seeded generator, in the landed code's order, and copied to the device once: the
+forward pass itself never syncs with the host, so it can be queued ahead and captured in a graph.
 """
 
 from __future__ import annotations
@@ -18,9 +22,23 @@ import torch.nn.functional as F
 from torch import nn
 
 from mtsearch.config import TrialConfig
-from mtsearch.model.heads import Conv5Head, reverse_half
-from mtsearch.model.tracking import TrackingBranch
-from mtsearch.model.trunk import Trunk, init_weights
+from mtsearch.model.heads import Conv5Head, draw_reversals, reverse_time
+from mtsearch.model.tracking import TrackingBranch, random_patch_theta
+from mtsearch.model.trunk import Trunk, init_weights, to_channels_last
+
+
+@dataclass
+class StepDraws:
+    """One batch's random choices; None for a branch that is off (or not run)."""
+
+    reverse: torch.Tensor | None = None  # (B,) bool, True = the clip is reversed in time
+    patch_theta: torch.Tensor | None = None  # (B, 2, 3) float32 ground-truth patch crops
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> StepDraws:
+        def move(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.to(device, non_blocking=non_blocking)
+
+        return StepDraws(move(self.reverse), move(self.patch_theta))
 
 
 @dataclass
@@ -61,20 +79,46 @@ class MultiBranchNet(nn.Module):
             )
         init_weights(self)
 
+    def draw(
+        self, batch: int, generator: torch.Generator | None = None, track: bool = True
+    ) -> StepDraws:
+        """The random choices of one step, on the generator's device (reversals, then patches)."""
+        draws = StepDraws()
+        if self.dir_head is not None:
+            draws.reverse = draw_reversals(batch, generator)
+        if self.tracking is not None and track:
+            draws.patch_theta = random_patch_theta(batch, self.tracking.scale, generator)
+        return draws
+
+    def channels_last(self) -> MultiBranchNet:
+        """Channels-last weights (2D trunk and tracking, 3D heads): the GPU's fast layouts."""
+        return to_channels_last(self)
+
     def forward(
-        self, clips: torch.Tensor, track: bool = True, generator: torch.Generator | None = None
+        self,
+        clips: torch.Tensor,
+        track: bool = True,
+        generator: torch.Generator | None = None,
+        draws: StepDraws | None = None,
     ) -> BranchOutputs:
         """clips (B, 3, T, H, W), normalised; `track=False` skips the tracking branch (eval).
 
-        `generator` drives every random choice (which clips are reversed, the tracked patch).
+        `draws` (on the clips' device) are the step's random choices; without them they are
+        drawn here from `generator` (a host generator costs one small copy, no sync).
         """
+        if draws is None:
+            draws = self.draw(clips.shape[0], generator, track).to(clips.device)
         feat = self.trunk(clips)  # (B, 16w, T, H/8, W/8)
         out = BranchOutputs(logits=self.cls_head(feat))
         if self.dir_head is not None:
-            dir_feat, out.dir_labels = reverse_half(feat, generator)
-            out.dir_logits = self.dir_head(dir_feat)
+            assert draws.reverse is not None, "the dir branch needs draws.reverse"
+            out.dir_labels = (~draws.reverse).long()  # 1 = forward, 0 = reversed
+            out.dir_logits = self.dir_head(reverse_time(feat, draws.reverse))
         if self.tracking is not None and track:
-            out.loss_track, out.track_terms = self.tracking(feat, clips, self.trunk, generator)
+            assert draws.patch_theta is not None, "the tracking branch needs draws.patch_theta"
+            out.loss_track, out.track_terms = self.tracking(
+                feat, clips, self.trunk, draws.patch_theta
+            )
         return out
 
 

@@ -17,7 +17,7 @@ from torch import nn
 from mtsearch.config import TrialConfig, branches_label
 from mtsearch.model.heads import Conv5Head
 from mtsearch.model.multibranch import MultiBranchNet
-from mtsearch.model.trunk import EXPANSION
+from mtsearch.model.trunk import EXPANSION, fold_time, unfold_time
 
 
 @dataclass(frozen=True)
@@ -60,13 +60,28 @@ def count_params(module: nn.Module | None) -> int:
     return 0 if module is None else sum(p.numel() for p in module.parameters())
 
 
+class FrameWise(nn.Module):
+    """Runs a 2D module on every frame of a (B, C, T, H, W) input, so its row reads C×T×H×W."""
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return unfold_time(self.module(fold_time(x)), x.shape[0])
+
+
 def bottleneck_text(stage: nn.Sequential) -> str:
-    """`[1×1×1, 64; 1×3×3, 64; 1×1×1, 256] ×3` (+ stride) from the stage's first unit."""
+    """`[1×1×1, 64; 1×3×3, 64; 1×1×1, 256] ×3` (+ stride) from the stage's first unit.
+
+    A 2D (frame-wise) unit is written as the 1×k×k kernel it is in the thesis's notation.
+    """
     unit = stage[0]
-    kt, kh, kw = unit.conv2.kernel_size
+    frame_wise = isinstance(unit.conv2, nn.Conv2d)
+    kt, kh, kw = (1, *unit.conv2.kernel_size) if frame_wise else unit.conv2.kernel_size
     planes = unit.conv2.out_channels
     text = f"[1×1×1, {planes}; {kt}×{kh}×{kw}, {planes}; 1×1×1, {planes * EXPANSION}] ×{len(stage)}"
-    stride = unit.conv2.stride
+    stride = (1, *unit.conv2.stride) if frame_wise else unit.conv2.stride
     if stride != (1, 1, 1):
         text += f", stride {','.join(map(str, stride))}"
     return text
@@ -90,11 +105,12 @@ def describe(cfg: TrialConfig, num_classes: int) -> list[StageInfo]:
     trunk = model.trunk
     clip = torch.empty(1, 3, frames, crop, crop, device="meta")
     stem, pool = trunk.conv1[:3], trunk.conv1[3]  # conv + BN + ReLU, then the max pool
-    x = add("conv1", f"1×7×7, {stem[0].out_channels}, stride 1,2,2", stem, clip, count_params(stem))
-    x = add("conv1 max pool", "1×3×3 max pool, stride 1,2,2", pool, x, 0)
+    layers = f"1×7×7, {stem[0].out_channels}, stride 1,2,2"
+    x = add("conv1", layers, FrameWise(stem), clip, count_params(stem))
+    x = add("conv1 max pool", "1×3×3 max pool, stride 1,2,2", FrameWise(pool), x, 0)
     for name in ("conv2_x", "conv3_x", "conv4_x"):
         stage = getattr(trunk, name)
-        x = add(name, bottleneck_text(stage), stage, x, count_params(stage))
+        x = add(name, bottleneck_text(stage), FrameWise(stage), x, count_params(stage))
     feat = x  # (1, 16w, T, H/8, W/8)
 
     # ---- classification and direction heads ---------------------------------------------------
@@ -129,13 +145,13 @@ def describe(cfg: TrialConfig, num_classes: int) -> list[StageInfo]:
         add(
             "track projection",
             f"1×1×1, {dim} + ReLU on the k+1 = {k + 1} tracked frames",
-            tracking.proj,
+            FrameWise(tracking.proj),
             tracked,
             count_params(tracking.proj),
         )
 
         patch = torch.empty(1, 3, 1, tracking.patch, tracking.patch, device="meta")
-        encode = nn.Sequential(trunk, tracking.proj)
+        encode = nn.Sequential(trunk, FrameWise(tracking.proj))
         add(
             "track patch",
             f"{tracking.patch}×{tracking.patch} crop (±45°) → shared trunk → projection",

@@ -13,15 +13,23 @@ l_long^i are grid losses between theta_gt and the theta that brings the target -
 skip cycle and the target -> ... -> t-i*f -> ... -> target long cycle home.
 Translations are not rescaled by TimeCycle's 227/210 offset factor (that factor only compensates
 its hand-built grid); crops use align_corners=True like TimeCycle's PyTorch 0.4 code.
+
+How it runs (issue 8): the 3k+k(k+1)/2 tracker steps of a clip are independent chains of steps
+(the backward chain, k long cycles, k skip cycles), so every step at the same depth runs as one
+batched call: 2k calls per batch instead of one per step, with no host sync anywhere. The
+ground-truth patch (`patch_theta`) is drawn on the host beforehand (`random_patch_theta`).
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from mtsearch.model.trunk import accept_legacy_weights
 
 MAX_ANGLE = math.pi / 4  # ground-truth patch rotation is uniform in ±45°
 GRID_POINTS = 20  # the theta loss compares transformed points of a 20x20 grid over [-1, 1]^2
@@ -51,9 +59,12 @@ def random_patch_theta(
     batch: int, scale: float, generator: torch.Generator | None = None
 ) -> torch.Tensor:
     """(B, 2, 3) ground-truth crops: angle uniform in ±45°, a translation that keeps the rotated
-    patch inside the frame (normalised coordinates, as F.affine_grid uses them)."""
+    patch inside the frame (normalised coordinates, as F.affine_grid uses them).
+
+    Computed where the generator lives (the host, in training), then copied to the device once.
+    """
     device = generator.device if generator is not None else None
-    uniform = torch.rand(batch, 3, generator=generator, device=device).cpu() * 2 - 1  # (B, 3)
+    uniform = torch.rand(batch, 3, generator=generator, device=device) * 2 - 1  # (B, 3)
     angle = uniform[:, 2] * MAX_ANGLE
     half_extent = scale * (angle.cos().abs() + angle.sin().abs())  # of the rotated patch's box
     reach = (1 - half_extent).clamp(min=0)
@@ -61,16 +72,25 @@ def random_patch_theta(
     return rotation_translation(params, scale)
 
 
-def grid_loss(theta: torch.Tensor, theta_gt: torch.Tensor) -> torch.Tensor:
+def grid_points(device: torch.device | None = None) -> torch.Tensor:
+    """(400, 3) homogeneous points of a 20x20 grid over [-1, 1]^2."""
+    axis = torch.linspace(-1, 1, GRID_POINTS, device=device)
+    ys, xs = torch.meshgrid(axis, axis, indexing="ij")
+    xs, ys = xs.flatten(), ys.flatten()
+    return torch.stack([xs, ys, torch.ones_like(xs)], dim=1)
+
+
+def grid_loss(
+    theta: torch.Tensor, theta_gt: torch.Tensor, points: torch.Tensor | None = None
+) -> torch.Tensor:
     """Per-sample mean squared distance of a 20x20 grid of points mapped by both affines -> (N,).
 
     TimeCycle's TransformedGridLoss: compares transforms, not pixels, so it is scale-free and cheap.
+    `points` (from `grid_points`) saves rebuilding the grid on every call.
     """
-    axis = torch.linspace(-1, 1, GRID_POINTS, device=theta.device, dtype=theta.dtype)
-    ys, xs = torch.meshgrid(axis, axis, indexing="ij")
-    xs, ys = xs.flatten(), ys.flatten()
-    points = torch.stack([xs, ys, torch.ones_like(xs)], dim=1)  # (400, 3) homogeneous
-    diff = points @ (theta - theta_gt).transpose(1, 2)  # (N, 400, 2)
+    if points is None:
+        points = grid_points(theta.device)
+    diff = points.to(theta.dtype) @ (theta - theta_gt).transpose(1, 2)  # (N, 400, 2)
     return diff.pow(2).sum(-1).mean(-1)
 
 
@@ -100,19 +120,33 @@ class Localizer(nn.Module):
         out_cells = patch_cells - 2 * (kernel - 1)
         c1, c2 = LOCALIZER_CHANNELS
         self.kernel = kernel
-        # Conv3d with 1 x k x k kernels on a singleton time axis computes exactly TimeCycle's 2D
-        # convs, and keeps every conv weight 5-D so `model.to(memory_format=channels_last_3d)` works
-        self.conv1 = nn.Conv3d(frame_positions, c1, kernel_size=(1, kernel, kernel), bias=False)
-        self.conv2 = nn.Conv3d(c1, c2, kernel_size=(1, kernel, kernel), bias=False)
+        self.conv1 = nn.Conv2d(frame_positions, c1, kernel_size=kernel, bias=False)
+        self.conv2 = nn.Conv2d(c1, c2, kernel_size=kernel, bias=False)
         self.act = nn.LeakyReLU(0.1, inplace=True)
         self.fc = nn.Linear(c2 * out_cells * out_cells, 3)
         nn.init.normal_(self.fc.weight, std=0.01)
         nn.init.zeros_(self.fc.bias)
 
     def forward(self, affinity: torch.Tensor) -> torch.Tensor:
-        x = self.act(self.conv1(affinity.unsqueeze(2)))  # (N, 128, 1, p-k+1, p-k+1): thesis 128x7x7
-        x = self.act(self.conv2(x))  # (N, 64, 1, p-2k+2, p-2k+2): thesis 64x4x4
+        x = self.act(self.conv1(affinity))  # (N, 128, p-k+1, p-k+1): thesis 128x7x7
+        x = self.act(self.conv2(x))  # (N, 64, p-2k+2, p-2k+2): thesis 64x4x4
+        # flatten in (C, H, W) order whatever the memory layout, as the fc weights expect
         return self.fc(x.flatten(1))  # (N, 3)
+
+
+@dataclass
+class _Chain:
+    """One cycle's walk through the tracked frames: `path` is what is left to visit."""
+
+    kind: str  # back | long | skip
+    cycle: int  # i: the cycle reaches frame t - i*f
+    path: list[int]  # tracked-frame indices still to visit (0 = target, i = t - i*f)
+    query: torch.Tensor  # (B, D, p, p) L2-normalised patch feature it starts the next step from
+
+    @property
+    def needs_crop(self) -> bool:
+        """Its next step feeds another step (or l_sim), not only a theta loss."""
+        return self.kind == "back" or len(self.path) > 1
 
 
 class TrackingBranch(nn.Module):
@@ -141,9 +175,12 @@ class TrackingBranch(nn.Module):
         self.scale = patch / crop  # thesis 80/240 = 1/3
         self.logit_scale = math.sqrt(track_dim)  # 1 / T with TimeCycle's T = 512 ** -0.5
         self.proj = nn.Sequential(
-            nn.Conv3d(trunk_channels, track_dim, kernel_size=1, bias=False), nn.ReLU(inplace=True)
+            nn.Conv2d(trunk_channels, track_dim, kernel_size=1, bias=False), nn.ReLU(inplace=True)
         )
         self.localizer = Localizer(self.frame_cells**2, self.patch_cells)
+        # a constant, built once (not saved: checkpoints keep the landed layout)
+        self.register_buffer("grid_points", grid_points(), persistent=False)
+        accept_legacy_weights(self)  # proj and localizer were 1x1x1 / 1xkxk Conv3d
 
     @property
     def steps_per_clip(self) -> int:
@@ -152,83 +189,99 @@ class TrackingBranch(nn.Module):
         return k + k * (k + 1) // 2 + 2 * k
 
     def step(
-        self, query_norm: torch.Tensor, frame: torch.Tensor, frame_norm: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Locate a patch in a frame: -> (theta (N, 2, 3), next patch feature (N, D, p, p))."""
+        self,
+        query_norm: torch.Tensor,
+        frame_norm: torch.Tensor,
+        frame: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Locate N patches in N frames -> (theta (N, 2, 3), crops of the first len(frame) rows).
+
+        query_norm (N, D, p, p) and frame_norm (N, D, h, w) are unit vectors per position; frame
+        (M <= N, D, h, w) holds the float32 features to crop for the first M rows (None: none).
+        """
         n, dim, p, _ = query_norm.shape
-        logits = frame_norm.flatten(2).transpose(1, 2) @ query_norm.flatten(2)  # (N, h*w, p*p)
+        logits = query_norm.flatten(2).transpose(1, 2) @ frame_norm.flatten(2)  # (N, p*p, h*w)
         # softmax over the frame's positions: each patch cell gets a distribution over the frame
-        affinity = (logits * self.logit_scale).softmax(dim=1).view(n, -1, p, p)  # (N, h*w, p, p)
+        affinity = (logits * self.logit_scale).softmax(dim=2)
+        affinity = affinity.transpose(1, 2).unflatten(2, (p, p))  # (N, h*w, p, p), channels-last
         theta = rotation_translation(self.localizer(affinity).float(), self.scale)  # (N, 2, 3)
-        grid = F.affine_grid(theta, [n, dim, p, p], align_corners=True)  # (N, p, p, 2)
-        crop = F.grid_sample(
-            frame.float(), grid, mode="bilinear", padding_mode="zeros", align_corners=True
-        )
-        return theta, crop.to(frame.dtype)
+        if frame is None:
+            return theta, None
+        rows = frame.shape[0]
+        grid = F.affine_grid(theta[:rows].to(frame.dtype), [rows, dim, p, p], align_corners=True)
+        crop = F.grid_sample(frame, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+        return theta, crop
 
     def forward(
         self,
         feat: torch.Tensor,
         clips: torch.Tensor,
         trunk: nn.Module,
-        generator: torch.Generator | None = None,
+        patch_theta: torch.Tensor,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """feat (B, C, T, h, w) trunk features of clips (B, 3, T, H, W) -> (l_track, terms)."""
+        """feat (B, C, T, h, w) trunk features of clips (B, 3, T, H, W), patch_theta (B, 2, 3)
+        ground-truth crops of the target frame on the clips' device -> (l_track, terms)."""
         batch, _, frames, _, _ = clips.shape
         k, f = self.past_frames, self.frame_gap
         if frames < k * f + 1:
             raise ValueError(f"tracking needs k*f+1 = {k * f + 1} frames, the clip has {frames}")
         target = frames - 1
-        tracked = [target] + [target - i * f for i in range(1, k + 1)]  # target, t-f, t-2f, ...
-        g = self.proj(feat[:, :, tracked])  # (B, D, k+1, h, w): unnormalised, what gets cropped
-        g_norm = F.normalize(g, dim=1)  # unit vector per position, for affinities
-
-        def frame(i: int) -> tuple[torch.Tensor, torch.Tensor]:  # 0: target, i >= 1: t - i*f
-            return g[:, :, i], g_norm[:, :, i]
+        tracked = [target - i * f for i in range(k + 1)]  # target, t-f, t-2f, ...
+        per_frame = feat.transpose(1, 2)[:, tracked]  # (B, k+1, C, h, w)
+        g = self.proj(per_frame.transpose(0, 1).flatten(0, 1))  # ((k+1)*B, D, h, w), frame-major
+        g_norm = F.normalize(g, dim=1).unflatten(0, (k + 1, batch))  # unit vectors: affinities
+        # unnormalised, what gets cropped: float32 at least (grid_sample's precision under autocast)
+        g_crop = g.to(torch.promote_types(g.dtype, torch.float32)).unflatten(0, (k + 1, batch))
 
         # the ground-truth patch of the target frame, re-encoded by the shared trunk
-        theta_gt = random_patch_theta(batch, self.scale, generator).to(clips.device)  # (B, 2, 3)
-        grid = F.affine_grid(theta_gt, [batch, 3, self.patch, self.patch], align_corners=True)
+        grid = F.affine_grid(patch_theta, [batch, 3, self.patch, self.patch], align_corners=True)
         patch_px = F.grid_sample(
-            clips[:, :, target].float(),
-            grid,
-            mode="bilinear",
-            padding_mode="zeros",
+            clips[:, :, target].float(), grid, mode="bilinear", padding_mode="zeros",
             align_corners=True,
         ).to(clips.dtype)  # (B, 3, P, P)
-        q0 = self.proj(trunk(patch_px.unsqueeze(2))).squeeze(2)  # (B, D, p, p)
-        q0_norm = F.normalize(q0, dim=1)
+        q0_norm = F.normalize(self.proj(trunk.frames(patch_px)), dim=1)  # (B, D, p, p)
 
-        # backward chain: target patch -> t-f -> t-2f -> ... -> t-kf
-        back_crops = []
-        query = q0_norm
-        for i in range(1, k + 1):
-            _, crop = self.step(query, *frame(i))
-            back_crops.append(crop)
-            query = F.normalize(crop, dim=1)
+        # every chain starts from the target patch: the backward chain (target -> t-f -> ...), and
+        # the k skip cycles (target -> t-i*f -> target); the backward chain starts long cycle i
+        # when it reaches t-i*f (-> t-(i-1)*f -> ... -> target)
+        chains = [_Chain("back", 1, [1], q0_norm)]
+        chains += [_Chain("skip", i, [i, 0], q0_norm) for i in range(1, k + 1)]
+        back_norm: list[torch.Tensor] = []
+        thetas: dict[tuple[str, int], torch.Tensor] = {}
+        while chains:
+            chains.sort(key=lambda c: not c.needs_crop)  # rows that need a crop come first
+            cropped = [c.path[0] for c in chains if c.needs_crop]
+            theta, crop = self.step(
+                torch.cat([c.query for c in chains]),
+                torch.cat([g_norm[c.path[0]] for c in chains]),
+                torch.cat([g_crop[j] for j in cropped]) if cropped else None,
+            )
+            crop_norm = F.normalize(crop, dim=1) if crop is not None else None
+            next_chains = []
+            for row, chain in enumerate(chains):
+                rows = slice(row * batch, (row + 1) * batch)
+                if not chain.needs_crop:  # the cycle is home: its theta goes to the loss
+                    thetas[chain.kind, chain.cycle] = theta[rows]
+                    continue
+                query = crop_norm[rows]
+                if chain.kind == "back":
+                    i = chain.cycle
+                    back_norm.append(query)
+                    if i < k:
+                        next_chains.append(_Chain("back", i + 1, [i + 1], query))
+                    next_chains.append(_Chain("long", i, list(range(i - 1, -1, -1)), query))
+                else:
+                    next_chains.append(_Chain(chain.kind, chain.cycle, chain.path[1:], query))
+            chains = next_chains
 
-        sim, long = [], []
-        for i in range(1, k + 1):
-            # long cycle i: back i frames (above), forward i-1 frames, then into the target
-            query = F.normalize(back_crops[i - 1], dim=1)
-            for j in range(i - 1, 0, -1):
-                _, crop = self.step(query, *frame(j))
-                query = F.normalize(crop, dim=1)
-            theta_end, _ = self.step(query, *frame(0))
-            long.append(grid_loss(theta_end, theta_gt).mean())
-            sim.append(negative_cosine(q0_norm, F.normalize(back_crops[i - 1], dim=1)).mean())
-
-        # skip cycles, all i at once: target -> t-i*f directly -> target
-        past_g = g[:, :, 1:].transpose(1, 2).flatten(0, 1)  # (B*k, D, h, w), sample-major
-        past_norm = g_norm[:, :, 1:].transpose(1, 2).flatten(0, 1)
-        query = q0_norm.repeat_interleave(k, dim=0)  # (B*k, D, p, p)
-        _, crop = self.step(query, past_g, past_norm)
-        target_g, target_norm = (x.repeat_interleave(k, dim=0) for x in frame(0))
-        theta_back, _ = self.step(F.normalize(crop, dim=1), target_g, target_norm)
-        skip = grid_loss(theta_back, theta_gt.repeat_interleave(k, dim=0))  # (B*k,)
-        skip = skip.view(batch, k).mean(0)  # (k,): mean over the batch for each cycle length
-
-        l_sim, l_long, l_skip = torch.stack(sim).sum(), torch.stack(long).sum(), skip.sum()
+        # all 2k cycles' grid losses in one call: rows (long 1..k, skip 1..k) x batch
+        order = [("long", i) for i in range(1, k + 1)] + [("skip", i) for i in range(1, k + 1)]
+        theta_end = torch.cat([thetas[key] for key in order])
+        cycle = grid_loss(theta_end, patch_theta.repeat(2 * k, 1, 1), self.grid_points)
+        cycle = cycle.view(2, k, batch).mean(2)  # (2, k): mean over the batch for each cycle
+        sim = negative_cosine(q0_norm.repeat(k, 1, 1, 1), torch.cat(back_norm))
+        l_sim = sim.view(k, batch).mean(1).sum()
+        l_long, l_skip = cycle[0].sum(), cycle[1].sum()
         loss = l_sim + self.track_lambda * (l_skip + l_long)
         terms = {"sim": l_sim.detach(), "skip": l_skip.detach(), "long": l_long.detach()}
         return loss, terms
