@@ -3,8 +3,8 @@
     python benchmarks/decode.py [--videos 36] [--width 320 --height 240] [--seconds 4]
 
 Writes HMDB-like videos (320x240, 30 fps, 3-5 s, mpeg4 AVI) to a temp folder, then samples
-training clips the way TrainClips does (random video, random s-frame window, random crop, flip,
-ImageNet normalisation) two ways in the same run:
+training clips the way TrainClips does (random video, random s-frame window, random crop, flip;
+uint8 (T, crop, crop, 3) out, normalisation being the device's job) two ways in the same run:
 - decode: probe the header, pick the window, decode from the start of the file up to the
   window's last frame (resampling + short-side resize inside FFmpeg), crop. This is a loader
   without a cache that already stops decoding early.
@@ -22,11 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mtsearch.data.cache import FrameCache
-from mtsearch.data.clips import TrainClips, loop_indices, normalise_clip, usable_videos
+from mtsearch.data.clips import TrainClips, loop_indices, usable_videos
 from mtsearch.data.video import probe, read_video, write_video
 
 
@@ -75,7 +76,7 @@ def decode_clip(
     clip_frames: int,
     crop: int,
     threads: int,
-):
+) -> tuple[torch.Tensor, int]:
     """One training clip straight from the file (no cache), same sampling as TrainClips."""
     info = probe(item.path)
     frames = max(1, round(info.duration_s * fps))
@@ -91,7 +92,7 @@ def decode_clip(
     clip = clip[:, y0 : y0 + crop, x0 : x0 + crop]
     if rng.random() < 0.5:
         clip = clip[:, :, ::-1]
-    return normalise_clip(clip), item.label
+    return torch.from_numpy(np.ascontiguousarray(clip)), item.label
 
 
 def timed(label: str, budget_s: float, max_clips: int, sample) -> float:

@@ -1,16 +1,20 @@
 """Training throughput per preset and branch mask, and the cost of the self-supervised branches.
 
-One training step = forward + compute_losses + backward + gradient clipping + Adam step, on
-generated tensors of the preset's geometry (no data loading). Every preset is measured with each
-branch mask in the same run, so the last line compares like with like:
+One training step is the trainer's own (`mtsearch.train.TrainStep`): uint8 clips of the preset's
+geometry normalised on the device, host-drawn randomness, forward + losses + backward + gradient
+clipping + Adam (fused on CUDA), channels-last on CUDA. No data loading: that is the `loop`
+column, the trainer's real loop (`fit`) over a synthetic set written for the run, data included,
+for the masks named by --loop-masks. Every preset is measured with each branch mask in the same
+run, so the last line compares like with like:
 
     branches_cost: <time per clip of cls+track+dir / time per clip of cls only>x
 
 for the main preset (the largest one measured), from process CPU time on one CPU thread (robust
 to other load on a shared machine), from wall time otherwise. On CUDA every mask is also run
-under bf16 autocast, and MFU is reported against a bf16 matmul peak measured on the same GPU.
+under bf16 autocast and, with --cuda-graph, as a captured CUDA graph ("bf16g"); MFU is reported
+against a bf16 matmul peak measured on the same GPU.
 
-    python benchmarks/train_step.py                   # CPU: tiny and small (under ~2 minutes)
+    python benchmarks/train_step.py                   # CPU: tiny and small (a few minutes)
     python benchmarks/train_step.py --presets thesis  # thesis too (default when CUDA is present)
 """
 
@@ -18,13 +22,16 @@ from __future__ import annotations
 
 import argparse
 import os
+import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
 from mtsearch.config import PRESETS, TrialConfig, branches_label, normalize_branches
-from mtsearch.model import MultiBranchNet, compute_losses, describe
+from mtsearch.model import MultiBranchNet, describe
+from mtsearch.train import GRAPH_WARMUP, TrainStep, make_optimizer
 
 MASKS = ("cls", "cls+track", "cls+dir", "cls+track+dir")
 # smallest first; the last one measured is the main preset
@@ -36,11 +43,14 @@ NUM_CLASSES = 51
 class Measurement:
     preset: str
     mask: str
-    precision: str  # fp32 | bf16
+    precision: str  # fp32 | bf16 | bf16g (bf16 in a CUDA graph)
     batch: int
-    step_s: float  # median wall seconds per step
-    cpu_step_s: float  # median process CPU seconds per step (all threads)
+    step_s: float  # wall seconds per step (median on CPU; a timed block / steps on CUDA)
+    cpu_step_s: float  # process CPU seconds per step (all threads)
     macs_per_clip: int  # forward MACs per clip (describe)
+    peak_gib: float | None = None  # peak GPU memory of the step
+    loop_clips_per_s: float | None = None  # the trainer's loop over real data (fit)
+    data_wait: float | None = None  # its fraction of time waiting for the loader
 
     @property
     def clips_per_s(self) -> float:
@@ -61,6 +71,11 @@ def median(values: list[float]) -> float:
     return ordered[len(ordered) // 2]
 
 
+def trial_config(preset: str, mask: str, precision: str, **overrides: object) -> TrialConfig:
+    flat = {"model.preset": preset, "model.branches": mask, "cuda_graph": precision == "bf16g"}
+    return TrialConfig.from_mapping({**flat, **overrides}).resolved()
+
+
 def measure(
     preset: str,
     mask: str,
@@ -70,38 +85,93 @@ def measure(
     warmup: int,
     steps: int,
 ) -> Measurement:
-    """Median time of `steps` training steps after `warmup` untimed ones."""
-    cfg = TrialConfig.from_mapping({"model.preset": preset, "model.branches": mask}).resolved()
+    """Time `steps` trainer steps after `warmup` untimed ones, on generated uint8 clips."""
+    cfg = trial_config(preset, mask, precision)
     torch.manual_seed(0)
     model = MultiBranchNet(cfg, NUM_CLASSES).to(device)
-    optimizer = torch.optim.Adam(
-        model.parameters(),
-        lr=cfg.optim.lr,
-        betas=cfg.optim.betas,
-        weight_decay=cfg.optim.weight_decay,
-    )
-    clips = torch.randn(batch, 3, cfg.data.clip_frames, cfg.crop, cfg.crop, device=device)
-    labels = torch.randint(0, NUM_CLASSES, (batch,), device=device)
-    generator = torch.Generator().manual_seed(0)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    if device.type == "cuda":
+        model.channels_last()
+        torch.cuda.reset_peak_memory_stats(device)
+    optimizer = make_optimizer(model, cfg, device, cfg.cuda_graph)
+    step = TrainStep(model, optimizer, cfg, device, cfg.cuda_graph, print, bf16=precision != "fp32")
+    shape = (batch, cfg.data.clip_frames, cfg.crop, cfg.crop, 3)
+    gen = torch.Generator().manual_seed(0)
+    batches = []
+    for _ in range(2):  # two different batches, as a loader would hand over
+        clips = torch.randint(0, 256, shape, dtype=torch.uint8, generator=gen)
+        labels = torch.randint(0, NUM_CLASSES, (batch,), generator=gen)
+        batches.append((clips.pin_memory(), labels.pin_memory()) if device.type == "cuda" else (clips, labels))
 
-    wall, cpu = [], []
-    for i in range(warmup + steps):
-        sync(device)
-        start_wall, start_cpu = time.perf_counter(), time.process_time()
-        with autocast:
-            out = model(clips, generator=generator)
-            loss = compute_losses(out, labels, cfg)["loss"]
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        sync(device)
-        if i >= warmup:
+    def run(i: int) -> None:
+        clips, labels = batches[i % 2]
+        step(clips, labels, model.draw(batch, gen))
+
+    if cfg.cuda_graph:  # keep the warm-up steps and the capture out of the timed blocks
+        warmup = max(warmup, GRAPH_WARMUP + 2)
+    for i in range(warmup):
+        run(i)
+    step.read()
+    if device.type == "cuda":  # queued as the trainer queues them: one sync per block
+        blocks = []
+        for _ in range(3):
+            start_wall, start_cpu = time.perf_counter(), time.process_time()
+            for i in range(steps):
+                run(i)
+            sync(device)
+            blocks.append((time.perf_counter() - start_wall, time.process_time() - start_cpu))
+        wall_s, cpu_s = median(blocks)
+        step_s, cpu_step_s = wall_s / steps, cpu_s / steps
+        peak = torch.cuda.max_memory_allocated(device) / 2**30
+    else:
+        wall, cpu = [], []
+        for i in range(steps):
+            start_wall, start_cpu = time.perf_counter(), time.process_time()
+            run(i)
             wall.append(time.perf_counter() - start_wall)
             cpu.append(time.process_time() - start_cpu)
+        step_s, cpu_step_s, peak = median(wall), median(cpu), None
+    sums, bad = step.read()
+    if bad is not None:
+        raise RuntimeError(f"{preset} {mask}: non-finite loss at step {bad}")
     macs = describe(cfg, NUM_CLASSES)[-1].macs
-    return Measurement(preset, mask, precision, batch, median(wall), median(cpu), macs)
+    return Measurement(preset, mask, precision, batch, step_s, cpu_step_s, macs, peak)
+
+
+def synthetic_root(videos_per_class: int, root: str | Path | None = None) -> Path:
+    """A built-in-style synthetic set (6 classes) for the loop column: `root` if it already holds
+    one, else written there (or in a temporary folder). Its frame cache goes beside it."""
+    from mtsearch.data.synthetic import write_synthetic
+
+    if root is not None and (Path(root) / "testTrainMulti_7030_splits").is_dir():
+        return Path(root)
+    target = Path(root) if root else Path(tempfile.mkdtemp(prefix="mtsearch-bench-")) / "synthetic"
+    return write_synthetic(target, classes=6, videos_per_class=videos_per_class, seed=0)
+
+
+def measure_loop(
+    preset: str,
+    mask: str,
+    device: torch.device,
+    precision: str,
+    batch: int,
+    data_root: Path,
+    epochs: int = 3,
+    threads: int | None = None,
+) -> tuple[float, float, list[dict]]:
+    """The trainer's loop (`fit`) over `data_root`: best training clips/s of epochs 2..E (the
+    first pays for cuDNN autotuning and worker start-up), its data_wait, and every epoch's row."""
+    from mtsearch.train import fit
+
+    cfg = trial_config(
+        preset, mask, precision,
+        **{"data.root": str(data_root), "data.cache_dir": str(data_root.parent / "cache"),
+           "optim.batch_size": batch, "optim.epochs": epochs, "eval.every": epochs,
+           "device": device.type, "threads": threads},
+    )
+    history = fit(cfg).history
+    steady = history[1:] or history
+    best = max(steady, key=lambda row: row["clips_per_s"] or 0.0)
+    return best["clips_per_s"], best["data_wait"], history
 
 
 def bf16_matmul_peak(device: torch.device, size: int = 8192, repeats: int = 20) -> float:
@@ -135,6 +205,21 @@ def main() -> None:
         "--threads", type=int, default=1, help="CPU threads (default 1: one trial per core)"
     )
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    parser.add_argument(
+        "--cuda-graph", action="store_true", help="CUDA: also measure the step as a CUDA graph"
+    )
+    parser.add_argument(
+        "--loop-masks", default="cls+track+dir",
+        help="masks whose trainer loop over real data is measured too ('' for none)",
+    )
+    parser.add_argument(
+        "--loop-videos", type=int,
+        help="synthetic videos per class for the loop (default 4 CPU, 40 CUDA)",
+    )
+    parser.add_argument("--data", help="synthetic set for the loop: reused if there, else written")
+    parser.add_argument(
+        "--precisions", help="comma-separated subset of fp32,bf16,bf16g (default: all that apply)"
+    )
     args = parser.parse_args()
 
     cuda = torch.cuda.is_available() and args.device != "cpu"
@@ -153,7 +238,14 @@ def main() -> None:
     if "cls" not in masks or "cls+track+dir" not in masks:
         masks = sorted(set(masks) | {"cls", "cls+track+dir"}, key=lambda m: (m.count("+"), m))
     steps = args.steps or (20 if cuda else 4)
-    precisions = ["fp32", "bf16"] if cuda else ["fp32"]
+    precisions = (["fp32", "bf16"] + (["bf16g"] if args.cuda_graph else [])) if cuda else ["fp32"]
+    if args.precisions:
+        precisions = [p for p in precisions if p in args.precisions.split(",")] or precisions
+    loop_masks = {branches_label(normalize_branches(m)) for m in args.loop_masks.split()}
+    loop_precision = {"bf16g" if args.cuda_graph else "bf16"} if cuda else {"fp32"}
+    data_root = None
+    if loop_masks:
+        data_root = synthetic_root(args.loop_videos or (40 if cuda else 4), args.data)
 
     where = (
         torch.cuda.get_device_name(device)
@@ -168,22 +260,34 @@ def main() -> None:
     if peak is not None:
         print(f"bf16 matmul peak: {peak / 1e12:.1f} TFLOP/s (measured, 8192^3)")
 
-    header = f"{'preset':<7} {'branches':<14} {'prec':<5} {'ms/step':>9} {'clips/s':>8} {'cpu ms':>8} {'GMACs/clip':>11}"
-    print(header + ("  MFU" if peak else ""))
+    header = (
+        f"{'preset':<7} {'branches':<14} {'prec':<5} {'ms/step':>9} {'clips/s':>8} "
+        f"{'loop c/s':>9} {'wait':>5} {'cpu ms':>8} {'GMACs/clip':>11}"
+    )
+    print(header + ("  peak GiB   MFU" if peak else ""))
     results: list[Measurement] = []
     for preset in presets:
         for precision in precisions:
             for mask in masks:
                 m = measure(preset, mask, device, precision, args.batch_size, args.warmup, steps)
+                if data_root is not None and mask in loop_masks and precision in loop_precision:
+                    threads = args.threads if not cuda else None
+                    m.loop_clips_per_s, m.data_wait, _ = measure_loop(
+                        preset, mask, device, precision, args.batch_size, data_root,
+                        threads=threads,
+                    )
                 results.append(m)
+                loop = f"{m.loop_clips_per_s:9.2f}" if m.loop_clips_per_s else f"{'—':>9}"
+                wait = f"{m.data_wait:5.2f}" if m.data_wait is not None else f"{'—':>5}"
                 line = (
                     f"{m.preset:<7} {m.mask:<14} {m.precision:<5} {m.step_s * 1e3:9.1f} "
-                    f"{m.clips_per_s:8.2f} {m.cpu_step_s * 1e3:8.1f} {m.macs_per_clip / 1e9:11.3f}"
+                    f"{m.clips_per_s:8.2f} {loop} {wait} {m.cpu_step_s * 1e3:8.1f} "
+                    f"{m.macs_per_clip / 1e9:11.3f}"
                 )
                 if peak:
                     # training FLOPs per clip ~ 3 x forward (backward ~ 2x), 2 FLOPs per MAC
                     mfu = 6 * m.macs_per_clip * m.clips_per_s / peak
-                    line += f"  {mfu * 100:4.1f}%"
+                    line += f"  {m.peak_gib:8.2f}  {mfu * 100:4.1f}%"
                 print(line, flush=True)
 
     # one CPU thread: process CPU time is the compute and ignores other load on a shared machine
@@ -201,7 +305,8 @@ def main() -> None:
     for preset in presets:
         for precision in precisions:
             print(f"cost of track+dir, {preset} {precision}: {cost(preset, precision):.2f}x")
-    main_preset, main_precision = presets[-1], precisions[-1]
+    main_preset = presets[-1]
+    main_precision = "bf16" if "bf16" in precisions else precisions[-1]
     print(f"main preset: {main_preset} ({main_precision}); {basis} per clip vs cls only")
     print(f"branches_cost: {cost(main_preset, main_precision):.2f}x")
 

@@ -92,6 +92,7 @@ class OptimConfig:
 @dataclass(frozen=True)
 class EvalConfig:
     every: int = 2
+    batch_size: int | None = None  # None: 4 x optim.batch_size (forward only; results do not depend on it)
 
 
 @dataclass(frozen=True)
@@ -105,6 +106,7 @@ class TrialConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: int | None = None  # CPU threads; None: $OMP_NUM_THREADS or every core (searches: CPUs/trial)
+    cuda_graph: bool = False  # capture the training step in a CUDA graph (GPU only; see train.py)
 
     # ---- construction -------------------------------------------------------------------------
     @classmethod
@@ -141,6 +143,12 @@ class TrialConfig:
         return max(8, round(self.data.crop / 3 / 8) * 8)
 
     @property
+    def eval_batch_size(self) -> int:
+        if self.eval.batch_size is not None:
+            return self.eval.batch_size
+        return 4 * self.optim.batch_size
+
+    @property
     def short_side(self) -> int:
         if self.data.short_side is not None:
             return self.data.short_side
@@ -151,9 +159,10 @@ class TrialConfig:
 
     def resolved(self) -> TrialConfig:
         """Preset-dependent defaults written out, so the config runs the same anywhere."""
-        return self.with_overrides(
-            {"data.crop": self.crop, "track.patch": self.patch, "data.short_side": self.short_side}
-        )
+        return self.with_overrides({
+            "data.crop": self.crop, "track.patch": self.patch, "data.short_side": self.short_side,
+            "eval.batch_size": self.eval_batch_size,
+        })
 
     # ---- output -------------------------------------------------------------------------------
     def to_flat(self) -> dict[str, Any]:
@@ -346,6 +355,7 @@ _CHECKS: dict[str, Callable[[Any], str | None]] = {
     "optim.plateau_patience": _at_least(0),
     "optim.grad_clip": _non_negative,
     "eval.every": _at_least(1),
+    "eval.batch_size": _at_least(1),
     "seed": _at_least(0),
     "device": _device,
     "threads": _at_least(1),
@@ -361,6 +371,10 @@ def _coerce(key: str, raw: Any, source: str | Path) -> Any:
             value = None
         elif key == "model.branches":
             value = normalize_branches(raw)
+        elif typ is bool:
+            if not isinstance(raw, bool):
+                raise ValueError("expected true or false")
+            value = raw
         elif key == "optim.betas":
             if not isinstance(raw, (list, tuple)) or len(raw) != 2:
                 raise ValueError("expected two numbers [beta1, beta2]")

@@ -26,7 +26,7 @@ EPOCHS_FILE = "epochs.parquet"
 STATUSES: tuple[str, ...] = ("running", "completed", "pruned", "error", "diverged")
 EPOCH_METRICS: tuple[str, ...] = (  # what the trainer reports each epoch (SPEC epoch columns)
     "loss", "loss_cls", "loss_track", "loss_dir", "train_hit1", "val_hit1", "val_hit5",
-    "dir_acc", "lr", "epoch_s", "clips_per_s",
+    "dir_acc", "lr", "epoch_s", "clips_per_s", "data_wait",
 )
 EPOCH_COLUMNS: tuple[str, ...] = ("epoch", *EPOCH_METRICS)
 _ARROW_TYPES = {"float": "float64", "int": "int64", "string": "string", "bool": "bool"}

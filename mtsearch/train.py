@@ -8,6 +8,10 @@ every epoch, so a killed run resumes from its last finished epoch and reproduces
 of an uninterrupted run (same seed, CPU): every random choice is seeded from (seed, epoch).
 ReduceLROnPlateau is stepped each epoch on the epoch's training loss ("the learning rate is
 reduced whenever the loss plateaus", thesis §4.2), so its patience counts epochs.
+
+On a GPU the host must never wait for the device inside an epoch (issue 8): loader workers hand
+over uint8 clips in pinned memory, normalised on the device; a step's random choices are drawn on
+the host and copied once; losses accumulate on the device and are read every SYNC_EVERY steps.
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ from mtsearch.errors import InvalidInput
 from mtsearch.store import EPOCH_COLUMNS
 
 CHECKPOINT_FILE = "state.pt"
+# keys a resumed run may change: more epochs, and settings that do not change what is computed
+RESUMABLE_CHANGES = frozenset({"optim.epochs", "eval.batch_size", "cuda_graph"})
 
 OnEpoch = Callable[[dict[str, Any], "Path | None"], "bool | None"]
 OnBatch = Callable[[int, int, float, float], None]  # (done, total, running loss, clips/s)
@@ -77,11 +83,8 @@ def fit(
 
     `log` gets progress notes, `warn` (default: `log`) the videos skipped as unreadable.
     """
-    from mtsearch.data.cache import FrameCache
-    from mtsearch.data.clips import TestClips, TrainClips, make_loader, usable_videos
-    from mtsearch.data.datasets import index_for_config
+    from mtsearch.data.clips import make_loader
     from mtsearch.model import MultiBranchNet
-    from mtsearch.paths import frames_dir
 
     say = log or (lambda msg: None)
     warn = warn or say
@@ -89,24 +92,14 @@ def fit(
     device = pick_device(cfg.device)
     _configure_torch(device, cfg.threads)
     ckpt_dir = Path(out_dir) / "checkpoint" if out_dir is not None else None
-
-    index = index_for_config(cfg, warn=warn)
-    cache = FrameCache(frames_dir(cfg.data.cache_dir))
-    fps, short = cfg.data.fps, cfg.short_side
-    train_items = usable_videos(index.train, cache, fps, short, warn)
-    test_items = usable_videos(index.test, cache, fps, short, warn)
-    if not train_items:
-        raise RuntimeError(f"no usable training videos in {index.root} (split {cfg.data.split})")
-    num_classes = len(index.classes)
+    train_set, test_set, num_classes = load_clips(cfg, warn)
 
     _seed_everything(cfg.seed)
     model = MultiBranchNet(cfg, num_classes).to(device)
     if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last_3d)
-    optimizer = torch.optim.Adam(
-        model.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas,
-        weight_decay=cfg.optim.weight_decay,
-    )
+        model = model.channels_last()
+    use_graph = cfg.cuda_graph and device.type == "cuda"
+    optimizer = make_optimizer(model, cfg, device, use_graph)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer, mode="min", patience=cfg.optim.plateau_patience
     )
@@ -118,13 +111,10 @@ def fit(
         start_epoch = state["epoch"] + 1
         say(f"resuming from epoch {state['epoch']} ({ckpt_dir})")
 
-    workers = cfg.data.workers if cfg.data.workers is not None else (
-        min(8, os.cpu_count() or 1) if device.type == "cuda" else 0
-    )
-    train_set = TrainClips(train_items, cache, fps, short, cfg.data.clip_frames, cfg.crop, cfg.seed)
-    test_set = TestClips(test_items, cache, fps, short, cfg.data.clip_frames, cfg.crop)
+    workers = loader_workers(cfg, device)
     train_loader = make_loader(train_set, cfg.optim.batch_size, True, workers, device, cfg.seed)
-    test_loader = make_loader(test_set, cfg.optim.batch_size, False, workers, device, cfg.seed)
+    test_loader = make_loader(test_set, cfg.eval_batch_size, False, workers, device, cfg.seed)
+    step = TrainStep(model, optimizer, cfg, device, use_graph, warn)
 
     status, error = "completed", None
     for epoch in range(start_epoch, cfg.optim.epochs + 1):
@@ -132,14 +122,14 @@ def fit(
         train_set.set_epoch(epoch)
         t0 = time.perf_counter()
         try:
-            train_stats = _train_epoch(model, train_loader, optimizer, cfg, device, epoch, on_batch)
+            train_stats = _train_epoch(step, model, train_loader, cfg, epoch, on_batch)
         except Diverged as exc:
             status, error = "diverged", str(exc)
             say(f"epoch {epoch}: {error}")
             break
-        scheduler.step(train_stats["loss"])
+        step_lr_scheduler(scheduler, optimizer, train_stats["loss"])
         do_eval = epoch % cfg.eval.every == 0 or epoch == cfg.optim.epochs
-        val = _evaluate(model, test_loader, len(test_items), cfg, device) if do_eval and test_items else {}
+        val = evaluate(model, test_loader, cfg, device) if do_eval and len(test_set) else {}
         seconds = time.perf_counter() - t0
         metrics = {
             "epoch": epoch,
@@ -147,7 +137,7 @@ def fit(
             "val_hit1": val.get("val_hit1"),
             "val_hit5": val.get("val_hit5"),
             "dir_acc": val.get("dir_acc"),
-            "lr": optimizer.param_groups[0]["lr"],
+            "lr": float(optimizer.param_groups[0]["lr"]),
             "epoch_s": seconds,
         }
         metrics = {key: metrics.get(key) for key in EPOCH_COLUMNS}
@@ -170,6 +160,63 @@ def fit(
     )
 
 
+def load_clips(cfg: TrialConfig, warn: Callable[[str], None]) -> tuple[Any, Any, int]:
+    """(training clips, evaluation clips, number of classes) of a resolved config.
+
+    Fills the frame cache; unreadable videos are skipped with `warn`.
+    """
+    from mtsearch.data.cache import FrameCache
+    from mtsearch.data.clips import TestClips, TrainClips, usable_videos
+    from mtsearch.data.datasets import index_for_config
+    from mtsearch.paths import frames_dir
+
+    index = index_for_config(cfg, warn=warn)
+    cache = FrameCache(frames_dir(cfg.data.cache_dir))
+    fps, short, frames = cfg.data.fps, cfg.short_side, cfg.data.clip_frames
+    train_items = usable_videos(index.train, cache, fps, short, warn)
+    test_items = usable_videos(index.test, cache, fps, short, warn)
+    if not train_items:
+        raise RuntimeError(f"no usable training videos in {index.root} (split {cfg.data.split})")
+    train_set = TrainClips(train_items, cache, fps, short, frames, cfg.crop, cfg.seed)
+    test_set = TestClips(test_items, cache, fps, short, frames, cfg.crop)
+    return train_set, test_set, len(index.classes)
+
+
+def loader_workers(cfg: TrialConfig, device: torch.device) -> int:
+    """DataLoader workers: `data.workers`, else up to 8 on CUDA and none on the CPU."""
+    if cfg.data.workers is not None:
+        return cfg.data.workers
+    return min(8, os.cpu_count() or 1) if device.type == "cuda" else 0
+
+
+def make_optimizer(
+    model: torch.nn.Module, cfg: TrialConfig, device: torch.device, cuda_graph: bool = False
+) -> torch.optim.Optimizer:
+    """Adam (thesis §4.2); fused on CUDA (one kernel for all parameters).
+
+    For a CUDA graph it is capturable and its learning rate a device tensor, so the graph reads
+    the rate that ReduceLROnPlateau sets instead of the one it was captured with.
+    """
+    options: dict[str, Any] = {"betas": cfg.optim.betas, "weight_decay": cfg.optim.weight_decay}
+    lr: float | torch.Tensor = cfg.optim.lr
+    if device.type == "cuda":
+        options["fused"] = True
+        if cuda_graph:
+            options["capturable"] = True
+            lr = torch.tensor(cfg.optim.lr, device=device)
+    return torch.optim.Adam(model.parameters(), lr=lr, **options)
+
+
+def step_lr_scheduler(scheduler: Any, optimizer: torch.optim.Optimizer, loss: float | None) -> None:
+    """ReduceLROnPlateau on the epoch's loss, keeping a tensor learning rate the same tensor."""
+    rates = [group["lr"] for group in optimizer.param_groups]
+    scheduler.step(loss)
+    for group, rate in zip(optimizer.param_groups, rates):
+        if isinstance(rate, torch.Tensor) and group["lr"] is not rate:
+            rate.fill_(float(group["lr"]))
+            group["lr"] = rate
+
+
 def best_epoch(history: list[dict[str, Any]]) -> dict[str, Any] | None:
     """The evaluated epoch with the highest val_hit1 (ties: the earlier one)."""
     evaluated = [h for h in history if h.get("val_hit1") is not None]
@@ -180,95 +227,233 @@ def best_epoch(history: list[dict[str, Any]]) -> dict[str, Any] | None:
 
 # ---- one epoch ---------------------------------------------------------------------------------
 
+SYNC_EVERY = 20  # training steps between host reads of the running sums (NaN check, progress bar)
+GRAPH_WARMUP = 3  # eager steps before a CUDA graph is captured (cuDNN autotuning, Adam's state)
+_SUMS = ("loss", "loss_cls", "loss_track", "loss_dir")  # summed * clips; then correct, first bad
+
+
+class TrainStep:
+    """Forward, losses, backward, clipping and Adam on one batch, queued without a host sync.
+
+    The epoch's running sums (losses weighted by clips, correct predictions) and the first step
+    whose loss was not finite stay on the device; `read()` fetches them, which the epoch does
+    every SYNC_EVERY steps, so a NaN/inf loss ends the run within that many steps.
+
+    With `cuda_graph` (CUDA only) the whole step is captured once in a CUDA graph after
+    GRAPH_WARMUP eager steps and replayed for every full batch: one launch instead of thousands,
+    which is what small presets are bound by. Inputs are copied into static buffers first; a
+    batch of another size (an epoch's last) runs eagerly on the same weights and optimizer.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        cfg: TrialConfig,
+        device: torch.device,
+        cuda_graph: bool,
+        warn: Callable[[str], None],
+        bf16: bool = True,
+    ):
+        self.model, self.optimizer, self.cfg, self.device = model, optimizer, cfg, device
+        self.use_graph = cuda_graph and device.type == "cuda"
+        self.bf16 = bf16  # autocast on CUDA (the trainer always; benchmarks also measure fp32)
+        self.warn = warn
+        self.graph: Any = None
+        self.static: tuple[Any, ...] | None = None
+        self.eager_steps = 0
+        self.sums = torch.zeros(len(_SUMS) + 1, device=device)
+        self.first_bad = torch.full((), _NO_BAD_STEP, dtype=torch.long, device=device)
+        self.counter = torch.zeros((), dtype=torch.long, device=device)
+
+    def reset(self) -> None:
+        """Zero the running sums (in place: a captured graph keeps adding into the same memory)."""
+        self.sums.zero_()
+        self.first_bad.fill_(_NO_BAD_STEP)
+        self.counter.zero_()
+
+    def read(self) -> tuple[dict[str, float], int | None]:
+        """(sums, first step with a non-finite loss or None): one host sync."""
+        values = torch.cat([self.sums, self.first_bad.view(1).to(self.sums.dtype)]).tolist()
+        sums = dict(zip((*_SUMS, "correct"), values))
+        bad = int(values[-1])
+        return sums, (bad if bad != _NO_BAD_STEP else None)
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, draws: Any) -> None:
+        if self.graph is not None and self.static is not None and x.shape == self.static[0].shape:
+            static_x, static_y, static_draws = self.static
+            pairs = [(static_x, x), (static_y, y), (static_draws.reverse, draws.reverse),
+                     (static_draws.patch_theta, draws.patch_theta)]
+            for static, value in pairs:
+                if static is not None:
+                    static.copy_(value, non_blocking=True)
+            self.graph.replay()
+            return
+        x = x.to(self.device, non_blocking=True)
+        y = y.to(self.device, non_blocking=True)
+        draws = draws.to(self.device, non_blocking=True)
+        if self.use_graph and self.graph is None:
+            full = y.shape[0] == self.cfg.optim.batch_size  # capture the common shape only
+            if full and self.eager_steps >= GRAPH_WARMUP and self._capture(x, y, draws):
+                self.graph.replay()  # capturing records the step; replaying runs it
+                return
+            if self.use_graph:  # warm-up steps run on a side stream, as capture requires
+                side = torch.cuda.Stream(self.device)
+                side.wait_stream(torch.cuda.current_stream(self.device))
+                with torch.cuda.stream(side):
+                    self._step(x, y, draws)
+                torch.cuda.current_stream(self.device).wait_stream(side)
+                self.eager_steps += 1
+                return
+        self._step(x, y, draws)
+        self.eager_steps += 1
+
+    def _step(self, x_uint8: torch.Tensor, y: torch.Tensor, draws: Any) -> None:
+        from mtsearch.data.clips import normalise_batch
+        from mtsearch.model import compute_losses
+
+        x = normalise_batch(x_uint8)  # (B, 3, T, H, W) float32, channels-last-3d
+        with _autocast(self.device, cache=not self.use_graph, enabled=self.bf16):
+            out = self.model(x, track=True, draws=draws)
+            losses = compute_losses(out, y, self.cfg)
+        loss = losses["loss"]
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.cfg.optim.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
+        self.optimizer.step()
+        with torch.no_grad():
+            n = y.shape[0]
+            zero = loss.new_zeros(())
+            terms = [losses.get(key, zero).detach().float() * n for key in _SUMS]
+            correct = (out.logits.detach().argmax(1) == y).sum().float()
+            self.sums += torch.stack([*terms, correct])
+            self.counter += 1
+            bad = ~torch.isfinite(loss.detach())
+            self.first_bad.copy_(torch.where(bad, torch.minimum(self.first_bad, self.counter), self.first_bad))
+
+    def _capture(self, x: torch.Tensor, y: torch.Tensor, draws: Any) -> bool:
+        """Capture one step on static copies of this batch; False (and eager from now on) on failure."""
+        static = (x.clone(), y.clone(), draws.to(self.device))
+        static[2].reverse = None if draws.reverse is None else draws.reverse.clone()
+        static[2].patch_theta = None if draws.patch_theta is None else draws.patch_theta.clone()
+        graph = torch.cuda.CUDAGraph()
+        try:
+            torch.cuda.synchronize(self.device)
+            self.optimizer.zero_grad(set_to_none=True)  # the graph's backward allocates its grads
+            with torch.cuda.graph(graph):
+                self._step(*static)
+        except Exception as exc:  # an op that cannot be captured: keep training eagerly
+            self.warn(f"CUDA graph capture failed, training without it: {exc}")
+            self.use_graph = False
+            torch.cuda.synchronize(self.device)
+            return False
+        self.graph, self.static = graph, static
+        return True
+
+
+_NO_BAD_STEP = 2**62
+
+
 def _train_epoch(
+    step: TrainStep,
     model: torch.nn.Module,
     loader: torch.utils.data.DataLoader,
-    optimizer: torch.optim.Optimizer,
     cfg: TrialConfig,
-    device: torch.device,
     epoch: int,
     on_batch: OnBatch | None,
 ) -> dict[str, float | None]:
-    from mtsearch.model import compute_losses
-
     model.train()
+    step.reset()
     gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)  # patches, reversals
-    sums: dict[str, float] = {}
-    clips = correct = 0
+    clips = 0
     total = len(loader)
     start = time.perf_counter()
-    for step, (x, y) in enumerate(loader, 1):
-        x = x.to(device, non_blocking=True)
-        y = y.to(device, non_blocking=True)
-        if device.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last_3d)
-        with _autocast(device):
-            out = model(x, track=True, generator=gen)
-            losses = compute_losses(out, y, cfg)
-        loss = losses["loss"]
-        if not torch.isfinite(loss):
-            raise Diverged(f"non-finite loss ({loss.item()}) at epoch {epoch}, batch {step}")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.optim.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-        optimizer.step()
-        n = y.shape[0]
-        clips += n
-        correct += (out.logits.detach().argmax(1) == y).sum().item()
-        for key, value in losses.items():
-            sums[key] = sums.get(key, 0.0) + value.detach().float().item() * n
-        if on_batch is not None:
-            on_batch(step, total, sums["loss"] / clips, clips / (time.perf_counter() - start))
+    waited = 0.0
+    batches = iter(loader)
+    done = 0
+    while True:
+        before = time.perf_counter()
+        batch = next(batches, None)
+        waited += time.perf_counter() - before
+        if batch is None:
+            break
+        x, y = batch
+        done += 1
+        clips += y.shape[0]
+        step(x, y, model.draw(y.shape[0], gen))  # host draws, in the landed order
+        if done % SYNC_EVERY == 0 or done == total:
+            sums, bad = step.read()
+            if bad is not None:
+                raise Diverged(f"non-finite loss at epoch {epoch}, batch {bad}")
+            if on_batch is not None:
+                on_batch(done, total, sums["loss"] / clips, clips / (time.perf_counter() - start))
+    sums, bad = step.read()
+    if bad is not None:
+        raise Diverged(f"non-finite loss at epoch {epoch}, batch {bad}")
     seconds = time.perf_counter() - start
+    ran = {key for key in _SUMS if key == "loss" or key == "loss_cls" or cfg.has(key[5:])}
     stats: dict[str, float | None] = {
-        key: (sums[key] / clips if key in sums else None)
-        for key in ("loss", "loss_cls", "loss_track", "loss_dir")
+        key: (sums[key] / clips if clips and key in ran else None) for key in _SUMS
     }
-    stats["train_hit1"] = correct / clips if clips else None
+    stats["train_hit1"] = sums["correct"] / clips if clips else None
     stats["clips_per_s"] = clips / seconds if seconds > 0 else None
+    stats["data_wait"] = min(1.0, waited / seconds) if seconds > 0 else None
     return stats
 
 
 @torch.no_grad()
-def _evaluate(
+def evaluate(
     model: torch.nn.Module,
     loader: torch.utils.data.DataLoader,
-    num_videos: int,
     cfg: TrialConfig,
     device: torch.device,
 ) -> dict[str, float | None]:
-    """Video-level Hit@1/Hit@5: softmax averaged over each video's non-overlapping clips."""
+    """Video-level Hit@1/Hit@5: softmax averaged over each video's non-overlapping clips.
+
+    Which clips the direction head sees reversed is fixed per clip (seeded by `seed`), not per
+    batch, so every figure is the same whatever `eval.batch_size` is. Sums stay on the device
+    until the end: one host sync per evaluation.
+    """
+    from mtsearch.data.clips import normalise_batch
+    from mtsearch.model.multibranch import StepDraws
+
+    num_videos, num_clips = loader.dataset.num_videos, len(loader.dataset)
     model.eval()
-    gen = torch.Generator().manual_seed(cfg.seed + 7)  # same reversals every evaluation
+    reversed_clips = torch.zeros(num_clips, dtype=torch.bool)
+    order = torch.randperm(num_clips, generator=torch.Generator().manual_seed(cfg.seed + 7))
+    reversed_clips[order[: num_clips // 2]] = True
+    reversed_clips = reversed_clips.to(device)
     prob_sum: torch.Tensor | None = None
-    clip_count = torch.zeros(num_videos)
-    labels = torch.full((num_videos,), -1, dtype=torch.long)
-    dir_correct = dir_total = 0
+    clip_count = torch.zeros(num_videos, device=device)
+    labels = torch.full((num_videos,), -1, dtype=torch.long, device=device)
+    dir_correct = torch.zeros((), device=device)
+    offset = 0
     for x, y, vid in loader:
-        x = x.to(device, non_blocking=True)
-        if device.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last_3d)
+        x = normalise_batch(x.to(device, non_blocking=True))
+        y, vid = y.to(device, non_blocking=True), vid.to(device, non_blocking=True)
+        draws = StepDraws(reverse=reversed_clips[offset : offset + len(vid)])
+        offset += len(vid)
         with _autocast(device):
-            out = model(x, track=False, generator=gen)
-        probs = F.softmax(out.logits.float(), dim=1).cpu()
+            out = model(x, track=False, draws=draws)
+        probs = F.softmax(out.logits.float(), dim=1)
         if prob_sum is None:
-            prob_sum = torch.zeros(num_videos, probs.shape[1])
+            prob_sum = torch.zeros(num_videos, probs.shape[1], device=device)
         prob_sum.index_add_(0, vid, probs)
-        clip_count.index_add_(0, vid, torch.ones(len(vid)))
+        clip_count.index_add_(0, vid, torch.ones_like(vid, dtype=clip_count.dtype))
         labels[vid] = y
         if out.dir_logits is not None:
-            dir_correct += (out.dir_logits.argmax(1).cpu() == out.dir_labels.cpu()).sum().item()
-            dir_total += len(vid)
+            dir_correct += (out.dir_logits.argmax(1) == out.dir_labels).sum()
     model.train()
     if prob_sum is None:
         return {}
     seen = clip_count > 0
-    scores = prob_sum[seen] / clip_count[seen, None]
+    scores = (prob_sum[seen] / clip_count[seen, None]).cpu()
+    seen_labels = labels[seen].cpu()
     return {
-        "val_hit1": hit_at_k(scores, labels[seen], 1),
-        "val_hit5": hit_at_k(scores, labels[seen], 5),
-        "dir_acc": dir_correct / dir_total if dir_total else None,
+        "val_hit1": hit_at_k(scores, seen_labels, 1),
+        "val_hit5": hit_at_k(scores, seen_labels, 5),
+        "dir_acc": dir_correct.item() / offset if model.dir_head is not None and offset else None,
     }
 
 
@@ -286,9 +471,10 @@ def _configure_torch(device: torch.device, threads: int | None) -> None:
         torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))
 
 
-def _autocast(device: torch.device) -> torch.autocast:
+def _autocast(device: torch.device, cache: bool = True, enabled: bool = True) -> torch.autocast:
+    """bf16 on CUDA; `cache=False` under CUDA graph capture (the autocast cache must not persist)."""
     if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+        return torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=cache, enabled=enabled)
     return torch.autocast("cpu", enabled=False)
 
 
@@ -313,7 +499,7 @@ def _save_checkpoint(
         "epoch": epoch,
         "config": cfg.to_dict(),
         "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
+        "optimizer": _portable_optimizer_state(optimizer),
         "scheduler": scheduler.state_dict(),
         "history": history,
         "rng": {
@@ -326,6 +512,40 @@ def _save_checkpoint(
     tmp = ckpt_dir / f".{CHECKPOINT_FILE}.{os.getpid()}.tmp"
     torch.save(state, tmp)
     os.replace(tmp, ckpt_dir / CHECKPOINT_FILE)
+
+
+def _portable_optimizer_state(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """The optimizer's state dict with plain-number learning rates (loads into any Adam)."""
+    state = optimizer.state_dict()
+    state["param_groups"] = [
+        {**group, "lr": float(group["lr"])} for group in state["param_groups"]
+    ]
+    return state
+
+
+def _load_optimizer_state(optimizer: torch.optim.Optimizer, saved: dict[str, Any]) -> None:
+    """Load Adam's state, keeping tensor learning rates tensors and reshaping pre-issue-8 state.
+
+    Before issue 8 the trunk's and the tracking branch's weights were 5-D (out, in, 1, k, k);
+    their Adam moments had that shape too and are reshaped to the 2D weights they belong to.
+    """
+    rates = [group["lr"] for group in optimizer.param_groups]
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    for index, values in saved.get("state", {}).items():
+        param = params[int(index)] if int(index) < len(params) else None
+        if param is None:
+            continue
+        for key, value in values.items():
+            if (
+                isinstance(value, torch.Tensor) and value.dim() > 0
+                and value.shape != param.shape and value.numel() == param.numel()
+            ):
+                values[key] = value.reshape(param.shape)
+    optimizer.load_state_dict(saved)
+    for group, rate in zip(optimizer.param_groups, rates):
+        if isinstance(rate, torch.Tensor):
+            rate.fill_(float(group["lr"]))
+            group["lr"] = rate
 
 
 def checkpoint_history(ckpt_dir: str | Path) -> list[dict[str, Any]]:
@@ -356,14 +576,14 @@ def _load_checkpoint(
     saved = TrialConfig.from_mapping(state["config"], path).to_flat()
     current = cfg.to_flat()
     for key, value in current.items():
-        if key != "optim.epochs" and saved.get(key) != value:
+        if key not in RESUMABLE_CHANGES and saved.get(key) != value:
             raise InvalidInput(
                 path, key,
                 f"differs from the checkpoint's value {saved.get(key)!r}; use another --out folder",
                 value,
             )
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
+    model.load_state_dict(state["model"])  # a pre-issue-8 (3D trunk) layout loads too
+    _load_optimizer_state(optimizer, state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     rng = state["rng"]
     torch.set_rng_state(rng["torch"].cpu() if hasattr(rng["torch"], "cpu") else rng["torch"])

@@ -17,7 +17,7 @@ from mtsearch.data.clips import (
     TrainClips,
     loop_indices,
     make_loader,
-    normalise_clip,
+    normalise_batch,
     usable_videos,
 )
 
@@ -29,14 +29,6 @@ class Item:
     path: Path
     label: int
     name: str
-
-
-def to_uint8(clip: torch.Tensor) -> np.ndarray:
-    """Undo the normalisation: (3, T, h, w) float -> (T, h, w, 3) uint8."""
-    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(3, 1, 1, 1)
-    pixels = ((clip * std + mean) * 255).round().clamp(0, 255).to(torch.uint8)
-    return pixels.permute(1, 2, 3, 0).numpy()
 
 
 @pytest.fixture
@@ -70,17 +62,38 @@ def test_train_clip_shape_dtype_and_normalisation(videos: list[Item], cache: Fra
     assert len(clips) == len(videos)
     for index in range(len(videos)):
         clip, label = clips[index]
-        assert clip.shape == (3, 13, 32, 32) and clip.dtype == torch.float32
+        assert clip.shape == (13, 32, 32, 3) and clip.dtype == torch.uint8
         assert clip.is_contiguous() and label == videos[index].label
-    grey = torch.full((3, 1, 1, 1), 128 / 255)
-    expected = (grey - torch.tensor(IMAGENET_MEAN).view(3, 1, 1, 1)) / torch.tensor(
+    grey = torch.full((1, 3, 1, 1, 1), 128 / 255)
+    expected = (grey - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1, 1)) / torch.tensor(
         IMAGENET_STD
-    ).view(3, 1, 1, 1)
-    assert normalise_clip(np.full((1, 1, 1, 3), 128, np.uint8)) == pytest.approx(expected, abs=1e-5)
+    ).view(1, 3, 1, 1, 1)
+    out = normalise_batch(torch.full((1, 1, 1, 1, 3), 128, dtype=torch.uint8))
+    assert out.shape == (1, 3, 1, 1, 1) and out.dtype == torch.float32
+    assert out == pytest.approx(expected, abs=1e-5)
+
+
+def test_normalise_batch_matches_float64_formula_in_channels_last_3d(
+    videos: list[Item], cache: FrameCache
+) -> None:
+    clips = TrainClips(videos, cache, fps=30, short_side=48, clip_frames=13, crop=32, seed=0)
+    batch = torch.stack([clips[index][0] for index in range(len(videos))])  # (5, 13, 32, 32, 3)
+    out = normalise_batch(batch)
+    assert out.shape == (5, 3, 13, 32, 32) and out.dtype == torch.float32
+    assert out.is_contiguous(memory_format=torch.channels_last_3d)
+    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float64)
+    std = torch.tensor(IMAGENET_STD, dtype=torch.float64)
+    expected = ((batch.double() / 255 - mean) / std).permute(0, 4, 1, 2, 3)
+    torch.testing.assert_close(out.double(), expected, rtol=0, atol=1e-6)
+    every_level = torch.arange(256, dtype=torch.uint8).view(1, 1, 1, 256, 1).expand(1, 1, 1, 256, 3)
+    expected = ((every_level.double() / 255 - mean) / std).permute(0, 4, 1, 2, 3)
+    torch.testing.assert_close(normalise_batch(every_level).double(), expected, rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="uint8"):
+        normalise_batch(out.permute(0, 2, 3, 4, 1))  # already float: not normalised twice
 
 
 def find_crop(frames: np.ndarray, clip: np.ndarray) -> list[tuple[int, int, int, bool]]:
-    """Every (start, y0, x0, flip) whose crop of frames[start:start+T] equals clip (+-1 level)."""
+    """Every (start, y0, x0, flip) whose crop of frames[start:start+T] equals clip exactly."""
     length, side = clip.shape[0], clip.shape[1]
     found = []
     for flip in (False, True):
@@ -90,10 +103,10 @@ def find_crop(frames: np.ndarray, clip: np.ndarray) -> list[tuple[int, int, int,
                 frames[start], (side, side), axis=(0, 1)
             )
             error = np.abs(windows.astype(np.int16) - target.transpose(2, 0, 1)).max(axis=(2, 3, 4))
-            for y0, x0 in zip(*np.nonzero(error <= 1)):
+            for y0, x0 in zip(*np.nonzero(error == 0)):
                 crop = frames[start : start + length, y0 : y0 + side, x0 : x0 + side]
                 crop = crop[:, :, ::-1] if flip else crop
-                if np.abs(crop.astype(np.int16) - clip).max() <= 1:
+                if np.array_equal(crop, clip):
                     found.append((start, int(y0), int(x0), flip))
     return found
 
@@ -107,7 +120,7 @@ def test_train_clip_is_one_crop_and_flip_of_consecutive_frames(
     flips = set()
     for epoch in range(6):
         clips.set_epoch(epoch)
-        matches = find_crop(frames, to_uint8(clips[0][0]))  # clip: (8, 32, 32, 3)
+        matches = find_crop(frames, clips[0][0].numpy())  # clip: (8, 32, 32, 3)
         assert matches, f"epoch {epoch}: clip is not one crop of consecutive frames"
         flips.add(matches[0][3])
     assert flips == {False, True}  # p = 0.5 over six epochs with this seed
@@ -127,12 +140,12 @@ def test_train_clips_are_deterministic_per_seed_and_epoch(
 def test_single_frame_video_loop_pads(videos: list[Item], cache: FrameCache) -> None:
     one_frame = [videos[3]]
     clip, _ = TrainClips(one_frame, cache, 30, 48, 13, 32, seed=0)[0]
-    assert clip.shape == (3, 13, 32, 32)
-    assert all(torch.equal(clip[:, t], clip[:, 0]) for t in range(13))
+    assert clip.shape == (13, 32, 32, 3)
+    assert all(torch.equal(clip[t], clip[0]) for t in range(13))
     test = TestClips(one_frame, cache, 30, 48, 13, 32)
     assert len(test) == 1
     clip, label, video = test[0]
-    assert clip.shape == (3, 13, 32, 32) and (label, video) == (one_frame[0].label, 0)
+    assert clip.shape == (13, 32, 32, 3) and (label, video) == (one_frame[0].label, 0)
 
 
 @pytest.mark.parametrize(
@@ -158,15 +171,35 @@ def test_test_clips_cover_videos_with_centre_crop_and_padded_tail(
     last, label, video = clips[2]  # frames 26..29 looped
     assert (label, video) == (videos[0].label, 0)
     centre = frames[[26, 27, 28, 29] * 3 + [26], 8:40, 16:48]
-    assert np.abs(to_uint8(last).astype(int) - centre).max() <= 1
+    assert last.dtype == torch.uint8 and np.array_equal(last.numpy(), centre)
     assert torch.equal(clips[2][0], clips[2][0])  # no randomness at test time
 
 
 def test_frames_smaller_than_the_crop_are_scaled_up(videos: list[Item], cache: FrameCache) -> None:
     clip, _ = TrainClips(videos[:1], cache, 30, 24, 4, 32, seed=0)[0]  # frames are 24 x 32
-    assert clip.shape == (3, 4, 32, 32)
+    assert clip.shape == (4, 32, 32, 3) and clip.dtype == torch.uint8 and clip.is_contiguous()
     clip, _, _ = TestClips(videos[:1], cache, 30, 24, 4, 32)[0]
-    assert clip.shape == (3, 4, 32, 32)
+    assert clip.shape == (4, 32, 32, 3) and clip.dtype == torch.uint8 and clip.is_contiguous()
+    # Bilinear in float64 to 32 x 43 (short side = crop), centre crop x0 = 6: the uint8 clip is
+    # that rounded, give or take one level for float32 arithmetic.
+    frames = torch.from_numpy(np.array(cache.get(videos[0].path, 30, 24)[:4]))
+    scaled = torch.nn.functional.interpolate(
+        frames.permute(0, 3, 1, 2).double(), size=(32, 43), mode="bilinear", align_corners=False
+    )
+    expected = scaled[:, :, :, 6:38].permute(0, 2, 3, 1)
+    assert (clip.double() - expected).abs().max() <= 0.5 + 1e-3
+
+
+@pytest.mark.parametrize("short_side", [48, 24])  # crop of the cached frames / upscaled path
+def test_flipped_clip_is_the_unflipped_clip_reversed_along_width(
+    videos: list[Item], cache: FrameCache, short_side: int
+) -> None:
+    reader = TrainClips(videos[:1], cache, 30, short_side, 8, 32, seed=0)._reader
+    indices = loop_indices(3, 11, 8)
+    for corner in [(0.0, 0.0), (0.3, 0.9), (1.0, 1.0)]:
+        plain = reader._clip(0, indices, corner, flip=False)
+        flipped = reader._clip(0, indices, corner, flip=True)
+        assert torch.equal(flipped, plain.flip(2)) and flipped.is_contiguous()
 
 
 def test_usable_videos_skips_unreadable_with_named_warning(
@@ -201,6 +234,7 @@ def test_loader_batches_do_not_depend_on_workers(videos: list[Item], cache: Fram
             clips, batch_size=2, shuffle=True, workers=workers, device="cpu", seed=5
         )
         assert not loader.pin_memory and loader.persistent_workers == (workers > 0)
+        assert loader.prefetch_factor == (4 if workers > 0 else None)
         per_epoch = []
         for epoch in range(2):
             clips.set_epoch(epoch)
@@ -209,7 +243,7 @@ def test_loader_batches_do_not_depend_on_workers(videos: list[Item], cache: Fram
     for epoch in range(2):
         assert len(results[0][epoch]) == 2  # 5 clips, batch 2: the lone last clip is dropped
         for (clip0, label0), (clip2, label2) in zip(results[0][epoch], results[2][epoch]):
-            assert clip0.shape == (2, 3, 13, 32, 32)
+            assert clip0.shape == (2, 13, 32, 32, 3) and clip0.dtype == torch.uint8
             assert torch.equal(clip0, clip2) and torch.equal(label0, label2)
     assert not torch.equal(results[0][0][0][0], results[0][1][0][0])  # epochs differ
 

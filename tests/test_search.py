@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 SPEC_TRIAL_COLUMNS = {"trial_id", "status", "error", "seed", "epochs_done", "best_epoch", "best_val_hit1",
                       "best_val_hit5", "wall_s", "config"}
 SPEC_EPOCH_COLUMNS = ["trial_id", "epoch", "loss", "loss_cls", "loss_track", "loss_dir", "train_hit1", "val_hit1",
-                      "val_hit5", "dir_acc", "lr", "epoch_s", "clips_per_s"]
+                      "val_hit5", "dir_acc", "lr", "epoch_s", "clips_per_s", "data_wait"]
 
 
 def make_fit(log_dir: Path, epoch_s: float = 0.2, fail_w: float | None = None,

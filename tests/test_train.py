@@ -13,7 +13,7 @@ from mtsearch.config import TrialConfig
 from mtsearch.errors import InvalidInput
 from mtsearch.train import EPOCH_COLUMNS, best_epoch, fit, hit_at_k
 
-TIMING = {"epoch_s", "clips_per_s"}
+TIMING = {"epoch_s", "clips_per_s", "data_wait"}
 
 
 @pytest.fixture(scope="module")
@@ -75,6 +75,7 @@ def test_fit_reports_every_epoch_column(small_set: Path, tmp_path: Path):
         assert tuple(m) == EPOCH_COLUMNS
         assert m["loss_track"] is not None and m["loss_dir"] is not None
         assert 0.0 <= m["train_hit1"] <= 1.0 and m["clips_per_s"] > 0
+        assert 0.0 <= m["data_wait"] <= 1.0
     # evaluated on epoch 2 (every 2) and on the last epoch, not on epoch 1
     assert seen[0]["val_hit1"] is None and seen[1]["val_hit1"] is not None
     assert seen[2]["val_hit1"] is not None and seen[2]["dir_acc"] is not None
@@ -193,3 +194,96 @@ def test_killed_train_resumes_from_its_last_epoch(small_set: Path, tmp_path: Pat
     resumed = int(again.stdout.split("resuming from epoch ")[1].split()[0])
     assert done[-1] <= resumed < 4
     assert pq.read_table(metrics).column("epoch").to_pylist() == [1, 2, 3, 4]
+
+
+# ---- issue 8: no per-step sync, eval batch, old checkpoints ---------------------------------------
+
+
+def _tiny_step(cfg: TrialConfig):
+    from mtsearch.model import MultiBranchNet
+    from mtsearch.train import TrainStep, make_optimizer
+
+    torch.manual_seed(0)
+    model = MultiBranchNet(cfg, num_classes=4)
+    step = TrainStep(model, make_optimizer(model, cfg, torch.device("cpu")), cfg,
+                     torch.device("cpu"), cuda_graph=False, warn=print)
+    return model, step
+
+
+@pytest.mark.parametrize("bad_step", [3, 27])
+def test_nan_at_step_k_ends_the_epoch_as_diverged_naming_the_batch(bad_step: int, tmp_path: Path):
+    """The loss is read back every SYNC_EVERY steps, yet the error names the very batch."""
+    from mtsearch.train import SYNC_EVERY, Diverged, _train_epoch
+
+    cfg = small_config(tmp_path, tmp_path, **{"data.clip_frames": 7}).resolved()
+    model, step = _tiny_step(cfg)
+    calls = {"n": 0}
+
+    def poison(module, args, out):  # the k-th forward pass returns NaN logits
+        calls["n"] += 1
+        return out * float("nan") if calls["n"] == bad_step else out
+
+    model.cls_head.register_forward_hook(poison)
+    gen = torch.Generator().manual_seed(0)
+    batches = [
+        (torch.randint(0, 256, (2, 7, 48, 48, 3), dtype=torch.uint8, generator=gen),
+         torch.tensor([0, 1]))
+        for _ in range(SYNC_EVERY + 10)
+    ]
+    seen: list[int] = []
+    with pytest.raises(Diverged, match=f"batch {bad_step}$"):
+        _train_epoch(step, model, batches, cfg, 1, lambda done, *rest: seen.append(done))
+    assert seen == ([] if bad_step <= SYNC_EVERY else [SYNC_EVERY])  # stopped at the next read
+    assert calls["n"] <= ((bad_step - 1) // SYNC_EVERY + 1) * SYNC_EVERY
+
+
+def test_evaluation_is_the_same_at_eval_batch_1_and_16(small_set: Path, tmp_path: Path):
+    from mtsearch.data.cache import FrameCache
+    from mtsearch.data.clips import TestClips, make_loader
+    from mtsearch.data.datasets import index_for_config
+    from mtsearch.train import evaluate
+
+    cfg = small_config(small_set, tmp_path / "cache").resolved()
+    fit(cfg.with_overrides({"optim.epochs": 1}), tmp_path / "run")  # fills the cache
+    index = index_for_config(cfg)
+    test_set = TestClips(index.test, FrameCache(tmp_path / "cache" / "frames"), cfg.data.fps,
+                         cfg.short_side, cfg.data.clip_frames, cfg.crop)
+    model, _ = _tiny_step(cfg)
+    model.train()
+    with torch.no_grad():  # running statistics that are not the identity
+        for _ in range(3):
+            model(torch.randn(4, 3, 7, 48, 48) * 2 + 1, track=False,
+                  generator=torch.Generator().manual_seed(0))
+    results = [
+        evaluate(model, make_loader(test_set, batch, False, 0, "cpu", 0), cfg, torch.device("cpu"))
+        for batch in (1, 16, 5)
+    ]
+    assert results[0]["dir_acc"] is not None
+    assert results[0] == results[1] == results[2]
+
+
+def test_a_checkpoint_of_the_3d_trunk_layout_resumes(small_set: Path, tmp_path: Path):
+    """A state.pt written by the landed (pre-issue-8) code: 5-D trunk weights and Adam moments."""
+    import legacy_model
+
+    from mtsearch.train import _save_checkpoint
+
+    cache = tmp_path / "cache"
+    cfg = small_config(small_set, cache, **{"optim.epochs": 2}).resolved()
+    torch.manual_seed(0)
+    old = legacy_model.MultiBranchNet(cfg, num_classes=4)
+    optimizer = torch.optim.Adam(old.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas)
+    clips = torch.randn(2, 3, 7, 48, 48)
+    out = old(clips, generator=torch.Generator().manual_seed(0))
+    legacy_model.compute_losses(out, torch.tensor([0, 1]), cfg)["loss"].backward()
+    optimizer.step()
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer)
+    history = [{**dict.fromkeys(EPOCH_COLUMNS), "epoch": 1, "loss": 1.0, "val_hit1": 0.25}]
+    ckpt = tmp_path / "run" / "checkpoint"
+    _save_checkpoint(ckpt, cfg, 1, old, optimizer, scheduler, history)
+    assert torch.load(ckpt / "state.pt", weights_only=False)["model"]["trunk.conv1.0.weight"].dim() == 5
+
+    result = fit(cfg, tmp_path / "run")
+    assert result.status == "completed"
+    assert [h["epoch"] for h in result.history] == [1, 2]
+    assert result.history[1]["loss"] is not None and result.history[1]["val_hit1"] is not None

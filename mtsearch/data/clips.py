@@ -1,7 +1,9 @@
 """Clips for training and testing, read from the frame cache, as torch Datasets and a DataLoader.
 
-A clip is float32 (3, T, crop, crop): RGB scaled to [0, 1], then normalised with the ImageNet
-mean/std (the trunk is an inflated ImageNet ResNet-50, so its first layer expects that input).
+A clip is uint8 (T, crop, crop, 3), RGB straight from the cache. Normalisation (scale to [0, 1],
+then ImageNet mean/std: the trunk is an inflated ImageNet ResNet-50, so its first layer expects
+that input) happens on the device in `normalise_batch`: a uint8 clip is a quarter of the bytes to
+copy, and the float conversion was most of the per-clip CPU cost in the loader workers.
 
 Frame selection (T = s = clip_frames; n = frames in the video after fps resampling):
 - train: one clip per video per epoch, random start in [0, n - s], one random crop and one
@@ -93,7 +95,7 @@ def loop_indices(start: int, stop: int, clip_frames: int) -> np.ndarray:
 
 
 class _ClipReader:
-    """Shared by TrainClips and TestClips: entries, frame counts, crop + normalise."""
+    """Shared by TrainClips and TestClips: entries, frame counts, crop + flip."""
 
     def __init__(
         self,
@@ -138,25 +140,9 @@ class _ClipReader:
             clip = frames[indices][:, rows, cols]
         if flip:
             clip = clip[:, :, ::-1]
-        return normalise_clip(clip)
-
-
-_SCALE = np.array([1 / (255 * s) for s in IMAGENET_STD], np.float32).reshape(3, 1, 1, 1)
-_SHIFT = np.array([m / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD)], np.float32).reshape(
-    3, 1, 1, 1
-)
-
-
-def normalise_clip(clip: np.ndarray) -> torch.Tensor:
-    """uint8 (T, h, w, 3) -> float32 (3, T, h, w): (x / 255 - mean) / std per RGB channel.
-
-    In numpy on purpose: single-threaded and several times faster than torch's intra-op threads
-    on a busy machine, and the same speed in the main process as in loader workers.
-    """
-    planar = clip.transpose(3, 0, 1, 2).astype(np.float32, order="C")  # (3, T, h, w)
-    planar *= _SCALE
-    planar -= _SHIFT
-    return torch.from_numpy(planar)
+        # np.array, not ascontiguousarray: a full-frame crop is already contiguous in the
+        # read-only memmap, and the clip must be a writable copy, not a view of the cache file.
+        return torch.from_numpy(np.array(clip, order="C"))
 
 
 def _upscaled_clip(
@@ -165,8 +151,11 @@ def _upscaled_clip(
     corner: tuple[float, float] | None,
     flip: bool,
 ) -> torch.Tensor:
-    """Rare path: frames smaller than the crop are scaled up (short side = crop), then cropped."""
-    tensor = normalise_clip(clip)  # (3, T, h, w)
+    """Rare path: frames smaller than the crop are scaled up (short side = crop), then cropped.
+
+    Interpolated in float32 on the uint8 levels, then rounded back to uint8 like any other clip.
+    """
+    tensor = torch.from_numpy(clip).permute(0, 3, 1, 2).float()  # (T, 3, h, w)
     height, width = tensor.shape[2:]
     scale = crop / min(height, width)
     size = (max(crop, math.ceil(height * scale)), max(crop, math.ceil(width * scale)))
@@ -179,11 +168,35 @@ def _upscaled_clip(
     tensor = tensor[:, :, y0 : y0 + crop, x0 : x0 + crop]
     if flip:
         tensor = tensor.flip(3)
-    return tensor.contiguous()
+    pixels = tensor.round().clamp(0, 255).to(torch.uint8)
+    return pixels.permute(0, 2, 3, 1).contiguous()  # (T, crop, crop, 3)
+
+
+# (x / 255 - mean) / std = x * _SCALE - _SHIFT, as (1, 3, 1, 1, 1) float32 for (B, 3, T, H, W).
+_SCALE = torch.tensor([1 / (255 * s) for s in IMAGENET_STD], dtype=torch.float32)
+_SHIFT = torch.tensor([m / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD)], dtype=torch.float32)
+_SCALE, _SHIFT = _SCALE.view(1, 3, 1, 1, 1), _SHIFT.view(1, 3, 1, 1, 1)
+_ON_DEVICE: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def normalise_batch(clips: torch.Tensor) -> torch.Tensor:
+    """uint8 (B, T, H, W, 3) -> float32 (B, 3, T, H, W): (x / 255 - mean) / std per RGB channel.
+
+    Runs on the clips' own device: the loader hands over uint8 so that the GPU does this. The
+    arithmetic runs on a permuted view and keeps its strides, so the result is channels_last_3d
+    in memory (no extra pass to reorder it into planar layout). The constants are cached per
+    device, so only the first call on a device copies them from the host.
+    """
+    if clips.dtype != torch.uint8 or clips.dim() != 5 or clips.shape[-1] != 3:
+        raise ValueError(f"expected uint8 (B, T, H, W, 3) clips, got {clips.dtype} {clips.shape}")
+    if clips.device not in _ON_DEVICE:
+        _ON_DEVICE[clips.device] = (_SCALE.to(clips.device), _SHIFT.to(clips.device))
+    scale, shift = _ON_DEVICE[clips.device]
+    return clips.permute(0, 4, 1, 2, 3).float() * scale - shift
 
 
 class TrainClips(Dataset):
-    """One random clip per video per epoch: item -> (clip float32 (3, s, crop, crop), label).
+    """One random clip per video per epoch: item -> (clip uint8 (s, crop, crop, 3), label).
 
     Call `set_epoch(e)` before each epoch. An index may also be an (epoch, index) pair: the
     sampler of `make_loader` sends those, so persistent workers (which hold their own copy of
@@ -304,10 +317,12 @@ def make_loader(
 ) -> DataLoader:
     """A DataLoader with the settings that matter for speed and reproducibility.
 
-    Pinned memory only for CUDA devices; persistent workers when workers > 0 (decoder state
-    and mmaps survive between epochs); a seeded generator. With shuffle (training), a final
-    batch of one clip is dropped (BatchNorm cannot train on one sample; it is a different clip
-    each epoch); otherwise every clip is kept.
+    Batches hold uint8 clips (B, T, H, W, 3): move them to the device and pass them through
+    `normalise_batch` there before the model. Pinned memory only for CUDA devices; with
+    workers > 0, persistent workers (decoder state and mmaps survive between epochs) and a
+    prefetch factor of 4 (cheap with uint8 batches; it absorbs slow clips). A seeded generator.
+    With shuffle (training), a final batch of one clip is dropped (BatchNorm cannot train on one
+    sample; it is a different clip each epoch); otherwise every clip is kept.
     """
     pin_memory = _is_cuda(device)
     generator = torch.Generator().manual_seed(int(seed))
@@ -322,6 +337,8 @@ def make_loader(
         "generator": generator,
         "drop_last": drop_last,
     }
+    if workers > 0:
+        options["prefetch_factor"] = 4
     if isinstance(dataset, TrainClips):
         options["sampler"] = _EpochSampler(dataset, shuffle, seed)
     else:

@@ -35,8 +35,15 @@ class StepDraws:
     patch_theta: torch.Tensor | None = None  # (B, 2, 3) float32 ground-truth patch crops
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> StepDraws:
+        """A copy on `device`; host tensors bound for CUDA go through pinned memory (no sync)."""
+        to_cuda = torch.device(device).type == "cuda"
+
         def move(t: torch.Tensor | None) -> torch.Tensor | None:
-            return None if t is None else t.to(device, non_blocking=non_blocking)
+            if t is None:
+                return None
+            if to_cuda and non_blocking and t.device.type == "cpu":
+                t = t.pin_memory()
+            return t.to(device, non_blocking=non_blocking)
 
         return StepDraws(move(self.reverse), move(self.patch_theta))
 

@@ -227,8 +227,9 @@ class TrackingBranch(nn.Module):
             raise ValueError(f"tracking needs k*f+1 = {k * f + 1} frames, the clip has {frames}")
         target = frames - 1
         tracked = [target - i * f for i in range(k + 1)]  # target, t-f, t-2f, ...
-        per_frame = feat.transpose(1, 2)[:, tracked]  # (B, k+1, C, h, w)
-        g = self.proj(per_frame.transpose(0, 1).flatten(0, 1))  # ((k+1)*B, D, h, w), frame-major
+        # frame by frame, not feat[:, :, tracked]: a list index is a host tensor copied per call
+        per_frame = torch.stack([feat[:, :, j] for j in tracked])  # (k+1, B, C, h, w)
+        g = self.proj(per_frame.flatten(0, 1))  # ((k+1)*B, D, h, w), frame-major
         g_norm = F.normalize(g, dim=1).unflatten(0, (k + 1, batch))  # unit vectors: affinities
         # unnormalised, what gets cropped: float32 at least (grid_sample's precision under autocast)
         g_crop = g.to(torch.promote_types(g.dtype, torch.float32)).unflatten(0, (k + 1, batch))

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# The GPU figures of benchmarks/RESULTS.md in one run (about 6 minutes on one H100/H200).
+# The device machine has torch but no PyAV: put its wheel in .whl/ first (python3 -m pip download
+# --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux_2_28_x86_64 -d .whl av)
+# and carry .whl. Outputs go to $OUT (default /tmp/gpu-out); each step runs even if one before failed.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-/tmp/gpu-out}
+mkdir -p "$OUT"
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl || exit 1
+  export PYTHONPATH=/tmp/site:$PWD
+else
+  export PYTHONPATH=$PWD
+fi
+export PYTHONUNBUFFERED=1 MTSEARCH_CACHE=/tmp/mtsearch-cache
+nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm --format=csv | tee "$OUT/gpu.txt"
+python3 -c "import torch, av; print('torch', torch.__version__, 'av', av.__version__)" | tee -a "$OUT/gpu.txt"
+
+step() {  # name, command...
+  local name=$1; shift
+  echo "=== $name: $*"
+  local start=$SECONDS
+  "$@" 2>&1 | tee "$OUT/$name.txt"
+  echo "=== $name took $((SECONDS - start)) s"
+}
+step gpu_check timeout 90 python3 benchmarks/gpu_check.py
+step train_step_b4 timeout 170 python3 benchmarks/train_step.py --presets tiny,small,thesis \
+  --masks "cls cls+track+dir" --cuda-graph --loop-masks "" --steps 15
+step thesis_trial timeout 150 python3 benchmarks/thesis_trial.py --data /tmp/synth
+step thesis_trial_graph timeout 110 python3 benchmarks/thesis_trial.py --data /tmp/synth --cuda-graph
+step train_step_b32 timeout 100 python3 benchmarks/train_step.py --presets tiny,small \
+  --batch-size 32 --masks "cls cls+track+dir" --cuda-graph --loop-masks "" --steps 10
+grep -h "branches_cost\|thesis_trial_minutes\|end_to_end_vs_step\|gpu_check:" "$OUT"/*.txt

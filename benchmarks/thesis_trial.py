@@ -1,0 +1,122 @@
+"""How long one thesis trial takes on this machine, projected from the trainer's measured speed.
+
+At the `thesis` geometry on CUDA (on a machine without a GPU: the `tiny` geometry, said in the
+output), as the trainer runs them:
+- the bare training step (`TrainStep` on generated uint8 clips): the baseline;
+- the trainer's end-to-end loop (`fit`) over the built-in-style synthetic set, data included:
+  best training clips/s of epochs 2..E (epoch 1 pays for cuDNN autotuning and worker start-up);
+- evaluation (`evaluate`, forward only, `eval.batch_size`) over that set's test clips.
+It then projects a thesis trial: HMDB-51 split 1, 100 epochs of 3,570 training clips, and an
+evaluation of 11,200 clips every `eval.every` epochs of spaces/thesis-hmdb51.yaml (and after the
+last). The last lines are
+
+    end_to_end_vs_step: <loop clips/s / bare step clips/s>x
+    thesis_trial_minutes: <N>
+
+    python benchmarks/thesis_trial.py                 # add --cuda-graph to capture the step
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+
+from mtsearch.config import TrialConfig, flatten_keys
+from mtsearch.yamlio import read_yaml
+
+HMDB51_TRAIN_CLIPS = 3_570  # split 1: one clip per training video per epoch
+HMDB51_EVAL_CLIPS = 11_200  # split 1: 1,530 test videos in non-overlapping 13-frame clips
+THESIS_EPOCHS = 100
+SPACE = Path(__file__).resolve().parent.parent / "spaces" / "thesis-hmdb51.yaml"
+
+
+def eval_every() -> int:
+    base = flatten_keys((read_yaml(SPACE) or {}).get("base") or {}, SPACE)
+    return int(base.get("eval.every", TrialConfig().eval.every))
+
+
+def evaluations(epochs: int, every: int) -> int:
+    return sum(1 for e in range(1, epochs + 1) if e % every == 0 or e == epochs)
+
+
+def measure_eval(cfg: TrialConfig, device: torch.device, rounds: int = 2) -> tuple[float, int]:
+    """(evaluation clips/s, clips) of `evaluate` on cfg's test clips; the first round warms up."""
+    from mtsearch.data.clips import make_loader
+    from mtsearch.model import MultiBranchNet
+    from mtsearch.train import _configure_torch, evaluate, load_clips, loader_workers
+
+    _configure_torch(device, cfg.threads)
+    _, test_set, num_classes = load_clips(cfg, print)
+    model = MultiBranchNet(cfg, num_classes).to(device)
+    if device.type == "cuda":
+        model.channels_last()
+    loader = make_loader(test_set, cfg.eval_batch_size, False, loader_workers(cfg, device), device, 0)
+    best = 0.0
+    for _ in range(rounds):
+        start = time.perf_counter()
+        evaluate(model, loader, cfg, device)  # ends with a host read: the work is done
+        best = max(best, len(test_set) / (time.perf_counter() - start))
+    return best, len(test_set)
+
+
+def main() -> None:
+    from train_step import measure, measure_loop, synthetic_root, trial_config
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--cuda-graph", action="store_true", help="capture the step in a CUDA graph")
+    parser.add_argument("--batch-size", type=int, default=4, help="training clips per step (thesis: 4)")
+    parser.add_argument("--epochs", type=int, default=3, help="epochs of the measured loop")
+    parser.add_argument("--videos", type=int, help="synthetic videos per class (default 40; CPU 4)")
+    parser.add_argument("--steps", type=int, help="timed bare steps per block (default 20; CPU 3)")
+    parser.add_argument("--threads", type=int, help="CPU threads (default: every core)")
+    parser.add_argument("--data", help="synthetic set to use: reused if there, else written")
+    args = parser.parse_args()
+
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda" if cuda else "cpu")
+    preset, mask = ("thesis" if cuda else "tiny"), "cls+track+dir"
+    precision = ("bf16g" if args.cuda_graph else "bf16") if cuda else "fp32"
+    if cuda:
+        where = f"{torch.cuda.get_device_name(device)}, thesis geometry, {precision}"
+    else:
+        where = "CPU (no GPU here): the tiny geometry stands in for the thesis one"
+    print(f"device: {where}; torch {torch.__version__}; batch {args.batch_size}; {mask}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    bare = measure(preset, mask, device, precision, args.batch_size, 5, args.steps or (20 if cuda else 3))
+    print(f"bare step:  {bare.clips_per_s:8.2f} clips/s ({bare.step_s * 1e3:.1f} ms/step)", flush=True)
+
+    root = synthetic_root(args.videos or (40 if cuda else 4), args.data)
+    loop_cps, wait, history = measure_loop(
+        preset, mask, device, precision, args.batch_size, root, args.epochs, args.threads
+    )
+    per_epoch = ", ".join(f"{row['clips_per_s']:.1f}" for row in history)
+    print(f"train loop: {loop_cps:8.2f} clips/s (epochs: {per_epoch}); data_wait {wait:.2f}", flush=True)
+
+    cfg = trial_config(
+        preset, mask, precision,
+        **{"data.root": str(root), "data.cache_dir": str(root.parent / "cache"),
+           "optim.batch_size": args.batch_size, "device": device.type, "threads": args.threads},
+    )
+    eval_cps, eval_clips = measure_eval(cfg, device)
+    print(f"evaluation: {eval_cps:8.2f} clips/s ({eval_clips} clips, batch {cfg.eval_batch_size})")
+
+    every = eval_every()
+    evals = evaluations(THESIS_EPOCHS, every)
+    train_min = THESIS_EPOCHS * HMDB51_TRAIN_CLIPS / loop_cps / 60
+    eval_min = evals * HMDB51_EVAL_CLIPS / eval_cps / 60
+    print(
+        f"projection: HMDB-51 split 1, {THESIS_EPOCHS} epochs x {HMDB51_TRAIN_CLIPS} clips "
+        f"({train_min:.1f} min) + {evals} evaluations x {HMDB51_EVAL_CLIPS} clips "
+        f"({eval_min:.1f} min; eval.every {every} from {SPACE.name})"
+    )
+    print(f"end_to_end_vs_step: {loop_cps / bare.clips_per_s:.2f}x")
+    print(f"thesis_trial_minutes: {train_min + eval_min:.1f}")
+
+
+if __name__ == "__main__":
+    main()
