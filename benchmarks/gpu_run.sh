@@ -29,7 +29,7 @@ step gpu_check timeout 90 python3 benchmarks/gpu_check.py
 step train_step_b4 timeout 170 python3 benchmarks/train_step.py --presets tiny,small,thesis \
   --masks "cls cls+track+dir" --cuda-graph --loop-masks "" --steps 15
 step thesis_trial timeout 150 python3 benchmarks/thesis_trial.py --data /tmp/synth
-step thesis_trial_graph timeout 110 python3 benchmarks/thesis_trial.py --data /tmp/synth --cuda-graph
+step thesis_trial_eager timeout 110 python3 benchmarks/thesis_trial.py --data /tmp/synth --eager
 step train_step_b32 timeout 100 python3 benchmarks/train_step.py --presets tiny,small \
   --batch-size 32 --masks "cls cls+track+dir" --cuda-graph --loop-masks "" --steps 10
 grep -h "branches_cost\|thesis_trial_minutes\|end_to_end_vs_step\|gpu_check:" "$OUT"/*.txt

@@ -13,7 +13,7 @@ last). The last lines are
     end_to_end_vs_step: <loop clips/s / bare step clips/s>x
     thesis_trial_minutes: <N>
 
-    python benchmarks/thesis_trial.py                 # add --cuda-graph to capture the step
+    python benchmarks/thesis_trial.py      # as the trainer runs (CUDA graph); --eager without
 """
 
 from __future__ import annotations
@@ -66,7 +66,9 @@ def main() -> None:
     from train_step import measure, measure_loop, synthetic_root, trial_config
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--cuda-graph", action="store_true", help="capture the step in a CUDA graph")
+    parser.add_argument(
+        "--eager", action="store_true", help="CUDA: run the step eagerly (default: a CUDA graph)"
+    )
     parser.add_argument("--batch-size", type=int, default=4, help="training clips per step (thesis: 4)")
     parser.add_argument("--epochs", type=int, default=3, help="epochs of the measured loop")
     parser.add_argument("--videos", type=int, help="synthetic videos per class (default 40; CPU 4)")
@@ -78,7 +80,8 @@ def main() -> None:
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
     preset, mask = ("thesis" if cuda else "tiny"), "cls+track+dir"
-    precision = ("bf16g" if args.cuda_graph else "bf16") if cuda else "fp32"
+    graph = TrialConfig().cuda_graph and not args.eager  # the trainer's default
+    precision = ("bf16g" if graph else "bf16") if cuda else "fp32"
     if cuda:
         where = f"{torch.cuda.get_device_name(device)}, thesis geometry, {precision}"
     else:

@@ -24,6 +24,11 @@ class InvalidInput(Exception):
         self.got = got
         super().__init__(self.render())
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickle with the message intact (Ray ships a trial's exception to the driver)."""
+        args = (self.file or None, self.key or None, self.what)
+        return (type(self), args if self.got is _NO_VALUE else (*args, self.got))
+
     def render(self) -> str:
         parts = [p for p in (self.file, self.key) if p]
         text = ": ".join(parts + [self.what])
@@ -45,6 +50,9 @@ class VideoReadError(Exception):
         self.path = Path(path)
         self.reason = reason
         super().__init__(f"{self.path}: {reason}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (str(self.path), self.reason))
 
 
 def did_you_mean(word: str, options: Iterable[str]) -> str:

@@ -151,6 +151,12 @@ class StudyStore:
                 self.epochs[(row["trial_id"], int(row["epoch"]))] = row
 
 
+def is_ranked(status: str | None, score: float | None) -> bool:
+    """The one ranking rule (live display, `leaderboard`, `export`): a trial with a score that did
+    not fail. Completed, pruned and running trials rank; error and diverged ones never do."""
+    return score is not None and status not in ("error", "diverged")
+
+
 def best_epoch_row(rows: list[Mapping[str, Any]]) -> Mapping[str, Any] | None:
     """The evaluated epoch with the highest val_hit1 (ties: the earlier), as the trainer picks it."""
     evaluated = [r for r in rows if r.get("val_hit1") is not None]

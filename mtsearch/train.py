@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from mtsearch.config import TrialConfig
 from mtsearch.errors import InvalidInput
 from mtsearch.store import EPOCH_COLUMNS
+from mtsearch.yamlio import atomic_output
 
 CHECKPOINT_FILE = "state.pt"
 # keys a resumed run may change: more epochs, and settings that do not change what is computed
@@ -198,12 +199,12 @@ def make_optimizer(
     the rate that ReduceLROnPlateau sets instead of the one it was captured with.
     """
     options: dict[str, Any] = {"betas": cfg.optim.betas, "weight_decay": cfg.optim.weight_decay}
-    lr: float | torch.Tensor = cfg.optim.lr
+    lr: float | torch.Tensor = cfg.lr
     if device.type == "cuda":
         options["fused"] = True
         if cuda_graph:
             options["capturable"] = True
-            lr = torch.tensor(cfg.optim.lr, device=device)
+            lr = torch.tensor(cfg.lr, device=device)
     return torch.optim.Adam(model.parameters(), lr=lr, **options)
 
 
@@ -509,9 +510,8 @@ def _save_checkpoint(
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
         },
     }
-    tmp = ckpt_dir / f".{CHECKPOINT_FILE}.{os.getpid()}.tmp"
-    torch.save(state, tmp)
-    os.replace(tmp, ckpt_dir / CHECKPOINT_FILE)
+    with atomic_output(ckpt_dir / CHECKPOINT_FILE) as tmp:  # fsync, then rename
+        torch.save(state, tmp)
 
 
 def _portable_optimizer_state(optimizer: torch.optim.Optimizer) -> dict[str, Any]:

@@ -17,10 +17,18 @@ def test_defaults_are_the_thesis():
     assert cfg.model.preset == "thesis"
     assert cfg.crop == 240 and cfg.patch == 80 and cfg.short_side == 256
     assert (cfg.loss.w_track, cfg.loss.w_dir, cfg.loss.track_lambda) == (25.0, 2.0, 0.1)
-    assert (cfg.optim.lr, cfg.optim.betas, cfg.optim.weight_decay) == (2e-4, (0.5, 0.999), 1e-4)
+    assert (cfg.lr, cfg.optim.betas, cfg.optim.weight_decay) == (2e-4, (0.5, 0.999), 1e-4)
+    assert cfg.resolved().optim.lr == 2e-4
     assert (cfg.optim.batch_size, cfg.optim.epochs, cfg.optim.plateau_patience) == (4, 100, 10)
     assert (cfg.data.clip_frames, cfg.track.frame_gap, cfg.track.past_frames) == (13, 4, 3)
     assert cfg.model.branches == ("cls", "track", "dir")
+
+
+def test_a_preset_carries_its_learning_rate_and_an_explicit_one_wins():
+    assert TrialConfig.from_mapping({"model.preset": "tiny"}).resolved().optim.lr == 1e-3
+    assert TrialConfig.from_mapping({"model.preset": "thesis"}).resolved().optim.lr == 2e-4
+    explicit = TrialConfig.from_mapping({"model.preset": "tiny", "optim.lr": 3e-4}).resolved()
+    assert explicit.optim.lr == 3e-4
 
 
 def test_presets_keep_thesis_geometry():

@@ -21,6 +21,7 @@ from rich.table import Table
 from rich.text import Text
 
 from mtsearch.errors import InvalidInput
+from mtsearch.store import is_ranked
 
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
 TOP = 10
@@ -44,6 +45,9 @@ def _run(args: argparse.Namespace, kind: str) -> int:
     _check_data_root(spec)
     console = Console()
     err = Console(stderr=True)
+    from mtsearch.preflight import check_fps
+
+    check_fps(spec, lambda message: err.print(f"warning: {message}", markup=False, highlight=False))
     command = "ablate" if kind == "grid" else "run"
     resume_cmd = _resume_command(command, args, spec.name)
 
@@ -108,7 +112,7 @@ def _resume_command(command: str, args: argparse.Namespace, name: str) -> str:
 # ---- rendering -----------------------------------------------------------------------------------
 
 def _ranked(progress: Any) -> list[dict[str, Any]]:
-    scored = [r for r in progress.rows if r.get("score") is not None]
+    scored = [r for r in progress.rows if is_ranked(r.get("status"), r.get("score"))]
     reverse = progress.mode == "max"
     return sorted(scored, key=lambda r: r["score"], reverse=reverse)
 

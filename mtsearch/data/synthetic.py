@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from mtsearch.errors import InvalidInput
+from mtsearch.yamlio import current_umask
 
 try:
     import fcntl
@@ -411,7 +412,7 @@ def _build(
         f"class_names: [{', '.join(CLASS_NAMES[:classes])}]\n"
     )
     (out / INFO_FILE).write_text(info, encoding="utf-8")
-    out.chmod(0o755)  # mkdtemp made it private; the finished set is a normal, shareable folder
+    out.chmod(0o777 & ~current_umask())  # mkdtemp made it private; the set is shareable
 
 
 def write_synthetic(

@@ -1,0 +1,75 @@
+"""Checks of a study against its dataset, before anything starts (issue 9).
+
+Some values are valid in a space file yet impossible on the data: a `data.fps` above every
+video's frame rate makes every trial with it fail after Ray has started. The driver already
+indexes the dataset, so it probes the videos' rates once (headers only, in threads) and refuses
+such a value up front, or warns when it only excludes some videos. Clip length is not checked
+the same way: a video shorter than `data.clip_frames` is loop-padded, never unusable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from mtsearch.errors import InvalidInput, VideoReadError
+
+
+def fps_values(spec: Any) -> tuple[str, list[Any], bool]:
+    """(key as the space file names it, the fps values or bounds it can produce, continuous)."""
+    from mtsearch.space import factor_keys
+
+    for key, dist in spec.space.items():
+        names = factor_keys(key)
+        if "data.fps" in names:
+            at = names.index("data.fps")
+            values = [v[at] if len(names) > 1 else v for v in dist.values]
+            continuous = dist.kind in ("uniform", "loguniform")
+            section = "grid" if spec.kind == "grid" else "space"
+            return f"{section}.{key}", values, continuous
+    return "base.data.fps", [spec.base.data.fps], False
+
+
+def source_rates(items: list[Any], workers: int = 8) -> list[float]:
+    """Frame rates of the readable videos (unreadable ones are the trials' skip warnings)."""
+    from mtsearch.data.video import probe
+
+    def rate(item: Any) -> float | None:
+        try:
+            return probe(item.path).fps
+        except VideoReadError:
+            return None
+
+    with ThreadPoolExecutor(workers) as pool:
+        return [r for r in pool.map(rate, items) if r is not None]
+
+
+def check_fps(spec: Any, warn: Callable[[str], None]) -> None:
+    """Refuse a `data.fps` above every video's rate (InvalidInput); warn when above some."""
+    from mtsearch.data.datasets import index_for_config
+    from mtsearch.data.video import RATE_TOLERANCE
+
+    key, values, continuous = fps_values(spec)
+    cfg = spec.base.resolved()
+    index = index_for_config(cfg)
+    rates = source_rates(index.train + index.test)
+    if not rates:
+        return  # nothing readable: the trials report that themselves
+
+    def too_fast(fps: float) -> int:
+        return sum(1 for r in rates if fps > r * (1 + RATE_TOLERANCE))
+
+    lowest, highest = (min(values), max(values)) if continuous else (None, None)
+    for fps in ([lowest] if continuous else values):
+        if too_fast(fps) == len(rates):
+            raise InvalidInput(
+                spec.source, key,
+                f"{fps:g} fps is above the frame rate of every video in {index.root} "
+                f"(the highest is {max(rates):g} fps)", fps,
+            )
+    for fps in ([highest] if continuous else values):
+        skipped = too_fast(fps)
+        if skipped:
+            warn(f"{key}: {fps:g} fps is above the frame rate of {skipped} of {len(rates)} videos; "
+                 "trials with it skip them")
