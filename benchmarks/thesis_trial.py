@@ -46,9 +46,9 @@ def measure_eval(cfg: TrialConfig, device: torch.device, rounds: int = 2) -> tup
     """(evaluation clips/s, clips) of `evaluate` on cfg's test clips; the first round warms up."""
     from mtsearch.data.clips import make_loader
     from mtsearch.model import MultiBranchNet
-    from mtsearch.train import _configure_torch, evaluate, load_clips, loader_workers
+    from mtsearch.train import configure_torch, evaluate, load_clips, loader_workers
 
-    _configure_torch(device, cfg.threads)
+    configure_torch(device, cfg.threads)
     _, test_set, num_classes = load_clips(cfg, print)
     model = MultiBranchNet(cfg, num_classes).to(device)
     if device.type == "cuda":

@@ -248,9 +248,10 @@ def normalize_branches(value: Any) -> tuple[str, ...]:
     return tuple(b for b in BRANCHES if b in items)
 
 
-def branches_label(branches: tuple[str, ...] | list[str]) -> str:
-    """The canonical string form, `cls+track+dir`, used as a categorical value and in tables."""
-    return "+".join(normalize_branches(list(branches)))
+def branches_label(branches: Any) -> str:
+    """The canonical string form, `cls+track+dir`, of a mask in any spelling (`[cls, track]`,
+    `cls+track`): the categorical value in spaces, Parquet columns and tables."""
+    return "+".join(normalize_branches(branches if isinstance(branches, str) else list(branches)))
 
 
 # ---- field table and checks ------------------------------------------------------------------
@@ -283,7 +284,19 @@ def _type_of(key: str) -> Any:
     return get_type_hints(owner)[name]
 
 
-def _as_int(value: Any) -> int:
+def column_type(key: str) -> str:
+    """A key's value type as a table column: bool, int, float or string (branch masks: labels)."""
+    if key == "model.branches":
+        return "string"
+    typ = _type_of(key)
+    for base, kind in ((bool, "bool"), (int, "int"), (float, "float")):
+        if typ is base or typ == base | None:
+            return kind
+    return "string"
+
+
+def as_int(value: Any) -> int:
+    """An integer from YAML (2.0 counts as 2; booleans do not); ValueError with the reason."""
     if isinstance(value, bool):
         raise ValueError("expected an integer")
     if isinstance(value, int):
@@ -293,7 +306,8 @@ def _as_int(value: Any) -> int:
     raise ValueError("expected an integer")
 
 
-def _as_float(value: Any) -> float:
+def as_float(value: Any) -> float:
+    """A finite number from YAML (`2e-4` arrives as a string in YAML 1.1); ValueError otherwise."""
     if isinstance(value, bool):
         raise ValueError("expected a number")
     if isinstance(value, str):  # YAML 1.1 reads `2e-4` as a string
@@ -308,19 +322,19 @@ def _as_float(value: Any) -> float:
     return float(value)
 
 
-def _positive(v: float) -> str | None:
+def positive(v: float) -> str | None:
     return None if v > 0 else "must be > 0"
 
 
-def _non_negative(v: float) -> str | None:
+def non_negative(v: float) -> str | None:
     return None if v >= 0 else "must be >= 0"
 
 
-def _at_least(n: int) -> Callable[[Any], str | None]:
+def at_least(n: int) -> Callable[[Any], str | None]:
     return lambda v: None if v is None or v >= n else f"must be >= {n}"
 
 
-def _one_of(options: tuple[str, ...] | list[str]) -> Callable[[Any], str | None]:
+def one_of(options: tuple[str, ...] | list[str]) -> Callable[[Any], str | None]:
     def check(v: Any) -> str | None:
         return None if v in options else f"must be one of {', '.join(options)}{did_you_mean(str(v), options)}"
 
@@ -344,32 +358,32 @@ def _betas(v: tuple[float, float]) -> str | None:
 
 
 _CHECKS: dict[str, Callable[[Any], str | None]] = {
-    "data.dataset": _one_of(DATASETS),
+    "data.dataset": one_of(DATASETS),
     "data.split": lambda v: None if v in (1, 2, 3) else "must be 1, 2 or 3",
-    "data.fps": _positive,
-    "data.clip_frames": _at_least(1),
+    "data.fps": positive,
+    "data.clip_frames": at_least(1),
     "data.crop": _multiple_of_8,
-    "data.short_side": _at_least(8),
-    "data.workers": _at_least(0),
-    "model.preset": _one_of(list(PRESETS)),
-    "track.frame_gap": _at_least(1),
-    "track.past_frames": _at_least(1),
+    "data.short_side": at_least(8),
+    "data.workers": at_least(0),
+    "model.preset": one_of(list(PRESETS)),
+    "track.frame_gap": at_least(1),
+    "track.past_frames": at_least(1),
     "track.patch": _multiple_of_8,
-    "loss.w_track": _non_negative,
-    "loss.w_dir": _non_negative,
-    "loss.track_lambda": _non_negative,
-    "optim.lr": _positive,
+    "loss.w_track": non_negative,
+    "loss.w_dir": non_negative,
+    "loss.track_lambda": non_negative,
+    "optim.lr": positive,
     "optim.betas": _betas,
-    "optim.weight_decay": _non_negative,
-    "optim.batch_size": _at_least(1),
-    "optim.epochs": _at_least(1),
-    "optim.plateau_patience": _at_least(0),
-    "optim.grad_clip": _non_negative,
-    "eval.every": _at_least(1),
-    "eval.batch_size": _at_least(1),
-    "seed": _at_least(0),
+    "optim.weight_decay": non_negative,
+    "optim.batch_size": at_least(1),
+    "optim.epochs": at_least(1),
+    "optim.plateau_patience": at_least(0),
+    "optim.grad_clip": non_negative,
+    "eval.every": at_least(1),
+    "eval.batch_size": at_least(1),
+    "seed": at_least(0),
     "device": _device,
-    "threads": _at_least(1),
+    "threads": at_least(1),
 }
 
 
@@ -389,11 +403,11 @@ def _coerce(key: str, raw: Any, source: str | Path) -> Any:
         elif key == "optim.betas":
             if not isinstance(raw, (list, tuple)) or len(raw) != 2:
                 raise ValueError("expected two numbers [beta1, beta2]")
-            value = (_as_float(raw[0]), _as_float(raw[1]))
+            value = (as_float(raw[0]), as_float(raw[1]))
         elif text.startswith("int") or typ is int:
-            value = _as_int(raw)
+            value = as_int(raw)
         elif text.startswith("float") or typ is float:
-            value = _as_float(raw)
+            value = as_float(raw)
         elif text.startswith("str") or typ is str:
             if isinstance(raw, Path):
                 raw = str(raw)

@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import optuna
 import ray
@@ -44,7 +44,26 @@ LOCK_FILE = ".lock"
 SPACE_FILE = "space.yaml"
 OPTUNA_FILE = "optuna.db"
 
-Trainer = Callable[..., Any]  # fit(cfg, out_dir, on_epoch, resume, log) -> FitResult-like
+class TrainResult(Protocol):
+    """What the driver reads from a trainer's result (`mtsearch.train.FitResult` has more)."""
+
+    status: str  # completed | diverged | stopped
+    error: str | None
+
+
+class Trainer(Protocol):
+    """The trainer's contract (`mtsearch.train.fit`): train `cfg` in `out_dir`, resuming from its
+    checkpoint; call `on_epoch(metrics, checkpoint_dir)` after every epoch; `log` gets notes."""
+
+    def __call__(
+        self,
+        cfg: TrialConfig,
+        out_dir: str | Path | None = None,
+        *,
+        on_epoch: Callable[[dict[str, Any], Path | None], bool | None] | None = None,
+        resume: bool = True,
+        log: Callable[[str], None] | None = None,
+    ) -> TrainResult: ...
 Log = Callable[[str], None]
 
 
@@ -183,7 +202,7 @@ def run_trial(config: dict[str, Any], *, base: dict[str, Any], metric: str, mode
         ckpt = tune.Checkpoint.from_directory(str(ckpt_dir)) if ckpt_dir is not None else None
         tune.report(report, checkpoint=ckpt)
 
-    result = train(cfg, work, on_epoch, True, notes.append)
+    result = train(cfg, work, on_epoch=on_epoch, resume=True, log=notes.append)
     if getattr(result, "status", None) == "diverged":
         tune.report({"epoch": last["epoch"], OBJECTIVE: last["objective"], "epochs_planned": cfg.optim.epochs,
                      "fit_status": "diverged", "fit_error": str(result.error or "loss is not finite")})
@@ -273,8 +292,13 @@ class StoreCallback(tune.Callback):
     def __init__(self, live_key: str):
         self.live_key = live_key
 
-    def _live(self) -> _Live | None:
-        return _LIVE.get(self.live_key)
+    def _live(self, trial: Any = None) -> _Live | None:
+        """The running study; with `trial`, that trial recorded in the store first (a resumed
+        driver can hear of a trial before its start event)."""
+        live = _LIVE.get(self.live_key)
+        if live is not None and trial is not None and trial.trial_id not in live.store.trials:
+            _record_start(live, trial)
+        return live
 
     def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
         live = self._live()
@@ -290,11 +314,9 @@ class StoreCallback(tune.Callback):
         _publish(live)
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-        live = self._live()
+        live = self._live(trial)
         if live is None:
             return
-        if trial.trial_id not in live.store.trials:
-            _record_start(live, trial)
         _show_notes(live, trial.trial_id, result.get(NOTES))
         if result.get("fit_status") == "diverged":
             live.store.upsert_trial(trial.trial_id, status="diverged", error=_last_line(result.get("fit_error")))
@@ -304,11 +326,9 @@ class StoreCallback(tune.Callback):
         _publish(live)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        live = self._live()
+        live = self._live(trial)
         if live is None:
             return
-        if trial.trial_id not in live.store.trials:
-            _record_start(live, trial)
         row = live.store.trials[trial.trial_id]
         if row["status"] != "diverged":
             planned = json.loads(row["config"])["optim"]["epochs"] if row["config"] else live.spec.max_epochs
@@ -319,11 +339,9 @@ class StoreCallback(tune.Callback):
         _publish(live)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        live = self._live()
+        live = self._live(trial)
         if live is None:
             return
-        if trial.trial_id not in live.store.trials:
-            _record_start(live, trial)
         error = _trial_error(trial)
         live.store.upsert_trial(trial.trial_id, status="error",
                                    error=_last_line(error) or "failed (no error text)")
@@ -444,34 +462,15 @@ def run_search(
     picklable by Ray. `num_cpus` sizes a local Ray (default: all cores); ignored with `address`.
     """
     say = log or (lambda msg: None)
-    trials_dir = Path(trials_dir).resolve()
     spec = _absolute_paths(spec)
-    study_dir, lock_fd, created = _open_study(spec, trials_dir, resume)
+    study_dir, lock_fd, created = _open_study(spec, Path(trials_dir).resolve(), resume)
     started_ray = False
     key = str(study_dir)
     try:
         if not (study_dir / SPACE_FILE).exists():
             write_atomic(study_dir / SPACE_FILE, spec.to_yaml())
-        # Tune reads these at run time; set as defaults only, so a user's own setting wins:
-        # no per-trial JSON/CSV/TensorBoard loggers (Parquet is the record), experiment state saved
-        # every 2 s (what a kill -9 can lose), trials keep the driver's working folder.
-        for name, value in (("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1"), ("TUNE_GLOBAL_CHECKPOINT_S", "2"),
-                            ("RAY_CHDIR_TO_TRIAL_DIR", "0"), ("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0"),
-                            ("RAY_AIR_NEW_OUTPUT", "0")):
-            os.environ.setdefault(name, value)
-        if not ray.is_initialized():
-            env = {k: v for k, v in os.environ.items() if k.startswith("MTSEARCH_")}
-            common = dict(log_to_driver=False, logging_level=logging.ERROR,
-                          runtime_env={"env_vars": env} if env else None)
-            if address:
-                say(f"joining the Ray cluster at {address}")
-                ray.init(address=address, **common)
-            else:
-                ray.init(num_cpus=num_cpus or os.cpu_count() or 1, include_dashboard=False, **common)
-            started_ray = True
-        for name in ("ray", "ray.tune", "ray.train"):
-            logging.getLogger(name).setLevel(logging.CRITICAL)
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        _set_tune_defaults()
+        started_ray = _connect_ray(address, num_cpus, say)
         try:
             _check_resources(spec)
         except InvalidInput:
@@ -480,65 +479,104 @@ def run_search(
                 lock_fd = -1
                 shutil.rmtree(study_dir, ignore_errors=True)
             raise
-
         store = StudyStore(study_dir, spec.param_types(), with_cell=spec.kind == "grid")
         done_at_start = sum(1 for r in store.trials.values() if r["status"] not in (None, "running"))
         live = _Live(spec=spec, store=store, on_update=on_update, started=time.time(),
                      resumed=resume, done_at_start=done_at_start, log=say)
         _LIVE[key] = live
-        trainable = tune.with_resources(
-            tune.with_parameters(run_trial, base=spec.base.to_dict(), metric=spec.metric, mode=spec.mode,
-                                 trainer=trainable_fn),
-            {"cpu": spec.resources.cpus_per_trial, "gpu": spec.resources.gpus_per_trial},
-        )
-        tune_path = study_dir / TUNE_DIR
-        if resume and tune.Tuner.can_restore(str(tune_path)):
-            say(f"resuming {study_dir}")
-            tuner = tune.Tuner.restore(str(tune_path), trainable, resume_unfinished=True, resume_errored=False)
-        else:
-            if tune_path.exists():  # an interrupted start that never saved Tune's state
-                shutil.rmtree(tune_path)
-            tuner = tune.Tuner(
-                trainable,
-                param_space=_param_space(spec),
-                tune_config=tune.TuneConfig(
-                    metric=OBJECTIVE, mode=spec.mode,
-                    search_alg=None if spec.is_grid else _optuna_searcher(spec, study_dir),
-                    scheduler=_scheduler(spec),
-                    num_samples=1 if spec.is_grid else spec.search.num_samples,
-                    max_concurrent_trials=spec.search.max_concurrent,
-                    reuse_actors=False,
-                    trial_dirname_creator=_trial_dirname,
-                ),
-                run_config=tune.RunConfig(
-                    name=TUNE_DIR, storage_path=str(study_dir), verbose=0,
-                    failure_config=tune.FailureConfig(max_failures=spec.max_failures),
-                    checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                    # the experiment state (what --resume restores) is staged locally and copied
-                    # to trials/<name>/tune/ at most once per sync_period (default 300 s)
-                    sync_config=tune.SyncConfig(sync_period=2),
-                    callbacks=[StoreCallback(key)],
-                ),
-            )
+        tuner = _make_tuner(spec, study_dir, key, resume, trainable_fn, say)
         _publish(live)
         tuner.fit()
-        counts = store.counts()
-        interrupted = counts["running"] > 0 or len(live.known_trials) < spec.total_trials
-        if not interrupted:
-            orphans = set(store.trials) - live.known_trials
-            if orphans:
-                store.forget(orphans)
-            _fail_stale_optuna_trials(spec, study_dir)
-        store.flush()
-        _drop_work_dirs(study_dir, store)
-        progress = _snapshot(live)
-        return SearchOutcome(study_dir=study_dir, interrupted=interrupted, progress=progress)
+        return _finish(live, study_dir)
     finally:
         _LIVE.pop(key, None)
         if started_ray:
             ray.shutdown()
         if lock_fd >= 0:
             _release(lock_fd)
+
+
+def _set_tune_defaults() -> None:
+    """Tune reads these at run time; set as defaults only, so a user's own setting wins: no
+    per-trial JSON/CSV/TensorBoard loggers (Parquet is the record), experiment state saved every
+    2 s (what a kill -9 can lose), trials keep the driver's working folder."""
+    for name, value in (("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1"), ("TUNE_GLOBAL_CHECKPOINT_S", "2"),
+                        ("RAY_CHDIR_TO_TRIAL_DIR", "0"),
+                        ("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0"),
+                        ("RAY_AIR_NEW_OUTPUT", "0")):
+        os.environ.setdefault(name, value)
+
+
+def _connect_ray(address: str | None, num_cpus: int | None, say: Log) -> bool:
+    """Join `address` or start a local Ray; True when this call started it (and must stop it)."""
+    started = False
+    if not ray.is_initialized():
+        env = {k: v for k, v in os.environ.items() if k.startswith("MTSEARCH_")}
+        common = dict(log_to_driver=False, logging_level=logging.ERROR,
+                      runtime_env={"env_vars": env} if env else None)
+        if address:
+            say(f"joining the Ray cluster at {address}")
+            ray.init(address=address, **common)
+        else:
+            ray.init(num_cpus=num_cpus or os.cpu_count() or 1, include_dashboard=False, **common)
+        started = True
+    for name in ("ray", "ray.tune", "ray.train"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return started
+
+
+def _make_tuner(
+    spec: SpaceSpec, study_dir: Path, live_key: str, resume: bool, trainer: Trainer | None, say: Log
+) -> tune.Tuner:
+    """Tune's state restored from `study_dir/tune` on resume, else a new Tuner for the study."""
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, base=spec.base.to_dict(), metric=spec.metric, mode=spec.mode,
+                             trainer=trainer),
+        {"cpu": spec.resources.cpus_per_trial, "gpu": spec.resources.gpus_per_trial},
+    )
+    tune_path = study_dir / TUNE_DIR
+    if resume and tune.Tuner.can_restore(str(tune_path)):
+        say(f"resuming {study_dir}")
+        return tune.Tuner.restore(str(tune_path), trainable, resume_unfinished=True, resume_errored=False)
+    if tune_path.exists():  # an interrupted start that never saved Tune's state
+        shutil.rmtree(tune_path)
+    return tune.Tuner(
+        trainable,
+        param_space=_param_space(spec),
+        tune_config=tune.TuneConfig(
+            metric=OBJECTIVE, mode=spec.mode,
+            search_alg=None if spec.is_grid else _optuna_searcher(spec, study_dir),
+            scheduler=_scheduler(spec),
+            num_samples=1 if spec.is_grid else spec.search.num_samples,
+            max_concurrent_trials=spec.search.max_concurrent,
+            reuse_actors=False,
+            trial_dirname_creator=_trial_dirname,
+        ),
+        run_config=tune.RunConfig(
+            name=TUNE_DIR, storage_path=str(study_dir), verbose=0,
+            failure_config=tune.FailureConfig(max_failures=spec.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            # the experiment state (what --resume restores) is staged locally and copied
+            # to trials/<name>/tune/ at most once per sync_period (default 300 s)
+            sync_config=tune.SyncConfig(sync_period=2),
+            callbacks=[StoreCallback(live_key)],
+        ),
+    )
+
+
+def _finish(live: _Live, study_dir: Path) -> SearchOutcome:
+    """After `tuner.fit()`: interrupted or done; a finished study drops what Tune never knew."""
+    counts = live.store.counts()
+    interrupted = counts["running"] > 0 or len(live.known_trials) < live.spec.total_trials
+    if not interrupted:
+        orphans = set(live.store.trials) - live.known_trials
+        if orphans:
+            live.store.forget(orphans)
+        _fail_stale_optuna_trials(live.spec, study_dir)
+    live.store.flush()
+    _drop_work_dirs(study_dir, live.store)
+    return SearchOutcome(study_dir=study_dir, interrupted=interrupted, progress=_snapshot(live))
 
 
 def _drop_work_dirs(study_dir: Path, store: StudyStore) -> None:

@@ -12,12 +12,23 @@ import importlib.util
 import itertools
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any
 
-from mtsearch.config import TrialConfig, config_keys, flatten_keys, normalize_branches
+from mtsearch.config import (
+    TrialConfig,
+    as_float,
+    as_int,
+    at_least,
+    branches_label,
+    column_type,
+    config_keys,
+    flatten_keys,
+    one_of,
+    positive,
+)
 from mtsearch.errors import InvalidInput, did_you_mean
 from mtsearch.store import EPOCH_METRICS
 from mtsearch.yamlio import dump_yaml, read_yaml
@@ -121,7 +132,7 @@ class SpaceSpec:
 
     def param_types(self) -> dict[str, str]:
         """Column type per searched key, from the config field's type: float, int, string or bool."""
-        return {key: _column_type(key) for key in self.searched_keys}
+        return {key: column_type(key) for key in self.searched_keys}
 
     def trial_config(self, params: Mapping[str, Any]) -> TrialConfig:
         """The full config of one trial: base plus its sampled values.
@@ -271,7 +282,7 @@ def space_from_mapping(
     repeats = 1
     if kind == "grid":
         space = _grid_section(data.get("grid"), source)
-        repeats = _int_field(data.get("repeats", 1), "repeats", source, minimum=1)
+        repeats = _repeats(data.get("repeats", 1), source)
         if repeats > 1 and "seed" in space:
             raise InvalidInput(source, "grid.seed", "set either `repeats` (seeds 0..N-1) or a seed grid, not both")
     else:
@@ -326,73 +337,103 @@ def _section(raw: Any, key: str, source: str, allowed: tuple[str, ...]) -> dict[
     return dict(raw)
 
 
-def _int_field(value: Any, key: str, source: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        if isinstance(value, float) and value.is_integer():
-            value = int(value)
-        else:
-            raise InvalidInput(source, key, "expected an integer", value)
-    if value < minimum:
-        raise InvalidInput(source, key, f"must be >= {minimum}", value)
+@dataclass(frozen=True)
+class SettingField:
+    """One key of a space file's settings sections: default, coercion, check (as config keys)."""
+
+    default: Any
+    coerce: Callable[[Any], Any]
+    check: Callable[[Any], str | None] | None = None
+
+
+def _more_than_one(v: float) -> str | None:
+    return None if v > 1 else "must be > 1"
+
+
+def _gpu_share(v: float) -> str | None:
+    if v < 0:
+        return "must be >= 0"
+    if v > 1 and not v.is_integer():
+        return "fractions are for sharing one GPU: use a value <= 1 or a whole number"
+    return None
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError("expected a string")
     return value
 
 
-def _number_field(value: Any, key: str, source: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise InvalidInput(source, key, "expected a number", value)
-    return float(value)
+SETTINGS: dict[str, dict[str, SettingField]] = {
+    "search": {
+        "algorithm": SettingField("tpe", _text, one_of(ALGORITHMS)),
+        "num_samples": SettingField(16, as_int, at_least(1)),
+        "max_concurrent": SettingField(2, as_int, at_least(1)),
+        "seed": SettingField(0, as_int, at_least(0)),
+    },
+    "scheduler": {
+        "type": SettingField("asha", _text, one_of(SCHEDULERS)),
+        "grace_period": SettingField(1, as_int, at_least(1)),
+        "reduction_factor": SettingField(3.0, as_float, _more_than_one),
+    },
+    "resources": {
+        "cpus_per_trial": SettingField(1.0, as_float, positive),
+        "gpus_per_trial": SettingField(0.0, as_float, _gpu_share),
+    },
+    "failure": {"max_failures": SettingField(0, as_int, at_least(0))},
+}
+
+
+def _settings(
+    raw: Any, section: str, source: str, allowed: tuple[str, ...] | None = None, **defaults: Any
+) -> dict[str, Any]:
+    """A settings section read through SETTINGS: unknown keys, coercion and checks name the key."""
+    fields = SETTINGS[section]
+    sec = _section(raw, section, source, allowed or tuple(fields))
+    values: dict[str, Any] = {}
+    for name, spec in fields.items():
+        key = f"{section}.{name}"
+        raw_value = sec.get(name, defaults.get(name, spec.default))
+        try:
+            value = spec.coerce(raw_value)
+        except ValueError as exc:
+            raise InvalidInput(source, key, str(exc), raw_value) from None
+        problem = spec.check(value) if spec.check else None
+        if problem:
+            raise InvalidInput(source, key, problem, raw_value)
+        values[name] = value
+    return values
+
+
+def _repeats(value: Any, source: str) -> int:
+    try:
+        repeats = as_int(value)
+    except ValueError as exc:
+        raise InvalidInput(source, "repeats", str(exc), value) from None
+    if repeats < 1:
+        raise InvalidInput(source, "repeats", "must be >= 1", value)
+    return repeats
 
 
 def _search_settings(raw: Any, source: str, kind: str) -> SearchSettings:
-    allowed = ("max_concurrent",) if kind == "grid" else ("algorithm", "num_samples", "max_concurrent", "seed")
-    sec = _section(raw, "search", source, allowed)
-    algorithm = sec.get("algorithm", "grid" if kind == "grid" else "tpe")
-    if algorithm not in ALGORITHMS:
-        raise InvalidInput(source, "search.algorithm", "must be one of " + ", ".join(ALGORITHMS)
-                           + did_you_mean(str(algorithm), ALGORITHMS), algorithm)
-    if algorithm == "cmaes" and importlib.util.find_spec("cmaes") is None:
+    allowed = ("max_concurrent",) if kind == "grid" else None
+    values = _settings(raw, "search", source, allowed, algorithm="grid" if kind == "grid" else "tpe")
+    if values["algorithm"] == "cmaes" and importlib.util.find_spec("cmaes") is None:
         raise InvalidInput(source, "search.algorithm",
-                           "cmaes needs the `cmaes` package (pip install cmaes)", algorithm)
-    return SearchSettings(
-        algorithm=algorithm,
-        num_samples=_int_field(sec.get("num_samples", 16), "search.num_samples", source, 1),
-        max_concurrent=_int_field(sec.get("max_concurrent", 2), "search.max_concurrent", source, 1),
-        seed=_int_field(sec.get("seed", 0), "search.seed", source, 0),
-    )
+                           "cmaes needs the `cmaes` package (pip install cmaes)", "cmaes")
+    return SearchSettings(**values)
 
 
 def _scheduler_settings(raw: Any, source: str, default_type: str) -> SchedulerSettings:
-    sec = _section(raw, "scheduler", source, ("type", "grace_period", "reduction_factor"))
-    typ = sec.get("type", default_type)
-    if typ not in SCHEDULERS:
-        raise InvalidInput(source, "scheduler.type", "must be asha or none" + did_you_mean(str(typ), SCHEDULERS), typ)
-    factor = _number_field(sec.get("reduction_factor", 3), "scheduler.reduction_factor", source)
-    if factor <= 1:
-        raise InvalidInput(source, "scheduler.reduction_factor", "must be > 1", sec.get("reduction_factor"))
-    return SchedulerSettings(
-        type=typ,
-        grace_period=_int_field(sec.get("grace_period", 1), "scheduler.grace_period", source, 1),
-        reduction_factor=factor,
-    )
+    return SchedulerSettings(**_settings(raw, "scheduler", source, type=default_type))
 
 
 def _resources(raw: Any, source: str) -> Resources:
-    sec = _section(raw, "resources", source, ("cpus_per_trial", "gpus_per_trial"))
-    cpus = _number_field(sec.get("cpus_per_trial", 1), "resources.cpus_per_trial", source)
-    gpus = _number_field(sec.get("gpus_per_trial", 0), "resources.gpus_per_trial", source)
-    if cpus <= 0:
-        raise InvalidInput(source, "resources.cpus_per_trial", "must be > 0", sec.get("cpus_per_trial"))
-    if gpus < 0:
-        raise InvalidInput(source, "resources.gpus_per_trial", "must be >= 0", sec.get("gpus_per_trial"))
-    if gpus > 1 and not gpus.is_integer():
-        raise InvalidInput(source, "resources.gpus_per_trial",
-                           "fractions are for sharing one GPU: use a value <= 1 or a whole number", gpus)
-    return Resources(cpus_per_trial=cpus, gpus_per_trial=gpus)
+    return Resources(**_settings(raw, "resources", source))
 
 
 def _failure(raw: Any, source: str) -> int:
-    sec = _section(raw, "failure", source, ("max_failures",))
-    return _int_field(sec.get("max_failures", 0), "failure.max_failures", source, 0)
+    return int(_settings(raw, "failure", source)["max_failures"])
 
 
 def _check_key(key: Any, section: str, source: str) -> str:
@@ -449,7 +490,7 @@ def _flatten_space(raw: Mapping[str, Any], source: str, prefix: str = "") -> dic
 
 
 def _distribution(key: str, kind: str, args: Any, source: str, dotted: str) -> Distribution:
-    integer_key = _is_int_key(key)
+    integer_key = column_type(key) == "int"
     if kind in ("uniform", "loguniform", "int", "logint"):
         ok = (isinstance(args, (list, tuple)) and len(args) == 2
               and all(isinstance(a, (int, float)) and not isinstance(a, bool) and math.isfinite(a) for a in args))
@@ -477,7 +518,7 @@ def _distribution(key: str, kind: str, args: Any, source: str, dotted: str) -> D
     for value in args:
         if key == "model.branches":
             try:
-                value = _branches(value)
+                value = branches_label(value)
             except ValueError as exc:
                 raise InvalidInput(source, dotted, str(exc), value) from None
         elif isinstance(value, (list, tuple, Mapping)):
@@ -564,7 +605,7 @@ def _reference(raw: Any, spec: SpaceSpec) -> dict[str, Any]:
                                + did_you_mean(str(key), spec.cell_keys))
         if key == "model.branches":
             try:
-                value = _branches(value)
+                value = branches_label(value)
             except ValueError as exc:
                 raise InvalidInput(source, f"reference.{key}", str(exc), value) from None
         if key in spec.space and value not in spec.space[key].values:
@@ -597,30 +638,6 @@ def grid_points(spec: SpaceSpec) -> list[dict[str, Any]]:
                 point["seed"] = seed
             points.append(point)
     return points
-
-
-def _branches(value: Any) -> str:
-    """A branch mask in any spelling (`[cls, track]`, `cls+track`) -> its canonical label."""
-    return "+".join(normalize_branches(list(value) if isinstance(value, (list, tuple)) else str(value)))
-
-
-def _column_type(key: str) -> str:
-    if key == "model.branches":
-        return "string"
-    section, _, name = key.rpartition(".")
-    owner = type(getattr(TrialConfig(), section)) if section else TrialConfig
-    hint = str(get_type_hints(owner)[name])
-    for word, kind in (("bool", "bool"), ("int", "int"), ("float", "float")):
-        if word in hint:
-            return kind
-    return "string"
-
-
-def _is_int_key(key: str) -> bool:
-    section, _, name = key.rpartition(".")
-    owner = type(getattr(TrialConfig(), section)) if section else TrialConfig
-    hint = str(get_type_hints(owner)[name])
-    return hint == "<class 'int'>" or hint.startswith("int") or hint.startswith("typing.Optional[int]")
 
 
 def _prefixed(flat: dict[str, Any], section: str, source: str) -> dict[str, Any]:

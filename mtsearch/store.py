@@ -106,7 +106,7 @@ class StudyStore:
         rows = self.trial_epochs(trial_id)
         trial = self.trials[trial_id]
         trial["epochs_done"] = max((r["epoch"] for r in rows), default=0)
-        best = best_epoch_row(rows)
+        best = best_epoch(rows)
         trial["best_epoch"] = best["epoch"] if best else None
         trial["best_val_hit1"] = best["val_hit1"] if best else None
         trial["best_val_hit5"] = best["val_hit5"] if best else None
@@ -157,7 +157,7 @@ def is_ranked(status: str | None, score: float | None) -> bool:
     return score is not None and status not in ("error", "diverged")
 
 
-def best_epoch_row(rows: list[Mapping[str, Any]]) -> Mapping[str, Any] | None:
+def best_epoch(rows: list[Mapping[str, Any]]) -> Mapping[str, Any] | None:
     """The evaluated epoch with the highest val_hit1 (ties: the earlier), as the trainer picks it."""
     evaluated = [r for r in rows if r.get("val_hit1") is not None]
     if not evaluated:

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from mtsearch.config import TrialConfig
 from mtsearch.errors import InvalidInput
-from mtsearch.store import EPOCH_COLUMNS
+from mtsearch.store import EPOCH_COLUMNS, best_epoch
 from mtsearch.yamlio import atomic_output
 
 CHECKPOINT_FILE = "state.pt"
@@ -74,6 +74,7 @@ def hit_at_k(scores: torch.Tensor, labels: torch.Tensor, k: int) -> float:
 def fit(
     cfg: TrialConfig,
     out_dir: str | Path | None = None,
+    *,
     on_epoch: OnEpoch | None = None,
     resume: bool = True,
     log: Callable[[str], None] | None = None,
@@ -91,7 +92,7 @@ def fit(
     warn = warn or say
     cfg = cfg.resolved()
     device = pick_device(cfg.device)
-    _configure_torch(device, cfg.threads)
+    configure_torch(device, cfg.threads)
     ckpt_dir = Path(out_dir) / "checkpoint" if out_dir is not None else None
     train_set, test_set, num_classes = load_clips(cfg, warn)
 
@@ -216,14 +217,6 @@ def step_lr_scheduler(scheduler: Any, optimizer: torch.optim.Optimizer, loss: fl
         if isinstance(rate, torch.Tensor) and group["lr"] is not rate:
             rate.fill_(float(group["lr"]))
             group["lr"] = rate
-
-
-def best_epoch(history: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The evaluated epoch with the highest val_hit1 (ties: the earlier one)."""
-    evaluated = [h for h in history if h.get("val_hit1") is not None]
-    if not evaluated:
-        return None
-    return max(evaluated, key=lambda h: (h["val_hit1"], -h["epoch"]))
 
 
 # ---- one epoch ---------------------------------------------------------------------------------
@@ -460,7 +453,7 @@ def evaluate(
 
 # ---- plumbing ----------------------------------------------------------------------------------
 
-def _configure_torch(device: torch.device, threads: int | None) -> None:
+def configure_torch(device: torch.device, threads: int | None) -> None:
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True

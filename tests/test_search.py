@@ -43,7 +43,7 @@ def make_fit(log_dir: Path, epoch_s: float = 0.2, fail_w: float | None = None,
     """A stand-in for `mtsearch.train.fit`: same signature, real checkpoint files, a curve peaking at w=20."""
     log_dir = str(log_dir)
 
-    def fake_fit(cfg: Any, out_dir: Any, on_epoch: Any, resume: bool, log: Any) -> Any:
+    def fake_fit(cfg: Any, out_dir: Any, *, on_epoch: Any, resume: bool, log: Any) -> Any:
         import json as _json
         import math
         import os as _os

@@ -11,7 +11,8 @@ import torch
 
 from mtsearch.config import TrialConfig
 from mtsearch.errors import InvalidInput
-from mtsearch.train import EPOCH_COLUMNS, best_epoch, fit, hit_at_k
+from mtsearch.store import best_epoch
+from mtsearch.train import EPOCH_COLUMNS, fit, hit_at_k
 
 TIMING = {"epoch_s", "clips_per_s", "data_wait"}
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 
+from mtsearch.cli import EXIT_OK
 from mtsearch.config import TrialConfig, branches_label, load_config
 from mtsearch.errors import InvalidInput
 
@@ -75,4 +76,4 @@ def cmd_model(args: argparse.Namespace) -> int:
     notes.append("MACs: convolutions, fc layers and affinities (forward); the patch re-uses the trunk")
     for note in notes:
         console.print(note)
-    return 0
+    return EXIT_OK

@@ -20,10 +20,10 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
+from mtsearch.cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
 from mtsearch.errors import InvalidInput
 from mtsearch.store import is_ranked
 
-EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
 TOP = 10
 _STATUS_STYLE = {"running": "cyan", "completed": "green", "pruned": "yellow", "error": "red", "diverged": "magenta"}
 

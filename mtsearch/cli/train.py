@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from mtsearch.cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
 from mtsearch.config import load_config
 from mtsearch.errors import InvalidInput
 
@@ -101,10 +102,10 @@ def cmd_train(args: argparse.Namespace) -> int:
                          warn=warn)
     except KeyboardInterrupt:
         err.print(f"interrupted; resume with: {resume_cmd}")
-        return 130
+        return EXIT_INTERRUPTED
     except (RuntimeError, OSError, MemoryError) as exc:
         sys.stderr.write(f"error: training failed: {exc}\n")
-        return 1
+        return EXIT_FAILED
 
     table = Table(title=f"mtsearch train: {args.config}")
     table.add_column("status")
@@ -125,5 +126,5 @@ def cmd_train(args: argparse.Namespace) -> int:
     console.print(f"metrics: {metrics_path}   checkpoints: {out / 'checkpoint'}")
     if result.status == "diverged":
         sys.stderr.write(f"error: training diverged: {result.error}\n")
-        return 1
-    return 0
+        return EXIT_FAILED
+    return EXIT_OK
