@@ -42,8 +42,11 @@ def evaluations(epochs: int, every: int) -> int:
     return sum(1 for e in range(1, epochs + 1) if e % every == 0 or e == epochs)
 
 
-def measure_eval(cfg: TrialConfig, device: torch.device, rounds: int = 2) -> tuple[float, int]:
-    """(evaluation clips/s, clips) of `evaluate` on cfg's test clips; the first round warms up."""
+def measure_eval(
+    cfg: TrialConfig, device: torch.device, rounds: int = 2
+) -> tuple[float, float, int]:
+    """(evaluation clips/s, its loader alone clips/s, clips) of `evaluate` on cfg's test clips;
+    the first round warms up. The loader alone says whether evaluation waits for data."""
     from mtsearch.data.clips import make_loader
     from mtsearch.model import MultiBranchNet
     from mtsearch.train import configure_torch, evaluate, load_clips, loader_workers
@@ -54,12 +57,18 @@ def measure_eval(cfg: TrialConfig, device: torch.device, rounds: int = 2) -> tup
     if device.type == "cuda":
         model.channels_last()
     loader = make_loader(test_set, cfg.eval_batch_size, False, loader_workers(cfg, device), device, 0)
-    best = 0.0
+    best = loader_only = 0.0
     for _ in range(rounds):
         start = time.perf_counter()
         evaluate(model, loader, cfg, device)  # ends with a host read: the work is done
         best = max(best, len(test_set) / (time.perf_counter() - start))
-    return best, len(test_set)
+        start = time.perf_counter()
+        for clips, _, _ in loader:
+            clips.to(device, non_blocking=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        loader_only = max(loader_only, len(test_set) / (time.perf_counter() - start))
+    return best, loader_only, len(test_set)
 
 
 def main() -> None:
@@ -105,8 +114,9 @@ def main() -> None:
         **{"data.root": str(root), "data.cache_dir": str(root.parent / "cache"),
            "optim.batch_size": args.batch_size, "device": device.type, "threads": args.threads},
     )
-    eval_cps, eval_clips = measure_eval(cfg, device)
-    print(f"evaluation: {eval_cps:8.2f} clips/s ({eval_clips} clips, batch {cfg.eval_batch_size})")
+    eval_cps, loader_cps, eval_clips = measure_eval(cfg, device)
+    print(f"evaluation: {eval_cps:8.2f} clips/s ({eval_clips} clips, batch {cfg.eval_batch_size}); "
+          f"its loader alone {loader_cps:.2f} clips/s")
 
     every = eval_every()
     evals = evaluations(THESIS_EPOCHS, every)

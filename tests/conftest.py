@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -96,3 +96,14 @@ def make_video() -> Callable[..., Path]:
     Writes a real video with PyAV; size is (height, width). Patterns: index, moving, noise.
     """
     return write_pattern_video
+
+
+@pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """One intra-op thread: on a shared 2-core machine, 2 OpenMP threads can run 10x slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -24,13 +22,7 @@ THESIS_TRUNK_PARAMS = 9_536 + 215_808 + 1_219_584 + 7_098_368
 THESIS_CONV5_PARAMS = 29_120_512
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    """One intra-op thread: on a shared 2-core machine, 2 OpenMP threads can run 10x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_config(branches: list[str] | None = None, **overrides: object) -> TrialConfig:

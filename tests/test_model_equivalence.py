@@ -6,8 +6,6 @@ dicts are the old checkpoint layout, so loading them also checks that old checkp
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import legacy_model as legacy
 import pytest
 import torch
@@ -16,13 +14,7 @@ from mtsearch.config import TrialConfig
 from mtsearch.model import MultiBranchNet, compute_losses
 from mtsearch.model.trunk import Trunk
 
-
-@pytest.fixture(autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def config(preset: str = "tiny", **overrides: object) -> TrialConfig:
