@@ -14,11 +14,11 @@ from typing import Any
 
 from mtsearch.report import (
     Study,
-    _param_value,
     ablation,
     best_score,
     leaderboard,
     metric_unit,
+    param_display_value,
     short_labels,
 )
 from mtsearch.yamlio import write_atomic
@@ -289,7 +289,7 @@ def parallel_coordinates(study: Study, path: Path) -> Path | None:
     columns: list[list[float | None]] = []
     ticks: list[list[tuple[float, str]]] = []
     for key in keys:
-        pos, tk = _axis_positions(study, key, [_param_value(t.get(key)) for t, _ in rows])
+        pos, tk = _axis_positions(study, key, [param_display_value(t.get(key)) for t, _ in rows])
         columns.append(pos)
         ticks.append(tk)
     pos, tk = _axis_positions(study, study.metric, [s * scale for _, s in rows])

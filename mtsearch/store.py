@@ -168,7 +168,7 @@ def best_epoch(rows: list[Mapping[str, Any]]) -> Mapping[str, Any] | None:
 # ---- reading (reports, leaderboards) --------------------------------------------------------------
 
 def load_trials(study_dir: str | Path) -> Any:
-    """`trials.parquet` as a pyarrow Table (a file or a folder of part files)."""
+    """`trials.parquet` as a pyarrow Table."""
     return _read_table(Path(study_dir) / TRIALS_FILE)
 
 

@@ -1,7 +1,9 @@
-"""report.py: t quantiles, intervals, paired deltas, leaderboards and ablations on real Parquet studies.
+"""report.py and cli/render.py: leaderboards, ablations and their text on real Parquet studies.
 
-The study builders below write real study folders (space.yaml, Parquet files with the SPEC columns,
-an Optuna SQLite study); test_plots.py and test_cli_results.py import them.
+The study builders below write study folders as `mtsearch run | ablate` does (space.yaml, one
+trials.parquet and one epochs.parquet with the SPEC columns, an Optuna SQLite study);
+test_plots.py, test_cli_results.py and test_ranking.py import them. Their epochs.parquet lacks the
+`data_wait` column, as files from before it was added do.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any
 import pytest
 
 from mtsearch import report
+from mtsearch.cli import render
 from mtsearch.errors import InvalidInput
 from mtsearch.yamlio import dump_yaml
 
@@ -105,10 +108,7 @@ def write_grid_study(
     reference: Any = None,
     extra: list[dict] | None = None,
 ) -> Path:
-    """A grid study over model.branches: cells maps a branch label to {seed: best val_hit1}.
-
-    trials.parquet is one file; epochs.parquet is a folder of part files (one per trial).
-    """
+    """A grid study over model.branches: cells maps a branch label to {seed: best val_hit1}."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -127,9 +127,7 @@ def write_grid_study(
         else {"model.branches": labels[0].split("+")},
     }
     (study / "space.yaml").write_text(dump_yaml(spec))
-    rows, n = [], 0
-    epochs_dir = study / "epochs.parquet"
-    epochs_dir.mkdir()
+    rows, epochs, n = [], [], 0
     for label, by_seed in cells.items():
         for seed, best in by_seed.items():
             tid = f"t{n:03d}"
@@ -149,14 +147,12 @@ def write_grid_study(
                     "cell": f"model.branches={label}",
                 }
             )
-            pq.write_table(
-                pa.Table.from_pylist(_epoch_rows(tid, best, 3), schema=_epoch_schema()),
-                epochs_dir / f"part-{n:03d}.parquet",
-            )
+            epochs += _epoch_rows(tid, best, 3)
             n += 1
     rows += extra or []
     schema = _trial_schema({"model.branches": pa.string()}, with_cell=True)
     pq.write_table(pa.Table.from_pylist(rows, schema=schema), study / "trials.parquet")
+    pq.write_table(pa.Table.from_pylist(epochs, schema=_epoch_schema()), study / "epochs.parquet")
     return study
 
 
@@ -255,63 +251,6 @@ def write_search_study(
 TWO_BY_TWO = {"cls": {0: 0.40, 1: 0.50}, "cls+track": {0: 0.55, 1: 0.61}}
 
 
-# ---- Student t ---------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    "df, expected",
-    [(1, 12.706), (2, 4.303), (4, 2.776), (9, 2.262), (30, 2.042), (math.inf, 1.960)],
-)
-def test_t_quantile_matches_tables(df: float, expected: float) -> None:
-    assert report.t_quantile(0.975, df) == pytest.approx(expected, abs=6e-4)
-
-
-def test_t_quantile_other_levels_and_symmetry() -> None:
-    assert report.t_quantile(0.995, 3) == pytest.approx(5.841, abs=1e-3)
-    assert report.t_quantile(0.95, 10) == pytest.approx(1.812, abs=1e-3)
-    assert report.t_quantile(0.025, 4) == pytest.approx(-report.t_quantile(0.975, 4))
-    assert report.t_quantile(0.5, 7) == 0.0
-    assert report.t_cdf(report.t_quantile(0.9, 5.5), 5.5) == pytest.approx(0.9, abs=1e-10)
-    with pytest.raises(ValueError):
-        report.t_quantile(1.0, 3)
-
-
-def test_betainc_known_values() -> None:
-    assert report.betainc(2, 3, 0.5) == pytest.approx(11 / 16, abs=1e-12)  # binomial sum
-    assert report.betainc(1, 1, 0.3) == pytest.approx(0.3, abs=1e-12)  # uniform
-    assert report.betainc(0.5, 0.5, 0.5) == pytest.approx(0.5, abs=1e-12)
-
-
-# ---- intervals and pairs -----------------------------------------------------------------------
-
-
-def test_summarize_hand_computed() -> None:
-    iv = report.summarize([1, 2, 3, 4])
-    assert iv.n == 4 and iv.mean == 2.5
-    assert iv.sd == pytest.approx(1.29099, abs=1e-5)
-    assert iv.half_width == pytest.approx(3.182 * 1.29099 / 2, abs=1e-3)
-    assert iv.low == pytest.approx(2.5 - iv.half_width) and iv.high == pytest.approx(
-        2.5 + iv.half_width
-    )
-
-
-def test_summarize_small_and_dirty_inputs() -> None:
-    assert report.summarize([]).mean is None
-    one = report.summarize([0.7])
-    assert one.n == 1 and one.mean == 0.7 and one.sd is None and one.low is None
-    two = report.summarize([1.0, float("nan"), 3.0, None])
-    assert two.n == 2 and two.mean == 2.0
-    assert two.half_width == pytest.approx(12.706 * math.sqrt(2) / math.sqrt(2), abs=1e-3)
-
-
-def test_paired_differences_use_matching_seeds_only() -> None:
-    deltas = report.paired_differences(
-        {0: 0.5, 1: 0.7, 2: 0.9, 3: float("nan")}, {0: 0.4, 1: 0.5, 3: 0.1, 4: 0.2}
-    )
-    assert list(deltas) == [0, 1]
-    assert deltas[0] == pytest.approx(0.1) and deltas[1] == pytest.approx(0.2)
-
-
 # ---- loading -----------------------------------------------------------------------------------
 
 
@@ -331,32 +270,29 @@ def test_bad_metric_in_space_file(tmp_path: Path) -> None:
         report.load_study(study)
 
 
-def test_duplicate_trial_rows_keep_the_final_status(tmp_path: Path) -> None:
-    study = write_grid_study(
-        tmp_path,
-        TWO_BY_TWO,
-        extra=[
-            {
-                "trial_id": "t000",
-                "status": "running",
-                "error": None,
-                "model.branches": "cls",
-                "seed": 0,
-                "epochs_done": 1,
-                "best_epoch": None,
-                "best_val_hit1": None,
-                "best_val_hit5": None,
-                "wall_s": 1.0,
-                "config": None,
-                "cell": "model.branches=cls",
-            }
-        ],
-    )
-    loaded = report.load_study(study)
-    assert len(loaded.trials) == 4
-    assert next(t for t in loaded.trials if t["trial_id"] == "t000")["status"] == "completed"
+def test_study_without_space_file(tmp_path: Path) -> None:
+    study = write_search_study(tmp_path, optuna_db=False)
+    (study / "space.yaml").unlink()
+    with pytest.raises(InvalidInput, match="file not found") as err:
+        report.load_study(study)
+    assert str(study / "space.yaml") in str(err.value)
+
+
+def test_grid_study_reads_space_and_epochs(tmp_path: Path) -> None:
+    loaded = report.load_study(write_grid_study(tmp_path, TWO_BY_TWO))
+    assert loaded.name == "abl" and loaded.metric == "val_hit1" and loaded.mode == "max"
     assert loaded.params == ["model.branches"] and loaded.is_grid
-    assert [e for e, _ in loaded.curve("t000")] == [1, 2, 3]  # read from a folder of part files
+    assert [t["trial_id"] for t in loaded.trials] == ["t000", "t001", "t002", "t003"]
+    assert loaded.trials[0]["config"]["model"]["branches"] == ["cls"]  # decoded once, by the store
+    assert [e for e, _ in loaded.curve("t000")] == [1, 2, 3]
+
+
+def test_epochs_without_a_newer_column(tmp_path: Path) -> None:
+    """An epochs.parquet from before `data_wait` existed: that curve is empty, the rest reads."""
+    study = report.load_study(write_search_study(tmp_path, optuna_db=False))
+    assert study.curve("a0", "data_wait") == []
+    assert [v for _, v in study.curve("a0")] == pytest.approx([0.42, 0.52, 0.50])
+    assert report.leaderboard(study).rows[0]["trial_id"] == "a2"
 
 
 # ---- leaderboard -------------------------------------------------------------------------------
@@ -405,12 +341,12 @@ def test_leaderboard_renderings(tmp_path: Path) -> None:
     board = report.leaderboard(
         report.load_study(write_search_study(tmp_path, optuna_db=False)), top=4
     )
-    parsed = json.loads(report.leaderboard_json(board))
+    parsed = json.loads(render.leaderboard_json(board))
     assert parsed["rows"][0]["trial_id"] == "a2" and parsed["metric"] == "val_hit1"
-    lines = report.leaderboard_csv(board).splitlines()
+    lines = render.leaderboard_csv(board).splitlines()
     assert lines[0].split(",")[:5] == ["rank", "trial_id", "status", "val_hit1", "final_val_hit1"]
     assert "loss.w_track" in lines[0] and len(lines) == 5
-    md = report.leaderboard_markdown(board)
+    md = render.leaderboard_markdown(board)
     assert (
         "| rank | trial_id |" in md and "| 1 | a2 | completed | 61.0 | 59.0 |" in md
     )  # percent points
@@ -463,7 +399,9 @@ def test_ablation_paired_verdicts_and_exclusions(tmp_path: Path) -> None:
     }
     result = report.ablation(
         report.load_study(
-            write_grid_study(tmp_path, cells, reference="model.branches=cls", extra=[error_row])
+            write_grid_study(
+                tmp_path, cells, reference={"model.branches": ["cls"]}, extra=[error_row]
+            )
         )
     )
     order = [c.cell for c in result.cells]
@@ -487,16 +425,40 @@ def test_ablation_paired_verdicts_and_exclusions(tmp_path: Path) -> None:
 
 def test_ablation_renderings(tmp_path: Path) -> None:
     result = report.ablation(report.load_study(write_grid_study(tmp_path, TWO_BY_TWO)))
-    md = report.ablation_markdown(result)
+    md = render.ablation_markdown(result)
     assert "| model.branches | n |" in md and "| cls (ref) | 2 | 45.0 ± 7.1 |" in md
     assert "[-12.4, +38.4]" in md  # Δ best 95% CI in points: 13 ± 25.41
     assert md.rstrip().endswith(".")
-    rows = report.ablation_csv(result).splitlines()
+    rows = render.ablation_csv(result).splitlines()
     assert rows[0].startswith("cell,is_reference,n,seeds,best_mean")
     assert len(rows) == 3
-    parsed = json.loads(report.ablation_json(result))
+    parsed = json.loads(render.ablation_json(result))
     assert parsed["cells"][1]["delta_best"]["mean"] == pytest.approx(0.13)
     assert parsed["cells"][0]["delta_best"] is None
+
+
+# ---- showing numbers ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "value, kwargs, expected",
+    [
+        (None, {}, "–"),
+        (3, {}, "3"),  # ints (ranks, seeds, epochs) as they are
+        ("cls+track", {}, "cls+track"),
+        (float("nan"), {}, "nan"),
+        (60.0, {}, "60"),
+        (0.00123456, {}, "0.001235"),  # 4 significant digits by default
+        (0.61, {"scale": 100.0}, "61.0"),  # percent points: one decimal
+        (0.13, {"scale": 100.0, "signed": True}, "+13.0"),
+        (1.23456, {"digits": 3}, "1.23"),
+        (-0.004, {"digits": 3, "signed": True}, "-0.004"),
+        (30.0, {"decimals": 1}, "30.0"),  # seconds
+        (0.12345, {"decimals": 3}, "0.123"),
+    ],
+)
+def test_fmt_number(value: Any, kwargs: dict[str, Any], expected: str) -> None:
+    assert report.fmt_number(value, **kwargs) == expected
 
 
 # ---- importances -------------------------------------------------------------------------------
@@ -515,22 +477,3 @@ def test_param_importances_too_few_or_missing(tmp_path: Path) -> None:
     assert imps.values == {} and "at least 4 completed trials (has 3)" in imps.reason
     none = write_search_study(tmp_path, name="nodb", optuna_db=False)
     assert "no Optuna study" in report.param_importances(report.load_study(none)).reason
-
-
-def test_part_files_with_drifting_schemas_are_merged(tmp_path: Path) -> None:
-    """A folder of part files where an early part has an all-null `error` column (type null)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    folder = write_search_study(tmp_path, optuna_db=False)
-    rows = pq.read_table(folder / "trials.parquet").to_pylist()
-    (folder / "trials.parquet").unlink()
-    (folder / "trials.parquet").mkdir()
-    first = [{k: v for k, v in r.items()} for r in rows[:2]]
-    table = pa.Table.from_pylist(first).set_column(2, "error", pa.nulls(2))
-    assert table.schema.field("error").type == pa.null()
-    pq.write_table(table, folder / "trials.parquet" / "part-000.parquet")
-    pq.write_table(pa.Table.from_pylist(rows[2:]), folder / "trials.parquet" / "part-001.parquet")
-    study = report.load_study(folder)
-    assert len(study.trials) == 8
-    assert report.leaderboard(study).rows[0]["trial_id"] == "a2"

@@ -1,19 +1,24 @@
 """`mtsearch leaderboard | report | export | plot`: read a study folder and show or write results.
 
 Tables go to the terminal through rich; `--format md|csv|json` writes plain text to stdout so it can
-be piped or pasted (markdown into a paper, csv into a spreadsheet, json into scripts).
+be piped or pasted (markdown into a paper, csv into a spreadsheet, json into scripts). The text
+layouts live in `mtsearch.cli.render`; this module picks one per command and format.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
+from mtsearch import report
+from mtsearch.cli import render
 from mtsearch.errors import InvalidInput
 
 
-def _console():
+def _console() -> Any:
     from rich.console import Console
 
     console = Console(highlight=False)
@@ -22,7 +27,9 @@ def _console():
     return console
 
 
-def _rich_table(title: str, header: list[str], rows: list[list[str]], numeric: list[bool]):
+def _rich_table(
+    title: str, header: Sequence[str], rows: Sequence[Sequence[str]], numeric: Sequence[bool]
+) -> Any:
     from rich.table import Table
 
     table = Table(title=title, title_justify="left", header_style="bold")
@@ -33,38 +40,31 @@ def _rich_table(title: str, header: list[str], rows: list[list[str]], numeric: l
     return table
 
 
-def _numeric_flags(header: list[str], rows: list[list[str]]) -> list[bool]:
-    from mtsearch.report import _numeric_column
-
-    return [_numeric_column(rows, i) for i in range(len(header))]
+def _print_leaderboard(console: Any, board: report.Leaderboard) -> None:
+    header, rows = render.leaderboard_cells(board)
+    title = f"{board.study}: top {len(rows)} by {board.metric} ({board.mode})"
+    console.print(_rich_table(title, header, rows, render.numeric_columns(rows, len(header))))
+    for line in render.leaderboard_footer(board):
+        console.print(line, markup=False)
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
     """Ranked trials; trials without a score (failed, not yet evaluated) are listed below, unranked."""
-    from mtsearch import report
-
     study = report.load_study(args.study)
     board = report.leaderboard(study, top=args.top)
     if args.format == "json":
-        sys.stdout.write(report.leaderboard_json(board))
+        sys.stdout.write(render.leaderboard_json(board))
     elif args.format == "csv":
-        sys.stdout.write(report.leaderboard_csv(board))
+        sys.stdout.write(render.leaderboard_csv(board))
     elif args.format == "md":
-        sys.stdout.write(report.leaderboard_markdown(board))
+        sys.stdout.write(render.leaderboard_markdown(board))
     else:
-        console = _console()
-        header, rows = report.leaderboard_cells(board)
-        title = f"{board.study}: top {len(rows)} by {board.metric} ({board.mode})"
-        console.print(_rich_table(title, header, rows, _numeric_flags(header, rows)))
-        for line in report.leaderboard_footer(board):
-            console.print(line, markup=False)
+        _print_leaderboard(_console(), board)
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     """Grids: the ablation table with paired deltas; searches: leaderboard summary + importances."""
-    from mtsearch import report
-
     study = report.load_study(args.study)
     if study.is_grid:
         _report_grid(study, args.format)
@@ -73,87 +73,47 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _report_grid(study, fmt: str) -> None:
-    from mtsearch import report
-
+def _report_grid(study: report.Study, fmt: str) -> None:
     result = report.ablation(study)
     if fmt == "json":
-        sys.stdout.write(report.ablation_json(result))
+        sys.stdout.write(render.ablation_json(result))
     elif fmt == "csv":
-        sys.stdout.write(report.ablation_csv(result))
+        sys.stdout.write(render.ablation_csv(result))
     elif fmt == "md":
-        sys.stdout.write(report.ablation_markdown(result))
+        sys.stdout.write(render.ablation_markdown(result))
     else:
         console = _console()
-        header, rows = report.ablation_cells(result)
-        numeric = [False, False] + [True] * 8 + [False]
+        header, rows = render.ablation_cells(result)
         title = (
             f"{result.study}: {result.metric} ({result.mode}) per cell over seeds; "
             f"Δ paired against the reference on the same seeds"
         )
-        console.print(_rich_table(title, header, rows, numeric))
+        console.print(_rich_table(title, header, rows, render.ABLATION_RIGHT_ALIGNED))
         console.print(result.reading, markup=False)
 
 
-def _report_search(study, fmt: str) -> None:
-    import json
-
-    from mtsearch import report
-
+def _report_search(study: report.Study, fmt: str) -> None:
     board = report.leaderboard(study, top=5)
     imps = report.param_importances(study)
     if fmt == "json":
-        payload = {
-            "kind": "search",
-            "leaderboard": json.loads(report.leaderboard_json(board)),
-            "importances": {
-                "values": imps.values,
-                "completed_trials": imps.completed_trials,
-                "evaluator": imps.evaluator,
-                "reason": imps.reason,
-            },
-        }
-        sys.stdout.write(json.dumps(payload, indent=2) + "\n")
-        return
-    imp_header = ["parameter", "importance"]
-    imp_rows = [[k, f"{v:.3f}"] for k, v in sorted(imps.values.items(), key=lambda kv: -kv[1])]
-    imp_note = (
-        f"Optuna {imps.evaluator} importances over {imps.completed_trials} completed trials"
-        if imps.values
-        else f"no parameter importances: {imps.reason}"
-    )
-    if fmt == "csv":  # the report-specific table; the ranking itself is `leaderboard --format csv`
-        sys.stdout.write(
-            "parameter,importance\n" + "".join(f"{k},{v}\n" for k, v in imps.values.items())
-        )
-        return
-    if fmt == "md":
-        text = report.leaderboard_markdown(board)
-        text += f"\n{imp_note}\n\n"
-        if imp_rows:
-            text += report.markdown_table(imp_header, imp_rows, [False, True])
-        sys.stdout.write(text)
-        return
-    console = _console()
-    header, rows = report.leaderboard_cells(board)
-    console.print(
-        _rich_table(
-            f"{board.study}: top {len(rows)} by {board.metric} ({board.mode})",
-            header,
-            rows,
-            _numeric_flags(header, rows),
-        )
-    )
-    for line in report.leaderboard_footer(board):
-        console.print(line, markup=False)
-    console.print(imp_note, markup=False)
-    if imp_rows:
-        console.print(_rich_table("", imp_header, imp_rows, [False, True]))
+        sys.stdout.write(render.search_report_json(board, imps))
+    elif fmt == "csv":
+        sys.stdout.write(render.importances_csv(imps))
+    elif fmt == "md":
+        sys.stdout.write(render.search_report_markdown(board, imps))
+    else:
+        console = _console()
+        _print_leaderboard(console, board)
+        console.print(render.importance_note(imps), markup=False)
+        rows = render.importance_rows(imps)
+        if rows:
+            console.print(
+                _rich_table("", render.IMPORTANCE_HEADER, rows, render.IMPORTANCE_RIGHT_ALIGNED)
+            )
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     """The N-th best trial's resolved config as YAML that `mtsearch train` runs as is."""
-    from mtsearch import report
     from mtsearch.yamlio import write_atomic
 
     study = report.load_study(args.study)
@@ -162,15 +122,15 @@ def cmd_export(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else study.path / "best.yaml"
     if out.is_dir():
         raise InvalidInput(out, "--out", "is a folder, expected a file path")
-    score = report.best_score(study, trial)
+    score = report.fmt_number(report.best_score(study, trial))
     header = (
         f"# exported by `mtsearch export {study.path} --rank {args.rank}`: trial {trial.get('trial_id')}, "
-        f"status {trial.get('status')}, best {study.metric} {score:.4g}\n"
+        f"status {trial.get('status')}, best {study.metric} {score}\n"
     )
     write_atomic(out, header + cfg.to_yaml())
     _console().print(
         f"wrote {out} (rank {args.rank}: trial {trial.get('trial_id')}, "
-        f"{study.metric} {score:.4g}); run it with: mtsearch train {out}",
+        f"{study.metric} {score}); run it with: mtsearch train {out}",
         markup=False,
         soft_wrap=True,
     )
@@ -179,7 +139,6 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_plot(args: argparse.Namespace) -> int:
     """Write the study's PNG figures and print their paths."""
-    from mtsearch import report
     from mtsearch.plots import make_plots
 
     study = report.load_study(args.study)

@@ -1,0 +1,276 @@
+"""Text layouts of report data for `mtsearch leaderboard | report`: table cells, markdown, csv, json.
+
+Table cells (terminal and markdown) show metrics scaled for reading (percent points) through the
+one formatter `report.fmt_number`; csv and json carry the raw values for spreadsheets and scripts.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict
+from typing import Any
+
+from mtsearch.report import (
+    METRIC_DIGITS,
+    AblationReport,
+    Importances,
+    Leaderboard,
+    ablation_scale,
+    fmt_number,
+    level_text,
+    metric_unit,
+    short_labels,
+)
+from mtsearch.stats import Interval
+
+# The ablation table's columns: cell and n on the left, the 8 numbers right, the verdict left.
+ABLATION_RIGHT_ALIGNED: tuple[bool, ...] = (False, False) + (True,) * 8 + (False,)
+IMPORTANCE_HEADER = ["parameter", "importance"]
+IMPORTANCE_RIGHT_ALIGNED: tuple[bool, ...] = (False, True)
+
+# ---- shared --------------------------------------------------------------------------------------
+
+
+def markdown_table(
+    header: Sequence[str], rows: Sequence[Sequence[str]], align_right: Sequence[bool]
+) -> str:
+    def esc(text: str) -> str:
+        return str(text).replace("|", "\\|")
+
+    out = [
+        "| " + " | ".join(esc(h) for h in header) + " |",
+        "|" + "|".join("---:" if r else ":---" for r in align_right) + "|",
+    ]
+    out += ["| " + " | ".join(esc(c) for c in row) + " |" for row in rows]
+    return "\n".join(out) + "\n"
+
+
+def numeric_columns(rows: Sequence[Sequence[str]], width: int) -> list[bool]:
+    """Per column, whether every cell reads as a number ('–', '45.0 ± 7.1', '[+1, +2]' count), so
+    it is right-aligned in both the terminal and the markdown table."""
+
+    def numeric(text: str) -> bool:
+        try:
+            float(text.replace("±", "").split()[0].strip("[]+%"))
+            return True
+        except (ValueError, IndexError):
+            return text == "–"
+
+    return [bool(rows) and all(numeric(r[i]) for r in rows) for i in range(width)]
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN and inf as null: json.dumps would write them as bare NaN, which strict parsers reject."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Mapping):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def _json_text(data: Any) -> str:
+    return json.dumps(_json_safe(data), indent=2) + "\n"
+
+
+# ---- leaderboard ---------------------------------------------------------------------------------
+
+
+def leaderboard_columns(board: Leaderboard) -> list[str]:
+    cols = ["rank", "trial_id", "status", board.metric, f"final_{board.metric}"]
+    if any("cell" in r for r in board.rows):
+        cols.append("cell")
+    return cols + board.params + ["seed", "epochs_done", "best_epoch", "wall_s"]
+
+
+def leaderboard_cells(board: Leaderboard) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of strings for tables (metric in percent when it is a hit rate)."""
+    cols = leaderboard_columns(board)
+    metric_cols = (board.metric, f"final_{board.metric}")
+    scale, unit = metric_unit(board.metric, [r.get(board.metric) for r in board.rows])
+    header = [f"{c} ({unit})" if unit and c in metric_cols else c for c in cols]
+    body = []
+    for row in board.rows:
+        line = []
+        for c in cols:
+            if c in metric_cols:
+                line.append(fmt_number(row.get(c), scale, digits=METRIC_DIGITS))
+            elif c == "wall_s":
+                line.append(fmt_number(row.get(c), decimals=1))
+            else:
+                line.append(fmt_number(row.get(c)))
+        body.append(line)
+    return header, body
+
+
+def leaderboard_footer(board: Leaderboard) -> list[str]:
+    """Lines under the table: status counts, trials not ranked and their error lines."""
+    counts = ", ".join(f"{n} {s}" for s, n in sorted(board.counts.items(), key=lambda kv: -kv[1]))
+    order = "highest" if board.mode == "max" else "lowest"
+    total = sum(board.counts.values())
+    lines = [
+        f"{board.total_ranked} ranked of {total} trials ({counts}); ranked by {order} {board.metric}"
+    ]
+    if board.unranked:
+        lines.append(f"not ranked (no score or failed): {len(board.unranked)}")
+        for row in board.unranked[:10]:
+            error = f": {row['error']}" if row.get("error") else ""
+            lines.append(f"  {row['trial_id']} {row['status']}{error}")
+    return lines
+
+
+def leaderboard_markdown(board: Leaderboard) -> str:
+    header, body = leaderboard_cells(board)
+    text = f"**{board.study}**: trials ranked by {board.metric} ({board.mode})\n\n"
+    text += markdown_table(header, body, numeric_columns(body, len(header)))
+    return text + "\n" + "\n".join(f"{line}  " for line in leaderboard_footer(board)) + "\n"
+
+
+def leaderboard_csv(board: Leaderboard) -> str:
+    """Raw values (no scaling), one line per ranked trial, header first."""
+    cols = leaderboard_columns(board)
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(cols)
+    for row in board.rows:
+        writer.writerow(["" if row.get(c) is None else row.get(c) for c in cols])
+    return buf.getvalue()
+
+
+def leaderboard_json(board: Leaderboard) -> str:
+    return _json_text(asdict(board))
+
+
+# ---- search report: the leaderboard plus importances ---------------------------------------------
+
+
+def importance_rows(imps: Importances) -> list[list[str]]:
+    """One row per searched key, most important first."""
+    ranked = sorted(imps.values.items(), key=lambda kv: -kv[1])
+    return [[key, fmt_number(value, decimals=3)] for key, value in ranked]
+
+
+def importance_note(imps: Importances) -> str:
+    if imps.values:
+        return f"Optuna {imps.evaluator} importances over {imps.completed_trials} completed trials"
+    return f"no parameter importances: {imps.reason}"
+
+
+def importances_csv(imps: Importances) -> str:
+    """The report-specific table only; the ranking itself is `leaderboard --format csv`."""
+    return "parameter,importance\n" + "".join(f"{k},{v}\n" for k, v in imps.values.items())
+
+
+def search_report_markdown(board: Leaderboard, imps: Importances) -> str:
+    text = leaderboard_markdown(board) + f"\n{importance_note(imps)}\n\n"
+    rows = importance_rows(imps)
+    if rows:
+        text += markdown_table(IMPORTANCE_HEADER, rows, IMPORTANCE_RIGHT_ALIGNED)
+    return text
+
+
+def search_report_json(board: Leaderboard, imps: Importances) -> str:
+    return _json_text({"kind": "search", "leaderboard": asdict(board), "importances": asdict(imps)})
+
+
+# ---- ablation ------------------------------------------------------------------------------------
+
+
+def interval_text(iv: Interval | None, scale: float, signed: bool = False) -> tuple[str, str]:
+    """('mean ± sd', '[low, high]') strings; '–' where undefined."""
+    if iv is None or iv.mean is None:
+        return "–", "–"
+
+    def text(value: float | None, sign: bool = signed) -> str:
+        return fmt_number(value, scale, digits=METRIC_DIGITS, signed=sign)
+
+    mean = text(iv.mean)
+    spread = f"{mean} ± {text(iv.sd, False)}" if iv.sd is not None else mean
+    ci = f"[{text(iv.low)}, {text(iv.high)}]" if iv.low is not None else "–"
+    return spread, ci
+
+
+def ablation_cells(report: AblationReport) -> tuple[list[str], list[list[str]]]:
+    scale, unit = ablation_scale(report)
+    u = f" ({unit})" if unit else ""
+    title, names = short_labels([c.cell for c in report.cells], report.factors)
+    header = [
+        title,
+        "n",
+        f"best{u} mean ± sd",
+        "best 95% CI",
+        f"final{u} mean ± sd",
+        "final 95% CI",
+        f"Δ best vs ref{u}",
+        "Δ best 95% CI",
+        f"Δ final vs ref{u}",
+        "Δ final 95% CI",
+        "reading",
+    ]
+    rows = []
+    for name, cell in zip(names, report.cells):
+        best = interval_text(cell.best, scale)
+        final = interval_text(cell.final, scale)
+        if cell.is_reference:
+            d_best = d_final = ("reference", "–")
+        else:
+            d_best = interval_text(cell.delta_best, scale, signed=True)
+            d_final = interval_text(cell.delta_final, scale, signed=True)
+        n = str(cell.n)
+        if cell.not_counted:
+            n += " (+" + ", ".join(f"{k} {v}" for k, v in sorted(cell.not_counted.items())) + ")"
+        rows.append(
+            [
+                name + (" (ref)" if cell.is_reference else ""),
+                n,
+                *best,
+                *final,
+                *d_best,
+                *d_final,
+                "reference" if cell.is_reference else (cell.verdict or "–"),
+            ]
+        )
+    return header, rows
+
+
+def ablation_markdown(report: AblationReport) -> str:
+    header, rows = ablation_cells(report)
+    caption = (
+        f"**{report.study}**: {report.metric} ({report.mode}) per cell over seeds, mean ± sd, "
+        f"95% Student-t CI; Δ = paired difference against the reference cell on the same seeds.\n\n"
+    )
+    table = markdown_table(header, rows, ABLATION_RIGHT_ALIGNED)
+    return caption + table + "\n" + report.reading + "\n"
+
+
+def ablation_csv(report: AblationReport) -> str:
+    """Raw values, one line per cell, for spreadsheets and scripts."""
+    stats_keys = {
+        "best": ("mean", "sd", "low", "high"),
+        "final": ("mean", "sd", "low", "high"),
+        "delta_best": ("n", "mean", "sd", "low", "high"),
+        "delta_final": ("n", "mean", "sd", "low", "high"),
+    }
+    cols = ["cell", "is_reference", "n", "seeds"]
+    cols += [f"{part}_{k}" for part, keys in stats_keys.items() for k in keys]
+    cols += ["verdict"] + [f"level:{f}" for f in report.factors]
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(cols)
+    for cell in report.cells:
+        line: list[Any] = [cell.cell, cell.is_reference, cell.n, " ".join(map(str, cell.seeds))]
+        for part, keys in stats_keys.items():
+            iv: Interval | None = getattr(cell, part)
+            line += ["" if iv is None or getattr(iv, k) is None else getattr(iv, k) for k in keys]
+        line += [cell.verdict or ""] + [level_text(cell.levels.get(f)) for f in report.factors]
+        writer.writerow(line)
+    return buf.getvalue()
+
+
+def ablation_json(report: AblationReport) -> str:
+    return _json_text(asdict(report))
