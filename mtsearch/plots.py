@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from mtsearch.files import write_atomic
 from mtsearch.report import (
     Study,
     ablation,
@@ -21,7 +22,6 @@ from mtsearch.report import (
     param_display_value,
     short_labels,
 )
-from mtsearch.yamlio import write_atomic
 
 METRIC_NAMES = {
     "val_hit1": "validation hit@1",

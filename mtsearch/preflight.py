@@ -26,8 +26,7 @@ def fps_values(spec: Any) -> tuple[str, list[Any], bool]:
             at = names.index("data.fps")
             values = [v[at] if len(names) > 1 else v for v in dist.values]
             continuous = dist.kind in ("uniform", "loguniform")
-            section = "grid" if spec.kind == "grid" else "space"
-            return f"{section}.{key}", values, continuous
+            return f"{spec.space_section}.{key}", values, continuous
     return "base.data.fps", [spec.base.data.fps], False
 
 

@@ -54,7 +54,7 @@ class Study:
     @property
     def is_grid(self) -> bool:
         """A grid file's study (`mtsearch ablate`): trials are cells repeated over seeds."""
-        return self.space.kind == "grid"
+        return self.space.is_ablation
 
     def curve(self, trial_id: str, metric: str | None = None) -> list[tuple[int, float]]:
         """(epoch, value) pairs of one trial's metric, skipping epochs without it (no eval, or a

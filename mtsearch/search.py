@@ -33,9 +33,9 @@ from ray.tune.search.optuna import OptunaSearch
 
 from mtsearch.config import TrialConfig
 from mtsearch.errors import InvalidInput
+from mtsearch.files import write_atomic
 from mtsearch.space import SpaceSpec, expand_params, load_study_space
 from mtsearch.store import StudyStore
-from mtsearch.yamlio import write_atomic
 
 NOTES = "trainer_notes"  # report key carrying the trainer's log lines to the driver
 OBJECTIVE = "objective"  # the key Tune, ASHA and Optuna optimise: the space's metric, carried forward
@@ -274,7 +274,7 @@ def _param_space(spec: SpaceSpec) -> dict[str, Any]:
             space[key] = tune.choice(list(dist.values))
         else:  # tied grid factors are lists of levels; expand_params splits them in the trial
             space[key] = tune.grid_search([list(v) if isinstance(v, tuple) else v for v in dist.values])
-    if spec.kind == "grid" and spec.repeats > 1 and "seed" not in space:
+    if spec.is_ablation and spec.repeats > 1 and "seed" not in space:
         space["seed"] = tune.grid_search(list(range(spec.repeats)))
     return space
 
@@ -365,7 +365,7 @@ def _record_start(live: _Live, trial: Any) -> None:
     if existing is None or existing["status"] in (None, "running", "error"):
         values["status"] = "running"
         values["error"] = None
-    if live.spec.kind == "grid":
+    if live.spec.is_ablation:
         values["cell"] = live.spec.cell_of(trial.config)
     values["seed"] = cfg.seed  # also a searched key in grids with repeats
     live.store.upsert_trial(trial.trial_id, config=cfg.resolved().to_dict(), **values)
@@ -479,7 +479,7 @@ def run_search(
                 lock_fd = -1
                 shutil.rmtree(study_dir, ignore_errors=True)
             raise
-        store = StudyStore(study_dir, spec.param_types(), with_cell=spec.kind == "grid")
+        store = StudyStore(study_dir, spec.param_types(), with_cell=spec.is_ablation)
         done_at_start = sum(1 for r in store.trials.values() if r["status"] not in (None, "running"))
         live = _Live(spec=spec, store=store, on_update=on_update, started=time.time(),
                      resumed=resume, done_at_start=done_at_start, log=say)

@@ -37,6 +37,7 @@ from mtsearch.yamlio import dump_yaml, read_yaml
 _LOWER_IS_BETTER = frozenset({"loss", "loss_cls", "loss_track", "loss_dir", "epoch_s"})
 ALGORITHMS: tuple[str, ...] = ("tpe", "random", "grid", "cmaes")
 SCHEDULERS: tuple[str, ...] = ("asha", "none")
+SEARCH, ABLATION = "search", "ablation"  # a space file (`run`) and a grid file (`ablate`)
 DISTRIBUTIONS: tuple[str, ...] = ("uniform", "loguniform", "int", "logint", "choice", "grid")
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
@@ -85,7 +86,7 @@ class Resources:
 class SpaceSpec:
     """A validated study: what to train (`base` + searched keys), how to search, where it lives."""
 
-    kind: str  # "search" (space file) or "grid" (grid file)
+    kind: str  # SEARCH (a space file, `mtsearch run`) or ABLATION (a grid file, `mtsearch ablate`)
     name: str
     source: str
     base: TrialConfig
@@ -103,14 +104,24 @@ class SpaceSpec:
     # ---- derived --------------------------------------------------------------------------------
     @property
     def is_grid(self) -> bool:
-        """True when trials are an enumerated grid (grid files and `algorithm: grid`)."""
-        return self.kind == "grid" or self.search.algorithm == "grid"
+        """True when trials enumerate a grid (an ablation, or a search with `algorithm: grid`)."""
+        return self.is_ablation or self.search.algorithm == "grid"
+
+    @property
+    def is_ablation(self) -> bool:
+        """A grid file (`mtsearch ablate`): cells x repeats, a `cell` column, a reference cell."""
+        return self.kind == ABLATION
+
+    @property
+    def space_section(self) -> str:
+        """Where the file lists its searched keys: `grid` (ablations) or `space` (searches)."""
+        return "grid" if self.is_ablation else "space"
 
     @property
     def searched_keys(self) -> list[str]:
         """Config keys that vary between trials (Parquet columns); `seed` for repeated grids."""
         keys = [k for factor in self.space for k in factor_keys(factor)]
-        if self.kind == "grid" and self.repeats > 1 and "seed" not in keys:
+        if self.is_ablation and self.repeats > 1 and "seed" not in keys:
             keys.append("seed")
         return keys
 
@@ -124,7 +135,7 @@ class SpaceSpec:
         if not self.is_grid:
             return self.search.num_samples
         cells = math.prod(len(d.values) for d in self.space.values()) if self.space else 1
-        return cells * (self.repeats if self.kind == "grid" else 1)
+        return cells * (self.repeats if self.is_ablation else 1)
 
     @property
     def max_epochs(self) -> int:
@@ -179,7 +190,7 @@ class SpaceSpec:
             overrides = {**spec.base_overrides, "data.root": data_root}
             base = spec.base.with_overrides({"data.root": data_root}, "--data")
             spec = replace(spec, base=base, base_overrides=overrides)
-            _check_space_values(spec.space, base, spec.source, "grid" if spec.kind == "grid" else "space")
+            _check_space_values(spec.space, base, spec.source, spec.space_section)
         return spec
 
     # ---- output ---------------------------------------------------------------------------------
@@ -207,7 +218,7 @@ class SpaceSpec:
             },
             "failure": {"max_failures": self.max_failures},
         }
-        if self.kind == "grid":
+        if self.is_ablation:
             del out["search"]["algorithm"], out["search"]["seed"], out["search"]["num_samples"]
             out["grid"] = {k: [_plain(v) for v in d.values] for k, d in self.space.items()}  # tied: lists
             out["repeats"] = self.repeats
@@ -230,9 +241,9 @@ class SpaceSpec:
 # ---- loading ----------------------------------------------------------------------------------
 
 def load_space(path: str | Path, kind: str | None = None) -> SpaceSpec:
-    """Read and validate a space file (`kind="search"`) or grid file (`kind="grid"`).
+    """Read and validate a space file (`kind=SEARCH`) or grid file (`kind=ABLATION`).
 
-    `kind=None` decides from the file (`grid:` -> grid). Errors are `InvalidInput` naming the
+    `kind=None` decides from the file (a `grid:` section -> ABLATION). Errors are `InvalidInput` naming the
     file and the dotted key.
     """
     data = read_yaml(path)
@@ -246,14 +257,14 @@ def space_from_mapping(
         raise InvalidInput(source, None, "expected a mapping (name, base, metric, search, space ...)",
                            type(data).__name__ if data is not None else "an empty file")
     if kind is None:
-        kind = "grid" if "grid" in data else "search"
-    allowed = _GRID_TOP if kind == "grid" else _SEARCH_TOP
+        kind = ABLATION if "grid" in data else SEARCH
+    allowed = _GRID_TOP if kind == ABLATION else _SEARCH_TOP
     for key in data:
         if key not in allowed:
             hint = did_you_mean(str(key), allowed)
-            if kind == "search" and key in ("grid", "repeats", "reference"):
+            if kind == SEARCH and key in ("grid", "repeats", "reference"):
                 hint = "; grid files run with `mtsearch ablate`"
-            if kind == "grid" and key == "space":
+            if kind == ABLATION and key == "space":
                 hint = "; space files run with `mtsearch run` (a grid file uses `grid:`)"
             raise InvalidInput(source, str(key), "unknown key" + hint)
 
@@ -274,13 +285,13 @@ def space_from_mapping(
         raise InvalidInput(source, "mode", "must be min or max", mode)
 
     search = _search_settings(data.get("search"), source, kind)
-    default_sched = "asha" if kind == "search" and search.algorithm != "grid" else "none"
+    default_sched = "asha" if kind == SEARCH and search.algorithm != "grid" else "none"
     scheduler = _scheduler_settings(data.get("scheduler"), source, default_sched)
     resources = _resources(data.get("resources"), source)
     max_failures = _failure(data.get("failure"), source)
 
     repeats = 1
-    if kind == "grid":
+    if kind == ABLATION:
         space = _grid_section(data.get("grid"), source)
         repeats = _repeats(data.get("repeats", 1), source)
         if repeats > 1 and "seed" in space:
@@ -288,13 +299,13 @@ def space_from_mapping(
     else:
         space = _space_section(data.get("space"), source, search.algorithm)
 
-    _check_space_values(space, base, source, "grid" if kind == "grid" else "space")
+    _check_space_values(space, base, source, "grid" if kind == ABLATION else "space")
     spec = SpaceSpec(
         kind=kind, name=name, source=source, base=base, base_overrides=base_overrides,
         metric=metric, mode=mode, search=search, scheduler=scheduler, resources=resources,
         max_failures=max_failures, space=space, repeats=repeats,
     )
-    if kind == "grid" and data.get("reference") is not None:
+    if kind == ABLATION and data.get("reference") is not None:
         spec = replace(spec, reference=_reference(data["reference"], spec))
     if base.device.startswith("cuda") and resources.gpus_per_trial == 0:
         raise InvalidInput(source, "resources.gpus_per_trial", f"must be > 0 when base.device is {base.device}", 0)
@@ -312,7 +323,7 @@ def load_study_space(study_dir: str | Path) -> SpaceSpec:
     """The `space.yaml` a study was run with (for reports, leaderboards and resume)."""
     path = Path(study_dir) / "space.yaml"
     data = read_yaml(path)
-    kind = "grid" if isinstance(data, Mapping) and "grid" in data else "search"
+    kind = ABLATION if isinstance(data, Mapping) and "grid" in data else SEARCH
     return space_from_mapping(data, str(path), kind, default_name=Path(study_dir).name)
 
 
@@ -416,8 +427,8 @@ def _repeats(value: Any, source: str) -> int:
 
 
 def _search_settings(raw: Any, source: str, kind: str) -> SearchSettings:
-    allowed = ("max_concurrent",) if kind == "grid" else None
-    values = _settings(raw, "search", source, allowed, algorithm="grid" if kind == "grid" else "tpe")
+    allowed = ("max_concurrent",) if kind == ABLATION else None
+    values = _settings(raw, "search", source, allowed, algorithm="grid" if kind == ABLATION else "tpe")
     if values["algorithm"] == "cmaes" and importlib.util.find_spec("cmaes") is None:
         raise InvalidInput(source, "search.algorithm",
                            "cmaes needs the `cmaes` package (pip install cmaes)", "cmaes")
@@ -632,9 +643,9 @@ def grid_points(spec: SpaceSpec) -> list[dict[str, Any]]:
     keys = list(spec.space)
     points = []
     for combo in itertools.product(*(spec.space[k].values for k in keys)):
-        for seed in range(spec.repeats if spec.kind == "grid" else 1):
+        for seed in range(spec.repeats if spec.is_ablation else 1):
             point = expand_params(dict(zip(keys, combo)))
-            if spec.kind == "grid" and spec.repeats > 1:
+            if spec.is_ablation and spec.repeats > 1:
                 point["seed"] = seed
             points.append(point)
     return points

@@ -30,8 +30,8 @@ import torch.nn.functional as F
 
 from mtsearch.config import TrialConfig
 from mtsearch.errors import InvalidInput
+from mtsearch.files import atomic_output
 from mtsearch.store import EPOCH_COLUMNS, best_epoch
-from mtsearch.yamlio import atomic_output
 
 CHECKPOINT_FILE = "state.pt"
 # keys a resumed run may change: more epochs, and settings that do not change what is computed

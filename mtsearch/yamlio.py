@@ -1,11 +1,7 @@
-"""Safe YAML reading with errors that name the file, and atomic writes."""
+"""Safe YAML reading with errors that name the file."""
 
 from __future__ import annotations
 
-import os
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -63,45 +59,3 @@ def parse_yaml(text: str, source: str | Path) -> Any:
 
 def dump_yaml(data: Any) -> str:
     return yaml.safe_dump(data, sort_keys=False, default_flow_style=False, allow_unicode=True)
-
-
-@contextmanager
-def atomic_output(path: str | Path) -> Iterator[Path]:
-    """A temp path beside `path` to write; on success it is fsynced and renamed over `path`.
-
-    Readers see the old file or the whole new one, never half a file; on error the temp goes away.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        yield tmp
-        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp's file is private; results are not
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def current_umask() -> int:
-    """The process umask, read without changing it where Linux allows (threads may be writing)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except OSError:
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def write_atomic(path: str | Path, data: bytes | str) -> None:
-    """Write bytes or text via `atomic_output`."""
-    payload = data.encode("utf-8") if isinstance(data, str) else data
-    with atomic_output(path) as tmp:
-        tmp.write_bytes(payload)

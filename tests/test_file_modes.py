@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from mtsearch.files import write_atomic
 from mtsearch.store import StudyStore
-from mtsearch.yamlio import write_atomic
 
 
 @pytest.fixture

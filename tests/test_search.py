@@ -314,7 +314,7 @@ def test_grid_statuses_columns_and_local_ray(tmp_path: Path) -> None:
     logs.mkdir()
     spec = _spec({"name": "grid", "base": {"optim.epochs": 3, "eval.every": 1},
                   "grid": {"loss.w_track": [5, 20, 50, 80]}, "search": {"max_concurrent": 2},
-                  "reference": {"loss.w_track": 20}}, "grid")
+                  "reference": {"loss.w_track": 20}}, "ablation")
     updates: list[Any] = []
     outcome = run_search(spec, tmp_path / "trials", trainable_fn=make_fit(logs, fail_w=50, diverge_w=80),
                          num_cpus=2, on_update=updates.append)

@@ -128,10 +128,10 @@ def test_shipped_spaces_validate() -> None:
     thesis = load_space(SPACES / "thesis-hmdb51.yaml", "search")
     assert thesis.base.data.dataset == "hmdb51" and thesis.base.model.preset == "thesis"
     assert 0 < thesis.resources.gpus_per_trial <= 1
-    ablation = load_space(SPACES / "ablation.yaml", "grid")
+    ablation = load_space(SPACES / "ablation.yaml", "ablation")
     assert ablation.total_trials == 12 and ablation.reference_cell() == "model.branches=cls"
     assert ablation.scheduler.type == "none"
-    table = load_space(SPACES / "weights-table.yaml", "grid")
+    table = load_space(SPACES / "weights-table.yaml", "ablation")
     cells = {table.cell_of(p) for p in grid_points(table)}
     assert cells == {"loss.w_track=25,loss.w_dir=2", "loss.w_track=50,loss.w_dir=8", "loss.w_track=100,loss.w_dir=8"}
     assert table.total_trials == 9 and {p["seed"] for p in grid_points(table)} == {0, 1, 2}
@@ -174,6 +174,6 @@ def test_grid_file_and_space_file_kinds(tmp_path: Path) -> None:
         repeats: 3
         reference: {model.branches: cls}
     """))
-    spec = load_space(path, "grid")
-    assert spec.kind == "grid" and spec.is_grid and spec.name == "g"
+    spec = load_space(path, "ablation")
+    assert spec.kind == "ablation" and spec.is_ablation and spec.is_grid and spec.name == "g"
     assert "seed" in spec.param_types()

@@ -114,7 +114,7 @@ def _report_search(study: report.Study, fmt: str) -> None:
 
 def cmd_export(args: argparse.Namespace) -> int:
     """The N-th best trial's resolved config as YAML that `mtsearch train` runs as is."""
-    from mtsearch.yamlio import write_atomic
+    from mtsearch.files import write_atomic
 
     study = report.load_study(args.study)
     trial = report.ranked_trial(study, args.rank)

@@ -22,6 +22,8 @@ from rich.text import Text
 
 from mtsearch.cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
 from mtsearch.errors import InvalidInput
+from mtsearch.report import fmt_number
+from mtsearch.space import ABLATION, SEARCH
 from mtsearch.store import is_ranked
 
 TOP = 10
@@ -29,11 +31,11 @@ _STATUS_STYLE = {"running": "cyan", "completed": "green", "pruned": "yellow", "e
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    return _run(args, "search")
+    return _run(args, SEARCH)
 
 
 def cmd_ablate(args: argparse.Namespace) -> int:
-    return _run(args, "grid")
+    return _run(args, ABLATION)
 
 
 def _run(args: argparse.Namespace, kind: str) -> int:
@@ -48,7 +50,7 @@ def _run(args: argparse.Namespace, kind: str) -> int:
     from mtsearch.preflight import check_fps
 
     check_fps(spec, lambda message: err.print(f"warning: {message}", markup=False, highlight=False))
-    command = "ablate" if kind == "grid" else "run"
+    command = "ablate" if kind == ABLATION else "run"
     resume_cmd = _resume_command(command, args, spec.name)
 
     from mtsearch.search import run_search  # heavy: ray, optuna
@@ -117,14 +119,6 @@ def _ranked(progress: Any) -> list[dict[str, Any]]:
     return sorted(scored, key=lambda r: r["score"], reverse=reverse)
 
 
-def _fmt(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
-
-
 def _leaderboard(progress: Any, top: int) -> Table:
     table = Table(title=f"{progress.name}: top {top} by {progress.metric} ({progress.mode})", title_justify="left")
     table.add_column("#", justify="right")
@@ -137,8 +131,8 @@ def _leaderboard(progress: Any, top: int) -> Table:
     for rank, row in enumerate(_ranked(progress)[:top], 1):
         status = row["status"] or "running"
         table.add_row(str(rank), row["trial_id"], Text(status, style=_STATUS_STYLE.get(status, "")),
-                      _fmt(row["score"]), _fmt(row.get("epochs_done")),
-                      *(_fmt(row.get(k) if k != "seed" else row.get("seed")) for k in progress.searched_keys))
+                      fmt_number(row["score"]), fmt_number(row.get("epochs_done")),
+                      *(fmt_number(row.get(k) if k != "seed" else row.get("seed")) for k in progress.searched_keys))
     return table
 
 
@@ -182,12 +176,12 @@ def _log_changes(progress: Any, seen: dict[str, tuple[Any, Any]], console: Conso
         if seen.get(row["trial_id"]) == key:
             continue
         seen[row["trial_id"]] = key
-        params = ", ".join(f"{k}={_fmt(row.get(k))}" for k in progress.searched_keys)
+        params = ", ".join(f"{k}={fmt_number(row.get(k))}" for k in progress.searched_keys)
         epochs = row.get("epochs_done") or 0
         what = "started" if row["status"] == "running" and not epochs else f"{row['status']} epoch {epochs}"
         console.print(
             f"[{finished}/{progress.total}] trial {row['trial_id']} {what}"
-            f" best {progress.metric}={_fmt(row.get('score'))}"
+            f" best {progress.metric}={fmt_number(row.get('score'))}"
             + (f" error: {row['error']}" if row.get("error") else "") + f" ({params})",
             markup=False, highlight=False, soft_wrap=True,
         )

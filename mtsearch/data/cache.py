@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from mtsearch.errors import VideoReadError
-from mtsearch.yamlio import atomic_output, write_atomic
+from mtsearch.files import atomic_output, write_atomic
 
 # Bump when read_video's output for the same file and settings changes (resampling, scaler).
 FORMAT_VERSION = 1

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from mtsearch.errors import InvalidInput
-from mtsearch.yamlio import current_umask
+from mtsearch.files import current_umask
 
 try:
     import fcntl
