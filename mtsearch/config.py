@@ -205,18 +205,27 @@ def load_config(path: str | Path) -> TrialConfig:
     return TrialConfig.from_mapping(data, path)
 
 
-def flatten_keys(data: Mapping[str, Any], source: str | Path, prefix: str = "") -> dict[str, Any]:
-    """Nested mappings and dotted keys -> {dotted key: value}; a key given twice is an error."""
+def flatten_keys(
+    data: Mapping[str, Any],
+    source: str | Path,
+    prefix: str = "",
+    is_value: Callable[[Any], bool] | None = None,
+) -> dict[str, Any]:
+    """Nested mappings and dotted keys -> {dotted key: value}; a key given twice is an error.
+
+    `is_value` marks mappings that are values, not sections (a space file's `{uniform: [0, 1]}`).
+    """
     flat: dict[str, Any] = {}
     for raw_key, value in data.items():
         if not isinstance(raw_key, str):
             raise InvalidInput(source, prefix + str(raw_key), "keys must be strings", raw_key)
         key = prefix + raw_key
-        if key in _SECTIONS:
+        leaf = is_value is not None and is_value(value)
+        if key in _SECTIONS and not leaf:
             if not isinstance(value, Mapping):
                 raise InvalidInput(source, key, f"expected a mapping of {key}.* keys", value)
-            inner = flatten_keys(value, source, key + ".")
-        elif isinstance(value, Mapping) and key not in _FIELDS:
+            inner = flatten_keys(value, source, key + ".", is_value)
+        elif isinstance(value, Mapping) and key not in _FIELDS and not leaf:
             hint = did_you_mean(key, list(_FIELDS) + list(_SECTIONS))
             raise InvalidInput(source, key, "unknown key" + hint)
         else:

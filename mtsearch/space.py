@@ -8,7 +8,6 @@ the key that caused it instead of inside a trial an hour later. Light imports on
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
 import math
 import re
@@ -19,24 +18,27 @@ from typing import Any
 
 from mtsearch.config import (
     TrialConfig,
-    as_float,
     as_int,
-    at_least,
     branches_label,
     column_type,
     config_keys,
     flatten_keys,
-    one_of,
-    positive,
 )
 from mtsearch.errors import InvalidInput, did_you_mean
+from mtsearch.settings import (
+    Resources,
+    SchedulerSettings,
+    SearchSettings,
+    read_max_failures,
+    read_resources,
+    read_scheduler,
+    read_search,
+)
 from mtsearch.store import EPOCH_METRICS
 from mtsearch.yamlio import dump_yaml, read_yaml
 
 # Metrics reported once per epoch by the trainer (SPEC epochs.parquet) that a study may optimise.
 _LOWER_IS_BETTER = frozenset({"loss", "loss_cls", "loss_track", "loss_dir", "epoch_s"})
-ALGORITHMS: tuple[str, ...] = ("tpe", "random", "grid", "cmaes")
-SCHEDULERS: tuple[str, ...] = ("asha", "none")
 SEARCH, ABLATION = "search", "ablation"  # a space file (`run`) and a grid file (`ablate`)
 DISTRIBUTIONS: tuple[str, ...] = ("uniform", "loguniform", "int", "logint", "choice", "grid")
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
@@ -59,27 +61,6 @@ class Distribution:
 
     def to_yaml(self) -> dict[str, list[Any]]:
         return {self.kind: list(self.values)}
-
-
-@dataclass(frozen=True)
-class SearchSettings:
-    algorithm: str = "tpe"
-    num_samples: int = 16
-    max_concurrent: int = 2
-    seed: int = 0
-
-
-@dataclass(frozen=True)
-class SchedulerSettings:
-    type: str = "asha"
-    grace_period: int = 1
-    reduction_factor: float = 3.0
-
-
-@dataclass(frozen=True)
-class Resources:
-    cpus_per_trial: float = 1.0
-    gpus_per_trial: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -284,11 +265,11 @@ def space_from_mapping(
     if mode not in ("min", "max"):
         raise InvalidInput(source, "mode", "must be min or max", mode)
 
-    search = _search_settings(data.get("search"), source, kind)
+    search = read_search(data.get("search"), source, kind == ABLATION)
     default_sched = "asha" if kind == SEARCH and search.algorithm != "grid" else "none"
-    scheduler = _scheduler_settings(data.get("scheduler"), source, default_sched)
-    resources = _resources(data.get("resources"), source)
-    max_failures = _failure(data.get("failure"), source)
+    scheduler = read_scheduler(data.get("scheduler"), source, default_sched)
+    resources = read_resources(data.get("resources"), source)
+    max_failures = read_max_failures(data.get("failure"), source)
 
     repeats = 1
     if kind == ABLATION:
@@ -337,85 +318,6 @@ def _check_name(name: Any, key: str, source: str | None) -> str:
     return name
 
 
-def _section(raw: Any, key: str, source: str, allowed: tuple[str, ...]) -> dict[str, Any]:
-    if raw is None:
-        return {}
-    if not isinstance(raw, Mapping):
-        raise InvalidInput(source, key, "expected a mapping", raw)
-    for sub in raw:
-        if sub not in allowed:
-            raise InvalidInput(source, f"{key}.{sub}", "unknown key" + did_you_mean(str(sub), allowed))
-    return dict(raw)
-
-
-@dataclass(frozen=True)
-class SettingField:
-    """One key of a space file's settings sections: default, coercion, check (as config keys)."""
-
-    default: Any
-    coerce: Callable[[Any], Any]
-    check: Callable[[Any], str | None] | None = None
-
-
-def _more_than_one(v: float) -> str | None:
-    return None if v > 1 else "must be > 1"
-
-
-def _gpu_share(v: float) -> str | None:
-    if v < 0:
-        return "must be >= 0"
-    if v > 1 and not v.is_integer():
-        return "fractions are for sharing one GPU: use a value <= 1 or a whole number"
-    return None
-
-
-def _text(value: Any) -> str:
-    if not isinstance(value, str):
-        raise ValueError("expected a string")
-    return value
-
-
-SETTINGS: dict[str, dict[str, SettingField]] = {
-    "search": {
-        "algorithm": SettingField("tpe", _text, one_of(ALGORITHMS)),
-        "num_samples": SettingField(16, as_int, at_least(1)),
-        "max_concurrent": SettingField(2, as_int, at_least(1)),
-        "seed": SettingField(0, as_int, at_least(0)),
-    },
-    "scheduler": {
-        "type": SettingField("asha", _text, one_of(SCHEDULERS)),
-        "grace_period": SettingField(1, as_int, at_least(1)),
-        "reduction_factor": SettingField(3.0, as_float, _more_than_one),
-    },
-    "resources": {
-        "cpus_per_trial": SettingField(1.0, as_float, positive),
-        "gpus_per_trial": SettingField(0.0, as_float, _gpu_share),
-    },
-    "failure": {"max_failures": SettingField(0, as_int, at_least(0))},
-}
-
-
-def _settings(
-    raw: Any, section: str, source: str, allowed: tuple[str, ...] | None = None, **defaults: Any
-) -> dict[str, Any]:
-    """A settings section read through SETTINGS: unknown keys, coercion and checks name the key."""
-    fields = SETTINGS[section]
-    sec = _section(raw, section, source, allowed or tuple(fields))
-    values: dict[str, Any] = {}
-    for name, spec in fields.items():
-        key = f"{section}.{name}"
-        raw_value = sec.get(name, defaults.get(name, spec.default))
-        try:
-            value = spec.coerce(raw_value)
-        except ValueError as exc:
-            raise InvalidInput(source, key, str(exc), raw_value) from None
-        problem = spec.check(value) if spec.check else None
-        if problem:
-            raise InvalidInput(source, key, problem, raw_value)
-        values[name] = value
-    return values
-
-
 def _repeats(value: Any, source: str) -> int:
     try:
         repeats = as_int(value)
@@ -424,27 +326,6 @@ def _repeats(value: Any, source: str) -> int:
     if repeats < 1:
         raise InvalidInput(source, "repeats", "must be >= 1", value)
     return repeats
-
-
-def _search_settings(raw: Any, source: str, kind: str) -> SearchSettings:
-    allowed = ("max_concurrent",) if kind == ABLATION else None
-    values = _settings(raw, "search", source, allowed, algorithm="grid" if kind == ABLATION else "tpe")
-    if values["algorithm"] == "cmaes" and importlib.util.find_spec("cmaes") is None:
-        raise InvalidInput(source, "search.algorithm",
-                           "cmaes needs the `cmaes` package (pip install cmaes)", "cmaes")
-    return SearchSettings(**values)
-
-
-def _scheduler_settings(raw: Any, source: str, default_type: str) -> SchedulerSettings:
-    return SchedulerSettings(**_settings(raw, "scheduler", source, type=default_type))
-
-
-def _resources(raw: Any, source: str) -> Resources:
-    return Resources(**_settings(raw, "resources", source))
-
-
-def _failure(raw: Any, source: str) -> int:
-    return int(_settings(raw, "failure", source)["max_failures"])
 
 
 def _check_key(key: Any, section: str, source: str) -> str:
@@ -461,7 +342,7 @@ def _space_section(raw: Any, source: str, algorithm: str) -> dict[str, Distribut
         raise InvalidInput(source, "space", "needs at least one searched key (e.g. loss.w_track: {loguniform: [1, 100]})")
     if not isinstance(raw, Mapping):
         raise InvalidInput(source, "space", "expected a mapping of config key -> distribution", raw)
-    raw = _flatten_space(raw, source)
+    raw = _flatten_space(raw, source, "space")
     space: dict[str, Distribution] = {}
     for key, spec in raw.items():
         key = _check_key(key, "space", source)
@@ -484,20 +365,13 @@ def _space_section(raw: Any, source: str, algorithm: str) -> dict[str, Distribut
     return space
 
 
-def _flatten_space(raw: Mapping[str, Any], source: str, prefix: str = "") -> dict[str, Any]:
-    """Allow nested sections (`loss: {w_track: {...}}`) as well as dotted keys."""
-    out: dict[str, Any] = {}
-    sections = {k.split(".")[0] for k in config_keys() if "." in k}
-    for key, value in raw.items():
-        full = f"{prefix}{key}"
-        if isinstance(key, str) and full in sections and isinstance(value, Mapping) and \
-                not (len(value) == 1 and next(iter(value)) in DISTRIBUTIONS):
-            out.update(_flatten_space(value, source, full + "."))
-        else:
-            if full in out:
-                raise InvalidInput(source, f"space.{full}", "given twice (nested and dotted)")
-            out[full] = value
-    return out
+def _flatten_space(raw: Mapping[str, Any], source: str, section: str) -> dict[str, Any]:
+    """Nested sections (`loss: {w_track: {...}}`) as well as dotted keys, through config's
+    flattener; a one-key mapping naming a distribution is a value, not a section."""
+    def is_distribution(value: Any) -> bool:
+        return isinstance(value, Mapping) and len(value) == 1 and next(iter(value)) in DISTRIBUTIONS
+
+    return _prefixed_call(lambda: flatten_keys(raw, source, is_value=is_distribution), section)
 
 
 def _distribution(key: str, kind: str, args: Any, source: str, dotted: str) -> Distribution:
@@ -544,7 +418,7 @@ def _grid_section(raw: Any, source: str) -> dict[str, Distribution]:
     """`key: [values]` factors; `a.x,b.y: [[1, 2], [3, 4]]` ties keys into one factor (paired levels)."""
     if not isinstance(raw, Mapping) or not raw:
         raise InvalidInput(source, "grid", "needs at least one factor (key: [values])", raw)
-    raw = _flatten_space(raw, source)
+    raw = _flatten_space(raw, source, "grid")
     grid: dict[str, Distribution] = {}
     seen: set[str] = set()
     for factor, values in raw.items():
@@ -659,7 +533,8 @@ def _prefixed(flat: dict[str, Any], section: str, source: str) -> dict[str, Any]
     return flat
 
 
-def _prefixed_call(build: Any, section: str) -> TrialConfig:
+def _prefixed_call(build: Callable[[], Any], section: str) -> Any:
+    """Run `build`, naming the section in any InvalidInput it raises (`base.optim.lr`)."""
     try:
         return build()
     except InvalidInput as exc:

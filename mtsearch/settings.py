@@ -1,0 +1,139 @@
+"""How a study runs: the `search`, `scheduler`, `resources` and `failure` sections of a space file.
+
+Each section is a table of keys (default, coercion, check), read the way trial config keys are
+(`mtsearch.config`'s coercions and checks), so an error names the file and the dotted key.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from mtsearch.config import as_float, as_int, at_least, one_of, positive
+from mtsearch.errors import InvalidInput, did_you_mean
+
+ALGORITHMS: tuple[str, ...] = ("tpe", "random", "grid", "cmaes")
+SCHEDULERS: tuple[str, ...] = ("asha", "none")
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    algorithm: str = "tpe"
+    num_samples: int = 16
+    max_concurrent: int = 2
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class SchedulerSettings:
+    type: str = "asha"
+    grace_period: int = 1
+    reduction_factor: float = 3.0
+
+
+@dataclass(frozen=True)
+class Resources:
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+
+
+def _section(raw: Any, key: str, source: str, allowed: tuple[str, ...]) -> dict[str, Any]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping):
+        raise InvalidInput(source, key, "expected a mapping", raw)
+    for sub in raw:
+        if sub not in allowed:
+            raise InvalidInput(source, f"{key}.{sub}", "unknown key" + did_you_mean(str(sub), allowed))
+    return dict(raw)
+
+
+@dataclass(frozen=True)
+class SettingField:
+    """One key of a space file's settings sections: default, coercion, check (as config keys)."""
+
+    default: Any
+    coerce: Callable[[Any], Any]
+    check: Callable[[Any], str | None] | None = None
+
+
+def _more_than_one(v: float) -> str | None:
+    return None if v > 1 else "must be > 1"
+
+
+def _gpu_share(v: float) -> str | None:
+    if v < 0:
+        return "must be >= 0"
+    if v > 1 and not v.is_integer():
+        return "fractions are for sharing one GPU: use a value <= 1 or a whole number"
+    return None
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError("expected a string")
+    return value
+
+
+SETTINGS: dict[str, dict[str, SettingField]] = {
+    "search": {
+        "algorithm": SettingField("tpe", _text, one_of(ALGORITHMS)),
+        "num_samples": SettingField(16, as_int, at_least(1)),
+        "max_concurrent": SettingField(2, as_int, at_least(1)),
+        "seed": SettingField(0, as_int, at_least(0)),
+    },
+    "scheduler": {
+        "type": SettingField("asha", _text, one_of(SCHEDULERS)),
+        "grace_period": SettingField(1, as_int, at_least(1)),
+        "reduction_factor": SettingField(3.0, as_float, _more_than_one),
+    },
+    "resources": {
+        "cpus_per_trial": SettingField(1.0, as_float, positive),
+        "gpus_per_trial": SettingField(0.0, as_float, _gpu_share),
+    },
+    "failure": {"max_failures": SettingField(0, as_int, at_least(0))},
+}
+
+
+def _settings(
+    raw: Any, section: str, source: str, allowed: tuple[str, ...] | None = None, **defaults: Any
+) -> dict[str, Any]:
+    """A settings section read through SETTINGS: unknown keys, coercion and checks name the key."""
+    fields = SETTINGS[section]
+    sec = _section(raw, section, source, allowed or tuple(fields))
+    values: dict[str, Any] = {}
+    for name, spec in fields.items():
+        key = f"{section}.{name}"
+        raw_value = sec.get(name, defaults.get(name, spec.default))
+        try:
+            value = spec.coerce(raw_value)
+        except ValueError as exc:
+            raise InvalidInput(source, key, str(exc), raw_value) from None
+        problem = spec.check(value) if spec.check else None
+        if problem:
+            raise InvalidInput(source, key, problem, raw_value)
+        values[name] = value
+    return values
+
+
+def read_search(raw: Any, source: str, ablation: bool) -> SearchSettings:
+    allowed = ("max_concurrent",) if ablation else None  # a grid file enumerates its trials
+    values = _settings(raw, "search", source, allowed, algorithm="grid" if ablation else "tpe")
+    if values["algorithm"] == "cmaes" and importlib.util.find_spec("cmaes") is None:
+        raise InvalidInput(source, "search.algorithm",
+                           "cmaes needs the `cmaes` package (pip install cmaes)", "cmaes")
+    return SearchSettings(**values)
+
+
+def read_scheduler(raw: Any, source: str, default_type: str) -> SchedulerSettings:
+    return SchedulerSettings(**_settings(raw, "scheduler", source, type=default_type))
+
+
+def read_resources(raw: Any, source: str) -> Resources:
+    return Resources(**_settings(raw, "resources", source))
+
+
+def read_max_failures(raw: Any, source: str) -> int:
+    return int(_settings(raw, "failure", source)["max_failures"])
