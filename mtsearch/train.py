@@ -386,7 +386,7 @@ def _train_epoch(
     if bad is not None:
         raise Diverged(f"non-finite loss at epoch {epoch}, batch {bad}")
     seconds = time.perf_counter() - start
-    ran = {key for key in _SUMS if key == "loss" or key == "loss_cls" or cfg.has(key[5:])}
+    ran = {key for key in _SUMS if key == "loss" or cfg.has(key.removeprefix("loss_"))}
     stats: dict[str, float | None] = {
         key: (sums[key] / clips if clips and key in ran else None) for key in _SUMS
     }
