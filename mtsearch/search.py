@@ -322,6 +322,8 @@ class StoreCallback(tune.Callback):
             live.store.upsert_trial(trial.trial_id, status="diverged", error=_last_line(result.get("fit_error")))
         elif "epoch" in result and "loss" in result:
             live.store.add_epoch(trial.trial_id, result)
+            live.store.upsert_trial(trial.trial_id, peak_mem_gib=result.get("peak_mem_gib"),
+                                    device=result.get("device"))
         _touch_wall(live, trial.trial_id)
         _publish(live)
 
@@ -368,6 +370,7 @@ def _record_start(live: _Live, trial: Any) -> None:
     if live.spec.is_ablation:
         values["cell"] = live.spec.cell_of(trial.config)
     values["seed"] = cfg.seed  # also a searched key in grids with repeats
+    values["gpu_share"] = live.spec.resources.gpus_per_trial
     live.store.upsert_trial(trial.trial_id, config=cfg.resolved().to_dict(), **values)
     row = live.store.trials[trial.trial_id]
     if row["epochs_done"] is None:

@@ -29,6 +29,8 @@ EPOCH_METRICS: tuple[str, ...] = (  # what the trainer reports each epoch (SPEC 
     "dir_acc", "lr", "epoch_s", "clips_per_s", "data_wait",
 )
 EPOCH_COLUMNS: tuple[str, ...] = ("epoch", *EPOCH_METRICS)
+# what a trial ran on (issue 10): the trainer reports peak memory and device, the driver the share
+TRIAL_FIGURES: tuple[str, ...] = ("peak_mem_gib", "gpu_share", "device")
 _ARROW_TYPES = {"float": "float64", "int": "int64", "string": "string", "bool": "bool"}
 
 
@@ -53,7 +55,8 @@ class StudyStore:
         if self.with_cell:
             cols.append("cell")
         cols += [k for k in self.param_types if k != "seed"]
-        cols += ["seed", "epochs_done", "best_epoch", "best_val_hit1", "best_val_hit5", "wall_s", "config"]
+        cols += ["seed", "epochs_done", "best_epoch", "best_val_hit1", "best_val_hit5", "wall_s",
+                 *TRIAL_FIGURES, "config"]
         return cols
 
     def _trial_schema(self) -> Any:
@@ -63,6 +66,7 @@ class StudyStore:
             "trial_id": pa.string(), "status": pa.string(), "error": pa.string(), "cell": pa.string(),
             "seed": pa.int64(), "epochs_done": pa.int64(), "best_epoch": pa.int64(),
             "best_val_hit1": pa.float64(), "best_val_hit5": pa.float64(), "wall_s": pa.float64(),
+            "peak_mem_gib": pa.float64(), "gpu_share": pa.float64(), "device": pa.string(),
             "config": pa.string(),
         }
         for key, kind in self.param_types.items():

@@ -144,6 +144,7 @@ def fit(
         }
         metrics = {key: metrics.get(key) for key in EPOCH_COLUMNS}
         history.append(metrics)
+        metrics = {**metrics, "peak_mem_gib": peak_memory_gib(device), "device": device_label(device)}
         if ckpt_dir is not None:
             _save_checkpoint(ckpt_dir, cfg, epoch, model, optimizer, scheduler, history)
         if on_epoch is not None and on_epoch(metrics, ckpt_dir) is False:
@@ -160,6 +161,23 @@ def fit(
         error=error,
         history=history,
     )
+
+
+def device_label(device: torch.device) -> str:
+    """`cpu` or `cuda:0 NVIDIA H200`: what a trial ran on, for trials.parquet."""
+    if device.type != "cuda":
+        return device.type
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return f"cuda:{index} {torch.cuda.get_device_name(index)}"
+
+
+def peak_memory_gib(device: torch.device) -> float:
+    """Peak GPU memory allocated by this process on CUDA, else the process's peak RSS, in GiB."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
 
 def load_clips(cfg: TrialConfig, warn: Callable[[str], None]) -> tuple[Any, Any, int]:
@@ -184,11 +202,20 @@ def load_clips(cfg: TrialConfig, warn: Callable[[str], None]) -> tuple[Any, Any,
     return train_set, test_set, len(index.classes)
 
 
+MAX_WORKERS = 8  # loader workers a GPU trial needs at most (thesis: data_wait 0.05 with 8)
+
+
 def loader_workers(cfg: TrialConfig, device: torch.device) -> int:
-    """DataLoader workers: `data.workers`, else up to 8 on CUDA and none on the CPU."""
+    """DataLoader workers: `data.workers`, else none on the CPU (the step is the bottleneck), and
+    on CUDA one fewer than the CPUs the trial may use (`threads`: a search pins it to
+    `cpus_per_trial`), at most MAX_WORKERS; the main process keeps one CPU.
+    """
     if cfg.data.workers is not None:
         return cfg.data.workers
-    return min(8, os.cpu_count() or 1) if device.type == "cuda" else 0
+    if device.type != "cuda":
+        return 0
+    cpus = cfg.threads if cfg.threads is not None else len(os.sched_getaffinity(0))
+    return max(0, min(MAX_WORKERS, cpus - 1))
 
 
 def make_optimizer(

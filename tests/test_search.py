@@ -33,7 +33,7 @@ from mtsearch.space import space_from_mapping
 
 REPO = Path(__file__).resolve().parents[1]
 SPEC_TRIAL_COLUMNS = {"trial_id", "status", "error", "seed", "epochs_done", "best_epoch", "best_val_hit1",
-                      "best_val_hit5", "wall_s", "config"}
+                      "best_val_hit5", "wall_s", "peak_mem_gib", "gpu_share", "device", "config"}
 SPEC_EPOCH_COLUMNS = ["trial_id", "epoch", "loss", "loss_cls", "loss_track", "loss_dir", "train_hit1", "val_hit1",
                       "val_hit5", "dir_acc", "lr", "epoch_s", "clips_per_s", "data_wait"]
 
@@ -298,6 +298,8 @@ def test_cli_real_trainer_interrupt_and_resume(tmp_path: Path, ray_address: str)
     trials = pq.read_table(tmp_path / "trials" / "tiny" / "trials.parquet").to_pylist()
     assert len(trials) == 2 and all(t["status"] == "completed" for t in trials), trials
     assert all(t["best_val_hit1"] is not None and t["epochs_done"] == 2 for t in trials)
+    # what each trial ran on (issue 10): the real trainer's device and peak RSS, the driver's share
+    assert all(t["device"] == "cpu" and t["peak_mem_gib"] > 0 and t["gpu_share"] == 0 for t in trials)
     epochs = pq.read_table(epochs_path).to_pylist()
     keys = [(r["trial_id"], r["epoch"]) for r in epochs]
     assert len(keys) == len(set(keys)) == 4

@@ -73,7 +73,8 @@ def test_fit_reports_every_epoch_column(small_set: Path, tmp_path: Path):
     assert result.status == "completed" and result.epochs_done == 3
     assert [m["epoch"] for m in seen] == [1, 2, 3]
     for m in seen:
-        assert tuple(m) == EPOCH_COLUMNS
+        assert tuple(m) == (*EPOCH_COLUMNS, "peak_mem_gib", "device")
+        assert m["device"] == "cpu" and 0.05 < m["peak_mem_gib"] < 64  # peak RSS on the CPU
         assert m["loss_track"] is not None and m["loss_dir"] is not None
         assert 0.0 <= m["train_hit1"] <= 1.0 and m["clips_per_s"] > 0
         assert 0.0 <= m["data_wait"] <= 1.0
@@ -303,3 +304,28 @@ def test_a_checkpoint_of_the_3d_trunk_layout_resumes(small_set: Path, tmp_path: 
     assert result.status == "completed"
     assert [h["epoch"] for h in result.history] == [1, 2]
     assert result.history[1]["loss"] is not None and result.history[1]["val_hit1"] is not None
+
+
+@pytest.mark.parametrize(
+    ("overrides", "device", "expected"),
+    [
+        ({"threads": 4}, "cuda", 3),  # a search pins threads to cpus_per_trial: 3 workers + main
+        ({"threads": 1}, "cuda", 0),  # one reserved CPU: the main process loads the data
+        ({"threads": 32}, "cuda", 8),  # never more than MAX_WORKERS
+        ({"threads": 4}, "cpu", 0),  # on the CPU the step is the bottleneck, not the loader
+        ({"threads": 4, "data.workers": 6}, "cuda", 6),  # an explicit setting wins
+    ],
+)
+def test_loader_workers_follow_the_trials_cpus(overrides: dict, device: str, expected: int):
+    from mtsearch.train import loader_workers
+
+    cfg = TrialConfig.from_mapping(overrides).resolved()
+    assert loader_workers(cfg, torch.device(device)) == expected
+
+
+def test_a_search_trial_gets_threads_from_cpus_per_trial():
+    from mtsearch.space import space_from_mapping
+
+    spec = space_from_mapping({"resources": {"cpus_per_trial": 3},
+                               "space": {"loss.w_dir": {"uniform": [0, 1]}}}, "s.yaml", "search")
+    assert spec.trial_config({"loss.w_dir": 0.5}).threads == 3
