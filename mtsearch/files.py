@@ -54,3 +54,23 @@ def write_atomic(path: str | Path, data: bytes | str) -> None:
     payload = data.encode("utf-8") if isinstance(data, str) else data
     with atomic_output(path) as tmp:
         tmp.write_bytes(payload)
+
+
+def disk_usage(path: str | Path) -> int:
+    """Bytes of the regular files under `path` (what a study costs on disk)."""
+    total = 0
+    for root, _, names in os.walk(path):
+        for name in names:
+            try:
+                total += os.lstat(os.path.join(root, name)).st_size
+            except OSError:  # removed while walking
+                pass
+    return total
+
+
+def human_bytes(size: float) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if size < 1000:
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{size:.1f} TB"

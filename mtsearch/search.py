@@ -35,7 +35,7 @@ from mtsearch.config import TrialConfig
 from mtsearch.errors import InvalidInput
 from mtsearch.files import write_atomic
 from mtsearch.space import SpaceSpec, expand_params, load_study_space
-from mtsearch.store import StudyStore
+from mtsearch.store import StudyStore, is_ranked
 
 NOTES = "trainer_notes"  # report key carrying the trainer's log lines to the driver
 OBJECTIVE = "objective"  # the key Tune, ASHA and Optuna optimise: the space's metric, carried forward
@@ -338,6 +338,7 @@ class StoreCallback(tune.Callback):
             row["status"] = "completed" if done >= planned else "pruned"
             row["error"] = None
         _touch_wall(live, trial.trial_id, end=True)
+        _retain_checkpoints(live)
         _publish(live)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -348,6 +349,7 @@ class StoreCallback(tune.Callback):
         live.store.upsert_trial(trial.trial_id, status="error",
                                    error=_last_line(error) or "failed (no error text)")
         _touch_wall(live, trial.trial_id, end=True)
+        _retain_checkpoints(live)
         _publish(live)
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -376,6 +378,23 @@ def _record_start(live: _Live, trial: Any) -> None:
     if row["epochs_done"] is None:
         row["epochs_done"] = 0
     live.segment_start[trial.trial_id] = time.time()
+
+
+def _retain_checkpoints(live: _Live) -> None:
+    """Bounded disk (`storage.keep_checkpoints`): of the finished trials, only the best K completed
+    ones keep their checkpoints; pruned and failed ones keep none. Running and interrupted trials
+    keep theirs (Tune keeps one each), so `--resume` always finds what it needs."""
+    finished = {tid: row for tid, row in live.store.trials.items()
+                if row["status"] not in (None, "running")}
+    scores = {tid: _score(live.spec, live.store, tid) for tid in finished}
+    ranked = [tid for tid, row in finished.items()
+              if row["status"] == "completed" and is_ranked(row["status"], scores[tid])]
+    ranked.sort(key=lambda tid: scores[tid], reverse=live.spec.mode == "max")
+    kept = set(ranked[: live.spec.keep_checkpoints])
+    for tid in finished:
+        if tid not in kept:
+            for folder in (live.store.study_dir / TUNE_DIR / tid).glob("checkpoint_*"):
+                shutil.rmtree(folder, ignore_errors=True)
 
 
 def _show_notes(live: _Live, trial_id: str, notes: Any) -> None:
@@ -577,6 +596,7 @@ def _finish(live: _Live, study_dir: Path) -> SearchOutcome:
         if orphans:
             live.store.forget(orphans)
         _fail_stale_optuna_trials(live.spec, study_dir)
+    _retain_checkpoints(live)
     live.store.flush()
     _drop_work_dirs(study_dir, live.store)
     return SearchOutcome(study_dir=study_dir, interrupted=interrupted, progress=_snapshot(live))

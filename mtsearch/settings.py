@@ -94,6 +94,8 @@ SETTINGS: dict[str, dict[str, SettingField]] = {
         "gpus_per_trial": SettingField(0.0, as_float, _gpu_share),
     },
     "failure": {"max_failures": SettingField(0, as_int, at_least(0))},
+    # the checkpoints of the best K finished trials are kept; others' are deleted (issue 10)
+    "storage": {"keep_checkpoints": SettingField(3, as_int, at_least(0))},
 }
 
 
@@ -137,3 +139,7 @@ def read_resources(raw: Any, source: str) -> Resources:
 
 def read_max_failures(raw: Any, source: str) -> int:
     return int(_settings(raw, "failure", source)["max_failures"])
+
+
+def read_keep_checkpoints(raw: Any, source: str) -> int:
+    return int(_settings(raw, "storage", source)["keep_checkpoints"])

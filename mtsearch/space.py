@@ -29,6 +29,7 @@ from mtsearch.settings import (
     Resources,
     SchedulerSettings,
     SearchSettings,
+    read_keep_checkpoints,
     read_max_failures,
     read_resources,
     read_scheduler,
@@ -43,8 +44,9 @@ SEARCH, ABLATION = "search", "ablation"  # a space file (`run`) and a grid file 
 DISTRIBUTIONS: tuple[str, ...] = ("uniform", "loguniform", "int", "logint", "choice", "grid")
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
-_SEARCH_TOP = ("name", "base", "metric", "mode", "search", "scheduler", "resources", "failure", "space")
-_GRID_TOP = ("name", "base", "metric", "mode", "search", "scheduler", "resources", "failure",
+_SEARCH_TOP = ("name", "base", "metric", "mode", "search", "scheduler", "resources", "failure", "storage",
+               "space")
+_GRID_TOP = ("name", "base", "metric", "mode", "search", "scheduler", "resources", "failure", "storage",
              "grid", "repeats", "reference")
 
 
@@ -81,6 +83,7 @@ class SpaceSpec:
     space: dict[str, Distribution] = field(default_factory=dict)
     repeats: int = 1
     reference: dict[str, Any] | None = None
+    keep_checkpoints: int = 3  # storage.keep_checkpoints: finished trials whose checkpoints stay
 
     # ---- derived --------------------------------------------------------------------------------
     @property
@@ -198,6 +201,7 @@ class SpaceSpec:
                 "gpus_per_trial": self.resources.gpus_per_trial,
             },
             "failure": {"max_failures": self.max_failures},
+            "storage": {"keep_checkpoints": self.keep_checkpoints},
         }
         if self.is_ablation:
             del out["search"]["algorithm"], out["search"]["seed"], out["search"]["num_samples"]
@@ -216,6 +220,7 @@ class SpaceSpec:
         """What must not change between a study's start and its resume."""
         data = self.to_dict()
         data["search"] = {k: v for k, v in data["search"].items() if k != "max_concurrent"}
+        del data["storage"]  # retention changes no result: a resume may change it
         return data
 
 
@@ -270,6 +275,7 @@ def space_from_mapping(
     scheduler = read_scheduler(data.get("scheduler"), source, default_sched)
     resources = read_resources(data.get("resources"), source)
     max_failures = read_max_failures(data.get("failure"), source)
+    keep_checkpoints = read_keep_checkpoints(data.get("storage"), source)
 
     repeats = 1
     if kind == ABLATION:
@@ -284,7 +290,7 @@ def space_from_mapping(
     spec = SpaceSpec(
         kind=kind, name=name, source=source, base=base, base_overrides=base_overrides,
         metric=metric, mode=mode, search=search, scheduler=scheduler, resources=resources,
-        max_failures=max_failures, space=space, repeats=repeats,
+        max_failures=max_failures, space=space, repeats=repeats, keep_checkpoints=keep_checkpoints,
     )
     if kind == ABLATION and data.get("reference") is not None:
         spec = replace(spec, reference=_reference(data["reference"], spec))

@@ -141,6 +141,7 @@ def test_asha_prunes_and_optuna_hears_pruned(tmp_path: Path, ray_address: str) -
     spec = _spec({"name": "asha", "base": {"optim.epochs": 4, "eval.every": 1},
                   "search": {"algorithm": "tpe", "num_samples": 8, "max_concurrent": 2, "seed": 1},
                   "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 2},
+                  "storage": {"keep_checkpoints": 1},
                   "space": {"loss.w_track": {"loguniform": [1, 400]}}})
     outcome = run_search(spec, tmp_path / "trials", address=ray_address, trainable_fn=make_fit(logs, 0.15))
     assert not outcome.interrupted
@@ -148,6 +149,10 @@ def test_asha_prunes_and_optuna_hears_pruned(tmp_path: Path, ray_address: str) -
     statuses = [r["status"] for r in rows]
     assert len(rows) == 8 and statuses.count("pruned") >= 1 and statuses.count("completed") >= 1
     assert all(r["epochs_done"] < 4 for r in rows if r["status"] == "pruned")
+    # bounded disk: only the best completed trial keeps a checkpoint
+    with_checkpoint = {p.parent.name for p in (outcome.study_dir / "tune").glob("*/checkpoint_*")}
+    best = max((r for r in rows if r["status"] == "completed"), key=lambda r: r["best_val_hit1"])
+    assert with_checkpoint == {best["trial_id"]}
     assert all(r["epochs_done"] == 4 for r in rows if r["status"] == "completed")
     study = optuna.load_study(study_name="asha", storage=f"sqlite:///{outcome.study_dir / 'optuna.db'}")
     states = [t.state.name for t in study.trials]
@@ -210,7 +215,8 @@ from mtsearch.search import run_search
 from mtsearch.space import space_from_mapping
 spec = space_from_mapping({{"name": "resume", "base": {{"optim.epochs": 5}},
     "search": {{"algorithm": "tpe", "num_samples": 6, "max_concurrent": 2}},
-    "scheduler": {{"type": "none"}}, "space": {{"loss.w_track": {{"uniform": [1, 40]}}}}}}, "resume.yaml")
+    "scheduler": {{"type": "none"}}, "storage": {{"keep_checkpoints": 2}},
+    "space": {{"loss.w_track": {{"uniform": [1, 40]}}}}}}, "resume.yaml")
 import ray.cloudpickle
 ray.cloudpickle.register_pickle_by_value(sys.modules["test_search"])
 out = run_search(spec, {trials!r}, resume="--resume" in sys.argv, address={address!r},
@@ -255,6 +261,8 @@ def test_resume_after_kill_9(tmp_path: Path, ray_address: str) -> None:
     assert len(keys) == len(set(keys)) == 6 * 5 and len(epochs) >= before
     assert not list((tmp_path / "trials" / "resume" / "tune").glob("*/work"))  # working copies freed
     assert any(r["start_epoch"] > 1 for r in records(logs)), "no trial continued from its checkpoint"
+    kept = {p.parent.name for p in (tmp_path / "trials" / "resume" / "tune").glob("*/checkpoint_*")}
+    assert len(kept) == 2  # storage.keep_checkpoints, applied across the kill and the resume
     study = optuna.load_study(study_name="resume", storage=f"sqlite:///{tmp_path / 'trials/resume/optuna.db'}")
     assert not [t for t in study.trials if t.state.name == "RUNNING"]
 

@@ -44,6 +44,8 @@ BAD_SPACES = [
     ("serach: {num_samples: 4}\nspace: {loss.w_dir: {uniform: [0, 1]}}", "serach: unknown key; did you mean 'search'?"),
     ("search: {algorithm: bayes}\nspace: {loss.w_dir: {uniform: [0, 1]}}", "search.algorithm: must be one of"),
     ("search: {num_samples: 0}\nspace: {loss.w_dir: {uniform: [0, 1]}}", "search.num_samples: must be >= 1 (got 0)"),
+    ("storage: {keep_checkpoints: -1}\nspace: {loss.w_dir: {uniform: [0, 1]}}",
+     "storage.keep_checkpoints: must be >= 0 (got -1)"),
     ("scheduler: {type: asha, reduction_factor: 1}\nspace: {loss.w_dir: {uniform: [0, 1]}}",
      "scheduler.reduction_factor: must be > 1"),
     ("base: {optim.epochs: 2}\nscheduler: {grace_period: 5}\nspace: {loss.w_dir: {uniform: [0, 1]}}",

@@ -22,6 +22,7 @@ from rich.text import Text
 
 from mtsearch.cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
 from mtsearch.errors import InvalidInput
+from mtsearch.files import disk_usage, human_bytes
 from mtsearch.report import fmt_number
 from mtsearch.space import ABLATION, SEARCH
 from mtsearch.store import is_ranked
@@ -84,6 +85,9 @@ def _run(args: argparse.Namespace, kind: str) -> int:
         return EXIT_INTERRUPTED
     console.print(f"results: {outcome.study_dir} (trials.parquet, epochs.parquet, space.yaml"
                   + (", optuna.db)" if not spec.is_grid else ")"), markup=False, highlight=False)
+    console.print(f"disk: {human_bytes(disk_usage(outcome.study_dir))} in {outcome.study_dir} "
+                  f"(checkpoints of the best {spec.keep_checkpoints} trials kept)",
+                  markup=False, highlight=False)
     finished = [r for r in progress.rows if r["status"] in ("completed", "pruned")]
     if progress.rows and not finished:
         err.print("error: every trial failed; see the error column in trials.parquet", markup=False)
