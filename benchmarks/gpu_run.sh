@@ -32,4 +32,6 @@ step thesis_trial timeout 150 python3 benchmarks/thesis_trial.py --data /tmp/syn
 step thesis_trial_eager timeout 110 python3 benchmarks/thesis_trial.py --data /tmp/synth --eager
 step train_step_b32 timeout 100 python3 benchmarks/train_step.py --presets tiny,small \
   --batch-size 32 --masks "cls cls+track+dir" --cuda-graph --loop-masks "" --steps 10
-grep -h "branches_cost\|thesis_trial_minutes\|end_to_end_vs_step\|gpu_check:" "$OUT"/*.txt
+# issue 10: trials per GPU (about 5 minutes more; run it alone if the lease is short)
+[ "${PACKING:-0}" = 1 ] && step packing timeout 420 python3 benchmarks/packing.py --data /tmp/synth
+grep -h "packing_gain\|branches_cost\|thesis_trial_minutes\|end_to_end_vs_step\|gpu_check:" "$OUT"/*.txt
