@@ -11,14 +11,13 @@ from typing import Any
 from mtsearch.cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
 from mtsearch.config import load_config
 from mtsearch.errors import InvalidInput
+from mtsearch.report import fmt_number
 
 
 def _fmt(value: Any, pct: bool = False) -> str:
-    if value is None:
-        return "-"
-    if pct:
-        return f"{100 * value:.1f}%"
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
+    """The report's one number formatter; fractions as percent points with a % sign."""
+    text = fmt_number(value, 100.0 if pct else 1.0)
+    return text + "%" if pct and value is not None else text
 
 
 def _resumed_history(out: Path) -> list[dict[str, Any]]:
