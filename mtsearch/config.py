@@ -19,6 +19,10 @@ from mtsearch.errors import InvalidInput, did_you_mean
 from mtsearch.yamlio import dump_yaml, read_yaml
 
 BRANCHES: tuple[str, ...] = ("cls", "track", "dir")
+# keys whose default (None) the preset decides: `resolved()` writes them out
+DERIVED_KEYS: tuple[str, ...] = (
+    "data.crop", "track.patch", "data.short_side", "eval.batch_size", "optim.lr"
+)
 DATASETS: tuple[str, ...] = ("synthetic", "hmdb51", "ucf101", "list")
 
 
@@ -170,10 +174,21 @@ class TrialConfig:
 
     def resolved(self) -> TrialConfig:
         """Preset-dependent defaults written out, so the config runs the same anywhere."""
-        return self.with_overrides({
-            "data.crop": self.crop, "track.patch": self.patch, "data.short_side": self.short_side,
-            "eval.batch_size": self.eval_batch_size, "optim.lr": self.lr,
-        })
+        values = {"data.crop": self.crop, "track.patch": self.patch,
+                  "data.short_side": self.short_side, "eval.batch_size": self.eval_batch_size,
+                  "optim.lr": self.lr}
+        assert set(values) == set(DERIVED_KEYS)
+        return self.with_overrides(values)
+
+    def adopting(self, recorded: TrialConfig) -> TrialConfig:
+        """Keys left to the preset (DERIVED_KEYS unset) take a recorded run's values.
+
+        A run or study resumed under a newer version keeps the defaults it started with (the
+        `tiny` learning rate changed in issue 9), instead of being refused as changed.
+        """
+        mine, theirs = self.to_flat(), recorded.to_flat()
+        kept = {k: theirs[k] for k in DERIVED_KEYS if mine[k] is None and theirs[k] is not None}
+        return self.with_overrides(kept) if kept else self
 
     # ---- output -------------------------------------------------------------------------------
     def to_flat(self) -> dict[str, Any]:

@@ -21,7 +21,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -118,8 +118,14 @@ def study_dir_for(spec: SpaceSpec, trials_dir: str | Path) -> Path:
     return Path(trials_dir) / spec.name
 
 
-def _open_study(spec: SpaceSpec, trials_dir: Path, resume: bool) -> tuple[Path, int, bool]:
-    """Create or reopen `trials/<name>/` and hold its lock; refuse a study in use or a clobber."""
+def _open_study(
+    spec: SpaceSpec, trials_dir: Path, resume: bool
+) -> tuple[SpaceSpec, Path, int, bool]:
+    """Create or reopen `trials/<name>/` and hold its lock; refuse a study in use or a clobber.
+
+    A resumed study keeps the preset-decided values its space.yaml recorded (`adopting`), so a
+    newer version's defaults never change a study half way.
+    """
     study_dir = study_dir_for(spec, trials_dir)
     existed = study_dir.exists() and any(study_dir.iterdir())
     study_dir.mkdir(parents=True, exist_ok=True)
@@ -137,6 +143,7 @@ def _open_study(spec: SpaceSpec, trials_dir: Path, resume: bool) -> tuple[Path, 
                                "or pick a new --name")
         if existed and (study_dir / SPACE_FILE).exists():
             saved = load_study_space(study_dir)
+            spec = replace(spec, base=spec.base.adopting(saved.base))
             if saved.identity() != spec.identity():
                 changed = [k for k in spec.identity() if saved.identity().get(k) != spec.identity().get(k)]
                 raise InvalidInput(spec.source, ", ".join(changed) or None,
@@ -147,7 +154,7 @@ def _open_study(spec: SpaceSpec, trials_dir: Path, resume: bool) -> tuple[Path, 
     except BaseException:
         os.close(fd)
         raise
-    return study_dir, fd, not existed
+    return spec, study_dir, fd, not existed
 
 
 def _release(fd: int) -> None:
@@ -485,7 +492,7 @@ def run_search(
     """
     say = log or (lambda msg: None)
     spec = _absolute_paths(spec)
-    study_dir, lock_fd, created = _open_study(spec, Path(trials_dir).resolve(), resume)
+    spec, study_dir, lock_fd, created = _open_study(spec, Path(trials_dir).resolve(), resume)
     started_ray = False
     key = str(study_dir)
     try:
@@ -622,8 +629,6 @@ def _check_resources(spec: SpaceSpec) -> None:
 
 def _absolute_paths(spec: SpaceSpec) -> SpaceSpec:
     """Trials run in Ray workers with another working folder: make file paths absolute."""
-    from dataclasses import replace
-
     overrides = {}
     for key in ("data.root", "data.cache_dir"):
         value = spec.base.to_flat()[key]

@@ -90,6 +90,9 @@ def fit(
 
     say = log or (lambda msg: None)
     warn = warn or say
+    ckpt_file = Path(out_dir) / "checkpoint" / CHECKPOINT_FILE if out_dir is not None else None
+    if resume and ckpt_file is not None and ckpt_file.exists():
+        cfg = cfg.adopting(TrialConfig.from_mapping(_read_checkpoint(ckpt_file)["config"], ckpt_file))
     cfg = cfg.resolved()
     device = pick_device(cfg.device)
     configure_torch(device, cfg.threads)
@@ -571,13 +574,15 @@ def _load_optimizer_state(optimizer: torch.optim.Optimizer, saved: dict[str, Any
 def checkpoint_history(ckpt_dir: str | Path) -> list[dict[str, Any]]:
     """The per-epoch metrics saved in a checkpoint folder ([] when there is none)."""
     path = Path(ckpt_dir) / CHECKPOINT_FILE
-    if not path.exists():
-        return []
+    return list(_read_checkpoint(path)["history"]) if path.exists() else []
+
+
+def _read_checkpoint(path: Path) -> dict[str, Any]:
+    """A checkpoint memory-mapped on the CPU (cheap: tensors are read only when touched)."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+        return torch.load(path, map_location="cpu", weights_only=False, mmap=True)
     except Exception as exc:  # a damaged checkpoint is a user-facing input problem
         raise InvalidInput(path, None, f"cannot read checkpoint: {exc}") from None
-    return list(state["history"])
 
 
 def _load_checkpoint(

@@ -31,6 +31,16 @@ def test_a_preset_carries_its_learning_rate_and_an_explicit_one_wins():
     assert explicit.optim.lr == 3e-4
 
 
+def test_a_resumed_run_keeps_the_preset_values_it_recorded():
+    """An older version resolved tiny's lr to 2e-4; a resume keeps it unless the key is set."""
+    recorded = TrialConfig.from_mapping({"model.preset": "tiny", "optim.lr": 2e-4}).resolved()
+    bare = TrialConfig.from_mapping({"model.preset": "tiny"})
+    assert bare.adopting(recorded).resolved().optim.lr == 2e-4
+    explicit = TrialConfig.from_mapping({"model.preset": "tiny", "optim.lr": 5e-3})
+    assert explicit.adopting(recorded).resolved().optim.lr == 5e-3
+    assert bare.adopting(recorded).crop == recorded.crop
+
+
 def test_presets_keep_thesis_geometry():
     for name, preset in PRESETS.items():
         assert preset.crop % 8 == 0 and preset.patch % 8 == 0, name

@@ -306,6 +306,17 @@ def test_a_checkpoint_of_the_3d_trunk_layout_resumes(small_set: Path, tmp_path: 
     assert result.history[1]["loss"] is not None and result.history[1]["val_hit1"] is not None
 
 
+def test_a_run_started_under_an_older_default_resumes_with_it(small_set: Path, tmp_path: Path):
+    """The landed code resolved tiny's lr to 2e-4; a bare config resumed now keeps that rate."""
+    cfg = small_config(small_set, tmp_path / "cache", **{"optim.epochs": 1})
+    flat = {k: v for k, v in cfg.to_flat().items() if k != "optim.lr"}  # no lr: the preset's
+    first = fit(TrialConfig.from_mapping({**flat, "optim.lr": 2e-4}), tmp_path / "run")
+    assert first.history[0]["lr"] == pytest.approx(2e-4)
+    resumed = fit(TrialConfig.from_mapping({**flat, "optim.epochs": 2}), tmp_path / "run")
+    assert [h["epoch"] for h in resumed.history] == [1, 2]
+    assert resumed.history[1]["lr"] == pytest.approx(2e-4)
+
+
 @pytest.mark.parametrize(
     ("overrides", "device", "expected"),
     [
