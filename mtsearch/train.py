@@ -358,9 +358,7 @@ class TrainStep:
 
     def _capture(self, x: torch.Tensor, y: torch.Tensor, draws: Any) -> bool:
         """Capture one step on static copies of this batch; False (and eager from now on) on failure."""
-        static = (x.clone(), y.clone(), draws.to(self.device))
-        static[2].reverse = None if draws.reverse is None else draws.reverse.clone()
-        static[2].patch_theta = None if draws.patch_theta is None else draws.patch_theta.clone()
+        static = (x.clone(), y.clone(), draws.clone())
         graph = torch.cuda.CUDAGraph()
         try:
             torch.cuda.synchronize(self.device)
@@ -396,6 +394,18 @@ def _train_epoch(
     waited = 0.0
     batches = iter(loader)
     done = 0
+
+    def checked_sums() -> dict[str, float]:
+        """The running sums (one host sync); a non-finite loss so far ends the epoch."""
+        sums, bad = step.read()
+        if bad is not None:
+            raise Diverged(f"non-finite loss at epoch {epoch}, batch {bad}")
+        return sums
+
+    def report_progress(sums: dict[str, float]) -> None:
+        if on_batch is not None:
+            on_batch(done, total, sums["loss"] / clips, clips / (time.perf_counter() - start))
+
     while True:
         before = time.perf_counter()
         batch = next(batches, None)
@@ -406,15 +416,11 @@ def _train_epoch(
         done += 1
         clips += y.shape[0]
         step(x, y, model.draw(y.shape[0], gen))  # host draws, in the landed order
-        if done % SYNC_EVERY == 0 or done == total:
-            sums, bad = step.read()
-            if bad is not None:
-                raise Diverged(f"non-finite loss at epoch {epoch}, batch {bad}")
-            if on_batch is not None:
-                on_batch(done, total, sums["loss"] / clips, clips / (time.perf_counter() - start))
-    sums, bad = step.read()
-    if bad is not None:
-        raise Diverged(f"non-finite loss at epoch {epoch}, batch {bad}")
+        if done % SYNC_EVERY == 0:
+            report_progress(checked_sums())
+    sums = checked_sums()
+    if done % SYNC_EVERY and clips:
+        report_progress(sums)  # the epoch's last refresh
     seconds = time.perf_counter() - start
     ran = {key for key in _SUMS if key == "loss" or cfg.has(key.removeprefix("loss_"))}
     stats: dict[str, float | None] = {

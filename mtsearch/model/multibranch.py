@@ -34,6 +34,10 @@ class StepDraws:
     reverse: torch.Tensor | None = None  # (B,) bool, True = the clip is reversed in time
     patch_theta: torch.Tensor | None = None  # (B, 2, 3) float32 ground-truth patch crops
 
+    def clone(self) -> StepDraws:
+        """Copies with their own memory (a CUDA graph's static inputs)."""
+        return StepDraws(*(None if t is None else t.clone() for t in (self.reverse, self.patch_theta)))
+
     def to(self, device: torch.device | str, non_blocking: bool = False) -> StepDraws:
         """A copy on `device`; host tensors bound for CUDA go through pinned memory (no sync)."""
         to_cuda = torch.device(device).type == "cuda"
