@@ -3,6 +3,7 @@
 1. No host sync inside a training step: eager steps under `torch.cuda.set_sync_debug_mode`.
 2. A CUDA-graph step trains like the eager one: same batches and draws, running losses compared.
 3. A tensor learning rate follows ReduceLROnPlateau on this torch version.
+4. A compiled (`compile: true`) graph step trains like the plain eager one, a short batch included.
 
     python benchmarks/gpu_check.py        # prints one line per check; exit 1 if one fails
 """
@@ -19,10 +20,14 @@ from mtsearch.model import MultiBranchNet
 from mtsearch.train import TrainStep, make_optimizer, step_lr_scheduler
 
 
-def build(preset: str, graph: bool, device: torch.device) -> tuple[MultiBranchNet, TrainStep]:
+def build(
+    preset: str, graph: bool, device: torch.device, compiled: bool = False
+) -> tuple[MultiBranchNet, TrainStep]:
     cfg = TrialConfig.from_mapping({"model.preset": preset, "cuda_graph": graph}).resolved()
     torch.manual_seed(0)
     model = MultiBranchNet(cfg, 51).to(device).channels_last()
+    if compiled:
+        model.compile_stages()
     optimizer = make_optimizer(model, cfg, device, graph)
     return model, TrainStep(model, optimizer, cfg, device, graph, print)
 
@@ -61,13 +66,16 @@ def check_no_sync(preset: str, device: torch.device) -> bool:
     return not syncs
 
 
-def check_graph_parity(preset: str, device: torch.device, steps: int = 8) -> bool:
-    """Eager vs graph over the same batches, one of them short (an epoch's last: run eagerly)."""
+def check_graph_parity(
+    preset: str, device: torch.device, steps: int = 8, compiled: bool = False
+) -> bool:
+    """Eager vs graph (compiled too if asked) over the same batches, one of them short (an
+    epoch's last: run eagerly)."""
     data = batches(preset, steps)
     data.insert(6, tuple(t[:3] for t in batches(preset, 1)[0]))
     sums = []
     for graph in (False, True):
-        model, step = build(preset, graph, device)
+        model, step = build(preset, graph, device, compiled=graph and compiled)
         gen = torch.Generator().manual_seed(0)
         for x, y in data:
             step(x, y, model.draw(len(y), gen))
@@ -76,7 +84,7 @@ def check_graph_parity(preset: str, device: torch.device, steps: int = 8) -> boo
     (eager, bad_e, _), (graphed, bad_g, captured) = sums
     rel = abs(graphed["loss"] - eager["loss"]) / max(abs(eager["loss"]), 1e-9)
     ok = captured and bad_e is None and bad_g is None and rel < 0.02
-    print(f"graph {preset}: captured={captured}, summed loss eager {eager['loss']:.4f} "
+    print(f"graph{' compiled' if compiled else ''} {preset}: captured={captured}, summed loss eager {eager['loss']:.4f} "
           f"graph {graphed['loss']:.4f} (rel diff {rel:.2e}; bf16 and cuDNN autotuning differ a little)")
     return ok
 
@@ -103,6 +111,7 @@ def main() -> int:
     results = [check_no_sync(p, device) for p in ("tiny", "thesis")]
     results += [check_graph_parity(p, device) for p in ("tiny", "thesis")]
     results.append(check_tensor_lr(device))
+    results.append(check_graph_parity("tiny", device, compiled=True))
     print("gpu_check:", "all passed" if all(results) else "FAILED")
     return 0 if all(results) else 1
 

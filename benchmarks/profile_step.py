@@ -14,10 +14,10 @@ import argparse
 
 import torch
 from torch.profiler import ProfilerActivity, profile
-from train_step import NUM_CLASSES, trial_config
+from train_step import COMPILE, NUM_CLASSES, trial_config
 
 from mtsearch.model import MultiBranchNet
-from mtsearch.train import GRAPH_WARMUP, TrainStep, make_optimizer
+from mtsearch.train import GRAPH_WARMUP, TrainStep, compile_wanted, make_optimizer
 
 
 def main() -> None:
@@ -27,6 +27,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--steps", type=int, default=3, help="profiled steps")
     parser.add_argument("--cuda-graph", action="store_true", help="profile graph replays")
+    parser.add_argument("--compile", choices=COMPILE, default="auto",
+                        help="torch.compile trunk and heads (auto: the trainer's rule)")
     parser.add_argument("--top", type=int, default=20, help="rows of the table")
     args = parser.parse_args()
 
@@ -35,11 +37,14 @@ def main() -> None:
     precision = ("bf16g" if args.cuda_graph else "bf16") if cuda else "fp32"
     if cuda:
         torch.backends.cudnn.benchmark = True
-    cfg = trial_config(args.preset, args.branches, precision)
+    cfg = trial_config(args.preset, args.branches, precision, **{
+        "optim.batch_size": args.batch_size, "compile": COMPILE[args.compile]})
     torch.manual_seed(0)
     model = MultiBranchNet(cfg, NUM_CLASSES).to(device)
     if cuda:
         model.channels_last()
+    if compile_wanted(cfg, device):
+        model.compile_stages()
     step = TrainStep(model, make_optimizer(model, cfg, device, cfg.cuda_graph), cfg, device,
                      cfg.cuda_graph, print, bf16=precision != "fp32")
     gen = torch.Generator().manual_seed(0)

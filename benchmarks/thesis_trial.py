@@ -5,10 +5,12 @@ output), as the trainer runs them:
 - the bare training step (`TrainStep` on generated uint8 clips): the baseline;
 - the trainer's end-to-end loop (`fit`) over the built-in-style synthetic set, data included:
   best training clips/s of epochs 2..E (epoch 1 pays for cuDNN autotuning and worker start-up);
-- evaluation (`evaluate`, forward only, `eval.batch_size`) over that set's test clips.
+- evaluation (`evaluate`, forward only, `eval.batch_size`) over that set's test clips;
+- the one-off warm-up: what the first epoch and the first evaluation took beyond their steady
+  speed (torch.compile where the trainer compiles, cuDNN autotuning, graph capture, workers).
 It then projects a thesis trial: HMDB-51 split 1, 100 epochs of 3,570 training clips, and an
 evaluation of 11,200 clips every `eval.every` epochs of spaces/thesis-hmdb51.yaml (and after the
-last). The last lines are
+last), plus the warm-up. The last lines are
 
     end_to_end_vs_step: <loop clips/s / bare step clips/s>x
     thesis_trial_minutes: <N>
@@ -44,35 +46,42 @@ def evaluations(epochs: int, every: int) -> int:
 
 def measure_eval(
     cfg: TrialConfig, device: torch.device, rounds: int = 2
-) -> tuple[float, float, int]:
-    """(evaluation clips/s, its loader alone clips/s, clips) of `evaluate` on cfg's test clips;
-    the first round warms up. The loader alone says whether evaluation waits for data."""
+) -> tuple[float, float, int, float]:
+    """(evaluation clips/s, its loader alone clips/s, clips, warm-up s) of `evaluate` on cfg's
+    test clips; the first round warms up (compiles where the trainer would). The loader alone
+    says whether evaluation waits for data."""
     from mtsearch.data.clips import make_loader
     from mtsearch.model import MultiBranchNet
-    from mtsearch.train import configure_torch, evaluate, load_clips, loader_workers
+    from mtsearch.train import compile_wanted, configure_torch, evaluate, load_clips, loader_workers
 
     configure_torch(device, cfg.threads)
     _, test_set, num_classes = load_clips(cfg, print)
     model = MultiBranchNet(cfg, num_classes).to(device)
     if device.type == "cuda":
         model.channels_last()
+    if compile_wanted(cfg, device):
+        model.compile_stages()
     loader = make_loader(test_set, cfg.eval_batch_size, False, loader_workers(cfg, device), device, 0)
     best = loader_only = 0.0
+    times = []
     for _ in range(rounds):
         start = time.perf_counter()
         evaluate(model, loader, cfg, device)  # ends with a host read: the work is done
-        best = max(best, len(test_set) / (time.perf_counter() - start))
+        times.append(time.perf_counter() - start)
+        best = max(best, len(test_set) / times[-1])
         start = time.perf_counter()
         for clips, _, _ in loader:
             clips.to(device, non_blocking=True)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         loader_only = max(loader_only, len(test_set) / (time.perf_counter() - start))
-    return best, loader_only, len(test_set)
+    return best, loader_only, len(test_set), max(0.0, times[0] - len(test_set) / best)
 
 
 def main() -> None:
     from train_step import measure, measure_loop, synthetic_root, trial_config
+
+    from mtsearch.train import compile_wanted
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
@@ -114,9 +123,17 @@ def main() -> None:
         **{"data.root": str(root), "data.cache_dir": str(root.parent / "cache"),
            "optim.batch_size": args.batch_size, "device": device.type, "threads": args.threads},
     )
-    eval_cps, loader_cps, eval_clips = measure_eval(cfg, device)
+    eval_cps, loader_cps, eval_clips, eval_warmup_s = measure_eval(cfg, device)
     print(f"evaluation: {eval_cps:8.2f} clips/s ({eval_clips} clips, batch {cfg.eval_batch_size}); "
           f"its loader alone {loader_cps:.2f} clips/s")
+    # epoch 1 (no evaluation) took t1 for clips = t1 * its clips/s; at the steady speed it would
+    # have taken clips / loop_cps: the difference is the one-off warm-up
+    first = history[0]
+    train_warmup_s = max(0.0, first["epoch_s"] * (1 - first["clips_per_s"] / loop_cps))
+    warmup_min = (train_warmup_s + eval_warmup_s) / 60
+    compiled = compile_wanted(cfg, device)
+    print(f"warm-up: {train_warmup_s:.1f} s training + {eval_warmup_s:.1f} s evaluation, once per "
+          f"trial ({'torch.compile, ' if compiled else ''}cuDNN autotuning, graph capture, workers)")
 
     every = eval_every()
     evals = evaluations(THESIS_EPOCHS, every)
@@ -125,10 +142,10 @@ def main() -> None:
     print(
         f"projection: HMDB-51 split 1, {THESIS_EPOCHS} epochs x {HMDB51_TRAIN_CLIPS} clips "
         f"({train_min:.1f} min) + {evals} evaluations x {HMDB51_EVAL_CLIPS} clips "
-        f"({eval_min:.1f} min; eval.every {every} from {SPACE.name})"
+        f"({eval_min:.1f} min; eval.every {every} from {SPACE.name}) + warm-up ({warmup_min:.1f} min)"
     )
     print(f"end_to_end_vs_step: {loop_cps / bare.clips_per_s:.2f}x")
-    print(f"thesis_trial_minutes: {train_min + eval_min:.1f}")
+    print(f"thesis_trial_minutes: {train_min + eval_min + warmup_min:.1f}")
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ import torch
 
 from mtsearch.config import PRESETS, TrialConfig, branches_label, normalize_branches
 from mtsearch.model import MultiBranchNet, describe
-from mtsearch.train import GRAPH_WARMUP, TrainStep, make_optimizer
+from mtsearch.train import GRAPH_WARMUP, TrainStep, compile_wanted, make_optimizer
 
 MASKS = ("cls", "cls+track", "cls+dir", "cls+track+dir")
 # smallest first; the last one measured is the main preset
@@ -71,6 +71,9 @@ def median(values: list[float]) -> float:
     return ordered[len(ordered) // 2]
 
 
+COMPILE = {"auto": None, "on": True, "off": False}  # --compile -> the `compile` key
+
+
 def trial_config(preset: str, mask: str, precision: str, **overrides: object) -> TrialConfig:
     flat = {"model.preset": preset, "model.branches": mask, "cuda_graph": precision == "bf16g"}
     return TrialConfig.from_mapping({**flat, **overrides}).resolved()
@@ -84,14 +87,19 @@ def measure(
     batch: int,
     warmup: int,
     steps: int,
+    compile_mode: str = "auto",
 ) -> Measurement:
     """Time `steps` trainer steps after `warmup` untimed ones, on generated uint8 clips."""
-    cfg = trial_config(preset, mask, precision)
+    cfg = trial_config(preset, mask, precision, **{"optim.batch_size": batch,
+                                                    "compile": COMPILE[compile_mode]})
+    compile_stages = compile_wanted(cfg, device)
     torch.manual_seed(0)
     model = MultiBranchNet(cfg, NUM_CLASSES).to(device)
     if device.type == "cuda":
         model.channels_last()
         torch.cuda.reset_peak_memory_stats(device)
+    if compile_stages:
+        model.compile_stages()
     optimizer = make_optimizer(model, cfg, device, cfg.cuda_graph)
     step = TrainStep(model, optimizer, cfg, device, cfg.cuda_graph, print, bf16=precision != "fp32")
     shape = (batch, cfg.data.clip_frames, cfg.crop, cfg.crop, 3)
@@ -108,9 +116,12 @@ def measure(
 
     if cfg.cuda_graph:  # keep the warm-up steps and the capture out of the timed blocks
         warmup = max(warmup, GRAPH_WARMUP + 2)
+    warm_start = time.perf_counter()
     for i in range(warmup):
         run(i)
     step.read()
+    if compile_stages:
+        print(f"  ({preset} {mask}: warm-up with compilation {time.perf_counter() - warm_start:.1f} s)")
     if device.type == "cuda":  # queued as the trainer queues them: one sync per block
         blocks = []
         for _ in range(3):
@@ -157,6 +168,7 @@ def measure_loop(
     data_root: Path,
     epochs: int = 3,
     threads: int | None = None,
+    compile_mode: str = "auto",
 ) -> tuple[float, float, list[dict]]:
     """The trainer's loop (`fit`) over `data_root`: best training clips/s of epochs 2..E (the
     first pays for cuDNN autotuning and worker start-up), its data_wait, and every epoch's row."""
@@ -166,7 +178,7 @@ def measure_loop(
         preset, mask, precision,
         **{"data.root": str(data_root), "data.cache_dir": str(data_root.parent / "cache"),
            "optim.batch_size": batch, "optim.epochs": epochs, "eval.every": epochs,
-           "device": device.type, "threads": threads},
+           "device": device.type, "threads": threads, "compile": COMPILE[compile_mode]},
     )
     history = fit(cfg).history
     steady = history[1:] or history
@@ -217,6 +229,10 @@ def main() -> None:
         help="synthetic videos per class for the loop (default 4 CPU, 40 CUDA)",
     )
     parser.add_argument("--data", help="synthetic set for the loop: reused if there, else written")
+    parser.add_argument(
+        "--compile", choices=COMPILE, default="auto",
+        help="torch.compile trunk and heads (the `compile` key; auto: the trainer's rule)",
+    )
     parser.add_argument(
         "--precisions", help="comma-separated subset of fp32,bf16,bf16g (default: all that apply)"
     )
@@ -269,12 +285,15 @@ def main() -> None:
     for preset in presets:
         for precision in precisions:
             for mask in masks:
-                m = measure(preset, mask, device, precision, args.batch_size, args.warmup, steps)
+                m = measure(
+                    preset, mask, device, precision, args.batch_size, args.warmup, steps,
+                    args.compile,
+                )
                 if data_root is not None and mask in loop_masks and precision in loop_precision:
                     threads = args.threads if not cuda else None
                     m.loop_clips_per_s, m.data_wait, _ = measure_loop(
                         preset, mask, device, precision, args.batch_size, data_root,
-                        threads=threads,
+                        threads=threads, compile_mode=args.compile,
                     )
                 results.append(m)
                 loop = f"{m.loop_clips_per_s:9.2f}" if m.loop_clips_per_s else f"{'—':>9}"

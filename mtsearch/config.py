@@ -118,6 +118,7 @@ class TrialConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: int | None = None  # CPU threads; None: $OMP_NUM_THREADS or every core (searches: CPUs/trial)
     cuda_graph: bool = True  # capture the training step in a CUDA graph (GPU only; see train.py)
+    compile: bool | None = None  # torch.compile trunk and heads (GPU only); None: thesis preset only
 
     # ---- construction -------------------------------------------------------------------------
     @classmethod
@@ -420,7 +421,7 @@ def _coerce(key: str, raw: Any, source: str | Path) -> Any:
             value = None
         elif key == "model.branches":
             value = normalize_branches(raw)
-        elif typ is bool:
+        elif typ is bool or text == "bool | None":
             if not isinstance(raw, bool):
                 raise ValueError("expected true or false")
             value = raw

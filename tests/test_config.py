@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from mtsearch.config import PRESETS, TrialConfig, branches_label, load_config, normalize_branches
 from mtsearch.errors import InvalidInput
@@ -129,3 +130,18 @@ def test_train_cli_rejects_bad_config_with_one_line(tmp_path: Path):
     assert len(lines) == 1, proc.stderr
     assert lines[0] == f"error: {bad}: loss.w_trak: unknown key; did you mean 'loss.w_track'?"
     assert not (tmp_path / "run").exists()
+
+
+def test_compile_is_unset_true_or_false_and_on_by_default_for_thesis_on_a_gpu():
+    from mtsearch.train import compile_wanted
+
+    assert TrialConfig().compile is None
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    thesis = TrialConfig.from_mapping({"model.preset": "thesis"})
+    tiny = TrialConfig.from_mapping({"model.preset": "tiny"})
+    assert compile_wanted(thesis, cuda) and not compile_wanted(tiny, cuda)
+    assert not compile_wanted(thesis, cpu)  # never on the CPU, even when asked
+    assert compile_wanted(TrialConfig.from_mapping({"model.preset": "tiny", "compile": True}), cuda)
+    assert not compile_wanted(TrialConfig.from_mapping({"compile": False}), cuda)
+    with pytest.raises(InvalidInput, match="compile.*true or false"):
+        TrialConfig.from_mapping({"compile": "yes"}, "space.yaml")

@@ -104,3 +104,22 @@ def test_draws_come_from_the_host_generator_in_the_landed_order() -> None:
     legacy.reverse_half(torch.zeros(5, 1, 2, 1, 1), gen)
     assert torch.equal(legacy.random_patch_theta(5, model.tracking.scale, gen), a.patch_theta)
     assert model.draw(5, torch.Generator().manual_seed(9), track=False).patch_theta is None
+
+
+@pytest.mark.slow
+def test_compiled_stages_compute_the_same_network(one_torch_thread):
+    """`compile: true` (issue 8): torch.compile of trunk and heads changes speed, not the function,
+    and leaves parameter names alone, so checkpoints move between compiled and plain runs."""
+    cfg = TrialConfig.from_mapping({"model.preset": "tiny"}).resolved()
+    torch.manual_seed(0)
+    plain = MultiBranchNet(cfg, 6).eval()
+    compiled = MultiBranchNet(cfg, 6).eval()
+    compiled.load_state_dict(plain.state_dict())
+    compiled.compile_stages()
+    assert list(compiled.state_dict()) == list(plain.state_dict())
+    clips = torch.randn(2, 3, cfg.data.clip_frames, cfg.crop, cfg.crop)
+    draws = plain.draw(2, torch.Generator().manual_seed(1), track=False)
+    with torch.no_grad():
+        want, got = plain(clips, track=False, draws=draws), compiled(clips, track=False, draws=draws)
+    torch.testing.assert_close(got.logits, want.logits, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(got.dir_logits, want.dir_logits, rtol=1e-4, atol=1e-4)

@@ -105,6 +105,26 @@ class MultiBranchNet(nn.Module):
         """Channels-last weights (2D trunk and tracking, 3D heads): the GPU's fast layouts."""
         return to_channels_last(self)
 
+    def compile_stages(self) -> MultiBranchNet:
+        """torch.compile the trunk and the heads in place (static shapes; parameter names kept).
+
+        What it buys is fusion: batch norm, ReLU and the residual add become a few kernels instead
+        of one pass over memory each (thesis on an H200: 1.26x the step, 1.27x evaluation). Each
+        new input shape (a short last batch, evaluation, eval mode) compiles once more, hence the
+        raised recompile limit; a part that fails to compile runs eagerly instead.
+        """
+        import torch._dynamo.config as dynamo_config
+
+        limit = "recompile_limit" if hasattr(dynamo_config, "recompile_limit") else "cache_size_limit"
+        setattr(dynamo_config, limit, max(64, getattr(dynamo_config, limit)))
+        dynamo_config.suppress_errors = True
+        # an instance attribute shadows the method: forward() and the tracked patch both use it
+        self.trunk.frames = torch.compile(self.trunk.frames, dynamic=False)  # type: ignore[method-assign]
+        for head in (self.cls_head, self.dir_head):
+            if head is not None:
+                head.compile(dynamic=False)
+        return self
+
     def forward(
         self,
         clips: torch.Tensor,

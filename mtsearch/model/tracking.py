@@ -226,10 +226,13 @@ class TrackingBranch(nn.Module):
         if frames < k * f + 1:
             raise ValueError(f"tracking needs k*f+1 = {k * f + 1} frames, the clip has {frames}")
         target = frames - 1
-        tracked = [target - i * f for i in range(k + 1)]  # target, t-f, t-2f, ...
-        # frame by frame, not feat[:, :, tracked]: a list index is a host tensor copied per call
-        per_frame = torch.stack([feat[:, :, j] for j in tracked])  # (k+1, B, C, h, w)
-        g = self.proj(per_frame.flatten(0, 1))  # ((k+1)*B, D, h, w), frame-major
+        # the tracked frames t-k*f, ..., t-f, t as one strided slice (a view: no host index tensor
+        # to copy, and one gradient buffer for feat), then in tracking order: target, t-f, t-2f, ...
+        tracked = feat[:, :, target - k * f :: f].flip(2)  # (B, C, k+1, h, w)
+        channels = tracked.shape[1]
+        # ((k+1)*B, C, h, w), frame-major, copied once into channels-last memory
+        per_frame = tracked.permute(2, 0, 3, 4, 1).reshape(-1, *feat.shape[3:], channels)
+        g = self.proj(per_frame.permute(0, 3, 1, 2))  # ((k+1)*B, D, h, w)
         g_norm = F.normalize(g, dim=1).unflatten(0, (k + 1, batch))  # unit vectors: affinities
         # unnormalised, what gets cropped: float32 at least (grid_sample's precision under autocast)
         g_crop = g.to(torch.promote_types(g.dtype, torch.float32)).unflatten(0, (k + 1, batch))
