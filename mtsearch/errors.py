@@ -55,6 +55,24 @@ class VideoReadError(Exception):
         return (type(self), (str(self.path), self.reason))
 
 
+class GpuOutOfMemory(Exception):
+    """A trial ran out of GPU memory: the driver retries it with a larger GPU share (issue 10)."""
+
+    def __init__(self, share: float, detail: str):
+        self.share, self.detail = share, detail
+        super().__init__(f"out of GPU memory at a GPU share of {share:g}: {detail}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.share, self.detail))
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """torch's CUDA out-of-memory error, or a cuBLAS/cuDNN allocation failure."""
+    text = str(exc)
+    return type(exc).__name__ == "OutOfMemoryError" or "CUDA out of memory" in text \
+        or "ALLOC_FAILED" in text
+
+
 def did_you_mean(word: str, options: Iterable[str]) -> str:
     """` (did you mean 'x'?)` for the closest option, or '' when nothing is close."""
     close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)

@@ -28,21 +28,26 @@ from typing import Any, Protocol
 import optuna
 import ray
 from ray import tune
-from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-from ray.tune.search.optuna import OptunaSearch
 
 from mtsearch.config import TrialConfig
-from mtsearch.errors import InvalidInput
+from mtsearch.errors import GpuOutOfMemory, InvalidInput, is_out_of_memory
 from mtsearch.files import write_atomic
-from mtsearch.space import SpaceSpec, expand_params, load_study_space
+from mtsearch.packing import Probe, TrialResources, larger_share, plan_resources
+from mtsearch.space import Distribution, SpaceSpec, expand_params, load_study_space
 from mtsearch.store import StudyStore, is_ranked
+from mtsearch.tuning import (
+    OBJECTIVE,
+    fail_stale_optuna_trials,
+    optuna_searcher,
+    param_space,
+    scheduler,
+)
 
 NOTES = "trainer_notes"  # report key carrying the trainer's log lines to the driver
-OBJECTIVE = "objective"  # the key Tune, ASHA and Optuna optimise: the space's metric, carried forward
+OOM = "out_of_gpu_memory"  # fit_status of the report a trial sends before failing out of memory
 TUNE_DIR = "tune"
 LOCK_FILE = ".lock"
 SPACE_FILE = "space.yaml"
-OPTUNA_FILE = "optuna.db"
 
 class TrainResult(Protocol):
     """What the driver reads from a trainer's result (`mtsearch.train.FitResult` has more)."""
@@ -103,6 +108,8 @@ class _Live:
     done_at_start: int
     log: Log = lambda msg: None
     known_trials: set[str] = field(default_factory=set)
+    resources: TrialResources = field(default_factory=TrialResources)
+    larger_shares: dict[str, float] = field(default_factory=dict)  # trial -> share of its OOM retry
     segment_start: dict[str, float] = field(default_factory=dict)
     warned: set[str] = field(default_factory=set)
 
@@ -120,12 +127,14 @@ def study_dir_for(spec: SpaceSpec, trials_dir: str | Path) -> Path:
 
 def _open_study(
     spec: SpaceSpec, trials_dir: Path, resume: bool
-) -> tuple[SpaceSpec, Path, int, bool]:
+) -> tuple[SpaceSpec, Path, int, bool, int | None]:
     """Create or reopen `trials/<name>/` and hold its lock; refuse a study in use or a clobber.
 
     A resumed study keeps the preset-decided values its space.yaml recorded (`adopting`), so a
-    newer version's defaults never change a study half way.
+    newer version's defaults never change a study half way. The last value is the study's count
+    when `spec` raises it (an extension), else None.
     """
+    extend_from = None
     study_dir = study_dir_for(spec, trials_dir)
     existed = study_dir.exists() and any(study_dir.iterdir())
     study_dir.mkdir(parents=True, exist_ok=True)
@@ -144,6 +153,10 @@ def _open_study(
         if existed and (study_dir / SPACE_FILE).exists():
             saved = load_study_space(study_dir)
             spec = replace(spec, base=spec.base.adopting(saved.base))
+            if spec.count < saved.count:
+                raise InvalidInput(None, spec.count_flag, f"the study {study_dir} already has "
+                                   f"{saved.count}; give {saved.count} or more to extend it", spec.count)
+            extend_from = saved.count if spec.count > saved.count else None
             if saved.identity() != spec.identity():
                 changed = [k for k in spec.identity() if saved.identity().get(k) != spec.identity().get(k)]
                 raise InvalidInput(spec.source, ", ".join(changed) or None,
@@ -154,7 +167,7 @@ def _open_study(
     except BaseException:
         os.close(fd)
         raise
-    return spec, study_dir, fd, not existed
+    return spec, study_dir, fd, not existed, extend_from
 
 
 def _release(fd: int) -> None:
@@ -209,7 +222,16 @@ def run_trial(config: dict[str, Any], *, base: dict[str, Any], metric: str, mode
         ckpt = tune.Checkpoint.from_directory(str(ckpt_dir)) if ckpt_dir is not None else None
         tune.report(report, checkpoint=ckpt)
 
-    result = train(cfg, work, on_epoch=on_epoch, resume=True, log=notes.append)
+    try:
+        result = train(cfg, work, on_epoch=on_epoch, resume=True, log=notes.append)
+    except Exception as exc:
+        if not is_out_of_memory(exc):
+            raise
+        # tell the driver first (it grants a larger share for the retry), then fail the attempt
+        share = float(ray.get_runtime_context().get_assigned_resources().get("GPU", 0.0))
+        tune.report({"epoch": last["epoch"], OBJECTIVE: last["objective"], "fit_status": OOM,
+                     "epochs_planned": cfg.optim.epochs})
+        raise GpuOutOfMemory(share, _last_line(exc) or "") from None
     if getattr(result, "status", None) == "diverged":
         tune.report({"epoch": last["epoch"], OBJECTIVE: last["objective"], "epochs_planned": cfg.optim.epochs,
                      "fit_status": "diverged", "fit_error": str(result.error or "loss is not finite")})
@@ -220,77 +242,6 @@ def run_trial(config: dict[str, Any], *, base: dict[str, Any], metric: str, mode
 
 def _trial_dirname(trial: Any) -> str:
     return trial.trial_id
-
-
-class PruneAwareOptunaSearch(OptunaSearch):
-    """Tells Optuna PRUNED (not COMPLETE with a low score) for trials the scheduler stopped."""
-
-    def on_trial_result(self, trial_id: str, result: dict) -> None:
-        if "fit_status" in result or trial_id not in self._ot_trials:
-            return
-        ot_trial = self._ot_trials[trial_id]
-        value = result.get(OBJECTIVE)
-        if value is not None and math.isfinite(value):
-            ot_trial.report(value, int(result.get("epoch", result.get("training_iteration", 0))))
-
-    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        if trial_id in self._completed_trials or trial_id not in self._ot_trials or error or not result:
-            return super().on_trial_complete(trial_id, result, error)
-        state = None
-        if result.get("fit_status") == "diverged":
-            state = optuna.trial.TrialState.FAIL
-        elif int(result.get("epoch", 0)) < int(result.get("epochs_planned", 0)):
-            state = optuna.trial.TrialState.PRUNED
-        value = result.get(OBJECTIVE)
-        if state is None and (value is None or not math.isfinite(value)):
-            state = optuna.trial.TrialState.FAIL
-        if state is None:
-            return super().on_trial_complete(trial_id, result, error)
-        try:
-            self._ot_study.tell(self._ot_trials[trial_id], state=state)
-        except Exception as exc:  # noqa: BLE001 - a tell that Optuna refuses must not stop the search
-            logging.getLogger(__name__).warning("optuna tell failed: %s", exc)
-        self._completed_trials.add(trial_id)
-
-
-def _optuna_searcher(spec: SpaceSpec, study_dir: Path) -> Any:
-    seed = spec.search.seed
-    if spec.search.algorithm == "random":
-        sampler = optuna.samplers.RandomSampler(seed=seed)
-    elif spec.search.algorithm == "cmaes":
-        sampler = optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
-    else:
-        sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True)
-    storage = optuna.storages.RDBStorage(f"sqlite:///{(study_dir / OPTUNA_FILE).resolve()}")
-    return PruneAwareOptunaSearch(sampler=sampler, study_name=spec.name, storage=storage)
-
-
-def _param_space(spec: SpaceSpec) -> dict[str, Any]:
-    space: dict[str, Any] = {}
-    for key, dist in spec.space.items():
-        low_high = dist.values
-        if dist.kind == "uniform":
-            space[key] = tune.uniform(*low_high)
-        elif dist.kind == "loguniform":
-            space[key] = tune.loguniform(*low_high)
-        elif dist.kind == "int":
-            space[key] = tune.randint(low_high[0], low_high[1] + 1)  # Tune's upper bound is exclusive
-        elif dist.kind == "logint":
-            space[key] = tune.lograndint(low_high[0], low_high[1] + 1)
-        elif dist.kind == "choice":
-            space[key] = tune.choice(list(dist.values))
-        else:  # tied grid factors are lists of levels; expand_params splits them in the trial
-            space[key] = tune.grid_search([list(v) if isinstance(v, tuple) else v for v in dist.values])
-    if spec.is_ablation and spec.repeats > 1 and "seed" not in space:
-        space["seed"] = tune.grid_search(list(range(spec.repeats)))
-    return space
-
-
-def _scheduler(spec: SpaceSpec) -> Any:
-    if spec.scheduler.type == "asha":
-        return ASHAScheduler(time_attr="epoch", max_t=spec.max_epochs, grace_period=spec.scheduler.grace_period,
-                             reduction_factor=spec.scheduler.reduction_factor)
-    return FIFOScheduler()
 
 
 class StoreCallback(tune.Callback):
@@ -325,7 +276,9 @@ class StoreCallback(tune.Callback):
         if live is None:
             return
         _show_notes(live, trial.trial_id, result.get(NOTES))
-        if result.get("fit_status") == "diverged":
+        if result.get("fit_status") == OOM:
+            _grant_larger_share(live, trial)
+        elif result.get("fit_status") == "diverged":
             live.store.upsert_trial(trial.trial_id, status="diverged", error=_last_line(result.get("fit_error")))
         elif "epoch" in result and "loss" in result:
             live.store.add_epoch(trial.trial_id, result)
@@ -361,10 +314,30 @@ class StoreCallback(tune.Callback):
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         live = self._live()
+        share = live.larger_shares.pop(trial.trial_id, None) if live is not None else None
+        if live is not None and share is not None:  # a requeued trial may change its request
+            trial.update_resources(live.resources.request(share))
+            live.log(f"trial {trial.trial_id}: out of GPU memory; retrying from its last checkpoint "
+                     f"with a GPU share of {share:g}")
+            if trial.trial_id in live.store.trials:
+                live.store.upsert_trial(trial.trial_id, gpu_share=share)
         if live is not None and trial.trial_id in live.store.trials:
             live.store.upsert_trial(trial.trial_id, status="running")
             _touch_wall(live, trial.trial_id, end=True)
             _publish(live)
+
+
+def _grant_larger_share(live: _Live, trial: Any) -> None:
+    """Out of GPU memory below a whole GPU: the coming failure is not the trial's fault, so it
+    does not count against `failure.max_failures`, and the retry asks for fewer neighbours."""
+    share = _gpu_share(trial)
+    if 0 < share < 1:
+        trial.max_failures += 1
+        live.larger_shares[trial.trial_id] = larger_share(share)
+
+
+def _gpu_share(trial: Any) -> float:
+    return float(trial.placement_group_factory.required_resources.get("GPU", 0.0))
 
 
 def _record_start(live: _Live, trial: Any) -> None:
@@ -379,7 +352,7 @@ def _record_start(live: _Live, trial: Any) -> None:
     if live.spec.is_ablation:
         values["cell"] = live.spec.cell_of(trial.config)
     values["seed"] = cfg.seed  # also a searched key in grids with repeats
-    values["gpu_share"] = live.spec.resources.gpus_per_trial
+    values["gpu_share"] = _gpu_share(trial)
     live.store.upsert_trial(trial.trial_id, config=cfg.resolved().to_dict(), **values)
     row = live.store.trials[trial.trial_id]
     if row["epochs_done"] is None:
@@ -484,15 +457,22 @@ def run_search(
     log: Log | None = None,
     trainable_fn: Trainer | None = None,
     num_cpus: int | None = None,
+    memory_probe: Probe | None = None,
+    points: list[dict[str, Any]] | None = None,
 ) -> SearchOutcome:
     """Run (or resume) a study to the end; returns what happened, never prints.
 
+    `points` (a one-factor grid study: values of that factor) runs only those of the grid's
+    points that have no finished trial yet: one round of a race (`mtsearch confirm`).
+
     `trainable_fn` replaces the trainer (same signature as `mtsearch.train.fit`); it must be
     picklable by Ray. `num_cpus` sizes a local Ray (default: all cores); ignored with `address`.
+    `memory_probe` replaces the GPU memory probe of `gpus_per_trial: auto` (run in the driver).
     """
     say = log or (lambda msg: None)
     spec = _absolute_paths(spec)
-    spec, study_dir, lock_fd, created = _open_study(spec, Path(trials_dir).resolve(), resume)
+    made_trials_dir = not Path(trials_dir).exists()
+    spec, study_dir, lock_fd, created, extend_from = _open_study(spec, Path(trials_dir).resolve(), resume)
     started_ray = False
     key = str(study_dir)
     try:
@@ -507,13 +487,36 @@ def run_search(
                 _release(lock_fd)
                 lock_fd = -1
                 shutil.rmtree(study_dir, ignore_errors=True)
+                if made_trials_dir:
+                    shutil.rmtree(study_dir.parent, ignore_errors=True)
             raise
+        resources = plan_resources(spec, study_dir, say, memory_probe)
         store = StudyStore(study_dir, spec.param_types(), with_cell=spec.is_ablation)
         done_at_start = sum(1 for r in store.trials.values() if r["status"] not in (None, "running"))
         live = _Live(spec=spec, store=store, on_update=on_update, started=time.time(),
-                     resumed=resume, done_at_start=done_at_start, log=say)
+                     resumed=resume, done_at_start=done_at_start, log=say, resources=resources)
+        # trials finished before this driver are known, whatever Tune's restored state lists
+        live.known_trials.update(t for t, r in store.trials.items() if r["status"] not in (None, "running"))
         _LIVE[key] = live
-        tuner = _make_tuner(spec, study_dir, key, resume, trainable_fn, say)
+        if extend_from is None and points is None:
+            tuner = _make_tuner(spec, study_dir, key, resume, trainable_fn, resources, say)
+            _publish(live)
+            tuner.fit()
+            return _finish(live, study_dir)
+        # an extension or a race's round: finish what the study started, then run what is missing
+        # as a new Tune experiment in the same folder, sharing Optuna's history and ASHA's rungs
+        recorded = spec.with_count(extend_from) if extend_from is not None else spec
+        if resume and tune.Tuner.can_restore(str(study_dir / TUNE_DIR)):
+            _make_tuner(recorded, study_dir, key, True, trainable_fn, resources, say).fit()
+        if points is not None:
+            return _run_points(live, spec, study_dir, points, trainable_fn, resources, say)
+        before = _finish(live, study_dir, recorded.total_trials)
+        if before.interrupted:
+            return before
+        write_atomic(study_dir / SPACE_FILE, spec.to_yaml())
+        say(f"extending {study_dir} from {recorded.total_trials} to {spec.total_trials} trials")
+        tuner = _make_tuner(spec, study_dir, key, False, trainable_fn, resources, say,
+                            extend_from=recorded, store=store)
         _publish(live)
         tuner.fit()
         return _finish(live, study_dir)
@@ -523,6 +526,31 @@ def run_search(
             ray.shutdown()
         if lock_fd >= 0:
             _release(lock_fd)
+
+
+def _run_points(
+    live: _Live, spec: SpaceSpec, study_dir: Path, points: list[dict[str, Any]],
+    trainer: Trainer | None, resources: TrialResources, say: Log,
+) -> SearchOutcome:
+    """Run the given grid points that no finished trial covers yet, then report whether all are."""
+    (factor,) = spec.space  # a race's grid has one (tied) factor
+    missing = [p for p in points if not _point_done(live, spec, p)]
+    if missing:
+        round_spec = replace(spec, space={factor: Distribution("grid", tuple(p[factor] for p in missing))})
+        tuner = _make_tuner(round_spec, study_dir, str(study_dir), False, trainer, resources, say,
+                            extend_from=round_spec)
+        _publish(live)
+        tuner.fit()
+    outcome = _finish(live, study_dir, total=0)
+    outcome.interrupted = outcome.interrupted or not all(_point_done(live, spec, p) for p in points)
+    return outcome
+
+
+def _point_done(live: _Live, spec: SpaceSpec, point: dict[str, Any]) -> bool:
+    flat = expand_params(point)
+    cell = spec.cell_of(point)
+    return any(row.get("cell") == cell and row.get("seed") == flat.get("seed")
+               and row["status"] not in (None, "running") for row in live.store.trials.values())
 
 
 def _set_tune_defaults() -> None:
@@ -556,28 +584,40 @@ def _connect_ray(address: str | None, num_cpus: int | None, say: Log) -> bool:
 
 
 def _make_tuner(
-    spec: SpaceSpec, study_dir: Path, live_key: str, resume: bool, trainer: Trainer | None, say: Log
+    spec: SpaceSpec, study_dir: Path, live_key: str, resume: bool, trainer: Trainer | None,
+    resources: TrialResources, say: Log, extend_from: SpaceSpec | None = None,
+    store: StudyStore | None = None,
 ) -> tune.Tuner:
-    """Tune's state restored from `study_dir/tune` on resume, else a new Tuner for the study."""
+    """Tune's state restored from `study_dir/tune` on resume, else a new Tuner for the study.
+    Each trial's resources are a function of its config (its network's GPU share).
+
+    With `extend_from` (the study as it was) the new Tuner runs only the trials it lacks: the
+    extra samples, or a grid's new seeds; `store` holds the earlier trials for ASHA's rungs.
+    """
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, base=spec.base.to_dict(), metric=spec.metric, mode=spec.mode,
                              trainer=trainer),
-        {"cpu": spec.resources.cpus_per_trial, "gpu": spec.resources.gpus_per_trial},
+        resources,
     )
     tune_path = study_dir / TUNE_DIR
     if resume and tune.Tuner.can_restore(str(tune_path)):
         say(f"resuming {study_dir}")
         return tune.Tuner.restore(str(tune_path), trainable, resume_unfinished=True, resume_errored=False)
-    if tune_path.exists():  # an interrupted start that never saved Tune's state
+    if tune_path.exists() and extend_from is None:  # an interrupted start that never saved Tune's state
         shutil.rmtree(tune_path)
+    samples, seeds = (1 if spec.is_grid else spec.search.num_samples), None
+    if extend_from is not None:
+        samples = 1 if spec.is_grid else spec.total_trials - extend_from.total_trials
+        seeds = range(extend_from.repeats, spec.repeats) if spec.is_ablation else None
     return tune.Tuner(
         trainable,
-        param_space=_param_space(spec),
+        param_space=param_space(spec, seeds),
         tune_config=tune.TuneConfig(
             metric=OBJECTIVE, mode=spec.mode,
-            search_alg=None if spec.is_grid else _optuna_searcher(spec, study_dir),
-            scheduler=_scheduler(spec),
-            num_samples=1 if spec.is_grid else spec.search.num_samples,
+            search_alg=None if spec.is_grid else optuna_searcher(
+                spec, study_dir, extend_from.total_trials if extend_from is not None else 0),
+            scheduler=scheduler(spec, store),
+            num_samples=samples,
             max_concurrent_trials=spec.search.max_concurrent,
             reuse_actors=False,
             trial_dirname_creator=_trial_dirname,
@@ -594,15 +634,17 @@ def _make_tuner(
     )
 
 
-def _finish(live: _Live, study_dir: Path) -> SearchOutcome:
-    """After `tuner.fit()`: interrupted or done; a finished study drops what Tune never knew."""
+def _finish(live: _Live, study_dir: Path, total: int | None = None) -> SearchOutcome:
+    """After `tuner.fit()`: interrupted or done (`total` trials known, default the spec's); a
+    finished study drops what Tune never knew."""
     counts = live.store.counts()
-    interrupted = counts["running"] > 0 or len(live.known_trials) < live.spec.total_trials
+    total = live.spec.total_trials if total is None else total
+    interrupted = counts["running"] > 0 or len(live.known_trials) < total
     if not interrupted:
         orphans = set(live.store.trials) - live.known_trials
         if orphans:
             live.store.forget(orphans)
-        _fail_stale_optuna_trials(live.spec, study_dir)
+        fail_stale_optuna_trials(live.spec, study_dir)
     _retain_checkpoints(live)
     live.store.flush()
     _drop_work_dirs(study_dir, live.store)
@@ -619,8 +661,12 @@ def _drop_work_dirs(study_dir: Path, store: StudyStore) -> None:
 def _check_resources(spec: SpaceSpec) -> None:
     """A trial asking for more than the cluster has would wait forever: refuse it up front."""
     total = ray.cluster_resources()
+    gpus = 0.0 if spec.resources.auto else float(spec.resources.gpus_per_trial)  # auto fits what exists
+    if spec.resources.auto and spec.base.device.startswith("cuda") and not total.get("GPU"):
+        raise InvalidInput(spec.source, "base.device", "cuda needs a GPU, and this Ray cluster has none",
+                           spec.base.device)
     for key, name, need in (("CPU", "cpus_per_trial", spec.resources.cpus_per_trial),
-                            ("GPU", "gpus_per_trial", spec.resources.gpus_per_trial)):
+                            ("GPU", "gpus_per_trial", gpus)):
         have = float(total.get(key, 0.0))
         if need > have:
             raise InvalidInput(spec.source, f"resources.{name}",
@@ -637,17 +683,3 @@ def _absolute_paths(spec: SpaceSpec) -> SpaceSpec:
     if not overrides:
         return spec
     return replace(spec, base=spec.base.with_overrides(overrides, spec.source))
-
-
-def _fail_stale_optuna_trials(spec: SpaceSpec, study_dir: Path) -> None:
-    """Optuna trials left RUNNING by a killed driver would mislead the sampler and the dashboard."""
-    if spec.is_grid or not (study_dir / OPTUNA_FILE).exists():
-        return
-
-    storage = optuna.storages.RDBStorage(f"sqlite:///{(study_dir / OPTUNA_FILE).resolve()}")
-    try:
-        study = optuna.load_study(study_name=spec.name, storage=storage)
-    except KeyError:
-        return
-    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)

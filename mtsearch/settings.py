@@ -33,10 +33,18 @@ class SchedulerSettings:
     reduction_factor: float = 3.0
 
 
+AUTO = "auto"
+
+
 @dataclass(frozen=True)
 class Resources:
     cpus_per_trial: float = 1.0
-    gpus_per_trial: float = 0.0
+    gpus_per_trial: float | str = AUTO  # a fraction, whole GPUs, or AUTO: sized from memory
+    max_trials_per_gpu: int = 8  # the cap on AUTO's packing (and on OOM retries' neighbours)
+
+    @property
+    def auto(self) -> bool:
+        return self.gpus_per_trial == AUTO
 
 
 def _section(raw: Any, key: str, source: str, allowed: tuple[str, ...]) -> dict[str, Any]:
@@ -63,7 +71,20 @@ def _more_than_one(v: float) -> str | None:
     return None if v > 1 else "must be > 1"
 
 
-def _gpu_share(v: float) -> str | None:
+def _gpus(value: Any) -> float | str:
+    """`auto` or a number of GPUs."""
+    if value == AUTO:
+        return AUTO
+    try:
+        return as_float(value)
+    except ValueError:
+        raise ValueError("expected a number of GPUs or auto") from None
+
+
+def _gpu_share(v: float | str) -> str | None:
+    if v == AUTO:
+        return None
+    assert isinstance(v, float)
     if v < 0:
         return "must be >= 0"
     if v > 1 and not v.is_integer():
@@ -91,7 +112,8 @@ SETTINGS: dict[str, dict[str, SettingField]] = {
     },
     "resources": {
         "cpus_per_trial": SettingField(1.0, as_float, positive),
-        "gpus_per_trial": SettingField(0.0, as_float, _gpu_share),
+        "gpus_per_trial": SettingField(AUTO, _gpus, _gpu_share),
+        "max_trials_per_gpu": SettingField(8, as_int, at_least(1)),
     },
     "failure": {"max_failures": SettingField(0, as_int, at_least(0))},
     # the checkpoints of the best K finished trials are kept; others' are deleted (issue 10)

@@ -154,11 +154,19 @@ class SpaceSpec:
         num_samples: int | None = None,
         max_concurrent: int | None = None,
         data_root: str | None = None,
+        repeats: int | None = None,
     ) -> SpaceSpec:
         """Command-line overrides, validated like the file's values."""
         spec = self
         if name is not None:
             spec = replace(spec, name=_check_name(name, "--name", None))
+        if repeats is not None:
+            if not spec.is_ablation or "seed" in spec.space:
+                raise InvalidInput(None, "--repeats", "applies to grid files that repeat seeds with `repeats`",
+                                   repeats)
+            if repeats < 1:
+                raise InvalidInput(None, "--repeats", "must be >= 1", repeats)
+            spec = replace(spec, repeats=repeats)
         if num_samples is not None:
             if spec.is_grid:
                 raise InvalidInput(None, "--num-samples", "does not apply to grids (the grid sets the trial count)",
@@ -199,6 +207,7 @@ class SpaceSpec:
             "resources": {
                 "cpus_per_trial": self.resources.cpus_per_trial,
                 "gpus_per_trial": self.resources.gpus_per_trial,
+                "max_trials_per_gpu": self.resources.max_trials_per_gpu,
             },
             "failure": {"max_failures": self.max_failures},
             "storage": {"keep_checkpoints": self.keep_checkpoints},
@@ -216,11 +225,27 @@ class SpaceSpec:
     def to_yaml(self) -> str:
         return dump_yaml(self.to_dict())
 
+    @property
+    def count(self) -> int:
+        """What `--resume` may raise to extend a study: `num_samples`, or a grid file's `repeats`."""
+        return self.repeats if self.is_ablation else self.search.num_samples
+
+    @property
+    def count_flag(self) -> str:
+        return "--repeats" if self.is_ablation else "--num-samples"
+
+    def with_count(self, count: int) -> SpaceSpec:
+        if self.is_ablation:
+            return replace(self, repeats=count)
+        return replace(self, search=replace(self.search, num_samples=count))
+
     def identity(self) -> dict[str, Any]:
-        """What must not change between a study's start and its resume."""
+        """What must not change between a study's start and its resume (the count may grow)."""
         data = self.to_dict()
-        data["search"] = {k: v for k, v in data["search"].items() if k != "max_concurrent"}
+        data["search"] = {k: v for k, v in data["search"].items() if k not in ("max_concurrent", "num_samples")}
+        data.pop("repeats", None)
         del data["storage"]  # retention changes no result: a resume may change it
+        del data["resources"]  # nor where trials run: a study may resume on other machines
         return data
 
 
@@ -294,7 +319,7 @@ def space_from_mapping(
     )
     if kind == ABLATION and data.get("reference") is not None:
         spec = replace(spec, reference=_reference(data["reference"], spec))
-    if base.device.startswith("cuda") and resources.gpus_per_trial == 0:
+    if base.device.startswith("cuda") and resources.gpus_per_trial == 0.0:
         raise InvalidInput(source, "resources.gpus_per_trial", f"must be > 0 when base.device is {base.device}", 0)
     if scheduler.type == "asha":
         if "optim.epochs" in space:
@@ -315,6 +340,15 @@ def load_study_space(study_dir: str | Path) -> SpaceSpec:
 
 
 # ---- sections ---------------------------------------------------------------------------------
+
+def with_study_count(spec: SpaceSpec, study_dir: str | Path) -> SpaceSpec:
+    """For a plain `--resume`: the count the study recorded where the file asks for fewer (an
+    extended study keeps its extension)."""
+    if not (Path(study_dir) / "space.yaml").exists():
+        return spec
+    saved = load_study_space(study_dir)
+    return spec.with_count(saved.count) if saved.count > spec.count else spec
+
 
 def _check_name(name: Any, key: str, source: str | None) -> str:
     """A study name is one plain folder name: it can never point outside the trials folder."""

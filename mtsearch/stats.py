@@ -141,3 +141,30 @@ def paired_verdict(delta: Interval, mode: str) -> str:
     if good_high < 0:
         return "hurts"
     return "indistinguishable"
+
+
+def paired_p_greater(differences: Iterable[float]) -> float | None:
+    """One-sided paired t-test p-value for mean > 0 (None with fewer than 2 pairs).
+
+    All differences equal: p is 0 if they are positive and 1 otherwise (no spread to test)."""
+    xs = [float(d) for d in differences]
+    n = len(xs)
+    if n < 2:
+        return None
+    mean = math.fsum(xs) / n
+    sd = math.sqrt(math.fsum((x - mean) ** 2 for x in xs) / (n - 1))
+    if sd == 0:
+        return 0.0 if mean > 0 else 1.0
+    return 1.0 - t_cdf(mean / (sd / math.sqrt(n)), n - 1)
+
+
+def holm(pvalues: Mapping[Any, float]) -> dict[Any, float]:
+    """Holm's step-down adjusted p-values: family-wise error control over several comparisons."""
+    ordered = sorted(pvalues.items(), key=lambda item: item[1])
+    m = len(ordered)
+    adjusted: dict[Any, float] = {}
+    running = 0.0
+    for i, (key, p) in enumerate(ordered):
+        running = max(running, min(1.0, (m - i) * p))
+        adjusted[key] = running
+    return adjusted

@@ -12,12 +12,9 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -26,6 +23,7 @@ from typing import Any
 import optuna
 import pyarrow.parquet as pq
 import pytest
+from ray_head import ray_head
 
 from mtsearch.errors import InvalidInput
 from mtsearch.search import run_search
@@ -81,54 +79,11 @@ def records(log_dir: Path) -> list[dict[str, Any]]:
     return [json.loads(p.read_text()) for p in sorted(log_dir.glob("*.json"))]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def ray_address() -> Iterator[str]:
-    """A Ray head on 127.0.0.1 (4 logical CPUs: stand-in trials only sleep), stopped afterwards.
-
-    Token authentication is off for this throw-away local head (Ray 2.60 turns it on by default
-    for `ray start`, and a driver without the token cannot join).
-    """
-    port = _free_port()
-    temp_dir = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths have a length limit
-    log = open(Path(temp_dir) / "head.log", "w")
-    proc = subprocess.Popen(
-        ["ray", "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1", "--num-cpus=4",
-         "--num-gpus=0", "--include-dashboard=false", f"--temp-dir={temp_dir}", "--block"],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        env={**os.environ, "RAY_AUTH_MODE": "disabled"},
-    )
-    address = f"127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 90
-        probe = None
-        while time.time() < deadline:
-            probe = subprocess.run(
-                [sys.executable, "-c", f"import ray; ray.init(address='{address}'); ray.shutdown()"],
-                capture_output=True, text=True, timeout=60,
-            )
-            if probe.returncode == 0:
-                break
-            if proc.poll() is not None:
-                raise RuntimeError((Path(temp_dir) / "head.log").read_text())
-            time.sleep(1)
-        else:
-            raise RuntimeError(f"Ray head did not start: {probe.stderr[-2000:] if probe else ''}")
+    """A Ray head on 127.0.0.1 (4 logical CPUs: stand-in trials only sleep), stopped afterwards."""
+    with ray_head(num_cpus=4, num_gpus=0) as address:
         yield address
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=30)
-        log.close()
-        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def _spec(data: dict[str, Any], kind: str = "search") -> Any:

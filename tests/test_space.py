@@ -51,8 +51,14 @@ BAD_SPACES = [
     ("base: {optim.epochs: 2}\nscheduler: {grace_period: 5}\nspace: {loss.w_dir: {uniform: [0, 1]}}",
      "scheduler.grace_period: must be <= optim.epochs (2) (got 5)"),
     ("resources: {gpus_per_trial: 1.5}\nspace: {loss.w_dir: {uniform: [0, 1]}}", "resources.gpus_per_trial:"),
-    ("base: {device: cuda}\nspace: {loss.w_dir: {uniform: [0, 1]}}",
+    ("base: {device: cuda}\nresources: {gpus_per_trial: 0}\nspace: {loss.w_dir: {uniform: [0, 1]}}",
      "resources.gpus_per_trial: must be > 0 when base.device is cuda"),
+    ("base: {device: cuda}\nspace: {loss.w_dir: {uniform: [0, 1]}}",  # auto, on a Ray without GPUs
+     "base.device: cuda needs a GPU, and this Ray cluster has none (got 'cuda')"),
+    ("resources: {gpus_per_trial: some}\nspace: {loss.w_dir: {uniform: [0, 1]}}",
+     "resources.gpus_per_trial: expected a number of GPUs or auto"),
+    ("resources: {max_trials_per_gpu: 0}\nspace: {loss.w_dir: {uniform: [0, 1]}}",
+     "resources.max_trials_per_gpu: must be >= 1 (got 0)"),
     ("base: {model.preset: huge}\nspace: {loss.w_dir: {uniform: [0, 1]}}", "base.model.preset: must be one of"),
     ("base: {loss.w_trak: 1}\nspace: {loss.w_dir: {uniform: [0, 1]}}", "base.loss.w_trak: unknown config key"),
     ("space: {loss.w_dir: {uniform: [0, 1]}}\nspace: {loss.w_dir: {uniform: [0, 2]}}", "duplicate key 'space'"),
@@ -129,7 +135,11 @@ def test_shipped_spaces_validate() -> None:
     assert {"loss.w_track", "loss.w_dir", "track.frame_gap", "data.fps", "model.branches"} <= set(full.space)
     thesis = load_space(SPACES / "thesis-hmdb51.yaml", "search")
     assert thesis.base.data.dataset == "hmdb51" and thesis.base.model.preset == "thesis"
-    assert 0 < thesis.resources.gpus_per_trial <= 1
+    assert thesis.resources.auto and thesis.resources.max_trials_per_gpu >= 1
+    # the thesis space's shapes: one network (loss weights, fps and frame gaps change no tensor)
+    from mtsearch.packing import shape_label, spec_shapes
+
+    assert [shape_label(cfg) for cfg in spec_shapes(thesis).values()] == ["thesis b4"]
     ablation = load_space(SPACES / "ablation.yaml", "ablation")
     assert ablation.total_trials == 12 and ablation.reference_cell() == "model.branches=cls"
     assert ablation.scheduler.type == "none"

@@ -28,7 +28,8 @@ class _Parser(argparse.ArgumentParser):
 def _search_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trials-dir", default="trials", help="where studies live (default: trials)")
     p.add_argument("--name", help="study name (overrides the file's `name`)")
-    p.add_argument("--num-samples", type=int, help="number of trials (overrides search.num_samples)")
+    p.add_argument("--num-samples", type=int, help="number of trials (overrides search.num_samples; "
+                   "with --resume, more than the study's extends it)")
     p.add_argument("--max-concurrent", type=int, help="trials at once (overrides search.max_concurrent)")
     p.add_argument("--address", help="join an existing Ray cluster (default: start a local one)")
     p.add_argument("--data", metavar="ROOT", help="dataset root (overrides data.root)")
@@ -52,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("ablate", help="run a grid of configs x seeds")
     p.add_argument("space", metavar="GRID.yaml")
     _search_options(p)
+    p.add_argument("--repeats", type=int, help="seeds per cell (overrides repeats; with --resume, "
+                   "more than the study's adds seeds)")
     p.set_defaults(handler="run:cmd_ablate")
 
     p = sub.add_parser("leaderboard", help="ranked table of a study's trials")
@@ -64,6 +67,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("study", metavar="trials/NAME")
     p.add_argument("--format", choices=["table", "md", "csv", "json"], default="table")
     p.set_defaults(handler="results:cmd_report")
+
+    p = sub.add_parser("confirm", help="race a study's top configurations over seeds")
+    p.add_argument("study", metavar="trials/NAME")
+    p.add_argument("--top", type=int, default=3, help="configurations in the race (default 3)")
+    p.add_argument("--seeds", type=int, default=5, help="at most this many seeds each (default 5)")
+    p.add_argument("--alpha", type=float, default=0.05, help="test level, Holm-corrected (default 0.05)")
+    p.add_argument("--address", help="join an existing Ray cluster (default: start a local one)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted race")
+    p.set_defaults(handler="confirm:cmd_confirm")
 
     p = sub.add_parser("export", help="a trial's config as YAML for `mtsearch train`")
     p.add_argument("study", metavar="trials/NAME")

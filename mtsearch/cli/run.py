@@ -40,11 +40,14 @@ def cmd_ablate(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace, kind: str) -> int:
-    from mtsearch.space import load_space
+    from mtsearch.space import load_space, with_study_count
 
     spec = load_space(args.space, kind)
+    repeats = getattr(args, "repeats", None)
     spec = spec.with_cli(name=args.name, num_samples=args.num_samples, max_concurrent=args.max_concurrent,
-                         data_root=args.data)
+                         data_root=args.data, repeats=repeats)
+    if args.resume and args.num_samples is None and repeats is None:
+        spec = with_study_count(spec, Path(args.trials_dir) / spec.name)
     _check_data_root(spec)
     console = Console()
     err = Console(stderr=True)
@@ -112,6 +115,10 @@ def _resume_command(command: str, args: argparse.Namespace, name: str) -> str:
         parts += ["--data", args.data]
     if args.address:
         parts += ["--address", args.address]
+    if args.num_samples is not None:
+        parts += ["--num-samples", str(args.num_samples)]
+    if getattr(args, "repeats", None) is not None:
+        parts += ["--repeats", str(args.repeats)]
     return " ".join(shlex.quote(p) for p in parts)
 
 
@@ -144,7 +151,16 @@ def _counts_line(progress: Any) -> Text:
     text = Text()
     for status, count in progress.counts.items():
         text.append(f"{status} {count}  ", style=_STATUS_STYLE.get(status, ""))
+    text.append(_gpu_line(progress.rows))
     return text
+
+
+def _gpu_line(rows: list[dict[str, Any]]) -> str:
+    """`on GPUs: 6 running, up to 4 per GPU` while trials hold GPU shares; else nothing."""
+    shares = [r["gpu_share"] for r in rows if r["status"] == "running" and (r.get("gpu_share") or 0) > 0]
+    if not shares:
+        return ""
+    return f"on GPUs: {len(shares)} running, up to {round(1 / min(shares))} per GPU"
 
 
 def _clock(seconds: float) -> str:

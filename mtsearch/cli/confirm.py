@@ -1,0 +1,58 @@
+"""`mtsearch confirm trials/NAME`: race the top configurations over seeds, then say who won."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from mtsearch.cli import EXIT_INTERRUPTED, EXIT_OK
+from mtsearch.cli.run import _log_changes
+
+
+def cmd_confirm(args: argparse.Namespace) -> int:
+    from mtsearch.confirm import race
+    from mtsearch.report import metric_unit
+
+    console, err = Console(), Console(stderr=True)
+
+    def log(message: str) -> None:
+        err.print(message, markup=False, highlight=False, soft_wrap=True)
+
+    seen: dict[str, Any] = {}
+    resume_cmd = " ".join(shlex.quote(p) for p in [
+        "mtsearch", "confirm", args.study, "--top", str(args.top), "--seeds", str(args.seeds),
+        "--alpha", str(args.alpha), "--resume", *(["--address", args.address] if args.address else [])])
+    try:
+        result = race(args.study, args.top, args.seeds, args.alpha, resume=args.resume, log=log,
+                      address=args.address, on_update=lambda p: _log_changes(p, seen, err))
+    except KeyboardInterrupt:
+        log(f"interrupted; resume with: {resume_cmd}")
+        return EXIT_INTERRUPTED
+    scale, unit = metric_unit(result.metric, [v for c in result.contenders for v in c.scores.values()])
+    leader = result.leader()
+    table = Table(title=f"confirm: {result.metric} ({result.mode}) over seeds "
+                        f"{result.seeds[0]}..{result.seeds[-1]}, final epoch")
+    for column in ("config", *leader.values, "seeds", "mean ± 95% CI", f"Δ vs {leader.label} (95% CI)",
+                   "dropped"):
+        table.add_column(column)
+    for c in result.contenders:
+        s = c.summary()
+        mean = "—" if s.mean is None else f"{s.mean * scale:.1f}{unit}" + (
+            f" ± {s.half_width * scale:.1f}" if s.half_width is not None else "")
+        d = result.delta(c, leader)
+        delta = "leader" if c is leader else ("—" if d.mean is None else f"{d.mean * scale:+.1f}" + (
+            f" ({d.low * scale:+.1f}, {d.high * scale:+.1f})" if d.low is not None else ""))
+        dropped = "—" if c.dropped_after is None else f"after {c.dropped_after} seeds (p = {c.p_adjusted:.3g})"
+        table.add_row(c.label, *(str(v) for v in c.values.values()), str(len(c.scores)), mean, delta, dropped)
+    console.print(table)
+    console.print(result.verdict() + ".", markup=False, highlight=False)
+    if result.interrupted:
+        log(f"interrupted; resume with: {resume_cmd}")
+        return EXIT_INTERRUPTED
+    console.print(f"results: {result.study_dir} (mtsearch report / leaderboard / plot read it)",
+                  markup=False, highlight=False)
+    return EXIT_OK

@@ -1,0 +1,137 @@
+"""Optuna and ASHA as Ray Tune takes them: the searcher, the parameter space, the scheduler.
+
+A study's searcher keeps its history in `trials/<name>/optuna.db`, so an extended study's new
+trials are sampled from every earlier one, and its ASHA rungs can be seeded with the earlier
+trials' values at each milestone, so new trials are compared under the same rungs.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import optuna
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.search.optuna import OptunaSearch
+
+from mtsearch.space import SpaceSpec
+from mtsearch.store import StudyStore
+
+OBJECTIVE = "objective"  # the key Tune, ASHA and Optuna optimise: the space's metric, carried forward
+OPTUNA_FILE = "optuna.db"
+
+
+class PruneAwareOptunaSearch(OptunaSearch):
+    """Tells Optuna PRUNED (not COMPLETE with a low score) for trials the scheduler stopped."""
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if "fit_status" in result or trial_id not in self._ot_trials:
+            return
+        ot_trial = self._ot_trials[trial_id]
+        value = result.get(OBJECTIVE)
+        if value is not None and math.isfinite(value):
+            ot_trial.report(value, int(result.get("epoch", result.get("training_iteration", 0))))
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials or error or not result:
+            return super().on_trial_complete(trial_id, result, error)
+        state = None
+        if result.get("fit_status") == "diverged":
+            state = optuna.trial.TrialState.FAIL
+        elif int(result.get("epoch", 0)) < int(result.get("epochs_planned", 0)):
+            state = optuna.trial.TrialState.PRUNED
+        value = result.get(OBJECTIVE)
+        if state is None and (value is None or not math.isfinite(value)):
+            state = optuna.trial.TrialState.FAIL
+        if state is None:
+            return super().on_trial_complete(trial_id, result, error)
+        try:
+            self._ot_study.tell(self._ot_trials[trial_id], state=state)
+        except Exception as exc:  # noqa: BLE001 - a tell that Optuna refuses must not stop the search
+            logging.getLogger(__name__).warning("optuna tell failed: %s", exc)
+        self._completed_trials.add(trial_id)
+
+
+def optuna_searcher(spec: SpaceSpec, study_dir: Path, earlier: int = 0) -> Any:
+    """The study's sampler on its `optuna.db`. An extension (`earlier` trials already there)
+    seeds it with seed + earlier: the same seed would draw the first trials' random points again."""
+    seed = spec.search.seed + earlier
+    if spec.search.algorithm == "random":
+        sampler = optuna.samplers.RandomSampler(seed=seed)
+    elif spec.search.algorithm == "cmaes":
+        sampler = optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
+    else:
+        sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True)
+    storage = optuna.storages.RDBStorage(f"sqlite:///{(study_dir / OPTUNA_FILE).resolve()}")
+    return PruneAwareOptunaSearch(sampler=sampler, study_name=spec.name, storage=storage)
+
+
+def param_space(spec: SpaceSpec, seeds: Iterable[int] | None = None) -> dict[str, Any]:
+    """Tune's parameter space; a grid file's repeats run `seeds` (default 0..repeats-1)."""
+    space: dict[str, Any] = {}
+    for key, dist in spec.space.items():
+        low_high = dist.values
+        if dist.kind == "uniform":
+            space[key] = tune.uniform(*low_high)
+        elif dist.kind == "loguniform":
+            space[key] = tune.loguniform(*low_high)
+        elif dist.kind == "int":
+            space[key] = tune.randint(low_high[0], low_high[1] + 1)  # Tune's upper bound is exclusive
+        elif dist.kind == "logint":
+            space[key] = tune.lograndint(low_high[0], low_high[1] + 1)
+        elif dist.kind == "choice":
+            space[key] = tune.choice(list(dist.values))
+        else:  # tied grid factors are lists of levels; expand_params splits them in the trial
+            space[key] = tune.grid_search([list(v) if isinstance(v, tuple) else v for v in dist.values])
+    if spec.is_ablation and spec.repeats > 1 and "seed" not in space:
+        space["seed"] = tune.grid_search(list(seeds if seeds is not None else range(spec.repeats)))
+    return space
+
+
+def scheduler(spec: SpaceSpec, earlier: StudyStore | None = None) -> Any:
+    """ASHA on epochs (or none); with `earlier`, its rungs hold those trials' values already."""
+    if spec.scheduler.type != "asha":
+        return FIFOScheduler()
+    asha = ASHAScheduler(time_attr="epoch", max_t=spec.max_epochs, grace_period=spec.scheduler.grace_period,
+                         reduction_factor=spec.scheduler.reduction_factor)
+    if earlier is not None:
+        sign = 1.0 if spec.mode == "max" else -1.0  # ASHA records metric_op * value
+        for trial_id in earlier.trials:
+            epochs = sorted(earlier.trial_epochs(trial_id), key=lambda row: row["epoch"])
+            for bracket in asha._brackets:
+                for milestone, recorded in bracket._rungs:
+                    value = objective_at(epochs, spec.metric, spec.mode, milestone)
+                    if value is not None:
+                        recorded[trial_id] = sign * value
+    return asha
+
+
+def objective_at(epochs: list[dict[str, Any]], metric: str, mode: str, milestone: float) -> float | None:
+    """What the trial reported as OBJECTIVE at its first epoch >= milestone: the last finite
+    metric so far (the worst value before any); None if it never got there."""
+    value = -math.inf if mode == "max" else math.inf
+    for row in epochs:
+        metric_value = row.get(metric)
+        if metric_value is not None and math.isfinite(metric_value):
+            value = float(metric_value)
+        if row["epoch"] >= milestone:
+            return value
+    return None
+
+
+def fail_stale_optuna_trials(spec: SpaceSpec, study_dir: Path) -> None:
+    """Optuna trials left RUNNING by a killed driver would mislead the sampler and the dashboard."""
+    if spec.is_grid or not (study_dir / OPTUNA_FILE).exists():
+        return
+
+    storage = optuna.storages.RDBStorage(f"sqlite:///{(study_dir / OPTUNA_FILE).resolve()}")
+    try:
+        study = optuna.load_study(study_name=spec.name, storage=storage)
+    except KeyError:
+        return
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)

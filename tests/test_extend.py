@@ -1,0 +1,107 @@
+"""Extending a finished study (issue 11): `--resume --num-samples N` and `ablate --resume --repeats N`.
+
+Real Ray, real Optuna (SQLite) and real Parquet, with the stand-in trainer of test_search.py.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pyarrow.parquet as pq
+import pytest
+from ray_head import ray_head
+from test_search import make_fit, records
+
+from mtsearch.errors import InvalidInput
+from mtsearch.search import run_search
+from mtsearch.space import space_from_mapping, with_study_count
+from mtsearch.store import StudyStore
+from mtsearch.tuning import objective_at, scheduler
+
+
+@pytest.fixture(scope="module")
+def ray_address() -> Iterator[str]:
+    with ray_head(num_cpus=4, num_gpus=0) as address:
+        yield address
+
+
+def _spec(data: dict[str, Any], kind: str = "search") -> Any:
+    return space_from_mapping(data, "test.yaml", kind, default_name="study")
+
+
+SEARCH = {"name": "ext", "base": {"optim.epochs": 4, "eval.every": 1},
+          "search": {"algorithm": "tpe", "num_samples": 4, "max_concurrent": 2, "seed": 3},
+          "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 2},
+          "space": {"loss.w_track": {"loguniform": [1, 400]}}}
+
+
+def test_a_finished_study_grows_by_exactly_the_missing_trials(tmp_path: Path, ray_address: str):
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    trials = tmp_path / "trials"
+    fit = make_fit(logs, 0.05)
+    first = run_search(_spec(SEARCH), trials, address=ray_address, trainable_fn=fit)
+    assert not first.interrupted and len(records(logs)) <= 4
+    old_ids = {r["trial_id"] for r in pq.read_table(first.study_dir / "trials.parquet").to_pylist()}
+
+    with pytest.raises(InvalidInput, match="--num-samples: the study .* already has 4; give 4 or more"):
+        run_search(_spec(SEARCH).with_cli(num_samples=3), trials, resume=True, address=ray_address,
+                   trainable_fn=fit)
+    said: list[str] = []
+    grown = run_search(_spec(SEARCH).with_cli(num_samples=7), trials, resume=True, address=ray_address,
+                       trainable_fn=fit, log=said.append)
+    assert not grown.interrupted
+    assert any("extending" in line and "from 4 to 7 trials" in line for line in said)
+    rows = pq.read_table(grown.study_dir / "trials.parquet").to_pylist()
+    assert len(rows) == 7 and old_ids < {r["trial_id"] for r in rows}
+    assert all(r["status"] in ("completed", "pruned") for r in rows)
+    # only the 3 new trials ran (pruned trials of the first run never re-ran)
+    assert len([r for r in records(logs) if r["start_epoch"] == 1]) == len(records(logs))
+    epochs = pq.read_table(grown.study_dir / "epochs.parquet").to_pylist()
+    keys = [(e["trial_id"], e["epoch"]) for e in epochs]
+    assert len(keys) == len(set(keys))
+    # the sampler's history holds all of them, and no point was sampled twice
+    study = optuna.load_study(study_name="ext", storage=f"sqlite:///{grown.study_dir / 'optuna.db'}")
+    assert len(study.trials) == 7
+    values = [t.params["loss.w_track"] for t in study.trials]
+    assert len(set(values)) == 7
+    # the study now records 7: a plain --resume (the file still says 4) keeps it and runs nothing
+    assert with_study_count(_spec(SEARCH), grown.study_dir).search.num_samples == 7
+    again = run_search(with_study_count(_spec(SEARCH), grown.study_dir), trials, resume=True,
+                       address=ray_address, trainable_fn=fit)
+    assert not again.interrupted
+    assert len(pq.read_table(again.study_dir / "trials.parquet")) == 7
+
+
+def test_a_grid_gains_seeds_in_every_cell(tmp_path: Path, ray_address: str):
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    grid = {"name": "grid", "base": {"optim.epochs": 2}, "grid": {"loss.w_track": [10, 30]}, "repeats": 2}
+    fit = make_fit(logs, 0.05)
+    run_search(_spec(grid, "ablation"), tmp_path / "trials", address=ray_address, trainable_fn=fit)
+    grown = run_search(_spec(grid, "ablation").with_cli(repeats=3), tmp_path / "trials", resume=True,
+                       address=ray_address, trainable_fn=fit)
+    rows = pq.read_table(grown.study_dir / "trials.parquet").to_pylist()
+    cells = sorted((r["cell"], r["seed"]) for r in rows)
+    assert cells == [(c, s) for c in ("loss.w_track=10", "loss.w_track=30") for s in (0, 1, 2)]
+    assert len(records(logs)) == 6  # 4, then the 2 new seeds
+
+
+def test_new_trials_meet_the_old_trials_at_the_same_asha_rungs(tmp_path: Path):
+    spec = _spec(SEARCH)
+    store = StudyStore(tmp_path, spec.param_types())
+    for trial_id, curve in {"a": [0.1, 0.5, 0.6, 0.7], "b": [0.2, None, 0.3], "c": [0.05]}.items():
+        store.upsert_trial(trial_id, status="completed")
+        for epoch, value in enumerate(curve, start=1):
+            store.add_epoch(trial_id, {"epoch": epoch, "loss": 1.0, "val_hit1": value})
+    asha = scheduler(spec, store)
+    rungs = {milestone: dict(recorded) for milestone, recorded in asha._brackets[0]._rungs}
+    # milestones 1, 2, 4 (grace 1, factor 2, 4 epochs); b's epoch 2 carries its epoch-1 value
+    assert rungs == {4: {"a": 0.7}, 2: {"a": 0.5, "b": 0.2}, 1: {"a": 0.1, "b": 0.2, "c": 0.05}}
+    assert objective_at([{"epoch": 1, "val_hit1": None}], "val_hit1", "max", 1) == -math.inf
+    minimised = scheduler(_spec({**SEARCH, "metric": "val_hit1", "mode": "min"}), store)
+    assert dict(minimised._brackets[0]._rungs[-1][1]) == {"a": -0.1, "b": -0.2, "c": -0.05}
