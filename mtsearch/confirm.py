@@ -16,6 +16,7 @@ and `plot` read it, and `--resume` continues it.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,11 +24,13 @@ from typing import Any
 
 from mtsearch.config import branches_label
 from mtsearch.errors import InvalidInput
+from mtsearch.files import write_atomic
 from mtsearch.report import Study, final_score, leaderboard, load_study, metric_unit, trial_config
 from mtsearch.space import SpaceSpec, space_from_mapping
 from mtsearch.stats import Interval, holm, paired_differences, paired_p_greater, summarize
 
 CONFIRM_DIR = "confirm"
+RACE_FILE = "race.json"  # the finished race: settings, every contender's scores, the winner
 SEED_BASE = 1000  # confirm's seeds: 1000, 1001, ... (never the search's)
 
 
@@ -62,6 +65,14 @@ class Race:
     @property
     def alive(self) -> list[Contender]:
         return [c for c in self.contenders if c.dropped_after is None]
+
+    def to_json(self, top: int, alpha: float) -> dict[str, Any]:
+        leader = self.leader()
+        return {"metric": self.metric, "mode": self.mode, "top": top, "seeds": self.seeds, "alpha": alpha,
+                "leader": leader.rank, "verdict": self.verdict(),
+                "contenders": [{"rank": c.rank, "trial_id": c.trial_id, "values": c.values,
+                                "scores": {str(k): v for k, v in c.scores.items()},
+                                "dropped_after": c.dropped_after} for c in self.contenders]}
 
     def leader(self) -> Contender:
         """Best mean over the seeds run so far among those still in; ties go to the search's rank."""
@@ -181,6 +192,7 @@ def race(
                 f"Holm-adjusted p = {c.p_adjusted:.3g})")
         if len(result.alive) == 1:
             break
+    write_atomic(result.study_dir / RACE_FILE, json.dumps(result.to_json(top, alpha), indent=1))
     return result
 
 
@@ -216,6 +228,15 @@ def _read_scores(race: Race, spec: SpaceSpec, seeds: list[int]) -> None:
         if contender is not None and trial.get("status") not in (None, "running") \
                 and int(trial["seed"]) in seeds:
             contender.scores[int(trial["seed"])] = final_score(child, trial)
+
+
+def read_race(study_dir: str | Path) -> dict[str, Any] | None:
+    """The finished race of a study (`race.json`), or None if `confirm` has not finished one."""
+    path = Path(study_dir) / CONFIRM_DIR / RACE_FILE
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def _plain(key: str, value: Any) -> Any:

@@ -7,11 +7,14 @@ w_track = 20) plus a seed-dependent wobble, so the race's outcome is known in ad
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from ray_head import ray_head
 
 from mtsearch.confirm import SEED_BASE, race
@@ -88,10 +91,31 @@ def test_racing_drops_clearly_worse_configurations_early(tmp_path: Path, ray_add
     report = ablation(child)
     assert {c.n for c in report.cells} == {2}
     assert leaderboard(child).total_ranked == 6
+    _check_export(parent)
     # resuming a finished race replays its decisions and runs nothing
     again = race(parent, top=3, seeds=5, resume=True, address=ray_address, trainable_fn=fit)
     assert [c.dropped_after for c in again.contenders] == [c.dropped_after for c in result.contenders]
     assert len(_runs(logs)) == 9
+
+
+def _check_export(parent: Path) -> None:
+    """`export` writes best.yaml and the card; `--from-confirm` exports the race's winner."""
+    def export(*extra: str) -> str:
+        proc = subprocess.run([sys.executable, "-m", "mtsearch", "export", str(parent), *extra],
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        return (parent / "best.md").read_text()
+
+    card = export()
+    for part in ("Selected by the best val_hit1 over epochs of rank 1", "| `loss.w_track` | 20.0 | 25.0 |",
+                 "- best epoch: 80.", "% at epoch 2", "over 2 fresh seeds", "## Learning curve",
+                 "| 1 | 1 | ", "- mtsearch: ", "- torch: ", "- index sha256: ", "## Reproduce",
+                 f"mtsearch train {parent / 'best.yaml'}"):
+        assert part in card, part
+    card = export("--from-confirm")
+    assert "`mtsearch confirm` on" in card and "search rank #1 won" in card
+    exported = yaml.safe_load((parent / "best.yaml").read_text())
+    assert exported["seed"] == SEED_BASE and exported["loss"]["w_track"] == 20.0
 
 
 def test_a_close_race_spends_every_seed_and_says_so(tmp_path: Path, ray_address: str):

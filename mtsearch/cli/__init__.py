@@ -80,7 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="a trial's config as YAML for `mtsearch train`")
     p.add_argument("study", metavar="trials/NAME")
     p.add_argument("--rank", type=int, default=1, help="1 = best (default)")
-    p.add_argument("--out", metavar="FILE", help="default: trials/NAME/best.yaml")
+    p.add_argument("--out", metavar="FILE", help="default: trials/NAME/best.yaml (the card: best.md)")
+    p.add_argument("--from-confirm", action="store_true",
+                   help="export the winner of `mtsearch confirm` instead of the search's top trial")
     p.set_defaults(handler="results:cmd_export")
 
     p = sub.add_parser("plot", help="PNG figures of a study")

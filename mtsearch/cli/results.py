@@ -113,28 +113,71 @@ def _report_search(study: report.Study, fmt: str) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    """The N-th best trial's resolved config as YAML that `mtsearch train` runs as is."""
+    """The N-th best trial's resolved config as YAML that `mtsearch train` runs as is, and its
+    result card (`best.md`) beside it; `--from-confirm`: the winner of `mtsearch confirm`."""
+    from mtsearch.card import render_card
+    from mtsearch.confirm import CONFIRM_DIR, read_race
     from mtsearch.files import write_atomic
+    from mtsearch.stats import summarize
 
     study = report.load_study(args.study)
-    trial = report.ranked_trial(study, args.rank)
-    cfg = report.trial_config(study, trial)
+    race = read_race(study.path)
+    if args.from_confirm:
+        if race is None:
+            raise InvalidInput(study.path / CONFIRM_DIR, "--from-confirm",
+                               "no finished race here; run `mtsearch confirm` first")
+        winner = next(c for c in race["contenders"] if c["rank"] == race["leader"])
+        child = report.load_study(study.path / CONFIRM_DIR)
+        runs = sorted((t for t in child.trials if t.get("status") == "completed"
+                       and _matches(report.trial_config(child, t).to_flat(), winner["values"])),
+                      key=lambda t: t.get("seed"))
+        if not runs:
+            raise InvalidInput(study.path / CONFIRM_DIR, "--from-confirm", "the winner has no completed run")
+        source, trial = child, runs[0]
+        what = (f"`mtsearch confirm` on {study.path} (top {race['top']}, up to {len(race['seeds'])} seeds, "
+                f"alpha {race['alpha']}): search rank #{winner['rank']} won; {race['verdict']}")
+    else:
+        source, trial = study, report.ranked_trial(study, args.rank)
+        winner = None
+        board = report.leaderboard(study)
+        what = (f"the best {study.metric} over epochs of rank {args.rank} of {board.total_ranked} ranked trials "
+                f"in study {study.path} (one seed each)")
+        flat = report.trial_config(study, trial).to_flat()
+        winner = next((c for c in (race or {}).get("contenders", []) if _matches(flat, c["values"])), None)
+    cfg = report.trial_config(source, trial)
     out = Path(args.out) if args.out else study.path / "best.yaml"
     if out.is_dir():
         raise InvalidInput(out, "--out", "is a folder, expected a file path")
-    score = report.fmt_number(report.best_score(study, trial))
+    score = report.fmt_number(report.best_score(source, trial))
+    how = "--from-confirm" if args.from_confirm else f"--rank {args.rank}"
     header = (
-        f"# exported by `mtsearch export {study.path} --rank {args.rank}`: trial {trial.get('trial_id')}, "
+        f"# exported by `mtsearch export {study.path} {how}`: trial {trial.get('trial_id')}, "
         f"status {trial.get('status')}, best {study.metric} {score}\n"
     )
+    confirmed = summarize(winner["scores"].values()) if winner is not None else None
+    card = render_card(source, trial, cfg, yaml_path=out, selected_by=what, confirmed=confirmed,
+                       confirm_seeds=[int(s) for s in winner["scores"]] if winner is not None else None,
+                       warn=lambda message: None)
     write_atomic(out, header + cfg.to_yaml())
+    card_path = out.with_suffix(".md")
+    write_atomic(card_path, card)
     _console().print(
-        f"wrote {out} (rank {args.rank}: trial {trial.get('trial_id')}, "
+        f"wrote {out} and {card_path} ({how.lstrip('-')}: trial {trial.get('trial_id')}, "
         f"{study.metric} {score}); run it with: mtsearch train {out}",
         markup=False,
         soft_wrap=True,
     )
     return 0
+
+
+def _matches(flat: dict[str, Any], values: dict[str, Any]) -> bool:
+    """A config carries a race contender's searched values (branch masks compared as labels)."""
+    from mtsearch.config import branches_label
+
+    def plain(key: str, value: Any) -> Any:
+        return branches_label(value) if key == "model.branches" else value
+
+    return all(plain(k, flat.get(k)) == plain(k, v) for k, v in values.items())
 
 
 def cmd_plot(args: argparse.Namespace) -> int:

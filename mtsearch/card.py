@@ -1,0 +1,122 @@
+"""The result card `best.md` that `mtsearch export` writes beside `best.yaml` (issue 11).
+
+What a researcher pastes into a lab notebook: what the search changed (a diff against the
+thesis's defaults), the metric (best and final epoch; over seeds when a race confirmed it), the
+learning curve, the environment, a fingerprint of the data, and the command that reproduces it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import platform
+import subprocess
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from mtsearch import __version__
+from mtsearch.config import TrialConfig
+from mtsearch.report import Study, best_score, final_score, fmt_number, metric_unit
+from mtsearch.stats import Interval
+
+CURVE_COLUMNS = ("loss", "val_hit1", "val_hit5", "dir_acc")
+
+
+def config_diff(cfg: TrialConfig) -> list[tuple[str, Any, Any]]:
+    """(key, this value, thesis default) for every key the trial sets differently."""
+    mine = cfg.resolved().to_flat()
+    thesis = TrialConfig().resolved().to_flat()
+    return [(k, mine[k], thesis[k]) for k in mine if mine[k] != thesis[k]]
+
+
+def data_fingerprint(cfg: TrialConfig, warn: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Dataset, root, split, video counts and a hash of the index (paths, sizes, labels): two
+    runs with the same hash trained and tested on byte-for-byte the same list of files."""
+    from mtsearch.data.datasets import index_for_config
+
+    index = index_for_config(cfg, warn=warn)
+    digest = hashlib.sha256()
+    for part, items in (("train", index.train), ("test", index.test)):
+        for item in sorted(items, key=lambda i: i.name):
+            size = item.path.stat().st_size if item.path.exists() else -1
+            digest.update(f"{part}\t{item.name}\t{size}\t{item.label}\n".encode())
+    return {"dataset": index.dataset, "root": str(index.root), "split": index.split,
+            "classes": index.num_classes, "train videos": len(index.train),
+            "test videos": len(index.test), "index sha256": digest.hexdigest()[:16]}
+
+
+def environment(device: str | None) -> dict[str, str]:
+    import torch
+
+    if torch.cuda.is_available():
+        here = f"CUDA {torch.version.cuda}, {torch.cuda.get_device_name(0)}"
+    else:
+        here = f"CPU ({platform.machine()}, no CUDA)"
+    return {"mtsearch": __version__, "git commit": _git_commit() or "not a git checkout",
+            "Python": platform.python_version(), "torch": torch.__version__, "this machine": here,
+            "the trial ran on": device or "not recorded"}
+
+
+def _git_commit() -> str | None:
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(["git", "-C", str(here), "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if out.returncode != 0:
+        return None
+    dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
+                           capture_output=True, text=True, timeout=10).stdout.strip()
+    return out.stdout.strip() + (" (with uncommitted changes)" if dirty else "")
+
+
+def render_card(
+    study: Study, trial: Mapping[str, Any], cfg: TrialConfig, *, yaml_path: Path, selected_by: str,
+    confirmed: Interval | None = None, confirm_seeds: list[int] | None = None,
+    warn: Callable[[str], None] | None = None,
+) -> str:
+    """The card as Markdown."""
+    metric = study.metric
+    curve = study.epochs.get(str(trial.get("trial_id")), [])
+    scale, unit = metric_unit(metric, [r.get(metric) for r in curve])
+
+    def show(value: Any) -> str:
+        return "—" if value is None else f"{value * scale:.1f}{unit}" if unit else fmt_number(value)
+
+    best_row = max((r for r in curve if r.get(metric) is not None),
+                   key=lambda r: r[metric] if study.mode == "max" else -r[metric], default=None)
+    lines = [f"# {study.name}: trial {trial.get('trial_id')}", "",
+             f"Selected by {selected_by}.", "", "## Configuration (what differs from the thesis's defaults)", "",
+             "| key | this run | thesis default |", "|---|---|---|"]
+    lines += [f"| `{k}` | {_value(v)} | {_value(d)} |" for k, v, d in config_diff(cfg)]
+    lines += ["", f"The full config is `{yaml_path.name}` beside this card.", "", f"## {metric} ({study.mode})", ""]
+    lines.append(f"- best epoch: {show(best_score(study, trial))}"
+                 + (f" at epoch {best_row['epoch']}" if best_row else "")
+                 + " (a maximum over epochs of one run: optimistic)")
+    lines.append(f"- final epoch: {show(final_score(study, trial))} (epoch {trial.get('epochs_done')})")
+    if confirmed is not None and confirmed.mean is not None:
+        ci = (f" ± {confirmed.half_width * scale:.1f} (95% CI)" if confirmed.half_width is not None else "")
+        lines.append(f"- over {confirmed.n} fresh seeds (`mtsearch confirm`, final epoch, seeds "
+                     f"{', '.join(map(str, confirm_seeds or []))}): {show(confirmed.mean)}{ci}")
+    else:
+        lines.append("- not confirmed over seeds: run `mtsearch confirm` for a mean and a confidence interval")
+    lines += ["", "## Learning curve", "", "| epoch | " + " | ".join(CURVE_COLUMNS) + " |",
+              "|---|" + "---|" * len(CURVE_COLUMNS)]
+    for row in curve:
+        cells = [fmt_number(row.get(c)) if row.get(c) is not None else "—" for c in CURVE_COLUMNS]
+        lines.append(f"| {row['epoch']} | " + " | ".join(cells) + " |")
+    lines += ["", "## Environment", "", *[f"- {k}: {v}" for k, v in environment(trial.get("device")).items()]]
+    lines += ["", "## Data", ""]
+    try:
+        lines += [f"- {k}: {v}" for k, v in data_fingerprint(cfg, warn).items()]
+    except Exception as exc:  # noqa: BLE001 - the data may live on another machine
+        lines.append(f"- not available here: {exc}")
+    lines += ["", "## Reproduce", "", "```", f"mtsearch train {yaml_path} --out runs/{study.name}", "```", ""]
+    return "\n".join(lines)
+
+
+def _value(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(map(str, value)) + "]"
+    return f"`{value}`" if isinstance(value, str) else str(value)
