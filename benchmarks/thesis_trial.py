@@ -55,7 +55,7 @@ def measure_eval(
     from mtsearch.train import compile_wanted, configure_torch, evaluate, load_clips, loader_workers
 
     configure_torch(device, cfg.threads)
-    _, test_set, num_classes = load_clips(cfg, print)
+    _, _, test_set, num_classes = load_clips(cfg, print)
     model = MultiBranchNet(cfg, num_classes).to(device)
     if device.type == "cuda":
         model.channels_last()

@@ -86,8 +86,10 @@ def render_card(
 
     best_row = max((r for r in curve if r.get(metric) is not None),
                    key=lambda r: r[metric] if study.mode == "max" else -r[metric], default=None)
+    split = ("the validation split (carved from training; the test split was evaluated once, at the end)"
+             if study.selection == "val" else "the test split (the thesis's protocol: optimistic)")
     lines = [f"# {study.name}: trial {trial.get('trial_id')}", "",
-             f"Selected by {selected_by}.", "", "## Configuration (what differs from the thesis's defaults)", "",
+             f"Selected by {selected_by}, on {split}.", "", "## Configuration (what differs from the thesis's defaults)", "",
              "| key | this run | thesis default |", "|---|---|---|"]
     lines += [f"| `{k}` | {_value(v)} | {_value(d)} |" for k, v, d in config_diff(cfg)]
     lines += ["", f"The full config is `{yaml_path.name}` beside this card.", "", f"## {metric} ({study.mode})", ""]
@@ -95,6 +97,9 @@ def render_card(
                  + (f" at epoch {best_row['epoch']}" if best_row else "")
                  + " (a maximum over epochs of one run: optimistic)")
     lines.append(f"- final epoch: {show(final_score(study, trial))} (epoch {trial.get('epochs_done')})")
+    test = trial.get("test_hit5" if metric == "val_hit5" else "test_hit1")
+    lines.append(f"- test split, final weights: {show(test)}" if test is not None
+                 else "- test split: not evaluated (the run did not complete, or predates issue 12)")
     if confirmed is not None and confirmed.mean is not None:
         ci = (f" ± {confirmed.half_width * scale:.1f} (95% CI)" if confirmed.half_width is not None else "")
         lines.append(f"- over {confirmed.n} fresh seeds (`mtsearch confirm`, final epoch, seeds "

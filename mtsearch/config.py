@@ -21,8 +21,10 @@ from mtsearch.yamlio import dump_yaml, read_yaml
 BRANCHES: tuple[str, ...] = ("cls", "track", "dir")
 # keys whose default (None) the preset decides: `resolved()` writes them out
 DERIVED_KEYS: tuple[str, ...] = (
-    "data.crop", "track.patch", "data.short_side", "eval.batch_size", "optim.lr"
+    "data.crop", "track.patch", "data.short_side", "eval.batch_size", "optim.lr",
+    "data.val_fraction", "data.selection",
 )
+VAL_FRACTION, SELECTION = 0.2, "val"  # the honest protocol's defaults (issue 12)
 DATASETS: tuple[str, ...] = ("synthetic", "hmdb51", "ucf101", "list")
 
 
@@ -67,6 +69,8 @@ class DataConfig:
     short_side: int | None = None  # resize before cropping; None: crop * 256/240 (TimeCycle)
     cache_dir: str | None = None  # None: $MTSEARCH_CACHE or ~/.cache/mtsearch
     workers: int | None = None  # DataLoader workers; None: 0 on CPU, up to 8 on CUDA
+    val_fraction: float | None = None  # validation videos carved from training; None: 0.2
+    selection: str | None = None  # what evaluations in training use: val | test (thesis); None: val
 
 
 @dataclass(frozen=True)
@@ -126,6 +130,15 @@ class TrialConfig:
         """Build and validate from nested and/or dotted keys; errors name `source` and the key."""
         return cls().with_overrides(flatten_keys(data or {}, source), source)
 
+    @classmethod
+    def from_record(cls, data: Mapping[str, Any], source: str | Path = "<config>") -> TrialConfig:
+        """A config a run recorded (checkpoint, trials.parquet). Versions before issue 12 had no
+        validation split and selected on the test split: such a record keeps that protocol."""
+        flat = flatten_keys(data, source)
+        if "data.selection" not in flat:
+            flat = {**flat, "data.selection": "test", "data.val_fraction": 0.0}
+        return cls().with_overrides(flat, source)
+
     def with_overrides(self, flat: Mapping[str, Any], source: str | Path = "<config>") -> TrialConfig:
         """A copy with dotted-key overrides applied, every value coerced and checked."""
         values = self.to_flat()
@@ -159,6 +172,14 @@ class TrialConfig:
         return self.optim.lr if self.optim.lr is not None else self.preset.lr
 
     @property
+    def selection(self) -> str:
+        return self.data.selection if self.data.selection is not None else SELECTION
+
+    @property
+    def val_fraction(self) -> float:
+        return self.data.val_fraction if self.data.val_fraction is not None else VAL_FRACTION
+
+    @property
     def eval_batch_size(self) -> int:
         if self.eval.batch_size is not None:
             return self.eval.batch_size
@@ -177,7 +198,8 @@ class TrialConfig:
         """Preset-dependent defaults written out, so the config runs the same anywhere."""
         values = {"data.crop": self.crop, "track.patch": self.patch,
                   "data.short_side": self.short_side, "eval.batch_size": self.eval_batch_size,
-                  "optim.lr": self.lr}
+                  "optim.lr": self.lr, "data.val_fraction": self.val_fraction,
+                  "data.selection": self.selection}
         assert set(values) == set(DERIVED_KEYS)
         return self.with_overrides(values)
 
@@ -390,6 +412,8 @@ _CHECKS: dict[str, Callable[[Any], str | None]] = {
     "data.crop": _multiple_of_8,
     "data.short_side": at_least(8),
     "data.workers": at_least(0),
+    "data.val_fraction": lambda v: None if 0 <= v < 1 else "must be in [0, 1)",
+    "data.selection": one_of(("val", "test")),
     "model.preset": one_of(list(PRESETS)),
     "track.frame_gap": at_least(1),
     "track.past_frames": at_least(1),
@@ -471,6 +495,9 @@ def _check_cross_fields(cfg: TrialConfig, source: str | Path) -> None:
                 source, "track.past_frames",
                 f"track.past_frames * track.frame_gap must be < data.clip_frames ({k}*{f} >= {s})", k,
             )
+    if cfg.selection == "val" and cfg.val_fraction == 0:
+        raise InvalidInput(source, "data.selection", "val needs data.val_fraction > 0 (the thesis's "
+                           "protocol is data.selection: test with data.val_fraction: 0)", "val")
     if cfg.has("dir") and cfg.data.clip_frames < 2:
         raise InvalidInput(source, "data.clip_frames", "the dir branch needs at least 2 frames",
                            cfg.data.clip_frames)

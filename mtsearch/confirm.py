@@ -42,6 +42,7 @@ class Contender:
     trial_id: str
     values: dict[str, Any]  # searched key -> value, as the config takes it
     scores: dict[int, float | None] = field(default_factory=dict)  # seed -> final metric
+    tests: dict[int, float | None] = field(default_factory=dict)  # seed -> final weights on the test split
     dropped_after: int | None = None  # seeds run when it was dropped
     p_adjusted: float | None = None  # Holm-adjusted p of the round that dropped it
 
@@ -83,6 +84,17 @@ class Race:
     def delta(self, contender: Contender, against: Contender) -> Interval:
         """contender - against over the seeds both ran: paired, so shared seed luck cancels."""
         return summarize(paired_differences(contender.scores, against.scores).values())
+
+    def test_line(self) -> str | None:
+        """The winner on the test split (final weights, once per run): reported, never raced on."""
+        leader = self.leader()
+        test = summarize(leader.tests.values())
+        if test.mean is None:
+            return None
+        scale, unit = metric_unit("test_hit1", list(leader.tests.values()))
+        ci = f" ± {test.half_width * scale:.1f} (95% CI)" if test.half_width is not None else ""
+        return (f"on the test split (final weights, read once per run), {leader.label} scores "
+                f"{test.mean * scale:.1f}{unit}{ci} over {test.n} seeds")
 
     def verdict(self) -> str:
         """One honest sentence about the top two."""
@@ -228,6 +240,7 @@ def _read_scores(race: Race, spec: SpaceSpec, seeds: list[int]) -> None:
         if contender is not None and trial.get("status") not in (None, "running") \
                 and int(trial["seed"]) in seeds:
             contender.scores[int(trial["seed"])] = final_score(child, trial)
+            contender.tests[int(trial["seed"])] = trial.get("test_hit1")
 
 
 def read_race(study_dir: str | Path) -> dict[str, Any] | None:

@@ -56,6 +56,24 @@ class Study:
         """A grid file's study (`mtsearch ablate`): trials are cells repeated over seeds."""
         return self.space.is_ablation
 
+    @property
+    def selection(self) -> str:
+        """The split that selected (issue 12): `val`, or `test` (data.selection: test, or a study
+        recorded before validation splits existed)."""
+        for trial in self.trials:
+            config = trial.get("config")
+            if config:
+                return str(config.get("data", {}).get("selection") or "test")
+        return "val"
+
+    @property
+    def selection_note(self) -> str | None:
+        """The one line every report carries when the test split did the selecting."""
+        if self.selection != "test":
+            return None
+        return ("selection was made on the test split (data.selection: test, the thesis's protocol): "
+                "val_* are test figures and the best of them is biased upwards")
+
     def curve(self, trial_id: str, metric: str | None = None) -> list[tuple[int, float]]:
         """(epoch, value) pairs of one trial's metric, skipping epochs without it (no eval, or a
         column older epochs.parquet files lack)."""
@@ -147,6 +165,7 @@ class Leaderboard:
     unranked: list[dict[str, Any]]  # trial_id, status, error, epochs_done
     counts: dict[str, int]
     total_ranked: int
+    selection_note: str | None = None  # set when the test split selected (issue 12)
 
 
 def param_display_value(value: Any) -> Any:
@@ -189,6 +208,7 @@ def leaderboard(study: Study, top: int | None = None) -> Leaderboard:
             "status": trial.get("status"),
             study.metric: score,
             f"final_{study.metric}": final_score(study, trial),
+            "test_hit1": trial.get("test_hit1"),
         }
         if trial.get("cell") is not None:
             row["cell"] = trial["cell"]
@@ -217,6 +237,7 @@ def leaderboard(study: Study, top: int | None = None) -> Leaderboard:
         unranked=unranked,
         counts=counts,
         total_ranked=total,
+        selection_note=study.selection_note,
     )
 
 
@@ -240,7 +261,7 @@ def trial_config(study: Study, trial: Mapping[str, Any]) -> TrialConfig:
     config = trial.get("config")
     if not config:
         raise InvalidInput(source, "config", "the trial has no stored config")
-    return TrialConfig.from_mapping(config, source)
+    return TrialConfig.from_record(config, source)
 
 
 # ---- ablation ----------------------------------------------------------------------------------
@@ -261,6 +282,7 @@ class CellStats:
     delta_best: Interval | None  # paired (same seeds) cell - reference; None for the reference
     delta_final: Interval | None
     verdict: str | None = None  # helps | hurts | indistinguishable | too few pairs
+    test: Interval = field(default_factory=lambda: summarize([]))  # final weights, test split (issue 12)
 
 
 @dataclass
@@ -353,6 +375,7 @@ def ablation(study: Study) -> AblationReport:
     for label, trials in grouped.items():
         best_by_seed: dict[int, float] = {}
         final_by_seed: dict[int, float] = {}
+        test_values: list[float | None] = []
         not_counted: dict[str, int] = {}
         for trial in trials:
             status = str(trial.get("status"))
@@ -368,6 +391,7 @@ def ablation(study: Study) -> AblationReport:
             final = final_score(study, trial)
             if final is not None:
                 final_by_seed[seed] = final
+            test_values.append(trial.get(test_column(study.metric)))
         per_cell_scores[label] = (best_by_seed, final_by_seed)
         cells.append(
             CellStats(
@@ -381,6 +405,7 @@ def ablation(study: Study) -> AblationReport:
                 final=summarize(final_by_seed.values()),
                 delta_best=None,
                 delta_final=None,
+                test=summarize(test_values),
             )
         )
 
@@ -412,12 +437,19 @@ def ablation(study: Study) -> AblationReport:
         cells=cells,
     )
     report.reading = _reading(report)
+    if study.selection_note:
+        report.reading += ("\n" if report.reading else "") + study.selection_note
     return report
 
 
 # ---- showing numbers (tables, the reading line, figures) ---------------------------------------
 
 METRIC_DIGITS = 3  # significant digits of a metric value that is not a percentage
+
+
+def test_column(metric: str) -> str:
+    """The trials.parquet test figure that goes with a metric (val_hit5 -> test_hit5)."""
+    return "test_hit5" if metric == "val_hit5" else "test_hit1"
 
 
 def metric_unit(metric: str, values: Iterable[float | None]) -> tuple[float, str]:

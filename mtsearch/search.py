@@ -13,7 +13,6 @@ Tune's own state lives in `trials/<name>/tune/`, which is what `--resume` restor
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import math
@@ -33,8 +32,9 @@ from mtsearch.config import TrialConfig
 from mtsearch.errors import GpuOutOfMemory, InvalidInput, is_out_of_memory
 from mtsearch.files import write_atomic
 from mtsearch.packing import Probe, TrialResources, larger_share, plan_resources
-from mtsearch.space import Distribution, SpaceSpec, expand_params, load_study_space
+from mtsearch.space import Distribution, SpaceSpec, expand_params
 from mtsearch.store import StudyStore, is_ranked
+from mtsearch.study import SPACE_FILE, open_study, release
 from mtsearch.tuning import (
     OBJECTIVE,
     fail_stale_optuna_trials,
@@ -46,8 +46,6 @@ from mtsearch.tuning import (
 NOTES = "trainer_notes"  # report key carrying the trainer's log lines to the driver
 OOM = "out_of_gpu_memory"  # fit_status of the report a trial sends before failing out of memory
 TUNE_DIR = "tune"
-LOCK_FILE = ".lock"
-SPACE_FILE = "space.yaml"
 
 class TrainResult(Protocol):
     """What the driver reads from a trainer's result (`mtsearch.train.FitResult` has more)."""
@@ -117,64 +115,6 @@ class _Live:
 # Tune pickles its RunConfig (with the callbacks) into the experiment folder, so the callback holds
 # only a key into this table, filled for the lifetime of `run_search` and emptied afterwards.
 _LIVE: dict[str, _Live] = {}
-
-
-# ---- the study folder ---------------------------------------------------------------------------
-
-def study_dir_for(spec: SpaceSpec, trials_dir: str | Path) -> Path:
-    return Path(trials_dir) / spec.name
-
-
-def _open_study(
-    spec: SpaceSpec, trials_dir: Path, resume: bool
-) -> tuple[SpaceSpec, Path, int, bool, int | None]:
-    """Create or reopen `trials/<name>/` and hold its lock; refuse a study in use or a clobber.
-
-    A resumed study keeps the preset-decided values its space.yaml recorded (`adopting`), so a
-    newer version's defaults never change a study half way. The last value is the study's count
-    when `spec` raises it (an extension), else None.
-    """
-    extend_from = None
-    study_dir = study_dir_for(spec, trials_dir)
-    existed = study_dir.exists() and any(study_dir.iterdir())
-    study_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(study_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-        os.close(fd)
-        raise InvalidInput(study_dir, None, f"study is in use by another mtsearch driver (pid {holder}); "
-                           "wait for it to finish or choose another --name") from None
-    try:
-        if existed and not resume:
-            raise InvalidInput(study_dir, None, "study already exists; add --resume to continue it "
-                               "or pick a new --name")
-        if existed and (study_dir / SPACE_FILE).exists():
-            saved = load_study_space(study_dir)
-            spec = replace(spec, base=spec.base.adopting(saved.base))
-            if spec.count < saved.count:
-                raise InvalidInput(None, spec.count_flag, f"the study {study_dir} already has "
-                                   f"{saved.count}; give {saved.count} or more to extend it", spec.count)
-            extend_from = saved.count if spec.count > saved.count else None
-            if saved.identity() != spec.identity():
-                changed = [k for k in spec.identity() if saved.identity().get(k) != spec.identity().get(k)]
-                raise InvalidInput(spec.source, ", ".join(changed) or None,
-                                   f"differs from the study's {study_dir / SPACE_FILE}; a resumed study keeps "
-                                   "its space: restore the file or pick a new --name")
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
-    except BaseException:
-        os.close(fd)
-        raise
-    return spec, study_dir, fd, not existed, extend_from
-
-
-def _release(fd: int) -> None:
-    try:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-    finally:
-        os.close(fd)
 
 
 # ---- the trainable (runs in a Ray worker) ------------------------------------------------------------
@@ -472,7 +412,7 @@ def run_search(
     say = log or (lambda msg: None)
     spec = _absolute_paths(spec)
     made_trials_dir = not Path(trials_dir).exists()
-    spec, study_dir, lock_fd, created, extend_from = _open_study(spec, Path(trials_dir).resolve(), resume)
+    spec, study_dir, lock_fd, created, extend_from = open_study(spec, Path(trials_dir).resolve(), resume)
     started_ray = False
     key = str(study_dir)
     try:
@@ -484,7 +424,7 @@ def run_search(
             _check_resources(spec)
         except InvalidInput:
             if created:  # invalid input leaves nothing behind under trials/
-                _release(lock_fd)
+                release(lock_fd)
                 lock_fd = -1
                 shutil.rmtree(study_dir, ignore_errors=True)
                 if made_trials_dir:
@@ -525,7 +465,7 @@ def run_search(
         if started_ray:
             ray.shutdown()
         if lock_fd >= 0:
-            _release(lock_fd)
+            release(lock_fd)
 
 
 def _run_points(

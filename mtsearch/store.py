@@ -26,11 +26,13 @@ EPOCHS_FILE = "epochs.parquet"
 STATUSES: tuple[str, ...] = ("running", "completed", "pruned", "error", "diverged")
 EPOCH_METRICS: tuple[str, ...] = (  # what the trainer reports each epoch (SPEC epoch columns)
     "loss", "loss_cls", "loss_track", "loss_dir", "train_hit1", "val_hit1", "val_hit5",
-    "dir_acc", "lr", "epoch_s", "clips_per_s", "data_wait",
+    "dir_acc", "lr", "epoch_s", "clips_per_s", "data_wait", "test_hit1", "test_hit5",
 )
 EPOCH_COLUMNS: tuple[str, ...] = ("epoch", *EPOCH_METRICS)
 # what a trial ran on (issue 10): the trainer reports peak memory and device, the driver the share
 TRIAL_FIGURES: tuple[str, ...] = ("peak_mem_gib", "gpu_share", "device")
+# the final weights on the test split, once per trial (issue 12); the final epoch row holds them too
+TEST_COLUMNS: tuple[str, ...] = ("test_hit1", "test_hit5")
 _ARROW_TYPES = {"float": "float64", "int": "int64", "string": "string", "bool": "bool"}
 
 
@@ -55,7 +57,7 @@ class StudyStore:
         if self.with_cell:
             cols.append("cell")
         cols += [k for k in self.param_types if k != "seed"]
-        cols += ["seed", "epochs_done", "best_epoch", "best_val_hit1", "best_val_hit5", "wall_s",
+        cols += ["seed", "epochs_done", "best_epoch", "best_val_hit1", "best_val_hit5", *TEST_COLUMNS, "wall_s",
                  *TRIAL_FIGURES, "config"]
         return cols
 
@@ -66,6 +68,7 @@ class StudyStore:
             "trial_id": pa.string(), "status": pa.string(), "error": pa.string(), "cell": pa.string(),
             "seed": pa.int64(), "epochs_done": pa.int64(), "best_epoch": pa.int64(),
             "best_val_hit1": pa.float64(), "best_val_hit5": pa.float64(), "wall_s": pa.float64(),
+            "test_hit1": pa.float64(), "test_hit5": pa.float64(),
             "peak_mem_gib": pa.float64(), "gpu_share": pa.float64(), "device": pa.string(),
             "config": pa.string(),
         }
@@ -114,6 +117,9 @@ class StudyStore:
         trial["best_epoch"] = best["epoch"] if best else None
         trial["best_val_hit1"] = best["val_hit1"] if best else None
         trial["best_val_hit5"] = best["val_hit5"] if best else None
+        tested = [r for r in rows if r.get("test_hit1") is not None]
+        for column in TEST_COLUMNS:
+            trial[column] = tested[-1][column] if tested else None
 
     def trial_epochs(self, trial_id: str) -> list[dict[str, Any]]:
         return sorted((r for (t, _), r in self.epochs.items() if t == trial_id), key=lambda r: r["epoch"])

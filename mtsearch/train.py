@@ -50,6 +50,8 @@ class FitResult:
     best_val_hit5: float | None
     error: str | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
+    test_hit1: float | None = None  # the final weights on the test split (selection: val)
+    test_hit5: float | None = None
 
 
 class Diverged(Exception):
@@ -92,12 +94,14 @@ def fit(
     warn = warn or say
     ckpt_file = Path(out_dir) / "checkpoint" / CHECKPOINT_FILE if out_dir is not None else None
     if resume and ckpt_file is not None and ckpt_file.exists():
-        cfg = cfg.adopting(TrialConfig.from_mapping(_read_checkpoint(ckpt_file)["config"], ckpt_file))
+        cfg = cfg.adopting(TrialConfig.from_record(_read_checkpoint(ckpt_file)["config"], ckpt_file))
     cfg = cfg.resolved()
     device = pick_device(cfg.device)
     configure_torch(device, cfg.threads)
     ckpt_dir = Path(out_dir) / "checkpoint" if out_dir is not None else None
-    train_set, test_set, num_classes = load_clips(cfg, warn)
+    train_set, val_set, test_set, num_classes = load_clips(cfg, warn)
+    # what evaluations during training (ASHA, Optuna, best_epoch) see; the test split once at the end
+    eval_set = val_set if cfg.selection == "val" else test_set
 
     _seed_everything(cfg.seed)
     model = MultiBranchNet(cfg, num_classes).to(device)
@@ -120,7 +124,7 @@ def fit(
 
     workers = loader_workers(cfg, device)
     train_loader = make_loader(train_set, cfg.optim.batch_size, True, workers, device, cfg.seed)
-    test_loader = make_loader(test_set, cfg.eval_batch_size, False, workers, device, cfg.seed)
+    eval_loader = make_loader(eval_set, cfg.eval_batch_size, False, workers, device, cfg.seed)
     step = TrainStep(model, optimizer, cfg, device, use_graph, warn)
 
     status, error = "completed", None
@@ -136,7 +140,10 @@ def fit(
             break
         step_lr_scheduler(scheduler, optimizer, train_stats["loss"])
         do_eval = epoch % cfg.eval.every == 0 or epoch == cfg.optim.epochs
-        val = evaluate(model, test_loader, cfg, device) if do_eval and len(test_set) else {}
+        val = evaluate(model, eval_loader, cfg, device) if do_eval and len(eval_set) else {}
+        test = {}
+        if epoch == cfg.optim.epochs:  # the final weights meet the test split once
+            test = val if eval_set is test_set else _evaluate_once(model, test_set, cfg, device)
         seconds = time.perf_counter() - t0
         metrics = {
             "epoch": epoch,
@@ -146,6 +153,8 @@ def fit(
             "dir_acc": val.get("dir_acc"),
             "lr": float(optimizer.param_groups[0]["lr"]),
             "epoch_s": seconds,
+            "test_hit1": test.get("val_hit1"),
+            "test_hit5": test.get("val_hit5"),
         }
         metrics = {key: metrics.get(key) for key in EPOCH_COLUMNS}
         history.append(metrics)
@@ -165,7 +174,21 @@ def fit(
         best_val_hit5=best["val_hit5"] if best else None,
         error=error,
         history=history,
+        test_hit1=history[-1].get("test_hit1") if history else None,
+        test_hit5=history[-1].get("test_hit5") if history else None,
     )
+
+
+def _evaluate_once(
+    model: torch.nn.Module, clips: Any, cfg: TrialConfig, device: torch.device
+) -> dict[str, float | None]:
+    """One evaluation on a split the trainer reads once (the test split); its workers end with it."""
+    from mtsearch.data.clips import make_loader
+
+    if not len(clips):
+        return {}
+    loader = make_loader(clips, cfg.eval_batch_size, False, loader_workers(cfg, device), device, cfg.seed)
+    return evaluate(model, loader, cfg, device)
 
 
 def device_label(device: torch.device) -> str:
@@ -185,26 +208,31 @@ def peak_memory_gib(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
 
-def load_clips(cfg: TrialConfig, warn: Callable[[str], None]) -> tuple[Any, Any, int]:
-    """(training clips, evaluation clips, number of classes) of a resolved config.
+def load_clips(cfg: TrialConfig, warn: Callable[[str], None]) -> tuple[Any, Any, Any, int]:
+    """(training clips, validation clips, test clips, number of classes) of a resolved config.
 
-    Fills the frame cache; unreadable videos are skipped with `warn`.
+    The validation videos are carved from the training split (`data.val_fraction`, see
+    data/splits.py). Fills the frame cache; unreadable videos are skipped with `warn`.
     """
     from mtsearch.data.cache import FrameCache
     from mtsearch.data.clips import TestClips, TrainClips, usable_videos
     from mtsearch.data.datasets import index_for_config
+    from mtsearch.data.splits import carve
     from mtsearch.paths import frames_dir
 
     index = index_for_config(cfg, warn=warn)
+    split = carve(index, cfg.val_fraction)
     cache = FrameCache(frames_dir(cfg.data.cache_dir))
     fps, short, frames = cfg.data.fps, cfg.short_side, cfg.data.clip_frames
-    train_items = usable_videos(index.train, cache, fps, short, warn)
-    test_items = usable_videos(index.test, cache, fps, short, warn)
+    train_items = usable_videos(split.train, cache, fps, short, warn)
+    val_items = usable_videos(split.val, cache, fps, short, warn)
+    test_items = usable_videos(split.test, cache, fps, short, warn)
     if not train_items:
         raise RuntimeError(f"no usable training videos in {index.root} (split {cfg.data.split})")
     train_set = TrainClips(train_items, cache, fps, short, frames, cfg.crop, cfg.seed)
+    val_set = TestClips(val_items, cache, fps, short, frames, cfg.crop)
     test_set = TestClips(test_items, cache, fps, short, frames, cfg.crop)
-    return train_set, test_set, len(index.classes)
+    return train_set, val_set, test_set, len(index.classes)
 
 
 MAX_WORKERS = 8  # loader workers a GPU trial needs at most (thesis: data_wait 0.05 with 8)
@@ -614,7 +642,7 @@ def _load_checkpoint(
         state = torch.load(path, map_location=device, weights_only=False)
     except Exception as exc:  # a damaged checkpoint is a user-facing input problem
         raise InvalidInput(path, None, f"cannot read checkpoint: {exc}") from None
-    saved = TrialConfig.from_mapping(state["config"], path).to_flat()
+    saved = TrialConfig.from_record(state["config"], path).to_flat()
     current = cfg.to_flat()
     for key, value in current.items():
         if key not in RESUMABLE_CHANGES and saved.get(key) != value:

@@ -121,3 +121,69 @@ def test_check_synthetic_without_root_builds_then_reuses_the_cached_set(tmp_path
     stamp = (built / "synthetic.yaml").stat().st_mtime_ns
     again = mtsearch("data", "check", "--dataset", "synthetic", env=env)
     assert again.returncode == 0 and (built / "synthetic.yaml").stat().st_mtime_ns == stamp
+
+
+def _official_hmdb(root: Path, make_video) -> None:
+    """Two classes in HMDB-51's official naming: 5 source videos x 2 clips each, one source tested."""
+    for cls in ("brush_hair", "shoot_ball"):
+        lines = []
+        for s, source in enumerate(["April_09", "Blonde_being_brushed", "Aussie_Tips", "Goodbye", "Wie_man"]):
+            for k in range(2):
+                name = f"{source}_{cls}_h_nm_np1_fr_goo_{k}.avi"
+                make_video(root / cls / name, num_frames=16, size=(32, 32))
+                lines.append(f"{name} {2 if s == 0 else 1} ")
+        path = root / "testTrainMulti_7030_splits" / f"{cls}_test_split1.txt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("\n".join(lines) + "\n")
+
+
+def test_check_shows_val_counts_and_lists_each_part(tmp_path: Path, make_video) -> None:
+    """issue 12: `data check` has a val column; `--show-split` lists a part; sources never straddle."""
+    root = tmp_path / "hmdb"
+    _official_hmdb(root, make_video)
+    result = mtsearch("data", "check", str(root), "--val-fraction", "0.25")
+    assert result.returncode == 0, result.stderr
+    assert "val" in result.stdout and "whole source videos at a time" in result.stdout
+    parts = {}
+    for part in ("train", "val", "test"):
+        listed = mtsearch("data", "check", str(root), "--val-fraction", "0.25", "--show-split", part)
+        assert listed.returncode == 0, listed.stderr
+        parts[part] = listed.stdout.split()
+    assert len(parts["train"]) + len(parts["val"]) == 16 and len(parts["test"]) == 4
+    assert len(parts["val"]) == 4  # one source (2 clips) of each class's 8 training clips
+
+    def sources(names: list[str]) -> set[str]:
+        return {name.split("/")[1].rsplit("_", 7)[0] + name.split("/")[0] for name in names}
+
+    assert not sources(parts["train"]) & sources(parts["val"])
+    again = mtsearch("data", "check", str(root), "--val-fraction", "0.25", "--show-split", "val")
+    assert again.stdout.split() == parts["val"]
+
+
+def test_check_keeps_ucf_groups_whole(tmp_path: Path, make_video) -> None:
+    """issue 12 on UCF-101's official layout: no gXX group is in both train and val."""
+    root = tmp_path / "UCF-101"
+    lists = root / "ucfTrainTestlist"
+    lists.mkdir(parents=True)
+    classes = ["ApplyEyeMakeup", "YoYo"]
+    (lists / "classInd.txt").write_text("".join(f"{i} {c}\r\n" for i, c in enumerate(classes, 1)))
+    train, test = [], []
+    for i, cls in enumerate(classes, 1):
+        for group in range(1, 9):
+            for clip in (1, 2):
+                name = f"{cls}/v_{cls}_g{group:02d}_c{clip:02d}.avi"
+                make_video(root / name, num_frames=16, size=(32, 32))
+                (test if group == 1 else train).append(name if group == 1 else f"{name} {i}")
+    (lists / "trainlist01.txt").write_text("\r\n".join(train) + "\r\n")
+    (lists / "testlist01.txt").write_text("\r\n".join(test) + "\r\n")
+    parts = {part: mtsearch("data", "check", str(root), "--show-split", part).stdout.split()
+             for part in ("train", "val")}
+    # 14 training clips per class, 20% = 2.8: whole groups of 2 until met, so 2 groups (4 clips)
+    assert len(parts["val"]) == 8 and len(parts["train"]) == 20
+
+    def groups(names: list[str]) -> set[str]:
+        return {name.rsplit("_", 1)[0] for name in names}
+
+    assert not groups(parts["train"]) & groups(parts["val"])
+    table = mtsearch("data", "check", str(root))
+    assert table.returncode == 0 and "whole gXX groups at a time" in table.stdout

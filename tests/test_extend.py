@@ -5,6 +5,7 @@ Real Ray, real Optuna (SQLite) and real Parquet, with the stand-in trainer of te
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterator
 from pathlib import Path
@@ -105,3 +106,56 @@ def test_new_trials_meet_the_old_trials_at_the_same_asha_rungs(tmp_path: Path):
     assert objective_at([{"epoch": 1, "val_hit1": None}], "val_hit1", "max", 1) == -math.inf
     minimised = scheduler(_spec({**SEARCH, "metric": "val_hit1", "mode": "min"}), store)
     assert dict(minimised._brackets[0]._rungs[-1][1]) == {"a": -0.1, "b": -0.2, "c": -0.05}
+
+
+def disagreeing_fit() -> Any:
+    """Validation prefers w_track 10, the test split 40: selection must follow validation (a
+    closure, so Ray ships it by value)."""
+
+    def fit(cfg: Any, out_dir: Any, *, on_epoch: Any, resume: bool, log: Any) -> Any:
+        from types import SimpleNamespace
+
+        val = {10.0: 0.7, 20.0: 0.6, 40.0: 0.5}[cfg.loss.w_track]
+        for epoch in range(1, cfg.optim.epochs + 1):
+            last = epoch == cfg.optim.epochs
+            on_epoch({"epoch": epoch, "loss": 1.0, "val_hit1": val, "val_hit5": 1.0,
+                      "test_hit1": 1.2 - val if last else None, "test_hit5": 1.0 if last else None}, None)
+        return SimpleNamespace(status="completed", error=None)
+
+    return fit
+
+
+def test_selection_follows_validation_and_old_studies_still_read(tmp_path: Path, ray_address: str):
+    import pyarrow as pa
+
+    from mtsearch.report import ablation, leaderboard, load_study
+
+    spec = _spec({"name": "sel", "base": {"optim.epochs": 2}, "grid": {"loss.w_track": [10, 20, 40]}},
+                 "ablation")
+    outcome = run_search(spec, tmp_path / "trials", address=ray_address, trainable_fn=disagreeing_fit())
+    study = load_study(outcome.study_dir)
+    board = leaderboard(study)
+    assert [r["loss.w_track"] for r in board.rows] == [10, 20, 40]  # by validation
+    assert [round(r["test_hit1"], 3) for r in board.rows] == [0.5, 0.6, 0.7]
+    assert study.selection == "val" and board.selection_note is None
+    epochs = pq.read_table(outcome.study_dir / "epochs.parquet").to_pylist()
+    assert sum(e["test_hit1"] is not None for e in epochs) == 3  # once per trial, on its last epoch
+    assert {round(c.test.mean, 3) for c in ablation(study).cells} == {0.5, 0.6, 0.7}
+
+    # a study written before issue 12: no test columns, configs without data.selection
+    for name in ("trials.parquet", "epochs.parquet"):
+        table = pq.read_table(outcome.study_dir / name)
+        table = table.drop([c for c in ("test_hit1", "test_hit5") if c in table.column_names])
+        if name == "trials.parquet":
+            configs = []
+            for text in table.column("config").to_pylist():
+                config = json.loads(text)
+                del config["data"]["selection"], config["data"]["val_fraction"]
+                configs.append(json.dumps(config))
+            table = table.set_column(table.column_names.index("config"), "config", pa.array(configs))
+        pq.write_table(table, outcome.study_dir / name)
+    old = load_study(outcome.study_dir)
+    board = leaderboard(old)
+    assert len(board.rows) == 3 and all(r["test_hit1"] is None for r in board.rows)
+    assert old.selection == "test" and "selection was made on the test split" in board.selection_note
+    assert "selection was made on the test split" in ablation(old).reading

@@ -31,9 +31,11 @@ from mtsearch.space import space_from_mapping
 
 REPO = Path(__file__).resolve().parents[1]
 SPEC_TRIAL_COLUMNS = {"trial_id", "status", "error", "seed", "epochs_done", "best_epoch", "best_val_hit1",
-                      "best_val_hit5", "wall_s", "peak_mem_gib", "gpu_share", "device", "config"}
+                      "best_val_hit5", "test_hit1", "test_hit5", "wall_s", "peak_mem_gib", "gpu_share",
+                      "device", "config"}
 SPEC_EPOCH_COLUMNS = ["trial_id", "epoch", "loss", "loss_cls", "loss_track", "loss_dir", "train_hit1", "val_hit1",
-                      "val_hit5", "dir_acc", "lr", "epoch_s", "clips_per_s", "data_wait"]
+                      "val_hit5", "dir_acc", "lr", "epoch_s", "clips_per_s", "data_wait", "test_hit1",
+                      "test_hit5"]
 
 
 def make_fit(log_dir: Path, epoch_s: float = 0.2, fail_w: float | None = None,
@@ -267,6 +269,21 @@ def test_cli_real_trainer_interrupt_and_resume(tmp_path: Path, ray_address: str)
     keys = [(r["trial_id"], r["epoch"]) for r in epochs]
     assert len(keys) == len(set(keys)) == 4
     assert all(r["loss"] is not None and r["val_hit1"] is not None for r in epochs)
+
+    # issue 11 with the real trainer: race the two over two fresh seeds, then export the card
+    study = str(tmp_path / "trials" / "tiny")
+    race = subprocess.run([sys.executable, "-m", "mtsearch", "confirm", study, "--top", "2", "--seeds", "2",
+                           "--address", ray_address], capture_output=True, text=True, timeout=600)
+    assert race.returncode == 0, race.stdout + race.stderr
+    assert "mean ± 95% CI" in race.stdout and ("indistinguishable" in race.stdout or "better than" in race.stdout)
+    child = pq.read_table(tmp_path / "trials" / "tiny" / "confirm" / "trials.parquet").to_pylist()
+    assert sorted(t["seed"] for t in child) == [1000, 1000, 1001, 1001]
+    assert all(t["status"] == "completed" and t["epochs_done"] == 2 for t in child)
+    export = subprocess.run([sys.executable, "-m", "mtsearch", "export", study, "--from-confirm"],
+                            capture_output=True, text=True, timeout=120)
+    assert export.returncode == 0, export.stderr
+    card = (tmp_path / "trials" / "tiny" / "best.md").read_text()
+    assert "over 2 fresh seeds" in card and "- the trial ran on: cpu" in card
 
 
 def test_grid_statuses_columns_and_local_ray(tmp_path: Path) -> None:

@@ -20,9 +20,11 @@ from mtsearch.store import (
 )
 
 SPEC_TRIAL_COLUMNS = ["trial_id", "status", "error", "seed", "epochs_done", "best_epoch", "best_val_hit1",
-                      "best_val_hit5", "wall_s", "peak_mem_gib", "gpu_share", "device", "config"]
+                      "best_val_hit5", "test_hit1", "test_hit5", "wall_s", "peak_mem_gib", "gpu_share",
+                      "device", "config"]
 SPEC_EPOCH_COLUMNS = ["trial_id", "epoch", "loss", "loss_cls", "loss_track", "loss_dir", "train_hit1", "val_hit1",
-                      "val_hit5", "dir_acc", "lr", "epoch_s", "clips_per_s", "data_wait"]
+                      "val_hit5", "dir_acc", "lr", "epoch_s", "clips_per_s", "data_wait", "test_hit1",
+                      "test_hit5"]
 
 
 def _epoch(epoch: int, val: float | None) -> dict:

@@ -101,9 +101,12 @@ def test_resume_reproduces_an_uninterrupted_run(small_set: Path, tmp_path: Path)
     resumed = fit(small_config(small_set, cache, **{"optim.epochs": 3}), tmp_path / "b")
     assert resumed.epochs_done == 3
     a, b = _without_timing(straight.history), _without_timing(resumed.history)
+    # the 1-epoch run met the test split at its end (epoch 1); the straight run only at epoch 3
+    assert b[0]["test_hit1"] is not None and a[0]["test_hit1"] is None
+    assert a[-1]["test_hit1"] is not None
     for row_a, row_b in zip(a, b, strict=True):
         assert row_a.keys() == row_b.keys()
-        for key in row_a:
+        for key in (k for k in row_a if not (k.startswith("test_") and row_a is not a[-1])):
             assert row_a[key] == pytest.approx(row_b[key], rel=1e-5, abs=1e-6), key
 
 
@@ -340,3 +343,39 @@ def test_a_search_trial_gets_threads_from_cpus_per_trial():
     spec = space_from_mapping({"resources": {"cpus_per_trial": 3},
                                "space": {"loss.w_dir": {"uniform": [0, 1]}}}, "s.yaml", "search")
     assert spec.trial_config({"loss.w_dir": 0.5}).threads == 3
+
+
+def test_selection_on_validation_meets_the_test_split_once(small_set: Path, tmp_path: Path):
+    """issue 12: evaluations during training run on validation videos carved from training; the
+    final weights meet the test split once, on the last epoch's row only."""
+    from mtsearch.train import load_clips
+
+    cfg = small_config(small_set, tmp_path / "cache", **{"optim.epochs": 2}).resolved()
+    train, val, test, _ = load_clips(cfg, print)
+    legacy = small_config(small_set, tmp_path / "cache", **{"data.selection": "test",
+                                                             "data.val_fraction": 0}).resolved()
+    full_train, no_val, same_test, _ = load_clips(legacy, print)
+    assert len(val.items) > 0 and len(no_val.items) == 0 and len(test.items) == len(same_test.items)
+    assert len(train.items) + len(val.items) == len(full_train.items)
+    result = fit(cfg)
+    first, last = result.history
+    assert first["test_hit1"] is None and first["val_hit1"] is not None
+    assert last["test_hit1"] is not None and result.test_hit1 == last["test_hit1"]
+    # selection: test is the thesis's protocol: every evaluation is on the test split
+    old = fit(legacy)
+    assert old.history[-1]["test_hit1"] == old.history[-1]["val_hit1"]
+    assert old.history[0]["test_hit1"] is None
+
+
+def test_a_checkpoint_from_before_validation_splits_resumes_on_the_test_protocol(small_set: Path,
+                                                                                   tmp_path: Path):
+    """A run recorded without data.selection selected on the test split: resuming keeps that."""
+    cfg = small_config(small_set, tmp_path / "cache", **{"optim.epochs": 1})
+    fit(cfg, tmp_path / "run")
+    state_path = tmp_path / "run" / "checkpoint" / "state.pt"
+    state = torch.load(state_path, weights_only=False)
+    del state["config"]["data"]["selection"], state["config"]["data"]["val_fraction"]
+    torch.save(state, state_path)
+    resumed = fit(small_config(small_set, tmp_path / "cache", **{"optim.epochs": 2}), tmp_path / "run")
+    assert resumed.epochs_done == 2
+    assert resumed.history[-1]["test_hit1"] == resumed.history[-1]["val_hit1"]  # evaluated on test

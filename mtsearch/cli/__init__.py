@@ -119,6 +119,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", type=int, choices=[1, 2, 3], default=1)
     p.add_argument("--fps", type=float, default=None, help="also check length at this fps")
     p.add_argument("--clip-frames", type=int, default=13, help="frames a clip needs (default 13)")
+    p.add_argument("--val-fraction", type=float, default=0.2,
+                   help="validation videos carved from training (data.val_fraction; default 0.2)")
+    p.add_argument("--show-split", choices=["train", "val", "test"],
+                   help="list that part's videos, one per line, and stop (audit the split)")
     p.add_argument("--decode", action="store_true",
                    help="decode every video in full (slow; finds damage the headers hide)")
     p.set_defaults(handler="data:cmd_check")

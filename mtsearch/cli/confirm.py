@@ -15,7 +15,7 @@ from mtsearch.cli.run import _log_changes
 
 def cmd_confirm(args: argparse.Namespace) -> int:
     from mtsearch.confirm import race
-    from mtsearch.report import metric_unit
+    from mtsearch.report import fmt_number, metric_unit
 
     console, err = Console(), Console(stderr=True)
 
@@ -47,9 +47,12 @@ def cmd_confirm(args: argparse.Namespace) -> int:
         delta = "leader" if c is leader else ("—" if d.mean is None else f"{d.mean * scale:+.1f}" + (
             f" ({d.low * scale:+.1f}, {d.high * scale:+.1f})" if d.low is not None else ""))
         dropped = "—" if c.dropped_after is None else f"after {c.dropped_after} seeds (p = {c.p_adjusted:.3g})"
-        table.add_row(c.label, *(str(v) for v in c.values.values()), str(len(c.scores)), mean, delta, dropped)
+        values = (fmt_number(v) if isinstance(v, float) else str(v) for v in c.values.values())
+        table.add_row(c.label, *values, str(len(c.scores)), mean, delta, dropped)
     console.print(table)
     console.print(result.verdict() + ".", markup=False, highlight=False)
+    if result.test_line():
+        console.print(result.test_line() + ".", markup=False, highlight=False)
     if result.interrupted:
         log(f"interrupted; resume with: {resume_cmd}")
         return EXIT_INTERRUPTED

@@ -81,8 +81,12 @@ def cmd_synth(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+GROUPING = {"ucf101": "gXX groups", "hmdb51": "source videos"}
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     from mtsearch.data.datasets import LAYOUTS, check_videos, detect_layout, load_index
+    from mtsearch.data.splits import carve
 
     if args.clip_frames < 1:
         raise InvalidInput(None, "--clip-frames", "must be >= 1", args.clip_frames)
@@ -107,6 +111,14 @@ def cmd_check(args: argparse.Namespace) -> int:
     index = load_index(args.dataset, root, args.split, warn=warnings.append)
     for line in warnings:
         err.print(f"[yellow]warning:[/] {line}", markup=True, highlight=False)
+    if not 0 <= args.val_fraction < 1:
+        raise InvalidInput(None, "--val-fraction", "must be in [0, 1)", args.val_fraction)
+    split = carve(index, args.val_fraction)
+    if args.show_split:
+        for item in sorted(getattr(split, args.show_split), key=lambda i: i.name):
+            out.print(item.name, markup=False, highlight=False, soft_wrap=True)
+        return EXIT_OK
+    val_names = {item.name for item in split.val}
     items = index.train + index.test
     start = time.monotonic()
     with _progress(err, "checking videos") as progress:
@@ -117,13 +129,16 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     out.print(f"{args.dataset} split {args.split}: {index.root}", soft_wrap=True, highlight=False)
     table = Table()
-    for column in ("id", "class", "train", "test", "unreadable", "short"):
+    for column in ("id", "class", "train", "val", "test", "unreadable", "short"):
         table.add_column(column, justify="left" if column == "class" else "right")
     for label, name in enumerate(index.classes):
         mine = [c for c in checks if c.item.label == label]
         table.add_row(
             str(label), name,
-            str(sum(c.usable and c.item.label == label for c in train_checks)),
+            str(sum(c.usable and c.item.label == label and c.item.name not in val_names
+                    for c in train_checks)),
+            str(sum(c.usable and c.item.label == label and c.item.name in val_names
+                    for c in train_checks)),
             str(sum(c.usable and c.item.label == label for c in test_checks)),
             str(sum(not c.usable for c in mine) or ""),
             str(sum(c.usable and c.frames is not None and c.frames < args.clip_frames
@@ -131,8 +146,9 @@ def cmd_check(args: argparse.Namespace) -> int:
         )
     usable_train = sum(c.usable for c in train_checks)
     usable_test = sum(c.usable for c in test_checks)
+    usable_val = sum(c.usable and c.item.name in val_names for c in train_checks)
     table.add_section()
-    table.add_row("", "total", str(usable_train), str(usable_test),
+    table.add_row("", "total", str(usable_train - usable_val), str(usable_val), str(usable_test),
                   str(sum(not c.usable for c in checks)),
                   str(sum(c.usable and (c.frames or 0) < args.clip_frames for c in checks)))
     out.print(table)
@@ -155,6 +171,13 @@ def cmd_check(args: argparse.Namespace) -> int:
             out.print(f"  ... and {len(short) - _SHORT_SHOWN} more", highlight=False)
     if index.missing:
         out.print(f"[yellow]listed but missing on disk: {len(index.missing)}[/] (named above)")
+    out.print(f"validation: {args.val_fraction:g} of each class's training videos, whole "
+              f"{GROUPING.get(index.dataset, 'files')} at a time, the same for every trial of split "
+              f"{args.split} (data.val_fraction; list them with --show-split val)", highlight=False,
+              soft_wrap=True)
+    if split.train_only and args.val_fraction > 0:
+        out.print(f"[yellow]too small to give validation videos, kept whole in training "
+                  f"({len(split.train_only)}):[/] " + ", ".join(split.train_only), soft_wrap=True)
     how = "decoded in full" if args.decode else "headers, decoding where not conclusive"
     out.print(f"{usable_train + usable_test} of {len(checks)} videos usable "
               f"(train {usable_train}/{len(train_checks)}, test {usable_test}/{len(test_checks)}), "

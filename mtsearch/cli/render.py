@@ -27,8 +27,6 @@ from mtsearch.report import (
 )
 from mtsearch.stats import Interval
 
-# The ablation table's columns: cell and n on the left, the 8 numbers right, the verdict left.
-ABLATION_RIGHT_ALIGNED: tuple[bool, ...] = (False, False) + (True,) * 8 + (False,)
 IMPORTANCE_HEADER = ["parameter", "importance"]
 IMPORTANCE_RIGHT_ALIGNED: tuple[bool, ...] = (False, True)
 
@@ -82,7 +80,7 @@ def _json_text(data: Any) -> str:
 
 
 def leaderboard_columns(board: Leaderboard) -> list[str]:
-    cols = ["rank", "trial_id", "status", board.metric, f"final_{board.metric}"]
+    cols = ["rank", "trial_id", "status", board.metric, f"final_{board.metric}", "test_hit1"]
     if any("cell" in r for r in board.rows):
         cols.append("cell")
     return cols + board.params + ["seed", "epochs_done", "best_epoch", "wall_s"]
@@ -91,7 +89,7 @@ def leaderboard_columns(board: Leaderboard) -> list[str]:
 def leaderboard_cells(board: Leaderboard) -> tuple[list[str], list[list[str]]]:
     """Header and rows of strings for tables (metric in percent when it is a hit rate)."""
     cols = leaderboard_columns(board)
-    metric_cols = (board.metric, f"final_{board.metric}")
+    metric_cols = (board.metric, f"final_{board.metric}", "test_hit1")
     scale, unit = metric_unit(board.metric, [r.get(board.metric) for r in board.rows])
     header = [f"{c} ({unit})" if unit and c in metric_cols else c for c in cols]
     body = []
@@ -116,6 +114,8 @@ def leaderboard_footer(board: Leaderboard) -> list[str]:
     lines = [
         f"{board.total_ranked} ranked of {total} trials ({counts}); ranked by {order} {board.metric}"
     ]
+    if board.selection_note:
+        lines.append(board.selection_note)
     if board.unranked:
         lines.append(f"not ranked (no score or failed): {len(board.unranked)}")
         for row in board.unranked[:10]:
@@ -212,6 +212,9 @@ def ablation_cells(report: AblationReport) -> tuple[list[str], list[list[str]]]:
         "Δ final 95% CI",
         "reading",
     ]
+    with_test = any(c.test.n for c in report.cells)  # studies from before issue 12 have none
+    if with_test:
+        header[6:6] = [f"test{u} mean ± sd", "test 95% CI"]
     rows = []
     for name, cell in zip(names, report.cells):
         best = interval_text(cell.best, scale)
@@ -230,6 +233,7 @@ def ablation_cells(report: AblationReport) -> tuple[list[str], list[list[str]]]:
                 n,
                 *best,
                 *final,
+                *(interval_text(cell.test, scale) if with_test else ()),
                 *d_best,
                 *d_final,
                 "reference" if cell.is_reference else (cell.verdict or "–"),
@@ -244,7 +248,7 @@ def ablation_markdown(report: AblationReport) -> str:
         f"**{report.study}**: {report.metric} ({report.mode}) per cell over seeds, mean ± sd, "
         f"95% Student-t CI; Δ = paired difference against the reference cell on the same seeds.\n\n"
     )
-    table = markdown_table(header, rows, ABLATION_RIGHT_ALIGNED)
+    table = markdown_table(header, rows, (False, False) + (True,) * (len(header) - 3) + (False,))
     return caption + table + "\n" + report.reading + "\n"
 
 
@@ -253,6 +257,7 @@ def ablation_csv(report: AblationReport) -> str:
     stats_keys = {
         "best": ("mean", "sd", "low", "high"),
         "final": ("mean", "sd", "low", "high"),
+        "test": ("n", "mean", "sd", "low", "high"),
         "delta_best": ("n", "mean", "sd", "low", "high"),
         "delta_final": ("n", "mean", "sd", "low", "high"),
     }

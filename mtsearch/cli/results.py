@@ -88,7 +88,8 @@ def _report_grid(study: report.Study, fmt: str) -> None:
             f"{result.study}: {result.metric} ({result.mode}) per cell over seeds; "
             f"Δ paired against the reference on the same seeds"
         )
-        console.print(_rich_table(title, header, rows, render.ABLATION_RIGHT_ALIGNED))
+        aligned = (False, False) + (True,) * (len(header) - 3) + (False,)
+        console.print(_rich_table(title, header, rows, aligned))
         console.print(result.reading, markup=False)
 
 

@@ -113,6 +113,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     table.add_column("best val Hit@1", justify="right")
     table.add_column("best val Hit@5", justify="right")
     table.add_column("final loss", justify="right")
+    table.add_column("test Hit@1", justify="right")
     table.add_row(
         result.status,
         str(result.epochs_done),
@@ -120,9 +121,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         _fmt(result.best_val_hit1, True),
         _fmt(result.best_val_hit5, True),
         _fmt(result.history[-1]["loss"] if result.history else None),
+        _fmt(result.test_hit1, True),
     )
     console.print(table)
     console.print(f"metrics: {metrics_path}   checkpoints: {out / 'checkpoint'}")
+    split = "validation split" if cfg.selection == "val" else "test split (data.selection: test)"
+    console.print(f"val Hit@1 is on the {split}; test Hit@1: the final weights, once", highlight=False)
     if result.status == "diverged":
         sys.stderr.write(f"error: training diverged: {result.error}\n")
         return EXIT_FAILED

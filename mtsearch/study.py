@@ -1,0 +1,88 @@
+"""A study's folder, `trials/<name>/`: created or reopened under a lock, its space kept.
+
+One driver at a time (an advisory lock holding the driver's pid); a resumed study keeps its
+space, except that its count may grow (an extension) and preset-decided values stay as recorded.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from dataclasses import replace
+from pathlib import Path
+
+from mtsearch.errors import InvalidInput
+from mtsearch.space import SpaceSpec, load_study_space
+
+LOCK_FILE = ".lock"
+SPACE_FILE = "space.yaml"
+
+
+def study_dir_for(spec: SpaceSpec, trials_dir: str | Path) -> Path:
+    return Path(trials_dir) / spec.name
+
+
+def open_study(
+    spec: SpaceSpec, trials_dir: Path, resume: bool
+) -> tuple[SpaceSpec, Path, int, bool, int | None]:
+    """Create or reopen `trials/<name>/` and hold its lock; refuse a study in use or a clobber.
+
+    A resumed study keeps the preset-decided values its space.yaml recorded (`adopting`), so a
+    newer version's defaults never change a study half way. The last value is the study's count
+    when `spec` raises it (an extension), else None.
+    """
+    extend_from = None
+    study_dir = study_dir_for(spec, trials_dir)
+    existed = study_dir.exists() and any(study_dir.iterdir())
+    study_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(study_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise InvalidInput(study_dir, None, f"study is in use by another mtsearch driver (pid {holder}); "
+                           "wait for it to finish or choose another --name") from None
+    try:
+        if existed and not resume:
+            raise InvalidInput(study_dir, None, "study already exists; add --resume to continue it "
+                               "or pick a new --name")
+        if existed and (study_dir / SPACE_FILE).exists():
+            saved = load_study_space(study_dir)
+            spec = replace(spec, base=spec.base.adopting(saved.base))
+            if spec.count < saved.count:
+                raise InvalidInput(None, spec.count_flag, f"the study {study_dir} already has "
+                                   f"{saved.count}; give {saved.count} or more to extend it", spec.count)
+            extend_from = saved.count if spec.count > saved.count else None
+            if saved.identity() != spec.identity():
+                changed = [k for k in spec.identity() if saved.identity().get(k) != spec.identity().get(k)]
+                raise InvalidInput(spec.source, ", ".join(changed) or None,
+                                   f"differs from the study's {study_dir / SPACE_FILE}; a resumed study keeps "
+                                   "its space: restore the file or pick a new --name")
+        if _legacy_protocol(study_dir) and spec.base.data.selection is None:
+            # a study begun before issue 12 selected on the test split: its new trials do too
+            spec = replace(spec, base=spec.base.with_overrides(
+                {"data.selection": "test", "data.val_fraction": 0.0}, spec.source))
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+    except BaseException:
+        os.close(fd)
+        raise
+    return spec, study_dir, fd, not existed, extend_from
+
+
+def _legacy_protocol(study_dir: Path) -> bool:
+    """The study's trials were recorded before issue 12 (no `data.selection` in their configs)."""
+    from mtsearch.store import trial_rows
+
+    if not (study_dir / "trials.parquet").exists():
+        return False
+    rows = [r for r in trial_rows(study_dir) if r.get("config")]
+    return bool(rows) and "selection" not in rows[0]["config"].get("data", {})
+
+
+def release(fd: int) -> None:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
