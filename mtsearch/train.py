@@ -151,6 +151,7 @@ def fit(
             "val_hit1": val.get("val_hit1"),
             "val_hit5": val.get("val_hit5"),
             "dir_acc": val.get("dir_acc"),
+            "track_feat_cos": val.get("track_feat_cos"),
             "lr": float(optimizer.param_groups[0]["lr"]),
             "epoch_s": seconds,
             "test_hit1": test.get("val_hit1"),
@@ -488,6 +489,7 @@ def evaluate(
     clip_count = torch.zeros(num_videos, device=device)
     labels = torch.full((num_videos,), -1, dtype=torch.long, device=device)
     dir_correct = torch.zeros((), device=device)
+    cosine_sum = torch.zeros((), device=device)
     offset = 0
     for x, y, vid in loader:
         x = normalise_batch(x.to(device, non_blocking=True))
@@ -504,6 +506,8 @@ def evaluate(
         labels[vid] = y
         if out.dir_logits is not None:
             dir_correct += (out.dir_logits.argmax(1) == out.dir_labels).sum()
+        if out.feature_cosine is not None:
+            cosine_sum += out.feature_cosine.sum()
     model.train()
     if prob_sum is None:
         return {}
@@ -514,6 +518,7 @@ def evaluate(
         "val_hit1": hit_at_k(scores, seen_labels, 1),
         "val_hit5": hit_at_k(scores, seen_labels, 5),
         "dir_acc": dir_correct.item() / offset if model.dir_head is not None and offset else None,
+        "track_feat_cos": cosine_sum.item() / offset if model.tracking is not None and offset else None,
     }
 
 

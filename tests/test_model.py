@@ -395,3 +395,26 @@ def test_tiny_classifier_learns_the_direction_of_motion() -> None:
         optimizer.step()
         hits.append((out.logits.argmax(1) == labels).float().mean().item())
     assert sum(hits[-25:]) / 25 >= 0.8, hits
+
+
+def test_feature_cosine_measures_how_alike_a_frames_positions_are():
+    """issue 13's collapse diagnostic: the mean cosine between the projected features of different
+    positions of the target frame, checked against the brute-force pairwise mean."""
+    cfg = TrialConfig.from_mapping({"model.preset": "tiny"}).resolved()
+    torch.manual_seed(0)
+    net = MultiBranchNet(cfg, 6).eval()
+    feat = torch.randn(2, net.trunk.out_channels, cfg.data.clip_frames, 12, 12)
+    got = net.tracking.feature_cosine(feat)
+    units = torch.nn.functional.normalize(net.tracking.proj(feat[:, :, -1]), dim=1).flatten(2)
+    for b in range(2):
+        cos = units[b].T @ units[b]  # (N, N)
+        n = cos.shape[0]
+        want = (cos.sum() - cos.diagonal().sum()) / (n * (n - 1))
+        assert got[b].item() == pytest.approx(want.item(), abs=1e-5)
+    assert -1.0 <= got.min().item() and got.max().item() < 0.99
+    same = feat[:, :, :, :1, :1].expand_as(feat).contiguous()  # every position alike: collapsed
+    assert net.tracking.feature_cosine(same).min().item() == pytest.approx(1.0, abs=1e-5)
+    with torch.no_grad():
+        out = net(torch.randn(2, 3, cfg.data.clip_frames, cfg.crop, cfg.crop), track=False,
+                  generator=torch.Generator().manual_seed(0))
+    assert out.feature_cosine is not None and out.feature_cosine.shape == (2,)

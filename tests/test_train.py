@@ -90,6 +90,7 @@ def test_disabled_branches_report_no_loss(small_set: Path, tmp_path: Path):
     result = fit(cfg)
     row = result.history[0]
     assert row["loss_track"] is None and row["loss_dir"] is None and row["dir_acc"] is None
+    assert row["track_feat_cos"] is None  # no tracking branch, no collapse diagnostic
     assert row["loss"] == pytest.approx(row["loss_cls"])
 
 
@@ -283,6 +284,9 @@ def test_evaluation_is_the_same_at_eval_batch_1_and_16(small_set: Path, tmp_path
         for batch in (1, 16, 5)
     ]
     assert results[0]["dir_acc"] is not None
+    # the collapse diagnostic is a float sum over clips: equal up to summation order
+    cosines = [r.pop("track_feat_cos") for r in results]
+    assert cosines[1] == pytest.approx(cosines[0], rel=1e-5) and cosines[2] == pytest.approx(cosines[0], rel=1e-5)
     assert results[0] == results[1] == results[2]
 
 
@@ -365,6 +369,7 @@ def test_selection_on_validation_meets_the_test_split_once(small_set: Path, tmp_
     first, last = result.history
     assert first["test_hit1"] is None and first["val_hit1"] is not None
     assert last["test_hit1"] is not None and result.test_hit1 == last["test_hit1"]
+    assert all(-1.0 <= row["track_feat_cos"] <= 1.0 for row in result.history)  # issue 13's diagnostic
     # selection: test is the thesis's protocol: every evaluation is on the test split
     old = fit(legacy)
     assert old.history[-1]["test_hit1"] == old.history[-1]["val_hit1"]

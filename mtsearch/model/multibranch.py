@@ -61,6 +61,7 @@ class BranchOutputs:
     dir_labels: torch.Tensor | None = None  # (B,) 1 = forward, 0 = reversed in time
     loss_track: torch.Tensor | None = None  # scalar l_track (lambda already applied inside)
     track_terms: dict[str, torch.Tensor] = field(default_factory=dict)  # sim, skip, long (detached)
+    feature_cosine: torch.Tensor | None = None  # (B,) with track=False: the collapse diagnostic
 
 
 class MultiBranchNet(nn.Module):
@@ -145,6 +146,8 @@ class MultiBranchNet(nn.Module):
             assert draws.reverse is not None, "the dir branch needs draws.reverse"
             out.dir_labels = (~draws.reverse).long()  # 1 = forward, 0 = reversed
             out.dir_logits = self.dir_head(reverse_time(feat, draws.reverse))
+        if self.tracking is not None and not track:  # evaluation: how alike the positions are
+            out.feature_cosine = self.tracking.feature_cosine(feat)
         if self.tracking is not None and track:
             assert draws.patch_theta is not None, "the tracking branch needs draws.patch_theta"
             out.loss_track, out.track_terms = self.tracking(

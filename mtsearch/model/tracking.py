@@ -182,6 +182,17 @@ class TrackingBranch(nn.Module):
         self.register_buffer("grid_points", grid_points(), persistent=False)
         accept_legacy_weights(self)  # proj and localizer were 1x1x1 / 1xkxk Conv3d
 
+    def feature_cosine(self, feat: torch.Tensor) -> torch.Tensor:
+        """(B,) mean cosine similarity between the projected features at different positions of
+        each clip's target frame (issue 13): near 1 the features have collapsed, and an affinity
+        over the frame cannot locate anything. A position whose features are all zero counts as
+        dissimilar to the others (it cannot be found either way)."""
+        g = self.proj(feat[:, :, -1])  # (B, D, h, w): the target frame
+        units = F.normalize(g.float(), dim=1).flatten(2)  # (B, D, N)
+        n = units.shape[2]
+        pairs = units.sum(2).pow(2).sum(1) - units.pow(2).sum((1, 2))  # sum over i != j of u_i . u_j
+        return pairs / (n * (n - 1))
+
     @property
     def steps_per_clip(self) -> int:
         """Tracker steps per clip: k back, sum_i i for the long cycles' way home, 2k for the skips."""
