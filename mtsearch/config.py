@@ -135,7 +135,7 @@ class TrialConfig:
         """A config a run recorded (checkpoint, trials.parquet). Versions before issue 12 had no
         validation split and selected on the test split: such a record keeps that protocol."""
         flat = flatten_keys(data, source)
-        if "data.selection" not in flat:
+        if predates_validation(data):
             flat = {**flat, "data.selection": "test", "data.val_fraction": 0.0}
         return cls().with_overrides(flat, source)
 
@@ -329,6 +329,12 @@ def _type_of(key: str) -> Any:
     section, name = _FIELDS[key]
     owner = _SECTION_TYPES[section] if section else TrialConfig
     return get_type_hints(owner)[name]
+
+
+def predates_validation(record: Mapping[str, Any]) -> bool:
+    """A recorded config (nested, as `to_dict` writes it) from before issue 12: no data.selection."""
+    data = record.get("data")
+    return "data.selection" not in record and not (isinstance(data, Mapping) and "selection" in data)
 
 
 def column_type(key: str) -> str:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mtsearch.config import TrialConfig, branches_label, flatten_keys
+from mtsearch.config import TrialConfig, branches_label, flatten_keys, predates_validation
 from mtsearch.errors import InvalidInput
 from mtsearch.space import SpaceSpec, factor_keys, load_study_space
 from mtsearch.stats import Interval, paired_differences, paired_verdict, summarize
@@ -63,7 +63,7 @@ class Study:
         for trial in self.trials:
             config = trial.get("config")
             if config:
-                return str(config.get("data", {}).get("selection") or "test")
+                return "test" if predates_validation(config) else str(config["data"]["selection"])
         return "val"
 
     @property

@@ -456,7 +456,7 @@ def run_search(
         write_atomic(study_dir / SPACE_FILE, spec.to_yaml())
         say(f"extending {study_dir} from {recorded.total_trials} to {spec.total_trials} trials")
         tuner = _make_tuner(spec, study_dir, key, False, trainable_fn, resources, say,
-                            extend_from=recorded, store=store)
+                            fresh=False, extend_from=recorded, store=store)
         _publish(live)
         tuner.fit()
         return _finish(live, study_dir)
@@ -478,7 +478,7 @@ def _run_points(
     if missing:
         round_spec = replace(spec, space={factor: Distribution("grid", tuple(p[factor] for p in missing))})
         tuner = _make_tuner(round_spec, study_dir, str(study_dir), False, trainer, resources, say,
-                            extend_from=round_spec)
+                            fresh=False)
         _publish(live)
         tuner.fit()
     outcome = _finish(live, study_dir, total=0)
@@ -525,12 +525,13 @@ def _connect_ray(address: str | None, num_cpus: int | None, say: Log) -> bool:
 
 def _make_tuner(
     spec: SpaceSpec, study_dir: Path, live_key: str, resume: bool, trainer: Trainer | None,
-    resources: TrialResources, say: Log, extend_from: SpaceSpec | None = None,
+    resources: TrialResources, say: Log, *, fresh: bool = True, extend_from: SpaceSpec | None = None,
     store: StudyStore | None = None,
 ) -> tune.Tuner:
     """Tune's state restored from `study_dir/tune` on resume, else a new Tuner for the study.
     Each trial's resources are a function of its config (its network's GPU share).
 
+    `fresh=False` keeps the trials folder of earlier experiments (an extension, a race's round).
     With `extend_from` (the study as it was) the new Tuner runs only the trials it lacks: the
     extra samples, or a grid's new seeds; `store` holds the earlier trials for ASHA's rungs.
     """
@@ -543,7 +544,7 @@ def _make_tuner(
     if resume and tune.Tuner.can_restore(str(tune_path)):
         say(f"resuming {study_dir}")
         return tune.Tuner.restore(str(tune_path), trainable, resume_unfinished=True, resume_errored=False)
-    if tune_path.exists() and extend_from is None:  # an interrupted start that never saved Tune's state
+    if tune_path.exists() and fresh:  # an interrupted start that never saved Tune's state
         shutil.rmtree(tune_path)
     samples, seeds = (1 if spec.is_grid else spec.search.num_samples), None
     if extend_from is not None:

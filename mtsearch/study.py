@@ -11,6 +11,7 @@ import os
 from dataclasses import replace
 from pathlib import Path
 
+from mtsearch.config import predates_validation
 from mtsearch.errors import InvalidInput
 from mtsearch.space import SpaceSpec, load_study_space
 
@@ -72,13 +73,13 @@ def open_study(
 
 
 def _legacy_protocol(study_dir: Path) -> bool:
-    """The study's trials were recorded before issue 12 (no `data.selection` in their configs)."""
+    """The study's trials were recorded before issue 12 (`predates_validation`)."""
     from mtsearch.store import trial_rows
 
     if not (study_dir / "trials.parquet").exists():
         return False
     rows = [r for r in trial_rows(study_dir) if r.get("config")]
-    return bool(rows) and "selection" not in rows[0]["config"].get("data", {})
+    return bool(rows) and predates_validation(rows[0]["config"])
 
 
 def release(fd: int) -> None:

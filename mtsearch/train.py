@@ -52,6 +52,7 @@ class FitResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     test_hit1: float | None = None  # the final weights on the test split (selection: val)
     test_hit5: float | None = None
+    selection: str = "val"  # the split its evaluations ran on (a resumed older run: test)
 
 
 class Diverged(Exception):
@@ -177,6 +178,7 @@ def fit(
         history=history,
         test_hit1=history[-1].get("test_hit1") if history else None,
         test_hit5=history[-1].get("test_hit5") if history else None,
+        selection=cfg.selection,
     )
 
 

@@ -107,3 +107,13 @@ def one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def ray_address() -> Iterator[str]:
+    """A Ray head on 127.0.0.1 per test module (4 logical CPUs: stand-in trials mostly sleep),
+    reached through `address=`, which also covers `--address`; stopped afterwards."""
+    from ray_head import ray_head
+
+    with ray_head(num_cpus=4, num_gpus=0) as address:
+        yield address

@@ -9,13 +9,12 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from ray_head import ray_head
 
 from mtsearch.confirm import SEED_BASE, race
 from mtsearch.errors import InvalidInput
@@ -23,12 +22,6 @@ from mtsearch.report import ablation, leaderboard, load_study
 from mtsearch.search import run_search
 from mtsearch.space import space_from_mapping
 from mtsearch.stats import holm, paired_p_greater
-
-
-@pytest.fixture(scope="module")
-def ray_address() -> Iterator[str]:
-    with ray_head(num_cpus=4, num_gpus=0) as address:
-        yield address
 
 
 def make_fit(log_dir: Path, wobble: float) -> Callable[..., Any]:

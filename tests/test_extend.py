@@ -7,14 +7,12 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import optuna
 import pyarrow.parquet as pq
 import pytest
-from ray_head import ray_head
 from test_search import make_fit, records
 
 from mtsearch.errors import InvalidInput
@@ -22,12 +20,6 @@ from mtsearch.search import run_search
 from mtsearch.space import space_from_mapping, with_study_count
 from mtsearch.store import StudyStore
 from mtsearch.tuning import objective_at, scheduler
-
-
-@pytest.fixture(scope="module")
-def ray_address() -> Iterator[str]:
-    with ray_head(num_cpus=4, num_gpus=0) as address:
-        yield address
 
 
 def _spec(data: dict[str, Any], kind: str = "search") -> Any:

@@ -16,14 +16,13 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import optuna
 import pyarrow.parquet as pq
 import pytest
-from ray_head import ray_head
 
 from mtsearch.errors import InvalidInput
 from mtsearch.search import run_search
@@ -79,13 +78,6 @@ def make_fit(log_dir: Path, epoch_s: float = 0.2, fail_w: float | None = None,
 
 def records(log_dir: Path) -> list[dict[str, Any]]:
     return [json.loads(p.read_text()) for p in sorted(log_dir.glob("*.json"))]
-
-
-@pytest.fixture(scope="module")
-def ray_address() -> Iterator[str]:
-    """A Ray head on 127.0.0.1 (4 logical CPUs: stand-in trials only sleep), stopped afterwards."""
-    with ray_head(num_cpus=4, num_gpus=0) as address:
-        yield address
 
 
 def _spec(data: dict[str, Any], kind: str = "search") -> Any:

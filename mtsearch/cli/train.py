@@ -125,7 +125,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     )
     console.print(table)
     console.print(f"metrics: {metrics_path}   checkpoints: {out / 'checkpoint'}")
-    split = "validation split" if cfg.selection == "val" else "test split (data.selection: test)"
+    split = "validation split" if result.selection == "val" else "test split (data.selection: test)"
     console.print(f"val Hit@1 is on the {split}; test Hit@1: the final weights, once", highlight=False)
     if result.status == "diverged":
         sys.stderr.write(f"error: training diverged: {result.error}\n")
