@@ -22,9 +22,30 @@ BRANCHES: tuple[str, ...] = ("cls", "track", "dir")
 # keys whose default (None) the preset decides: `resolved()` writes them out
 DERIVED_KEYS: tuple[str, ...] = (
     "data.crop", "track.patch", "data.short_side", "eval.batch_size", "optim.lr",
-    "data.val_fraction", "data.selection",
+    "data.val_fraction", "data.selection", "loss.w_track", "loss.sim_weight", "track.temperature",
+    "track.localizer", "track.target_patch", "track.center_features", "track.patch_select",
+    "track.crop_grad", "track.projection",
 )
 VAL_FRACTION, SELECTION = 0.2, "val"  # the honest protocol's defaults (issue 12)
+# Issue 13: the tracking branch as the thesis writes it collapses and does not track at the
+# `tiny` scale; MEASURED_TRACKING was chosen by measurement there (README, "Does the tracking
+# branch track?"). A config that leaves these keys unset gets `tracking_defaults(preset)`: the
+# measured values on `tiny`, the thesis's formula (THESIS_TRACKING) on the presets nobody has
+# measured yet. A record from before these keys existed ran THESIS_TRACKING (its temperature,
+# None here, is TimeCycle's track_dim ** -0.5: `thesis_temperature`).
+# w_track is among them: with this formula, at the thesis's 25 the tracking gradient into the trunk
+# is ~100x l_cls's and costs both classification and tracking; at 0.25 it is about as large.
+MEASURED_TRACKING: dict[str, Any] = {
+    "loss.w_track": 0.25, "loss.sim_weight": 0.0, "track.temperature": 0.02,
+    "track.localizer": "softargmax", "track.target_patch": "crop", "track.center_features": True, "track.patch_select": "motion",
+    "track.crop_grad": False, "track.projection": "relu",
+}
+MEASURED_PRESETS: tuple[str, ...] = ("tiny",)
+THESIS_TRACKING: dict[str, Any] = {
+    "loss.w_track": 25.0, "loss.sim_weight": 1.0, "track.temperature": None, "track.localizer": "conv",
+    "track.target_patch": "encode", "track.center_features": False,
+    "track.patch_select": "uniform", "track.crop_grad": True, "track.projection": "relu",
+}
 DATASETS: tuple[str, ...] = ("synthetic", "hmdb51", "ucf101", "list")
 
 
@@ -84,13 +105,25 @@ class TrackConfig:
     frame_gap: int = 4  # f
     past_frames: int = 3  # k
     patch: int | None = None  # None: the preset's (thesis 80 = crop/3)
+    # issue 13: how the branch departs from the thesis's formula; None: `tracking_defaults`
+    temperature: float | None = None  # affinity softmax temperature (thesis: track_dim ** -0.5)
+    localizer: str | None = None  # conv (thesis: two convs + one linear) | softargmax
+    target_patch: str | None = None  # encode (thesis: re-encoded pixels) | crop (of the frame's features)
+    center_features: bool | None = None  # subtract each frame's mean feature before normalising (thesis: no)
+    patch_select: str | None = None  # uniform (thesis) | motion (among the most changing windows)
+    crop_grad: bool | None = None  # gradient through where each step crops (thesis: yes)
+    projection: str | None = None  # relu (thesis: TimeCycle's 1x1 conv + ReLU) | linear (no ReLU)
+    detach_target: bool = False  # stop the gradient through the target patch feature
+    warmup_epochs: int = 0  # first epochs in which l_track trains the branch but not the trunk
+    cycle_loss: str = "grid"  # grid (thesis: theta vs theta_gt) | walk (cross-entropy of the last affinity)
 
 
 @dataclass(frozen=True)
 class LossConfig:
-    w_track: float = 25.0  # w1
+    w_track: float | None = None  # w1 (thesis 25; None: `tracking_defaults`, tiny 0.25)
     w_dir: float = 2.0  # w2
-    track_lambda: float = 0.1  # lambda
+    track_lambda: float = 0.1  # lambda: weight of the skip and long cycle terms in l_track
+    sim_weight: float | None = None  # weight of l_sim in l_track (thesis 1; None: `tracking_defaults`)
 
 
 @dataclass(frozen=True)
@@ -137,6 +170,7 @@ class TrialConfig:
         flat = flatten_keys(data, source)
         if predates_validation(data):
             flat = {**flat, "data.selection": "test", "data.val_fraction": 0.0}
+        flat = with_thesis_tracking(flat)
         return cls().with_overrides(flat, source)
 
     def with_overrides(self, flat: Mapping[str, Any], source: str | Path = "<config>") -> TrialConfig:
@@ -180,6 +214,13 @@ class TrialConfig:
         return self.data.val_fraction if self.data.val_fraction is not None else VAL_FRACTION
 
     @property
+    def tracking(self) -> dict[str, Any]:
+        """The tracking branch's issue-13 keys with the preset's defaults filled in (dotted names)."""
+        flat = self.to_flat()
+        defaults = tracking_defaults(self.model.preset)
+        return {k: flat[k] if flat[k] is not None else v for k, v in defaults.items()}
+
+    @property
     def eval_batch_size(self) -> int:
         if self.eval.batch_size is not None:
             return self.eval.batch_size
@@ -199,7 +240,7 @@ class TrialConfig:
         values = {"data.crop": self.crop, "track.patch": self.patch,
                   "data.short_side": self.short_side, "eval.batch_size": self.eval_batch_size,
                   "optim.lr": self.lr, "data.val_fraction": self.val_fraction,
-                  "data.selection": self.selection}
+                  "data.selection": self.selection, **self.tracking}
         assert set(values) == set(DERIVED_KEYS)
         return self.with_overrides(values)
 
@@ -331,6 +372,31 @@ def _type_of(key: str) -> Any:
     return get_type_hints(owner)[name]
 
 
+def with_thesis_tracking(flat: Mapping[str, Any]) -> dict[str, Any]:
+    """Dotted keys of a recorded config, with THESIS_TRACKING for the issue-13 keys it lacks: a
+    run recorded before they existed ran the thesis's formula, and keeps it when resumed."""
+    missing = {k: v for k, v in THESIS_TRACKING.items() if k not in flat}
+    preset = PRESETS.get(str(flat.get("model.preset", ModelConfig.preset)))
+    if "track.temperature" in missing and preset is not None:
+        missing["track.temperature"] = thesis_temperature(preset.track_dim)
+    return {**missing, **flat}
+
+
+def tracking_defaults(preset: str) -> dict[str, Any]:
+    """What the issue-13 keys are when a config leaves them unset (see MEASURED_TRACKING)."""
+    return dict(MEASURED_TRACKING) if preset in MEASURED_PRESETS else thesis_tracking(preset)
+
+
+def thesis_tracking(preset: str) -> dict[str, Any]:
+    """The issue-13 keys as the thesis's formula sets them for `preset` (dotted names)."""
+    return {**THESIS_TRACKING, "track.temperature": thesis_temperature(PRESETS[preset].track_dim)}
+
+
+def thesis_temperature(track_dim: int) -> float:
+    """TimeCycle's affinity temperature, track_dim ** -0.5 (thesis: 512 ** -0.5 = 0.0442)."""
+    return track_dim ** -0.5
+
+
 def predates_validation(record: Mapping[str, Any]) -> bool:
     """A recorded config (nested, as `to_dict` writes it) from before issue 12: no data.selection."""
     data = record.get("data")
@@ -424,6 +490,14 @@ _CHECKS: dict[str, Callable[[Any], str | None]] = {
     "track.frame_gap": at_least(1),
     "track.past_frames": at_least(1),
     "track.patch": _multiple_of_8,
+    "track.temperature": positive,
+    "track.warmup_epochs": at_least(0),
+    "track.localizer": one_of(("conv", "softargmax")),
+    "track.target_patch": one_of(("encode", "crop")),
+    "track.patch_select": one_of(("uniform", "motion")),
+    "track.cycle_loss": one_of(("grid", "walk")),
+    "track.projection": one_of(("relu", "linear")),
+    "loss.sim_weight": non_negative,
     "loss.w_track": non_negative,
     "loss.w_dir": non_negative,
     "loss.track_lambda": non_negative,

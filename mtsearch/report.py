@@ -283,6 +283,9 @@ class CellStats:
     delta_final: Interval | None
     verdict: str | None = None  # helps | hurts | indistinguishable | too few pairs
     test: Interval = field(default_factory=lambda: summarize([]))  # final weights, test split (issue 12)
+    # does its tracking branch track (issue 13): the last evaluation's track_gain (built-in set)
+    # or cycle_gain (other sets) per run; empty without a tracking branch
+    tracking: Interval = field(default_factory=lambda: summarize([]))
 
 
 @dataclass
@@ -294,6 +297,7 @@ class AblationReport:
     factors: list[str]
     cells: list[CellStats] = field(default_factory=list)
     reading: str = ""
+    tracking_gain: str | None = None  # track_gain | cycle_gain: what CellStats.tracking holds
 
 
 def _flat_config(trial: Mapping[str, Any]) -> dict[str, Any]:
@@ -376,6 +380,7 @@ def ablation(study: Study) -> AblationReport:
         best_by_seed: dict[int, float] = {}
         final_by_seed: dict[int, float] = {}
         test_values: list[float | None] = []
+        tracking_values: list[float] = []
         not_counted: dict[str, int] = {}
         for trial in trials:
             status = str(trial.get("status"))
@@ -392,6 +397,9 @@ def ablation(study: Study) -> AblationReport:
             if final is not None:
                 final_by_seed[seed] = final
             test_values.append(trial.get(test_column(study.metric)))
+            gain = last_tracking_gain(study, trial)
+            if gain is not None:
+                tracking_values.append(gain[1])
         per_cell_scores[label] = (best_by_seed, final_by_seed)
         cells.append(
             CellStats(
@@ -406,6 +414,7 @@ def ablation(study: Study) -> AblationReport:
                 delta_best=None,
                 delta_final=None,
                 test=summarize(test_values),
+                tracking=summarize(tracking_values),
             )
         )
 
@@ -435,6 +444,7 @@ def ablation(study: Study) -> AblationReport:
         reference=ref_label,
         factors=factors,
         cells=cells,
+        tracking_gain=tracking_column(study),
     )
     report.reading = _reading(report)
     if study.selection_note:
@@ -445,6 +455,27 @@ def ablation(study: Study) -> AblationReport:
 # ---- showing numbers (tables, the reading line, figures) ---------------------------------------
 
 METRIC_DIGITS = 3  # significant digits of a metric value that is not a percentage
+
+
+TRACKING_GAINS = ("track_gain", "cycle_gain")  # issue 13: ground truth where it exists
+
+
+def last_tracking_gain(study: Study, trial: Mapping[str, Any]) -> tuple[str, float] | None:
+    """(column, value) of a run's last evaluated track_gain, else cycle_gain; None without."""
+    for column in TRACKING_GAINS:
+        curve = study.curve(str(trial["trial_id"]), column)
+        if curve:
+            return column, curve[-1][1]
+    return None
+
+
+def tracking_column(study: Study) -> str | None:
+    """Which tracking gain the study's runs report (the first run that reports one decides)."""
+    for trial in study.trials:
+        gain = last_tracking_gain(study, trial)
+        if gain is not None:
+            return gain[0]
+    return None
 
 
 def test_column(metric: str) -> str:

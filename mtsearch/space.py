@@ -23,6 +23,7 @@ from mtsearch.config import (
     column_type,
     config_keys,
     flatten_keys,
+    with_thesis_tracking,
 )
 from mtsearch.errors import InvalidInput, did_you_mean
 from mtsearch.settings import (
@@ -335,6 +336,9 @@ def load_study_space(study_dir: str | Path) -> SpaceSpec:
     """The `space.yaml` a study was run with (for reports, leaderboards and resume)."""
     path = Path(study_dir) / "space.yaml"
     data = read_yaml(path)
+    if isinstance(data, Mapping) and isinstance(data.get("base"), Mapping):
+        # a study begun before issue 13 ran the thesis's tracking formula: its new trials do too
+        data = {**data, "base": with_thesis_tracking(flatten_keys(data["base"], str(path)))}
     kind = ABLATION if isinstance(data, Mapping) and "grid" in data else SEARCH
     return space_from_mapping(data, str(path), kind, default_name=Path(study_dir).name)
 

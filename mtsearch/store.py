@@ -27,6 +27,7 @@ STATUSES: tuple[str, ...] = ("running", "completed", "pruned", "error", "diverge
 EPOCH_METRICS: tuple[str, ...] = (  # what the trainer reports each epoch (SPEC epoch columns)
     "loss", "loss_cls", "loss_track", "loss_dir", "train_hit1", "val_hit1", "val_hit5",
     "dir_acc", "lr", "epoch_s", "clips_per_s", "data_wait", "test_hit1", "test_hit5", "track_feat_cos",
+    "track_err_px", "track_gain", "cycle_gain",
 )
 EPOCH_COLUMNS: tuple[str, ...] = ("epoch", *EPOCH_METRICS)
 # what a trial ran on (issue 10): the trainer reports peak memory and device, the driver the share

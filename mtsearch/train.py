@@ -132,6 +132,9 @@ def fit(
     for epoch in range(start_epoch, cfg.optim.epochs + 1):
         _seed_everything(cfg.seed * 100_003 + epoch)
         train_set.set_epoch(epoch)
+        if model.track_trains_trunk != (epoch > cfg.track.warmup_epochs):
+            model.track_trains_trunk = epoch > cfg.track.warmup_epochs
+            step.forget_graph()  # a captured step would keep the warm-up's detached trunk
         t0 = time.perf_counter()
         try:
             train_stats = _train_epoch(step, model, train_loader, cfg, epoch, on_batch)
@@ -153,6 +156,9 @@ def fit(
             "val_hit5": val.get("val_hit5"),
             "dir_acc": val.get("dir_acc"),
             "track_feat_cos": val.get("track_feat_cos"),
+            "track_err_px": val.get("track_err_px"),
+            "track_gain": val.get("track_gain"),
+            "cycle_gain": val.get("cycle_gain"),
             "lr": float(optimizer.param_groups[0]["lr"]),
             "epoch_s": seconds,
             "test_hit1": test.get("val_hit1"),
@@ -323,6 +329,10 @@ class TrainStep:
         self.first_bad = torch.full((), _NO_BAD_STEP, dtype=torch.long, device=device)
         self.counter = torch.zeros((), dtype=torch.long, device=device)
 
+    def forget_graph(self) -> None:
+        """Drop a captured step (the step itself changed); the next full batches capture anew."""
+        self.graph, self.static, self.eager_steps = None, None, 0
+
     def reset(self) -> None:
         """Zero the running sums (in place: a captured graph keeps adding into the same memory)."""
         self.sums.zero_()
@@ -340,7 +350,8 @@ class TrainStep:
         if self.graph is not None and self.static is not None and x.shape == self.static[0].shape:
             static_x, static_y, static_draws = self.static
             pairs = [(static_x, x), (static_y, y), (static_draws.reverse, draws.reverse),
-                     (static_draws.patch_theta, draws.patch_theta)]
+                     (static_draws.patch_theta, draws.patch_theta),
+                     (static_draws.patch_pick, draws.patch_pick)]
             for static, value in pairs:
                 if static is not None:
                     static.copy_(value, non_blocking=True)
@@ -492,14 +503,21 @@ def evaluate(
     labels = torch.full((num_videos,), -1, dtype=torch.long, device=device)
     dir_correct = torch.zeros((), device=device)
     cosine_sum = torch.zeros((), device=device)
+    tracking = None
+    if getattr(model, "tracking", None) is not None:
+        from mtsearch.tracking_eval import TrackingEval
+
+        tracking = TrackingEval(loader.dataset, cfg, model, device)
     offset = 0
     for x, y, vid in loader:
         x = normalise_batch(x.to(device, non_blocking=True))
         y, vid = y.to(device, non_blocking=True), vid.to(device, non_blocking=True)
         draws = StepDraws(reverse=reversed_clips[offset : offset + len(vid)])
-        offset += len(vid)
         with _autocast(device):
             out = model(x, track=False, draws=draws)
+            if tracking is not None:
+                tracking.add(out.features, x, offset)
+        offset += len(vid)
         probs = F.softmax(out.logits.float(), dim=1)
         if prob_sum is None:
             prob_sum = torch.zeros(num_videos, probs.shape[1], device=device)
@@ -521,6 +539,7 @@ def evaluate(
         "val_hit5": hit_at_k(scores, seen_labels, 5),
         "dir_acc": dir_correct.item() / offset if model.dir_head is not None and offset else None,
         "track_feat_cos": cosine_sum.item() / offset if model.tracking is not None and offset else None,
+        **(tracking.result() if tracking is not None else {}),
     }
 
 

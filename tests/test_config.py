@@ -17,7 +17,7 @@ def test_defaults_are_the_thesis():
     cfg = TrialConfig()
     assert cfg.model.preset == "thesis"
     assert cfg.crop == 240 and cfg.patch == 80 and cfg.short_side == 256
-    assert (cfg.loss.w_track, cfg.loss.w_dir, cfg.loss.track_lambda) == (25.0, 2.0, 0.1)
+    assert (cfg.resolved().loss.w_track, cfg.loss.w_dir, cfg.loss.track_lambda) == (25.0, 2.0, 0.1)
     assert (cfg.lr, cfg.optim.betas, cfg.optim.weight_decay) == (2e-4, (0.5, 0.999), 1e-4)
     assert cfg.resolved().optim.lr == 2e-4
     assert (cfg.optim.batch_size, cfg.optim.epochs, cfg.optim.plateau_patience) == (4, 100, 10)
@@ -40,6 +40,58 @@ def test_a_resumed_run_keeps_the_preset_values_it_recorded():
     explicit = TrialConfig.from_mapping({"model.preset": "tiny", "optim.lr": 5e-3})
     assert explicit.adopting(recorded).resolved().optim.lr == 5e-3
     assert bare.adopting(recorded).crop == recorded.crop
+
+
+def test_tracking_keys_default_by_preset_and_resolve():
+    """issue 13: `tiny` takes the measured tracking defaults, the presets nobody measured keep the
+    thesis's formula, an explicit key wins, and resolved() writes the values out."""
+    from mtsearch.config import MEASURED_TRACKING, thesis_tracking
+
+    tiny = TrialConfig.from_mapping({"model.preset": "tiny"})
+    assert tiny.tracking == MEASURED_TRACKING
+    assert tiny.resolved().track.localizer == "softargmax" and tiny.resolved().loss.sim_weight == 0
+    assert tiny.resolved().loss.w_track == 0.25
+    thesis = TrialConfig().resolved()
+    assert thesis.tracking == thesis_tracking("thesis")
+    assert thesis.track.localizer == "conv" and thesis.loss.sim_weight == 1.0
+    assert thesis.track.temperature == pytest.approx(512 ** -0.5)  # TimeCycle's
+    explicit = TrialConfig.from_mapping({"model.preset": "tiny", "track.localizer": "conv",
+                                         "track.temperature": 0.1})
+    assert explicit.tracking["track.localizer"] == "conv"
+    assert explicit.tracking["track.temperature"] == 0.1
+    assert explicit.tracking["track.target_patch"] == "crop"
+
+
+def test_a_record_from_before_the_tracking_keys_keeps_the_thesis_formula(tmp_path: Path):
+    """A checkpoint or trials.parquet config (and a study's space.yaml) written before issue 13
+    ran the thesis's tracking formula: resumed, it still does, and a space file that leaves the
+    keys unset is not refused as changed."""
+    from mtsearch.config import thesis_tracking
+    from mtsearch.space import load_study_space
+
+    old = TrialConfig.from_mapping({"model.preset": "tiny"}).to_dict()
+    for key in ("localizer", "target_patch", "center_features", "patch_select", "crop_grad",
+                "temperature", "projection"):
+        del old["track"][key]
+    del old["loss"]["sim_weight"]
+    old["loss"]["w_track"] = 25.0  # what a record of that time holds (the default then)
+    recorded = TrialConfig.from_record(old)
+    assert recorded.resolved().tracking == thesis_tracking("tiny")
+    bare = TrialConfig.from_mapping({"model.preset": "tiny"})
+    assert bare.adopting(recorded).resolved().tracking == thesis_tracking("tiny")
+    new = TrialConfig.from_record(TrialConfig.from_mapping({"model.preset": "tiny"}).resolved().to_dict())
+    assert new.tracking["track.localizer"] == "softargmax"  # a new record keeps what it ran
+
+    study = tmp_path / "old"
+    study.mkdir()
+    from mtsearch.yamlio import dump_yaml
+
+    (study / "space.yaml").write_text(dump_yaml({
+        "name": "old", "base": old, "metric": "val_hit1", "mode": "max",
+        "search": {"algorithm": "random", "num_samples": 2}, "space": {"loss.w_dir": {"uniform": [1, 2]}},
+    }))
+    saved = load_study_space(study)
+    assert bare.adopting(saved.base).resolved().tracking == thesis_tracking("tiny")
 
 
 def test_presets_keep_thesis_geometry():
@@ -79,6 +131,16 @@ def test_key_given_twice_is_an_error():
         ({"data.split": 4}, "data.split", "1, 2 or 3"),
         ({"optim.betas": [0.5]}, "optim.betas", "two numbers"),
         ({"data": 3}, "data", "expected a mapping"),
+        ({"track.localizer": "mlp"}, "track.localizer", "must be one of"),
+        ({"track.target_patch": "pixels"}, "track.target_patch", "must be one of"),
+        ({"track.patch_select": "random"}, "track.patch_select", "must be one of"),
+        ({"track.cycle_loss": "l2"}, "track.cycle_loss", "must be one of"),
+        ({"track.projection": "tanh"}, "track.projection", "must be one of"),
+        ({"track.temperature": 0}, "track.temperature", "must be > 0"),
+        ({"track.center_features": "yes"}, "track.center_features", "true or false"),
+        ({"track.crop_grad": 1}, "track.crop_grad", "true or false"),
+        ({"track.warmup_epochs": -1}, "track.warmup_epochs", ">= 0"),
+        ({"loss.sim_weight": -1}, "loss.sim_weight", ">= 0"),
     ],
 )
 def test_invalid_values_name_the_key(data, key, fragment):

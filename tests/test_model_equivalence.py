@@ -10,7 +10,7 @@ import legacy_model as legacy
 import pytest
 import torch
 
-from mtsearch.config import TrialConfig
+from mtsearch.config import TrialConfig, thesis_tracking
 from mtsearch.model import MultiBranchNet, compute_losses
 from mtsearch.model.trunk import Trunk
 
@@ -18,7 +18,10 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def config(preset: str = "tiny", **overrides: object) -> TrialConfig:
-    return TrialConfig.from_mapping({"model.preset": preset, **overrides}).resolved()
+    """The landed network computed the thesis's tracking formula (issue 13 made it optional)."""
+    return TrialConfig.from_mapping(
+        {"model.preset": preset, **thesis_tracking(preset), **overrides}
+    ).resolved()
 
 
 def max_rel(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -437,6 +437,34 @@ def test_ablation_renderings(tmp_path: Path) -> None:
     assert parsed["cells"][0]["delta_best"] is None
 
 
+def test_ablation_shows_the_tracking_gain_of_cells_with_tracking(tmp_path: Path) -> None:
+    """issue 13: each run's last evaluated track_gain, summarised per cell; `–` without tracking."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    study_dir = write_grid_study(tmp_path, TWO_BY_TWO)
+    table = pq.read_table(study_dir / "epochs.parquet").to_pylist()
+    trials = {r["trial_id"]: r["model.branches"] for r in pq.read_table(study_dir / "trials.parquet").to_pylist()}
+    gains = iter([1.2, 1.8, 9.0, 9.0])  # per track run: epoch 2 then epoch 3 (the last) counts
+    last = {}
+    for row in table:
+        if "track" in trials[row["trial_id"]] and row["epoch"] >= 2:
+            row["track_gain"] = next(gains) if row["epoch"] == 3 else 0.5
+            last[row["trial_id"]] = row["track_gain"]
+    schema = _epoch_schema().append(pa.field("track_gain", pa.float64()))
+    pq.write_table(pa.Table.from_pylist(table, schema=schema), study_dir / "epochs.parquet")
+    result = report.ablation(report.load_study(study_dir))
+    assert result.tracking_gain == "track_gain"
+    ref, track = result.cells
+    assert ref.tracking.n == 0 and track.tracking.n == 2
+    assert track.tracking.mean == pytest.approx(sum(last.values()) / 2)
+    header, rows = render.ablation_cells(result)
+    assert "track gain mean ± sd" in header
+    column = header.index("track gain mean ± sd")
+    assert rows[0][column] == "–" and rows[1][column].startswith(f"{track.tracking.mean:.2f} ± ")
+    assert "tracking_mean" in render.ablation_csv(result).splitlines()[0]
+
+
 # ---- showing numbers ---------------------------------------------------------------------------
 
 

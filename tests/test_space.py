@@ -141,7 +141,7 @@ def test_shipped_spaces_validate() -> None:
 
     assert [shape_label(cfg) for cfg in spec_shapes(thesis).values()] == ["thesis b4"]
     ablation = load_space(SPACES / "ablation.yaml", "ablation")
-    assert ablation.total_trials == 12 and ablation.reference_cell() == "model.branches=cls"
+    assert ablation.total_trials == 20 and ablation.reference_cell() == "model.branches=cls"
     assert ablation.scheduler.type == "none"
     table = load_space(SPACES / "weights-table.yaml", "ablation")
     cells = {table.cell_of(p) for p in grid_points(table)}

@@ -91,6 +91,7 @@ def test_disabled_branches_report_no_loss(small_set: Path, tmp_path: Path):
     row = result.history[0]
     assert row["loss_track"] is None and row["loss_dir"] is None and row["dir_acc"] is None
     assert row["track_feat_cos"] is None  # no tracking branch, no collapse diagnostic
+    assert row["track_gain"] is None and row["track_err_px"] is None and row["cycle_gain"] is None
     assert row["loss"] == pytest.approx(row["loss_cls"])
 
 
@@ -285,8 +286,12 @@ def test_evaluation_is_the_same_at_eval_batch_1_and_16(small_set: Path, tmp_path
     ]
     assert results[0]["dir_acc"] is not None
     # the collapse diagnostic is a float sum over clips: equal up to summation order
-    cosines = [r.pop("track_feat_cos") for r in results]
-    assert cosines[1] == pytest.approx(cosines[0], rel=1e-5) and cosines[2] == pytest.approx(cosines[0], rel=1e-5)
+    # the collapse diagnostic and the tracking figures (issue 13) sum floats over clips: equal up to
+    # summation order
+    for key in ("track_feat_cos", "track_err_px", "track_gain", "cycle_gain"):
+        values = [r.pop(key) for r in results]
+        assert values[0] is not None, key  # the built-in set has ground truth
+        assert values[1] == pytest.approx(values[0], rel=1e-4) and values[2] == pytest.approx(values[0], rel=1e-4)
     assert results[0] == results[1] == results[2]
 
 
@@ -294,10 +299,12 @@ def test_a_checkpoint_of_the_3d_trunk_layout_resumes(small_set: Path, tmp_path: 
     """A state.pt written by the landed (pre-issue-8) code: 5-D trunk weights and Adam moments."""
     import legacy_model
 
+    from mtsearch.config import thesis_tracking
     from mtsearch.train import _save_checkpoint
 
     cache = tmp_path / "cache"
-    cfg = small_config(small_set, cache, **{"optim.epochs": 2}).resolved()
+    # the landed code computed the thesis's tracking formula (conv localizer); its record says so
+    cfg = small_config(small_set, cache, **{"optim.epochs": 2, **thesis_tracking("tiny")}).resolved()
     torch.manual_seed(0)
     old = legacy_model.MultiBranchNet(cfg, num_classes=4)
     optimizer = torch.optim.Adam(old.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas)
@@ -311,7 +318,8 @@ def test_a_checkpoint_of_the_3d_trunk_layout_resumes(small_set: Path, tmp_path: 
     _save_checkpoint(ckpt, cfg, 1, old, optimizer, scheduler, history)
     assert torch.load(ckpt / "state.pt", weights_only=False)["model"]["trunk.conv1.0.weight"].dim() == 5
 
-    result = fit(cfg, tmp_path / "run")
+    # resumed from a config that leaves the tracking keys unset: the recorded formula is kept
+    result = fit(small_config(small_set, cache, **{"optim.epochs": 2}), tmp_path / "run")
     assert result.status == "completed"
     assert [h["epoch"] for h in result.history] == [1, 2]
     assert result.history[1]["loss"] is not None and result.history[1]["val_hit1"] is not None
@@ -370,6 +378,8 @@ def test_selection_on_validation_meets_the_test_split_once(small_set: Path, tmp_
     assert first["test_hit1"] is None and first["val_hit1"] is not None
     assert last["test_hit1"] is not None and result.test_hit1 == last["test_hit1"]
     assert all(-1.0 <= row["track_feat_cos"] <= 1.0 for row in result.history)  # issue 13's diagnostic
+    assert all(row["track_gain"] > 0 and row["track_err_px"] >= 0 and row["cycle_gain"] > 0
+               for row in result.history)  # issue 13's tracking figures, on validation clips
     # selection: test is the thesis's protocol: every evaluation is on the test split
     old = fit(legacy)
     assert old.history[-1]["test_hit1"] == old.history[-1]["val_hit1"]

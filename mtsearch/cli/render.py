@@ -215,6 +215,9 @@ def ablation_cells(report: AblationReport) -> tuple[list[str], list[list[str]]]:
     with_test = any(c.test.n for c in report.cells)  # studies from before issue 12 have none
     if with_test:
         header[6:6] = [f"test{u} mean ± sd", "test 95% CI"]
+    gain = report.tracking_gain  # issue 13: does the tracking branch track (> 1)?
+    if gain is not None:
+        header[-1:-1] = [f"{gain.replace('_', ' ')} mean ± sd"]
     rows = []
     for name, cell in zip(names, report.cells):
         best = interval_text(cell.best, scale)
@@ -236,10 +239,20 @@ def ablation_cells(report: AblationReport) -> tuple[list[str], list[list[str]]]:
                 *(interval_text(cell.test, scale) if with_test else ()),
                 *d_best,
                 *d_final,
+                *([tracking_text(cell.tracking)] if gain is not None else ()),
                 "reference" if cell.is_reference else (cell.verdict or "–"),
             ]
         )
     return header, rows
+
+
+def tracking_text(interval: Interval) -> str:
+    """A tracking gain over a cell's runs, a ratio: `2.31 ± 0.40`, or `–` (no tracking branch)."""
+    if not interval.n or interval.mean is None:
+        return "–"
+    if interval.sd is None:
+        return f"{interval.mean:.2f}"
+    return f"{interval.mean:.2f} ± {interval.sd:.2f}"
 
 
 def ablation_markdown(report: AblationReport) -> str:
@@ -260,6 +273,7 @@ def ablation_csv(report: AblationReport) -> str:
         "test": ("n", "mean", "sd", "low", "high"),
         "delta_best": ("n", "mean", "sd", "low", "high"),
         "delta_final": ("n", "mean", "sd", "low", "high"),
+        "tracking": ("n", "mean", "sd", "low", "high"),
     }
     cols = ["cell", "is_reference", "n", "seeds"]
     cols += [f"{part}_{k}" for part, keys in stats_keys.items() for k in keys]

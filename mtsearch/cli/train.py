@@ -82,6 +82,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         val = ""
         if metrics["val_hit1"] is not None:
             val = f"  val Hit@1 {_fmt(metrics['val_hit1'], True)}  Hit@5 {_fmt(metrics['val_hit5'], True)}"
+            for gain in ("track_gain", "cycle_gain"):  # does the tracking branch track (issue 13)
+                if metrics.get(gain) is not None:
+                    val += f"  {gain.replace('_', ' ')} {metrics[gain]:.2f}"
+                    break
         progress.console.print(
             f"epoch {metrics['epoch']:>3}/{epochs}  loss {metrics['loss']:.4f}  "
             f"train Hit@1 {_fmt(metrics['train_hit1'], True)}{val}  "

@@ -89,16 +89,20 @@ def _reach(radius: float) -> float:
 
 
 def _track(look: dict, x: np.ndarray, y: np.ndarray, angle: np.ndarray, scale: np.ndarray,
-           torus: bool = False) -> dict:
+           torus: bool = False, segment: np.ndarray | None = None) -> dict:
     """One object's look and per-frame state, arrays (T,) each.
 
     torus: positions are taken modulo the frame size and the object is drawn wrapped around the
     edges (leaving at the bottom while entering at the top), so a constant-velocity motion stays
     in view for the whole video.
+    segment: per frame, which life of a respawning object this is (all zeros: one life).
     """
     if torus:
         x, y = np.mod(x, SIZE), np.mod(y, SIZE)
-    return {"look": look, "x": x, "y": y, "angle": angle, "scale": scale, "torus": torus}
+    if segment is None:
+        segment = np.zeros(len(x), dtype=np.int64)
+    return {"look": look, "x": x, "y": y, "angle": angle, "scale": scale, "torus": torus,
+            "segment": segment}
 
 
 def _glide(motion: str, num_frames: int, rng: np.random.Generator, bg_luma: float) -> list[dict]:
@@ -162,7 +166,7 @@ def _grow(num_frames: int, rng: np.random.Generator, bg_luma: float) -> list[dic
         small, big = rng.uniform(0.1, 0.2), rng.uniform(1.1, 1.3)
         scale = small * (big / small) ** u
         angle = rng.uniform(0, 2 * np.pi) + rng.uniform(-0.03, 0.03) * np.arange(num_frames)
-        tracks.append(_track(look, spots[cycle, 0], spots[cycle, 1], angle, scale))
+        tracks.append(_track(look, spots[cycle, 0], spots[cycle, 1], angle, scale, segment=cycle))
     return tracks
 
 
@@ -187,7 +191,7 @@ def _converge(num_frames: int, rng: np.random.Generator, bg_luma: float) -> list
         look = _appearance(rng, radius, bg_luma)
         angle = rng.uniform(0, 2 * np.pi) + rng.uniform(-0.03, 0.03) * np.arange(num_frames)
         tracks.append(_track(look, meet[cycle, 0] + side * dx, meet[cycle, 1] + side * dy,
-                             angle, np.full(num_frames, rng.uniform(0.9, 1.1))))
+                             angle, np.full(num_frames, rng.uniform(0.9, 1.1)), segment=cycle))
     return tracks
 
 
@@ -304,13 +308,29 @@ def _distractors(rng: np.random.Generator, num_frames: int, bg_luma: float) -> l
     return out
 
 
-def render_video(class_index: int, video_index: int, seed: int) -> np.ndarray:
-    """The frames (T, H, W, 3) uint8 of one synthetic video, a pure function of its arguments."""
+def _scene(class_index: int, video_index: int, seed: int
+           ) -> tuple[np.random.Generator, np.ndarray, list[dict]]:
+    """(the video's generator, its background, its main objects), drawn in the fixed order."""
     rng = np.random.default_rng([seed, class_index, video_index])
     num_frames = int(rng.integers(FRAMES_RANGE[0], FRAMES_RANGE[1] + 1))
     background = _background(rng)
+    tracks = main_tracks(class_index, num_frames, rng, float(background.mean()))
+    return rng, background, tracks
+
+
+def object_tracks(class_index: int, video_index: int, seed: int) -> list[dict]:
+    """The main objects of one video as `render_video` draws them: per object, arrays (T,) of the
+    centre `x`, `y` (source pixels; pixel centres at integers), `angle`, `scale`, and `segment`
+    (it changes where the object respawns elsewhere), plus `torus` (it wraps around the edges).
+    The ground truth of the tracking metric (issue 13)."""
+    return _scene(class_index, video_index, seed)[2]
+
+
+def render_video(class_index: int, video_index: int, seed: int) -> np.ndarray:
+    """The frames (T, H, W, 3) uint8 of one synthetic video, a pure function of its arguments."""
+    rng, background, tracks = _scene(class_index, video_index, seed)
+    num_frames = len(tracks[0]["x"])
     bg_luma = float(background.mean())
-    tracks = main_tracks(class_index, num_frames, rng, bg_luma)
     clutter = _distractors(rng, num_frames, bg_luma)
     noise_sigma = rng.uniform(2, 6)
     noise_bank = rng.normal(0, noise_sigma, (8, SIZE, SIZE, 3)).astype(np.float32)

@@ -33,10 +33,12 @@ class StepDraws:
 
     reverse: torch.Tensor | None = None  # (B,) bool, True = the clip is reversed in time
     patch_theta: torch.Tensor | None = None  # (B, 2, 3) float32 ground-truth patch crops
+    patch_pick: torch.Tensor | None = None  # (B, 3) uniform [0, 1): track.patch_select: motion
 
     def clone(self) -> StepDraws:
         """Copies with their own memory (a CUDA graph's static inputs)."""
-        return StepDraws(*(None if t is None else t.clone() for t in (self.reverse, self.patch_theta)))
+        return StepDraws(*(None if t is None else t.clone()
+                           for t in (self.reverse, self.patch_theta, self.patch_pick)))
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> StepDraws:
         """A copy on `device`; host tensors bound for CUDA go through pinned memory (no sync)."""
@@ -49,7 +51,7 @@ class StepDraws:
                 t = t.pin_memory()
             return t.to(device, non_blocking=non_blocking)
 
-        return StepDraws(move(self.reverse), move(self.patch_theta))
+        return StepDraws(move(self.reverse), move(self.patch_theta), move(self.patch_pick))
 
 
 @dataclass
@@ -62,6 +64,7 @@ class BranchOutputs:
     loss_track: torch.Tensor | None = None  # scalar l_track (lambda already applied inside)
     track_terms: dict[str, torch.Tensor] = field(default_factory=dict)  # sim, skip, long (detached)
     feature_cosine: torch.Tensor | None = None  # (B,) with track=False: the collapse diagnostic
+    features: torch.Tensor | None = None  # with track=False: the trunk's, for the tracking probe
 
 
 class MultiBranchNet(nn.Module):
@@ -79,7 +82,10 @@ class MultiBranchNet(nn.Module):
             Conv5Head(trunk_ch, head_planes, preset.head_depth, 2) if cfg.has("dir") else None
         )
         self.tracking = None
+        # False during track.warmup_epochs: l_track trains the branch only (set by the trainer)
+        self.track_trains_trunk = True
         if cfg.has("track"):
+            options = cfg.tracking  # issue 13's keys, defaults filled in
             self.tracking = TrackingBranch(
                 trunk_ch,
                 preset.track_dim,
@@ -88,6 +94,16 @@ class MultiBranchNet(nn.Module):
                 past_frames=cfg.track.past_frames,
                 frame_gap=cfg.track.frame_gap,
                 track_lambda=cfg.loss.track_lambda,
+                sim_weight=options["loss.sim_weight"],
+                temperature=options["track.temperature"],
+                detach_target=cfg.track.detach_target,
+                localizer=options["track.localizer"],
+                target_patch=options["track.target_patch"],
+                center_features=options["track.center_features"],
+                patch_select=options["track.patch_select"],
+                crop_grad=options["track.crop_grad"],
+                projection=options["track.projection"],
+                cycle_loss=cfg.track.cycle_loss,
             )
         init_weights(self)
 
@@ -100,6 +116,9 @@ class MultiBranchNet(nn.Module):
             draws.reverse = draw_reversals(batch, generator)
         if self.tracking is not None and track:
             draws.patch_theta = random_patch_theta(batch, self.tracking.scale, generator)
+            if self.tracking.patch_select == "motion":  # drawn last: the landed order stays
+                device = generator.device if generator is not None else None
+                draws.patch_pick = torch.rand(batch, 3, generator=generator, device=device)
         return draws
 
     def channels_last(self) -> MultiBranchNet:
@@ -148,10 +167,16 @@ class MultiBranchNet(nn.Module):
             out.dir_logits = self.dir_head(reverse_time(feat, draws.reverse))
         if self.tracking is not None and not track:  # evaluation: how alike the positions are
             out.feature_cosine = self.tracking.feature_cosine(feat)
+            out.features = feat
         if self.tracking is not None and track:
             assert draws.patch_theta is not None, "the tracking branch needs draws.patch_theta"
+            patch_theta = draws.patch_theta
+            if self.tracking.patch_select == "motion":
+                assert draws.patch_pick is not None, "track.patch_select: motion needs draws.patch_pick"
+                patch_theta = self.tracking.moving_patch_theta(clips, patch_theta, draws.patch_pick)
+            reach = self.track_trains_trunk
             out.loss_track, out.track_terms = self.tracking(
-                feat, clips, self.trunk, draws.patch_theta
+                feat if reach else feat.detach(), clips, self.trunk, patch_theta, trunk_grad=reach,
             )
         return out
 
@@ -168,7 +193,7 @@ def compute_losses(
     total = loss_cls
     if cfg.has("track") and out.loss_track is not None:
         losses["loss_track"] = out.loss_track.float()
-        total = total + cfg.loss.w_track * losses["loss_track"]
+        total = total + cfg.tracking["loss.w_track"] * losses["loss_track"]
     if cfg.has("dir") and out.dir_logits is not None and out.dir_labels is not None:
         losses["loss_dir"] = F.cross_entropy(out.dir_logits.float(), out.dir_labels)
         total = total + cfg.loss.w_dir * losses["loss_dir"]

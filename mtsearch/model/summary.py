@@ -17,6 +17,7 @@ from torch import nn
 from mtsearch.config import TrialConfig, branches_label
 from mtsearch.model.heads import Conv5Head
 from mtsearch.model.multibranch import MultiBranchNet
+from mtsearch.model.tracking import Localizer
 from mtsearch.model.trunk import EXPANSION, fold_time, unfold_time
 
 
@@ -165,12 +166,18 @@ def describe(cfg: TrialConfig, num_classes: int) -> list[StageInfo]:
         affinity = torch.empty(1, frame_positions, cells, cells, device="meta")
         _, localizer_macs = run_counting(tracking.localizer, affinity)
         affinity_macs = frame_positions * cells * cells * dim
-        kern = tracking.localizer.kernel
-        c1, c2 = tracking.localizer.conv1.out_channels, tracking.localizer.conv2.out_channels
-        layers = (
-            f"{steps} steps × (affinity {frame_positions}×{cells * cells}, softmax ·√{dim}; "
-            f"conv {kern}×{kern}, {c1}; conv {kern}×{kern}, {c2}; fc 3; bilinear crop)"
-        )
+        scale = (f"√{dim}" if math.isclose(tracking.logit_scale, math.sqrt(dim))
+                 else f"{tracking.logit_scale:.3g}")
+        softmax = f"affinity {frame_positions}×{cells * cells}, softmax ·{scale}"
+        if isinstance(tracking.localizer, Localizer):
+            kern = tracking.localizer.kernel
+            c1, c2 = tracking.localizer.conv1.out_channels, tracking.localizer.conv2.out_channels
+            layers = (
+                f"{steps} steps × ({softmax}; "
+                f"conv {kern}×{kern}, {c1}; conv {kern}×{kern}, {c2}; fc 3; bilinear crop)"
+            )
+        else:
+            layers = f"{steps} steps × ({softmax}; soft argmax, median vote, Procrustes angle; bilinear crop)"
         rows.append(
             StageInfo(
                 "track localizer",
