@@ -8,6 +8,7 @@ or dotted keys, mixed freely), in space files, in Parquet columns. Values a pres
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import re
 from collections.abc import Callable, Mapping
@@ -37,13 +38,13 @@ VAL_FRACTION, SELECTION = 0.2, "val"  # the honest protocol's defaults (issue 12
 # is ~100x l_cls's and costs both classification and tracking; at 0.25 it is about as large.
 MEASURED_TRACKING: dict[str, Any] = {
     "loss.w_track": 0.25, "loss.sim_weight": 0.0, "track.temperature": 0.02,
-    "track.localizer": "softargmax", "track.target_patch": "crop", "track.center_features": True, "track.patch_select": "motion",
-    "track.crop_grad": False, "track.projection": "relu",
+    "track.localizer": "softargmax", "track.target_patch": "crop", "track.center_features": True,
+    "track.patch_select": "motion", "track.crop_grad": False, "track.projection": "relu",
 }
 MEASURED_PRESETS: tuple[str, ...] = ("tiny",)
 THESIS_TRACKING: dict[str, Any] = {
-    "loss.w_track": 25.0, "loss.sim_weight": 1.0, "track.temperature": None, "track.localizer": "conv",
-    "track.target_patch": "encode", "track.center_features": False,
+    "loss.w_track": 25.0, "loss.sim_weight": 1.0, "track.temperature": None,
+    "track.localizer": "conv", "track.target_patch": "encode", "track.center_features": False,
     "track.patch_select": "uniform", "track.crop_grad": True, "track.projection": "relu",
 }
 DATASETS: tuple[str, ...] = ("synthetic", "hmdb51", "ucf101", "list")
@@ -213,9 +214,10 @@ class TrialConfig:
     def val_fraction(self) -> float:
         return self.data.val_fraction if self.data.val_fraction is not None else VAL_FRACTION
 
-    @property
+    @functools.cached_property
     def tracking(self) -> dict[str, Any]:
-        """The tracking branch's issue-13 keys with the preset's defaults filled in (dotted names)."""
+        """The tracking branch's issue-13 keys with the preset's defaults filled in (dotted names).
+        Cached (the config is frozen): the training step reads `loss.w_track` from it."""
         flat = self.to_flat()
         defaults = tracking_defaults(self.model.preset)
         return {k: flat[k] if flat[k] is not None else v for k, v in defaults.items()}

@@ -376,6 +376,7 @@ def ablation(study: Study) -> AblationReport:
 
     per_cell_scores: dict[str, tuple[dict[int, float], dict[int, float]]] = {}
     cells: list[CellStats] = []
+    gain_columns: list[str] = []  # which tracking gain the counted runs report
     for label, trials in grouped.items():
         best_by_seed: dict[int, float] = {}
         final_by_seed: dict[int, float] = {}
@@ -400,6 +401,7 @@ def ablation(study: Study) -> AblationReport:
             gain = last_tracking_gain(study, trial)
             if gain is not None:
                 tracking_values.append(gain[1])
+                gain_columns.append(gain[0])
         per_cell_scores[label] = (best_by_seed, final_by_seed)
         cells.append(
             CellStats(
@@ -444,7 +446,7 @@ def ablation(study: Study) -> AblationReport:
         reference=ref_label,
         factors=factors,
         cells=cells,
-        tracking_gain=tracking_column(study),
+        tracking_gain=gain_columns[0] if gain_columns else None,
     )
     report.reading = _reading(report)
     if study.selection_note:
@@ -466,15 +468,6 @@ def last_tracking_gain(study: Study, trial: Mapping[str, Any]) -> tuple[str, flo
         curve = study.curve(str(trial["trial_id"]), column)
         if curve:
             return column, curve[-1][1]
-    return None
-
-
-def tracking_column(study: Study) -> str | None:
-    """Which tracking gain the study's runs report (the first run that reports one decides)."""
-    for trial in study.trials:
-        gain = last_tracking_gain(study, trial)
-        if gain is not None:
-            return gain[0]
     return None
 
 

@@ -18,11 +18,12 @@ device until `result`. On large sets `cycle_gain` uses every n-th clip, at most 
 from __future__ import annotations
 
 import math
+import weakref
 from typing import TYPE_CHECKING
 
 import torch
 
-from mtsearch.data.truth import theta_centre_px, track_errors, track_truth
+from mtsearch.data.truth import TrackTruth, theta_centre_px, track_errors, track_truth
 from mtsearch.model.tracking import random_patch_theta
 
 if TYPE_CHECKING:
@@ -32,6 +33,19 @@ if TYPE_CHECKING:
 
 MAX_CYCLE_CLIPS = 1024  # clips whose cycles an evaluation measures (thesis HMDB test: 1 in 11)
 CYCLE_SEED_OFFSET = 13  # the random patches draw from seed + 13 (apart from other streams)
+
+
+# the ground truth of an evaluation set, derived once: every evaluation of a run reuses it
+_TRUTHS: weakref.WeakKeyDictionary[TestClips, dict[tuple, TrackTruth | None]] = weakref.WeakKeyDictionary()
+
+
+def _truth_of(clips: TestClips, cfg: TrialConfig) -> TrackTruth | None:
+    key = (cfg.data.fps, cfg.short_side, cfg.crop, cfg.patch, cfg.track.past_frames,
+           cfg.track.frame_gap)
+    known = _TRUTHS.setdefault(clips, {})
+    if key not in known:
+        known[key] = track_truth(clips, *key)
+    return known[key]
 
 
 class TrackingEval:
@@ -48,10 +62,8 @@ class TrackingEval:
         generator = torch.Generator().manual_seed(cfg.seed + CYCLE_SEED_OFFSET)
         self.cycle_theta = random_patch_theta(count, self.tracking.scale, generator)
         self.crop = cfg.crop
-        self.truth = track_truth(
-            clips, cfg.data.fps, cfg.short_side, cfg.crop, cfg.patch,
-            cfg.track.past_frames, cfg.track.frame_gap,
-        )
+        self.truth = _truth_of(clips, cfg)
+        self.truth_rows = self.truth.rows if self.truth is not None else None
         self.device = device
         zero = torch.zeros((), device=device, dtype=torch.float64)
         self.cycle_model, self.cycle_centred, self.err_model = zero.clone(), zero.clone(), zero.clone()
@@ -62,7 +74,7 @@ class TrackingEval:
         rows = slice(offset, offset + clips.shape[0])
         cycle_sel = torch.nonzero(self.cycle_rows[rows]).flatten()
         truth = self.truth
-        truth_sel = torch.nonzero(truth.rows[rows]).flatten() if truth is not None else cycle_sel[:0]
+        truth_sel = torch.nonzero(self.truth_rows[rows]).flatten() if truth is not None else cycle_sel[:0]
         if not len(cycle_sel) and not len(truth_sel):
             return
         thetas = [self.cycle_theta[rows][cycle_sel]]

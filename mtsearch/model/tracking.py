@@ -45,6 +45,27 @@ LOCALIZER_CHANNELS = (128, 64)  # TimeCycle's afterconv3_trans / afterconv4_tran
 MOTION_TOP_FRACTION = 0.2  # track.patch_select: motion picks among the top 20% of windows (TimeCycle: 10 of 49)
 
 
+TRUNK_STRIDE = 8  # one trunk cell is 8x8 pixels
+
+
+def cell_axis(size: int) -> list[float]:
+    """The centres (8j + 3.5 px) of the trunk cells along a side of `size` pixels, in normalised
+    coordinates (align_corners=True): where a cell of a frame or a patch sits."""
+    return [(TRUNK_STRIDE * j + 3.5) * 2 / (size - 1) - 1 for j in range(size // TRUNK_STRIDE)]
+
+
+def to_cell_units(coordinate: torch.Tensor, size: int) -> torch.Tensor:
+    """Normalised coordinates -> trunk-cell index units (the inverse of `cell_axis`)."""
+    return ((coordinate + 1) * (size - 1) / 2 - 3.5) / TRUNK_STRIDE
+
+
+def cell_grid(size: int) -> torch.Tensor:
+    """(cells^2, 2) (x, y) centres of a square's trunk cells, row-major like a flattened map."""
+    axis = torch.tensor(cell_axis(size))
+    ys, xs = torch.meshgrid(axis, axis, indexing="ij")
+    return torch.stack([xs.flatten(), ys.flatten()], 1)
+
+
 def localizer_kernel(patch_cells: int) -> int:
     """Kernel of both localizer convs: TimeCycle's 4 for patch features of 10x10 or more.
 
@@ -158,21 +179,13 @@ class SoftArgmaxLocalizer(nn.Module):
 
     def __init__(self, crop: int, patch: int):
         super().__init__()
-        frame_cells, patch_cells = crop // 8, patch // 8
         self.scale = patch / crop
-        # cell centres (8j + 3.5 px) in normalised coordinates (align_corners=True)
-        frame_axis = (8 * torch.arange(frame_cells) + 3.5) * 2 / (crop - 1) - 1
-        patch_axis = (8 * torch.arange(patch_cells) + 3.5) * 2 / (patch - 1) - 1
-        fy, fx = torch.meshgrid(frame_axis, frame_axis, indexing="ij")
-        py, px = torch.meshgrid(patch_axis, patch_axis, indexing="ij")
-        self.register_buffer("frame_xy", torch.stack([fx.flatten(), fy.flatten()], 1),
-                             persistent=False)  # (h*w, 2), row-major like the affinity
-        offsets = torch.stack([px.flatten(), py.flatten()], 1)  # (p*p, 2)
-        self.register_buffer("patch_xy", offsets - offsets.mean(0), persistent=False)
-        # a tenth of `dot` for a perfect unrotated match (cells at scale patch/crop)
-        axis = [(8 * i + 3.5) * 2 / (patch - 1) - 1 for i in range(patch_cells)]
-        centred = [a - sum(axis) / len(axis) for a in axis]
-        self.angle_floor = 0.1 * self.scale * 2 * len(axis) * sum(a * a for a in centred)
+        self.register_buffer("frame_xy", cell_grid(crop), persistent=False)  # (h*w, 2)
+        # the patch's cells, centred (the grid is symmetric: its mean is 0)
+        self.register_buffer("patch_xy", cell_grid(patch), persistent=False)  # (p*p, 2)
+        # a tenth of `dot` for a perfect unrotated match: 0.1 * scale * sum over cells of |u|^2
+        axis = cell_axis(patch)
+        self.angle_floor = 0.1 * self.scale * 2 * len(axis) * sum(a * a for a in axis)
 
     def forward(self, affinity: torch.Tensor) -> torch.Tensor:
         weights = affinity.float().flatten(2)  # (N, h*w, p*p)
@@ -273,10 +286,8 @@ class TrackingBranch(nn.Module):
         )
         # a constant, built once (not saved: checkpoints keep the landed layout)
         self.register_buffer("grid_points", grid_points(), persistent=False)
-        cell_axis = (8 * torch.arange(self.patch_cells) + 3.5) * 2 / (patch - 1) - 1
-        cy, cx = torch.meshgrid(cell_axis, cell_axis, indexing="ij")  # the patch's cell centres
-        self.register_buffer("cell_offsets", torch.stack([cx.flatten(), cy.flatten()], 1),
-                             persistent=False)  # (p*p, 2), normalised patch coordinates
+        # (p*p, 2): the patch's cell centres, normalised patch coordinates
+        self.register_buffer("cell_offsets", cell_grid(patch), persistent=False)
         accept_legacy_weights(self)  # proj and localizer were 1x1x1 / 1xkxk Conv3d
 
     def feature_cosine(self, feat: torch.Tensor) -> torch.Tensor:
@@ -453,7 +464,7 @@ class TrackingBranch(nn.Module):
         from it."""
         k, batch = self.past_frames, patch_theta.shape[0]
         points = patch_theta[:, :, :2] @ self.cell_offsets.T + patch_theta[:, :, 2:]  # (B, 2, p*p)
-        cells = ((points + 1) * (self.crop - 1) / 2 - 3.5) / 8  # in frame-cell units
+        cells = to_cell_units(points, self.crop)
         axis = torch.arange(self.frame_cells, device=points.device, dtype=points.dtype)
         tent = (1 - (cells[..., None] - axis).abs()).clamp(min=0)  # (B, 2, p*p, h)
         target = (tent[:, 1, :, :, None] * tent[:, 0, :, None, :]).flatten(2)  # (B, p*p, h*w)
