@@ -61,7 +61,8 @@ def to_cell_units(coordinate: torch.Tensor, size: int) -> torch.Tensor:
 
 def cell_grid(size: int) -> torch.Tensor:
     """(cells^2, 2) (x, y) centres of a square's trunk cells, row-major like a flattened map."""
-    axis = torch.tensor(cell_axis(size))
+    # the same arithmetic as `cell_axis`, in float32 tensors (what trained models were built with)
+    axis = (TRUNK_STRIDE * torch.arange(size // TRUNK_STRIDE) + 3.5) * 2 / (size - 1) - 1
     ys, xs = torch.meshgrid(axis, axis, indexing="ij")
     return torch.stack([xs.flatten(), ys.flatten()], 1)
 
