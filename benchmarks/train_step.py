@@ -88,6 +88,7 @@ def measure(
     warmup: int,
     steps: int,
     compile_mode: str = "auto",
+    compile_tracking: bool = True,
 ) -> Measurement:
     """Time `steps` trainer steps after `warmup` untimed ones, on generated uint8 clips."""
     cfg = trial_config(preset, mask, precision, **{"optim.batch_size": batch,
@@ -99,7 +100,7 @@ def measure(
         model.channels_last()
         torch.cuda.reset_peak_memory_stats(device)
     if compile_stages:
-        model.compile_stages()
+        model.compile_stages(tracking=compile_tracking)
     optimizer = make_optimizer(model, cfg, device, cfg.cuda_graph)
     step = TrainStep(model, optimizer, cfg, device, cfg.cuda_graph, print, bf16=precision != "fp32")
     shape = (batch, cfg.data.clip_frames, cfg.crop, cfg.crop, 3)
@@ -234,6 +235,10 @@ def main() -> None:
         help="torch.compile trunk and heads (the `compile` key; auto: the trainer's rule)",
     )
     parser.add_argument(
+        "--eager-tracker", action="store_true",
+        help="where compiling, leave the tracker's steps eager (as before issue 8's last change)",
+    )
+    parser.add_argument(
         "--precisions", help="comma-separated subset of fp32,bf16,bf16g (default: all that apply)"
     )
     args = parser.parse_args()
@@ -287,7 +292,7 @@ def main() -> None:
             for mask in masks:
                 m = measure(
                     preset, mask, device, precision, args.batch_size, args.warmup, steps,
-                    args.compile,
+                    args.compile, not args.eager_tracker,
                 )
                 if data_root is not None and mask in loop_masks and precision in loop_precision:
                     threads = args.threads if not cuda else None

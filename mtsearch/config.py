@@ -156,7 +156,7 @@ class TrialConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: int | None = None  # CPU threads; None: $OMP_NUM_THREADS or every core (searches: CPUs/trial)
     cuda_graph: bool = True  # capture the training step in a CUDA graph (GPU only; see train.py)
-    compile: bool | None = None  # torch.compile trunk and heads (GPU only); None: thesis preset only
+    compile: bool | None = None  # torch.compile trunk, heads, tracker steps (GPU only); None: thesis only
 
     # ---- construction -------------------------------------------------------------------------
     @classmethod

@@ -407,7 +407,7 @@ class TrainStep:
         try:
             torch.cuda.synchronize(self.device)
             self.optimizer.zero_grad(set_to_none=True)  # the graph's backward allocates its grads
-            with torch.cuda.graph(graph):
+            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
                 self._step(*static)
         except Exception as exc:  # an op that cannot be captured: keep training eagerly
             self.warn(f"CUDA graph capture failed, training without it: {exc}")

@@ -126,3 +126,38 @@ def test_compiled_stages_compute_the_same_network(one_torch_thread):
         want, got = plain(clips, track=False, draws=draws), compiled(clips, track=False, draws=draws)
     torch.testing.assert_close(got.logits, want.logits, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(got.dir_logits, want.dir_logits, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("formula", ["thesis", "centred crop"])
+def test_compiled_tracker_steps_train_like_the_eager_ones(formula: str) -> None:
+    """`compile` also compiles the tracker's training steps (issue 8): the same l_track and the
+    same gradients as the eager walk, for the thesis's formula (re-encoded target patch) and for a
+    centred, cropped target; evaluation's probe keeps the eager steps."""
+    keys = {} if formula == "thesis" else {"track.target_patch": "crop", "track.center_features": True}
+    cfg = config("tiny", **{"model.branches": "cls+track", **keys})
+    torch.manual_seed(0)
+    plain = MultiBranchNet(cfg, 6)
+    compiled = MultiBranchNet(cfg, 6)
+    compiled.load_state_dict(plain.state_dict())
+    compiled.tracking.compile_steps()
+    clips = torch.randn(2, 3, cfg.data.clip_frames, cfg.crop, cfg.crop)
+    labels = torch.tensor([1, 4])
+    draws = plain.draw(2, torch.Generator().manual_seed(3))
+    results = []
+    for model in (plain, compiled):
+        out = model(clips, draws=draws)
+        losses = compute_losses(out, labels, cfg)
+        losses["loss"].backward()
+        results.append((losses["loss_track"].detach(), {n: p.grad for n, p in model.named_parameters()}))
+    (want, want_grads), (got, got_grads) = results
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    for name, grad in want_grads.items():
+        assert max_rel(got_grads[name], grad) < 1e-4, name
+    assert compiled.tracking._compiled is not None
+    compiled.eval()  # the probe's path: eager, whatever the batch
+    feat = compiled.trunk(clips).detach()
+    cycle, _, _ = compiled.tracking.probe(feat, clips, compiled.trunk.frames, draws.patch_theta)
+    plain.eval()
+    want_cycle, _, _ = plain.tracking.probe(feat, clips, plain.trunk.frames, draws.patch_theta)
+    torch.testing.assert_close(cycle, want_cycle)

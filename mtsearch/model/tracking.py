@@ -290,6 +290,7 @@ class TrackingBranch(nn.Module):
         # (p*p, 2): the patch's cell centres, normalised patch coordinates
         self.register_buffer("cell_offsets", cell_grid(patch), persistent=False)
         accept_legacy_weights(self)  # proj and localizer were 1x1x1 / 1xkxk Conv3d
+        self._compiled: tuple[Callable, Callable] | None = None  # compile_steps(): training walks
 
     def feature_cosine(self, feat: torch.Tensor) -> torch.Tensor:
         """(B,) mean cosine similarity between the projected features at different positions of
@@ -366,6 +367,35 @@ class TrackingBranch(nn.Module):
         crop = F.grid_sample(frame, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
         return theta, crop, logits
 
+    def _frame_features(
+        self, tracked: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """tracked (B, C, k+1, h, w) trunk features in tracking order -> per tracked frame (k+1, B,
+        ...): the projected features as unit vectors (what affinities compare), unnormalised in
+        float32 at least (what gets cropped: grid_sample's precision under autocast), and each
+        frame's mean where `center_features` subtracts it (else None)."""
+        batch, channels, frames = tracked.shape[:3]
+        # ((k+1)*B, C, h, w), frame-major, copied once into channels-last memory
+        per_frame = tracked.permute(2, 0, 3, 4, 1).reshape(-1, *tracked.shape[3:], channels)
+        g = self.proj(per_frame.permute(0, 3, 1, 2))  # ((k+1)*B, D, h, w)
+        frame_mean = None
+        if self.center_features:  # what every position of a frame shares locates nothing
+            frame_mean = g.mean((2, 3), keepdim=True)
+            g = g - frame_mean
+            frame_mean = frame_mean.unflatten(0, (frames, batch))
+        g_norm = F.normalize(g, dim=1).unflatten(0, (frames, batch))
+        g_crop = g.to(torch.promote_types(g.dtype, torch.float32)).unflatten(0, (frames, batch))
+        return g_norm, g_crop, frame_mean
+
+    def compile_steps(self) -> TrackingBranch:
+        """torch.compile what a training walk repeats (issue 8): the frames' projection and each
+        batched tracker step, static shapes (one compilation per distinct number of rows: a few
+        per preset). On a GPU this fuses the dozens of small elementwise kernels each step is
+        made of. Evaluation's probe stays eager: its batches vary in size."""
+        self._compiled = (torch.compile(self._frame_features, dynamic=False),
+                          torch.compile(self.step, dynamic=False))
+        return self
+
     def _walk(
         self,
         feat: torch.Tensor,
@@ -383,20 +413,13 @@ class TrackingBranch(nn.Module):
         # the tracked frames t-k*f, ..., t-f, t as one strided slice (a view: no host index tensor
         # to copy, and one gradient buffer for feat), then in tracking order: target, t-f, t-2f, ...
         tracked = feat[:, :, target - k * f :: f].flip(2)  # (B, C, k+1, h, w)
-        channels = tracked.shape[1]
-        # ((k+1)*B, C, h, w), frame-major, copied once into channels-last memory
-        per_frame = tracked.permute(2, 0, 3, 4, 1).reshape(-1, *feat.shape[3:], channels)
-        g = self.proj(per_frame.permute(0, 3, 1, 2))  # ((k+1)*B, D, h, w)
-        if self.center_features:  # what every position of a frame shares locates nothing
-            frame_mean = g.mean((2, 3), keepdim=True)
-            g = g - frame_mean
-        g_norm = F.normalize(g, dim=1).unflatten(0, (k + 1, batch))  # unit vectors: affinities
-        # unnormalised, what gets cropped: float32 at least (grid_sample's precision under autocast)
-        g_crop = g.to(torch.promote_types(g.dtype, torch.float32)).unflatten(0, (k + 1, batch))
+        fast = self._compiled is not None and self.training and torch.is_grad_enabled()
+        frame_features, step = self._compiled if fast else (self._frame_features, self.step)
+        g_norm, g_crop, frame_mean = frame_features(tracked)
 
         if self.target_patch == "crop":  # cropped from the target frame's features, like every later query
             cells = self.patch_cells
-            grid = F.affine_grid(patch_theta.to(g_crop.dtype), [batch, g.shape[1], cells, cells],
+            grid = F.affine_grid(patch_theta.to(g_crop.dtype), [batch, g_crop.shape[2], cells, cells],
                                  align_corners=True)
             q0 = F.grid_sample(g_crop[0], grid, mode="bilinear", padding_mode="zeros",
                                align_corners=True)
@@ -408,8 +431,8 @@ class TrackingBranch(nn.Module):
                 align_corners=True,
             ).to(clips.dtype)  # (B, 3, P, P)
             q0 = self.proj(encode(patch_px))  # (B, D, p, p)
-            if self.center_features:  # by its frame's mean, like the frame's own features
-                q0 = q0 - frame_mean[:batch]
+            if frame_mean is not None:  # by its frame's mean, like the frame's own features
+                q0 = q0 - frame_mean[0]
             q0_norm = F.normalize(q0, dim=1)
         if self.detach_target:
             q0_norm = q0_norm.detach()
@@ -423,7 +446,7 @@ class TrackingBranch(nn.Module):
         while chains:
             chains.sort(key=lambda c: not c.needs_crop)  # rows that need a crop come first
             cropped = [c.path[0] for c in chains if c.needs_crop]
-            theta, crop, logits = self.step(
+            theta, crop, logits = step(
                 torch.cat([c.query for c in chains]),
                 torch.cat([g_norm[c.path[0]] for c in chains]),
                 torch.cat([g_crop[j] for j in cropped]) if cropped else None,
