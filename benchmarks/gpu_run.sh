@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU figures of benchmarks/RESULTS.md (issues 8 and 10) in one run that fits a 15-minute lease:
-# about 9 minutes on a fresh H100/H200 (the first torch.compile of the thesis model takes ~90 s),
-# most important first, each step capped so the whole stays inside BUDGET_S seconds.
+# about 9 minutes on a fresh H100/H200 (the first torch.compile of the thesis model takes ~2 min),
+# most important first, each step capped so the whole stays inside BUDGET_S seconds. MPS=1 adds
+# packing under NVIDIA MPS (about 3 minutes, which the steps after it then lack).
 # The device machine has torch but no PyAV: put its wheel in .whl/ first (python3 -m pip download
 # --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux_2_28_x86_64 -d .whl av)
 # and carry .whl. Outputs go to $OUT (default /tmp/gpu-out); each step runs even if one before failed.
@@ -59,6 +60,19 @@ step thesis_trial 260 python3 benchmarks/thesis_trial.py --data /tmp/synth
 # issue 10: trials per GPU, and what `auto` would choose
 step packing_thesis 140 python3 benchmarks/packing.py --presets thesis --counts 1,2,4,8 --data /tmp/synth
 step packing_small 80 python3 benchmarks/packing.py --presets small --counts 1,4,8,16 --data /tmp/synth
+# MPS=1: the same with NVIDIA MPS, which lets kernels of several processes run at once
+if [ "${MPS:-0}" = 1 ]; then
+  if command -v nvidia-cuda-mps-control >/dev/null; then
+    export CUDA_MPS_PIPE_DIRECTORY=/tmp/nvidia-mps CUDA_MPS_LOG_DIRECTORY=/tmp/nvidia-mps-log
+    mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
+    nvidia-cuda-mps-control -d && echo "MPS daemon started"
+    step packing_mps_thesis 120 python3 benchmarks/packing.py --presets thesis --counts 1,4,8 --epochs 3 --data /tmp/synth
+    step packing_mps_small 80 python3 benchmarks/packing.py --presets small --counts 1,8 --epochs 3 --data /tmp/synth
+    echo quit | nvidia-cuda-mps-control
+  else
+    echo "=== MPS: nvidia-cuda-mps-control is not on this machine"
+  fi
+fi
 step memory_probe 45 python3 benchmarks/memory_probe.py
 # issue 8: the same step with the tracker left eager (the previous code), same machine
 step train_step_eager_tracker 45 python3 benchmarks/train_step.py --presets thesis \

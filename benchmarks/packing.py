@@ -78,6 +78,13 @@ def worker(args: argparse.Namespace) -> None:
                       "window": window}), flush=True)
 
 
+def mps_running() -> bool:
+    """Whether an NVIDIA MPS control daemon is up (its pipe exists): with it, kernels of several
+    processes run on the GPU at once; without it, the processes take turns."""
+    pipes = Path(os.environ.get("CUDA_MPS_PIPE_DIRECTORY", "/tmp/nvidia-mps"))
+    return (pipes / "control").exists()
+
+
 def overlap(windows: list[list[float]]) -> float:
     """How much of the timed windows coincided: common span / mean span (1.0: all of it)."""
     common = min(end for _, end in windows) - max(start for start, _ in windows)
@@ -133,7 +140,8 @@ def main() -> None:
     presets = (args.presets or ("small,thesis" if cuda else "tiny")).split(",")
     total_gib = torch.cuda.get_device_properties(0).total_memory / 2**30 if cuda else None
     cpus = len(os.sched_getaffinity(0))
-    where = (f"{torch.cuda.get_device_name(0)} ({total_gib:.0f} GiB), {cpus} CPUs" if cuda
+    where = (f"{torch.cuda.get_device_name(0)} ({total_gib:.0f} GiB), {cpus} CPUs, "
+             f"MPS {'on' if mps_running() else 'off'}" if cuda
              else f"CPU only ({cpus} cores): tiny on CPU threads stands in for GPU packing")
     print(f"device: {where}; torch {torch.__version__}; batch {args.batch_size}; all branches")
     data = synthetic_root(args.videos or (20 if cuda else 4), args.data)
