@@ -6,8 +6,8 @@ synthetic set, each with its share of the CPUs (threads and loader workers, as a
 gives them). Epoch 1 pays for compilation, cuDNN autotuning and worker start-up, at different
 times in different processes; so every process waits after it for all the others (a barrier of
 files), and epochs 2..E run together (no evaluation). Each reports the clips it trained in
-that window over its wall time; their sum is the aggregate, and `overlap` says how much of the timed windows
-coincided (1.0: all of it). N doubles from 1 while N trials fit in the GPU's memory (the
+that window over its wall time; their sum is the aggregate, and `overlap` says how much of the
+timed windows coincided (1.0: all of it). N doubles from 1 while N trials fit in the GPU's memory (the
 one-trial peak times N, plus 10%) and the CPUs (one each at least). On a machine without a GPU
 it runs `tiny` on the CPU and says so. The last line is
 
@@ -51,7 +51,8 @@ def worker(args: argparse.Namespace) -> None:
            "eval.every": args.epochs + 1, "device": device.type, "threads": args.threads},
     )
     train_set = load_clips(cfg, lambda message: None)[0]
-    per_epoch = len(train_set) - (len(train_set) % args.batch_size == 1)  # a lone last clip is dropped
+    # make_loader drops a lone last clip of a training epoch (BatchNorm cannot train on one)
+    per_epoch = len(train_set) - (len(train_set) % args.batch_size == 1)
     barrier = Path(args.barrier)
     window: list[float] = []  # wall clock: the barrier's release, the end of epoch E
     waits: list[float] = []
