@@ -74,6 +74,13 @@ def is_out_of_memory(exc: BaseException) -> bool:
 
 
 def did_you_mean(word: str, options: Iterable[str]) -> str:
-    """` (did you mean 'x'?)` for the closest option, or '' when nothing is close."""
-    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
+    """` (did you mean 'x'?)` for the closest option, or '' when nothing is close.
+
+    A word that is the start of exactly one option (`keep` for `keep_checkpoints`) counts as close,
+    however much shorter it is than the option."""
+    options = list(options)
+    close = difflib.get_close_matches(word, options, n=1, cutoff=0.6)
+    if not close and len(word) >= 3:
+        close = [o for o in options if o.startswith(word)]
+        close = close if len(close) == 1 else []
     return f"; did you mean {close[0]!r}?" if close else ""

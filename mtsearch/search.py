@@ -14,7 +14,6 @@ Tune's own state lives in `trials/<name>/tune/`, which is what `--resume` restor
 from __future__ import annotations
 
 import json
-import logging
 import math
 import os
 import shutil
@@ -24,10 +23,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-import optuna
 import ray
 from ray import tune
 
+from mtsearch.cluster import connect_ray
 from mtsearch.config import TrialConfig
 from mtsearch.errors import GpuOutOfMemory, InvalidInput, is_out_of_memory
 from mtsearch.files import write_atomic
@@ -411,25 +410,16 @@ def run_search(
     """
     say = log or (lambda msg: None)
     spec = _absolute_paths(spec)
-    made_trials_dir = not Path(trials_dir).exists()
-    spec, study_dir, lock_fd, created, extend_from = open_study(spec, Path(trials_dir).resolve(), resume)
-    started_ray = False
-    key = str(study_dir)
+    _set_tune_defaults()
+    # the cluster and its resources are checked before anything is written under trials/
+    started_ray = connect_ray(address, num_cpus, say)
+    lock_fd, key = -1, None
     try:
+        _check_resources(spec)
+        spec, study_dir, lock_fd, _, extend_from = open_study(spec, Path(trials_dir).resolve(), resume)
+        key = str(study_dir)
         if not (study_dir / SPACE_FILE).exists():
             write_atomic(study_dir / SPACE_FILE, spec.to_yaml())
-        _set_tune_defaults()
-        started_ray = _connect_ray(address, num_cpus, say)
-        try:
-            _check_resources(spec)
-        except InvalidInput:
-            if created:  # invalid input leaves nothing behind under trials/
-                release(lock_fd)
-                lock_fd = -1
-                shutil.rmtree(study_dir, ignore_errors=True)
-                if made_trials_dir:
-                    shutil.rmtree(study_dir.parent, ignore_errors=True)
-            raise
         resources = plan_resources(spec, study_dir, say, memory_probe)
         store = StudyStore(study_dir, spec.param_types(), with_cell=spec.is_ablation)
         done_at_start = sum(1 for r in store.trials.values() if r["status"] not in (None, "running"))
@@ -461,7 +451,8 @@ def run_search(
         tuner.fit()
         return _finish(live, study_dir)
     finally:
-        _LIVE.pop(key, None)
+        if key is not None:
+            _LIVE.pop(key, None)
         if started_ray:
             ray.shutdown()
         if lock_fd >= 0:
@@ -502,25 +493,6 @@ def _set_tune_defaults() -> None:
                         ("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0"),
                         ("RAY_AIR_NEW_OUTPUT", "0")):
         os.environ.setdefault(name, value)
-
-
-def _connect_ray(address: str | None, num_cpus: int | None, say: Log) -> bool:
-    """Join `address` or start a local Ray; True when this call started it (and must stop it)."""
-    started = False
-    if not ray.is_initialized():
-        env = {k: v for k, v in os.environ.items() if k.startswith("MTSEARCH_")}
-        common = dict(log_to_driver=False, logging_level=logging.ERROR,
-                      runtime_env={"env_vars": env} if env else None)
-        if address:
-            say(f"joining the Ray cluster at {address}")
-            ray.init(address=address, **common)
-        else:
-            ray.init(num_cpus=num_cpus or os.cpu_count() or 1, include_dashboard=False, **common)
-        started = True
-    for name in ("ray", "ray.tune", "ray.train"):
-        logging.getLogger(name).setLevel(logging.CRITICAL)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    return started
 
 
 def _make_tuner(

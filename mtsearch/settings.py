@@ -115,7 +115,10 @@ SETTINGS: dict[str, dict[str, SettingField]] = {
         "gpus_per_trial": SettingField(AUTO, _gpus, _gpu_share),
         "max_trials_per_gpu": SettingField(8, as_int, at_least(1)),
     },
-    "failure": {"max_failures": SettingField(0, as_int, at_least(0))},
+    "failure": {
+        "max_failures": SettingField(0, as_int, at_least(0)),  # the configuration's own failures
+        "max_restarts": SettingField(3, as_int, at_least(0)),  # faults of the machine, apart
+    },
     # the checkpoints of the best K finished trials are kept; others' are deleted (issue 10)
     "storage": {"keep_checkpoints": SettingField(3, as_int, at_least(0))},
 }
@@ -159,8 +162,10 @@ def read_resources(raw: Any, source: str) -> Resources:
     return Resources(**_settings(raw, "resources", source))
 
 
-def read_max_failures(raw: Any, source: str) -> int:
-    return int(_settings(raw, "failure", source)["max_failures"])
+def read_failure(raw: Any, source: str) -> tuple[int, int]:
+    """(max_failures, max_restarts): retries of a failing configuration, and of a failing machine."""
+    values = _settings(raw, "failure", source)
+    return int(values["max_failures"]), int(values["max_restarts"])
 
 
 def read_keep_checkpoints(raw: Any, source: str) -> int:

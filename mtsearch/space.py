@@ -30,8 +30,8 @@ from mtsearch.settings import (
     Resources,
     SchedulerSettings,
     SearchSettings,
+    read_failure,
     read_keep_checkpoints,
-    read_max_failures,
     read_resources,
     read_scheduler,
     read_search,
@@ -85,6 +85,7 @@ class SpaceSpec:
     repeats: int = 1
     reference: dict[str, Any] | None = None
     keep_checkpoints: int = 3  # storage.keep_checkpoints: finished trials whose checkpoints stay
+    max_restarts: int = 3  # failure.max_restarts: retries after faults of the machine
 
     # ---- derived --------------------------------------------------------------------------------
     @property
@@ -210,7 +211,7 @@ class SpaceSpec:
                 "gpus_per_trial": self.resources.gpus_per_trial,
                 "max_trials_per_gpu": self.resources.max_trials_per_gpu,
             },
-            "failure": {"max_failures": self.max_failures},
+            "failure": {"max_failures": self.max_failures, "max_restarts": self.max_restarts},
             "storage": {"keep_checkpoints": self.keep_checkpoints},
         }
         if self.is_ablation:
@@ -247,6 +248,7 @@ class SpaceSpec:
         data.pop("repeats", None)
         del data["storage"]  # retention changes no result: a resume may change it
         del data["resources"]  # nor where trials run: a study may resume on other machines
+        del data["failure"]["max_restarts"]  # nor how often a machine's fault is retried
         return data
 
 
@@ -300,7 +302,7 @@ def space_from_mapping(
     default_sched = "asha" if kind == SEARCH and search.algorithm != "grid" else "none"
     scheduler = read_scheduler(data.get("scheduler"), source, default_sched)
     resources = read_resources(data.get("resources"), source)
-    max_failures = read_max_failures(data.get("failure"), source)
+    max_failures, max_restarts = read_failure(data.get("failure"), source)
     keep_checkpoints = read_keep_checkpoints(data.get("storage"), source)
 
     repeats = 1
@@ -317,6 +319,7 @@ def space_from_mapping(
         kind=kind, name=name, source=source, base=base, base_overrides=base_overrides,
         metric=metric, mode=mode, search=search, scheduler=scheduler, resources=resources,
         max_failures=max_failures, space=space, repeats=repeats, keep_checkpoints=keep_checkpoints,
+        max_restarts=max_restarts,
     )
     if kind == ABLATION and data.get("reference") is not None:
         spec = replace(spec, reference=_reference(data["reference"], spec))

@@ -25,7 +25,13 @@ def _config(args: argparse.Namespace) -> TrialConfig:
         overrides["model.preset"] = args.preset
     if not args.config or args.branches != _DEFAULT_BRANCHES:
         overrides["model.branches"] = args.branches
-    return cfg.with_overrides(overrides, _SOURCE)
+    try:
+        return cfg.with_overrides(overrides, _SOURCE)
+    except InvalidInput as exc:  # name the flag the user typed, not the config key behind it
+        flag = {"model.preset": "--preset", "model.branches": "--branches"}.get(exc.key)
+        if flag is None:
+            raise
+        raise InvalidInput(_SOURCE, flag, exc.what, exc.got) from None
 
 
 def _shape(shape: tuple[int, ...]) -> str:
