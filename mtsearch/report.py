@@ -244,6 +244,15 @@ def leaderboard(study: Study, top: int | None = None) -> Leaderboard:
 def ranked_trial(study: Study, rank: int) -> dict[str, Any]:
     """The trial row at 1-based `rank`; out of range is `InvalidInput`."""
     board = leaderboard(study)
+    if board.total_ranked == 0:
+        counts = ", ".join(f"{n} {status}" for status, n in board.counts.items())
+        raise InvalidInput(
+            study.path,
+            "--rank",
+            f"no trial has a {study.metric} score yet ({len(study.trials)} trials"
+            + (f": {counts}" if counts else "") + "); nothing to rank",
+            rank,
+        )
     if rank < 1 or rank > board.total_ranked:
         raise InvalidInput(
             study.path,

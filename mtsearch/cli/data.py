@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -14,6 +15,7 @@ from rich.table import Table
 
 from mtsearch.cli import EXIT_FAILED, EXIT_OK
 from mtsearch.errors import InvalidInput
+from mtsearch.files import check_output_dir
 
 _SHORT_SHOWN = 40  # short videos still train (loop-padded): name the first few, count the rest
 
@@ -58,6 +60,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
     videos_per_class = (
         DEFAULT_VIDEOS_PER_CLASS if args.videos_per_class is None else args.videos_per_class
     )
+    check_output_dir(Path(args.dir).expanduser(), "DIR")
     out, err = Console(), Console(stderr=True)
     start = time.monotonic()
     with _progress(err, "writing videos") as progress:
@@ -90,8 +93,10 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     if args.clip_frames < 1:
         raise InvalidInput(None, "--clip-frames", "must be >= 1", args.clip_frames)
-    if args.fps is not None and not args.fps > 0:
-        raise InvalidInput(None, "--fps", "must be > 0", args.fps)
+    if args.fps is not None and not 0 < args.fps < math.inf:
+        raise InvalidInput(None, "--fps", "must be a number > 0", args.fps)
+    if not 0 <= args.val_fraction < 1:
+        raise InvalidInput(None, "--val-fraction", "must be in [0, 1)", args.val_fraction)
     out, err = Console(), Console(stderr=True)
     root = args.root
     if args.dataset is None:
@@ -111,8 +116,6 @@ def cmd_check(args: argparse.Namespace) -> int:
     index = load_index(args.dataset, root, args.split, warn=warnings.append)
     for line in warnings:
         err.print(f"[yellow]warning:[/] {line}", markup=True, highlight=False)
-    if not 0 <= args.val_fraction < 1:
-        raise InvalidInput(None, "--val-fraction", "must be in [0, 1)", args.val_fraction)
     split = carve(index, args.val_fraction)
     if args.show_split:
         for item in sorted(getattr(split, args.show_split), key=lambda i: i.name):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 
 from mtsearch.cli import EXIT_OK
-from mtsearch.config import TrialConfig, branches_label, load_config
+from mtsearch.config import TrialConfig, branches_label
 from mtsearch.errors import InvalidInput
 
 # the parser's defaults for --preset / --branches; with --config only other values override it
@@ -19,7 +19,9 @@ _SOURCE = "command line"
 
 def _config(args: argparse.Namespace) -> TrialConfig:
     """The config to show: --config's file (if any) with --preset/--branches applied on top."""
-    cfg = load_config(args.config) if args.config else TrialConfig()
+    from mtsearch.cli.train import load_config_file
+
+    cfg = load_config_file(args.config) if args.config else TrialConfig()
     overrides = {}
     if not args.config or args.preset != _DEFAULT_PRESET:
         overrides["model.preset"] = args.preset

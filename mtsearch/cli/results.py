@@ -118,10 +118,18 @@ def cmd_export(args: argparse.Namespace) -> int:
     result card (`best.md`) beside it; `--from-confirm`: the winner of `mtsearch confirm`."""
     from mtsearch.card import render_card
     from mtsearch.confirm import CONFIRM_DIR, read_race
-    from mtsearch.files import write_atomic
+    from mtsearch.files import check_output_file, write_atomic
     from mtsearch.stats import summarize
 
     study = report.load_study(args.study)
+    out = Path(args.out) if args.out else study.path / "best.yaml"
+    check_output_file(out, "--out")
+    if out.suffix == ".md":  # the card goes beside the YAML as <stem>.md: it would replace it
+        raise InvalidInput(None, "--out", "the config is YAML; the card is written beside it as "
+                           "<name>.md, so end the path in .yaml", str(out))
+    if out.with_suffix(".md").is_dir():
+        raise InvalidInput(None, "--out", f"the result card goes beside it as "
+                           f"{str(out.with_suffix('.md'))!r}, and that is a folder", str(out))
     race = read_race(study.path)
     if args.from_confirm:
         if race is None:
@@ -146,9 +154,6 @@ def cmd_export(args: argparse.Namespace) -> int:
         flat = report.trial_config(study, trial).to_flat()
         winner = next((c for c in (race or {}).get("contenders", []) if _matches(flat, c["values"])), None)
     cfg = report.trial_config(source, trial)
-    out = Path(args.out) if args.out else study.path / "best.yaml"
-    if out.is_dir():
-        raise InvalidInput(out, "--out", "is a folder, expected a file path")
     score = report.fmt_number(report.best_score(source, trial))
     how = "--from-confirm" if args.from_confirm else f"--rank {args.rank}"
     header = (
@@ -183,12 +188,12 @@ def _matches(flat: dict[str, Any], values: dict[str, Any]) -> bool:
 
 def cmd_plot(args: argparse.Namespace) -> int:
     """Write the study's PNG figures and print their paths."""
+    from mtsearch.files import check_output_dir
     from mtsearch.plots import make_plots
 
     study = report.load_study(args.study)
     out_dir = Path(args.out) if args.out else study.path / "plots"
-    if out_dir.exists() and not out_dir.is_dir():
-        raise InvalidInput(out_dir, "--out", "is a file, expected a folder")
+    check_output_dir(out_dir, "--out")
     console = _console()
     err = sys.stderr
     paths = make_plots(study, out_dir, warn=lambda message: err.write(f"warning: {message}\n"))

@@ -22,7 +22,7 @@ from rich.text import Text
 
 from mtsearch.cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
 from mtsearch.errors import InvalidInput
-from mtsearch.files import disk_usage, human_bytes
+from mtsearch.files import check_output_dir, disk_usage, human_bytes
 from mtsearch.report import fmt_number
 from mtsearch.space import ABLATION, SEARCH
 from mtsearch.store import is_ranked
@@ -46,6 +46,7 @@ def _run(args: argparse.Namespace, kind: str) -> int:
     repeats = getattr(args, "repeats", None)
     spec = spec.with_cli(name=args.name, num_samples=args.num_samples, max_concurrent=args.max_concurrent,
                          data_root=args.data, repeats=repeats)
+    check_output_dir(Path(args.trials_dir) / spec.name, "--trials-dir")
     if args.resume and args.num_samples is None and repeats is None:
         spec = with_study_count(spec, Path(args.trials_dir) / spec.name)
     _check_data_root(spec)

@@ -9,9 +9,11 @@ from pathlib import Path
 from typing import Any
 
 from mtsearch.cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
-from mtsearch.config import load_config
+from mtsearch.config import TrialConfig, load_config
 from mtsearch.errors import InvalidInput
+from mtsearch.files import check_output_dir
 from mtsearch.report import fmt_number
+from mtsearch.yamlio import read_yaml
 
 
 def _fmt(value: Any, pct: bool = False) -> str:
@@ -28,17 +30,77 @@ def _resumed_history(out: Path) -> list[dict[str, Any]]:
     return checkpoint_history(out / "checkpoint")
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    cfg = load_config(args.config)
+_FLAGS = {"optim.epochs": "--epochs", "data.root": "--data"}  # config keys the flags set
+_SOURCE = "command line"
+
+
+def load_config_file(path: str | Path) -> TrialConfig:
+    """`load_config`, and an empty file (or one of comments only) is an error, not the defaults:
+    it is more often a mistake (a truncated copy, the wrong file) than a wish for them."""
+    if read_yaml(path) is None:
+        raise InvalidInput(path, None, "empty file: no config keys; write `{}` to mean the defaults")
+    return load_config(path)
+
+
+def _with_flags(cfg: TrialConfig, args: argparse.Namespace) -> TrialConfig:
+    """The config with --epochs/--data applied; a bad value names the flag the user typed."""
     overrides: dict[str, Any] = {}
     if args.epochs is not None:
         overrides["optim.epochs"] = args.epochs
     if args.data is not None:
         overrides["data.root"] = args.data
-    cfg = cfg.with_overrides(overrides, "command line")
+    try:
+        return cfg.with_overrides(overrides, _SOURCE)
+    except InvalidInput as exc:
+        if exc.key not in _FLAGS or exc.key not in overrides:
+            raise
+        raise InvalidInput(_SOURCE, _FLAGS[exc.key], exc.what, exc.got) from None
+
+
+def check_runnable(cfg: TrialConfig, source: str | Path, data_flag: bool = False) -> None:
+    """What `fit` would refuse only after the run folder exists, refused first (InvalidInput):
+    a CUDA device this machine lacks, a dataset root that is missing or of the wrong layout, a
+    `data.fps` above a video's frame rate (the trainer stops at the first such video).
+
+    Reads the split files and the video headers (no decoding); torch is imported only for a
+    `device: cuda…`, whose answer needs it.
+    """
+    from mtsearch.data.datasets import index_for_config
+    from mtsearch.data.video import RATE_TOLERANCE
+    from mtsearch.preflight import source_rates
+
+    cfg = cfg.resolved()
+    if cfg.device.startswith("cuda"):
+        import torch
+
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        index = int(cfg.device.partition(":")[2] or 0)
+        if count == 0:
+            raise InvalidInput(source, "device", "CUDA is not available on this machine", cfg.device)
+        if index >= count:
+            raise InvalidInput(source, "device", f"this machine has {count} GPU(s): cuda:0"
+                               + (f" to cuda:{count - 1}" if count > 1 else ""), cfg.device)
+    try:
+        index = index_for_config(cfg)
+    except InvalidInput as exc:
+        if data_flag and exc.key == "data.root":
+            raise InvalidInput(exc.file, "--data", exc.what, exc.got) from None
+        raise exc if exc.file else exc.with_file(source) from None
+    fps = cfg.data.fps
+    rates = source_rates(index.train + index.test)
+    above = [r for r in rates if fps > r * (1 + RATE_TOLERANCE)]
+    if above:
+        raise InvalidInput(source, "data.fps",
+                           f"{fps:g} fps is above the frame rate of {len(above)} of {len(rates)} videos "
+                           f"in {index.root} (the lowest is {min(rates):g} fps); the trainer stops "
+                           f"at the first", fps)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    cfg = _with_flags(load_config_file(args.config), args)
     out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
-    if out.exists() and not out.is_dir():
-        raise InvalidInput(out, None, "--out must be a folder")
+    check_output_dir(out, "--out")
+    check_runnable(cfg, args.config, data_flag=args.data is not None)
 
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
