@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+# Ray 2.60 turns token authentication on for a local `ray.init()` by setting RAY_AUTH_MODE=token in
+# this process, and Ray's core keeps that mode for the rest of the process. A later test that joins
+# a test head (auth off) from this process, or from a child that inherits the variable, then
+# rejects the head's calls and every trial's actor is cancelled. Tests run Ray with auth off
+# throughout; test_cluster.py sets its own variables for the token cluster it starts.
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 # Frame index is written into two flat blocks (low and high nibble, 16 grey levels apart) so a
 # decoded frame says which source frame it was even after lossy mpeg4 coding.

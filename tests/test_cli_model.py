@@ -57,7 +57,7 @@ def test_bad_preset_is_one_error_line_exit_2() -> None:
     result = run_cli("--preset", "huge")
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "model.preset" in lines[0]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "--preset" in lines[0]
     assert "huge" in lines[0] and result.stdout == ""
 
 
@@ -66,4 +66,4 @@ def test_bad_branches_are_one_error_line_exit_2() -> None:
         result = run_cli("--branches", branches)
         assert result.returncode == 2
         lines = result.stderr.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith("error: ") and "model.branches" in lines[0]
+        assert len(lines) == 1 and lines[0].startswith("error: ") and "--branches" in lines[0]
