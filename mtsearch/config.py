@@ -11,7 +11,7 @@ import dataclasses
 import functools
 import math
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, get_type_hints
@@ -341,7 +341,9 @@ def normalize_branches(value: Any) -> tuple[str, ...]:
 def branches_label(branches: Any) -> str:
     """The canonical string form, `cls+track+dir`, of a mask in any spelling (`[cls, track]`,
     `cls+track`): the categorical value in spaces, Parquet columns and tables."""
-    return "+".join(normalize_branches(branches if isinstance(branches, str) else list(branches)))
+    if not isinstance(branches, (str, list, tuple)):
+        branches = list(branches) if isinstance(branches, Iterable) else branches  # else: ValueError
+    return "+".join(normalize_branches(branches))
 
 
 # ---- field table and checks ------------------------------------------------------------------

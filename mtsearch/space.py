@@ -43,6 +43,8 @@ from mtsearch.yamlio import dump_yaml, read_yaml
 _LOWER_IS_BETTER = frozenset({"loss", "loss_cls", "loss_track", "loss_dir", "epoch_s"})
 SEARCH, ABLATION = "search", "ablation"  # a space file (`run`) and a grid file (`ablate`)
 DISTRIBUTIONS: tuple[str, ...] = ("uniform", "loguniform", "int", "logint", "choice", "grid")
+# the split a study selects on: every trial of a study must see the same one (SPEC: never searched)
+STUDY_WIDE: tuple[str, ...] = ("data.split", "data.val_fraction", "data.selection")
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
 _SEARCH_TOP = ("name", "base", "metric", "mode", "search", "scheduler", "resources", "failure", "storage",
@@ -287,10 +289,13 @@ def space_from_mapping(
     raw_base = data.get("base") or {}
     if not isinstance(raw_base, Mapping):
         raise InvalidInput(source, "base", "expected a mapping of config keys", raw_base)
-    base_overrides = _prefixed(flatten_keys(raw_base, source), "base", source)
+    base_overrides = _prefixed(_prefixed_call(lambda: flatten_keys(raw_base, source), "base"), "base", source)
     base = _prefixed_call(lambda: TrialConfig().with_overrides(base_overrides, source), "base")
 
     metric = data.get("metric", "val_hit1")
+    if isinstance(metric, str) and metric.startswith("test_"):
+        raise InvalidInput(source, "metric", "the test split is reported, never optimised; use a validation "
+                           "metric such as " + metric.replace("test_", "val_", 1), metric)
     if metric not in EPOCH_METRICS:
         raise InvalidInput(source, "metric", "must be an epoch metric: " + ", ".join(EPOCH_METRICS)
                            + did_you_mean(str(metric), EPOCH_METRICS), metric)
@@ -381,6 +386,9 @@ def _check_key(key: Any, section: str, source: str) -> str:
         raise InvalidInput(source, f"{section}.{key}", "unknown config key" + did_you_mean(str(key), keys))
     if key in ("device", "data.cache_dir", "data.workers"):
         raise InvalidInput(source, f"{section}.{key}", "is a machine setting; put it under base, not in the search")
+    if key in STUDY_WIDE:
+        raise InvalidInput(source, f"{section}.{key}", "is study-wide (every trial must use the same split); "
+                           "set it under base, not in the search")
     return key
 
 
@@ -470,6 +478,8 @@ def _grid_section(raw: Any, source: str) -> dict[str, Distribution]:
     seen: set[str] = set()
     for factor, values in raw.items():
         dotted = f"grid.{factor}"
+        if any(not p.strip() for p in str(factor).split(",")):
+            raise InvalidInput(source, dotted, "an empty key; tied keys are listed as `a.x,b.y`")
         parts = [_check_key(p.strip(), "grid", source) for p in str(factor).split(",")]
         for part in parts:
             if part in seen:

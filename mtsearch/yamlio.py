@@ -19,6 +19,12 @@ def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: b
     mapping: dict = {}
     for key_node, value_node in node.value:
         key = loader.construct_object(key_node, deep=deep)
+        try:
+            hash(key)
+        except TypeError:
+            raise yaml.constructor.ConstructorError(
+                None, None, "a list or mapping used as a key (keys are names)", key_node.start_mark
+            ) from None
         if key in mapping:
             mark = key_node.start_mark
             raise yaml.constructor.ConstructorError(
@@ -42,8 +48,11 @@ def read_yaml(path: str | Path) -> Any:
         raise InvalidInput(path, None, "is a folder, expected a YAML file")
     try:
         text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InvalidInput(path, None, f"cannot read file: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise InvalidInput(path, None, f"not a UTF-8 text file (byte {exc.object[exc.start]:#04x} at offset "
+                           f"{exc.start}); save it as UTF-8 YAML") from None
+    except OSError as exc:
+        raise InvalidInput(path, None, f"cannot read file: {exc.strerror or exc}") from None
     return parse_yaml(text, path)
 
 
@@ -55,6 +64,11 @@ def parse_yaml(text: str, source: str | Path) -> Any:
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise InvalidInput(source, None, f"invalid YAML: {where}{problem}") from None
+    except RecursionError:
+        raise InvalidInput(source, None, "invalid YAML: nested too deeply") from None
+    except (ValueError, TypeError, OverflowError) as exc:  # a value PyYAML matched but cannot build
+        problem = (str(exc).strip().splitlines() or [type(exc).__name__])[0]  # (`2024-13-45`: month ...)
+        raise InvalidInput(source, None, f"invalid YAML: {problem}") from None
 
 
 def dump_yaml(data: Any) -> str:
