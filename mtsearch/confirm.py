@@ -176,10 +176,12 @@ def race(
     log: Callable[[str], None] | None = None,
     **run_options: Any,
 ) -> Race:
-    """Run (or resume) the race; `run_options` go to `run_search` (address, trainable_fn, ...)."""
-    from mtsearch.search import run_search  # heavy: ray
+    """Run (or resume) the race; `run_options` go to `run_search` (address, trainable_fn, ...).
 
+    The options and the study are checked before Ray is imported: a bad one is refused at once."""
     say = log or (lambda message: None)
+    if top < 2:
+        raise InvalidInput(None, "--top", "a race needs at least 2 configurations", top)
     if seeds < 2:
         raise InvalidInput(None, "--seeds", "a paired test needs at least 2 seeds", seeds)
     if not 0 < alpha < 1:
@@ -188,6 +190,7 @@ def race(
     picked = contenders(study, top)
     seed_list = [SEED_BASE + i for i in range(seeds)]
     spec = confirm_spec(study, picked, seed_list)
+    from mtsearch.search import run_search  # heavy: ray
     (factor,) = spec.space
     result = Race(Path(study_dir) / CONFIRM_DIR, study.metric, study.mode, seed_list, picked)
     for done, seed in enumerate(seed_list, start=1):

@@ -1,8 +1,16 @@
-"""The two error types every layer shares; the CLI maps them to exit codes (2 and a warning)."""
+"""The error types every layer shares; the CLI maps them to exit codes (2, 1 and a warning).
+
+Two kinds of trial failure are kept apart: a failure of the configuration (an exception in the
+training code, a NaN) is a result; a failure of the machine (out of GPU memory, a killed worker,
+a full or broken disk) is not, and is retried or stops the study for `--resume`.
+"""
 
 from __future__ import annotations
 
 import difflib
+import errno
+import os
+import shutil
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -64,6 +72,65 @@ class GpuOutOfMemory(Exception):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.share, self.detail))
+
+
+# errors of a disk itself, not of what the program asked of it: retrying cannot help until it is fixed
+_STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO})
+_STORAGE_TEXTS = ("No space left on device", "Disk quota exceeded", "Read-only file system",
+                  "Input/output error")
+
+
+class StorageFull(Exception):
+    """The study's disk failed (full, read-only, I/O error): the driver stops for `--resume`.
+
+    `path` is what was being written; `reason` the system's words (`No space left on device`)."""
+
+    def __init__(self, path: str | Path | None, reason: str):
+        self.path = str(path) if path else ""
+        self.reason = reason
+        self.free: int | None = None  # bytes free when the driver stopped (before it freed any)
+        super().__init__(f"{reason} writing {self.path}" if self.path else reason)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.path or None, self.reason))
+
+    def render(self, resume: str) -> str:
+        """The one `error:` line: what failed, the free space left, and how to go on."""
+        what = "disk full" if "space" in self.reason or "quota" in self.reason else self.reason.lower()
+        where = f" writing {self.path}" if self.path else ""
+        free = self.free if self.free is not None else free_bytes(self.path) if self.path else None
+        room = f" ({free / 1e6:.0f} MB free)" if free is not None else ""
+        fix = "free space" if what == "disk full" else "fix the disk"
+        return f"{what}{where}{room}; {fix}, then: {resume}"
+
+
+def storage_failure(exc: BaseException) -> StorageFull | None:
+    """The disk fault behind `exc` (its cause chain included), or None for any other error."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, StorageFull):
+            return current
+        if isinstance(current, OSError) and current.errno in _STORAGE_ERRNOS:
+            return StorageFull(current.filename, os.strerror(current.errno))
+        text = str(current)
+        for reason in _STORAGE_TEXTS:
+            if reason in text:
+                return StorageFull(getattr(current, "filename", None), reason)
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def free_bytes(path: str | Path) -> int | None:
+    """Free bytes on the file system holding `path` (its nearest existing folder)."""
+    here = Path(path)
+    while not here.exists() and here != here.parent:
+        here = here.parent
+    try:
+        return shutil.disk_usage(here).free
+    except OSError:
+        return None
 
 
 def is_out_of_memory(exc: BaseException) -> bool:

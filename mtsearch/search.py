@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import time
 from collections.abc import Callable
@@ -28,22 +29,32 @@ from ray import tune
 
 from mtsearch.cluster import connect_ray
 from mtsearch.config import TrialConfig
-from mtsearch.errors import GpuOutOfMemory, InvalidInput, is_out_of_memory
+from mtsearch.errors import (
+    GpuOutOfMemory,
+    InvalidInput,
+    StorageFull,
+    free_bytes,
+    is_out_of_memory,
+    storage_failure,
+)
 from mtsearch.files import write_atomic
+from mtsearch.footprint import shortfall_warning
 from mtsearch.packing import Probe, TrialResources, larger_share, plan_resources
 from mtsearch.space import Distribution, SpaceSpec, expand_params
 from mtsearch.store import StudyStore, is_ranked
 from mtsearch.study import SPACE_FILE, open_study, release
 from mtsearch.tuning import (
     OBJECTIVE,
-    fail_stale_optuna_trials,
     optuna_searcher,
     param_space,
+    park_optuna_trials,
     scheduler,
+    unpark_optuna_trials,
 )
 
 NOTES = "trainer_notes"  # report key carrying the trainer's log lines to the driver
 OOM = "out_of_gpu_memory"  # fit_status of the report a trial sends before failing out of memory
+STORAGE = "storage_failed"  # fit_status of the report a trial sends before failing on a bad disk
 TUNE_DIR = "tune"
 
 class TrainResult(Protocol):
@@ -91,6 +102,8 @@ class SearchOutcome:
     study_dir: Path
     interrupted: bool
     progress: SearchProgress
+    machine_failed: list[str] = field(default_factory=list)  # trials a machine's fault ended (rerun by --resume)
+    storage: StorageFull | None = None  # the study's disk failed: stopped, to be resumed
 
 
 @dataclass
@@ -125,10 +138,69 @@ def _default_trainer() -> Trainer:
 
 
 def run_trial(config: dict[str, Any], *, base: dict[str, Any], metric: str, mode: str,
-              trainer: Trainer | None = None) -> None:
-    """Tune function trainable: train one config, reporting each epoch with its checkpoint."""
-    cfg = TrialConfig.from_mapping(base, "<study base>").with_overrides(expand_params(config), "<trial>")
+              max_failures: int = 0, trainer: Trainer | None = None) -> None:
+    """Tune function trainable: train one config, reporting each epoch with its checkpoint.
+
+    A failure of the configuration (an exception in training, out of memory on a whole GPU) is
+    retried here, from the trainer's last checkpoint, up to `max_failures` times, then reported
+    as `fit_status: error`: it ends the trial as a result. Only faults of the machine leave as
+    exceptions, for Tune to retry on a fresh worker (`failure.max_restarts`): out of memory on a
+    GPU share (reported first, so the retry gets a larger share) and a failing disk (reported
+    first, so the driver stops the study).
+    """
     train = trainer or _default_trainer()
+    cfg = TrialConfig.from_mapping(base, "<study base>").with_overrides(expand_params(config), "<trial>")
+    last = {"objective": -math.inf if mode == "max" else math.inf, "epoch": 0}
+    notes: list[str] = []  # the trainer's log (skipped videos, resumes, retries), shown by the driver
+
+    def send(metrics: dict[str, Any], checkpoint: Any = None) -> None:
+        report = {**metrics, OBJECTIVE: last["objective"], "epochs_planned": cfg.optim.epochs}
+        if notes:
+            report[NOTES] = list(notes)
+            notes.clear()
+        tune.report(report, checkpoint=checkpoint)
+
+    def on_epoch(metrics: dict[str, Any], ckpt_dir: Path | None) -> None:
+        value = metrics.get(metric)
+        if value is not None and math.isfinite(value):
+            last["objective"] = float(value)
+        last["epoch"] = int(metrics["epoch"])
+        send(metrics, tune.Checkpoint.from_directory(str(ckpt_dir)) if ckpt_dir is not None else None)
+
+    def final(fit_status: str, **extra: Any) -> None:
+        send({"epoch": last["epoch"], "fit_status": fit_status, **extra})
+
+    failures = 0
+    work = _prepare_work_dir()
+    while True:
+        try:
+            result = train(cfg, work, on_epoch=on_epoch, resume=True, log=notes.append)
+            break
+        except Exception as exc:  # noqa: BLE001 - sorted below into the machine's and the config's
+            disk = storage_failure(exc)
+            if disk is not None:
+                final(STORAGE, fit_error=str(disk), storage_path=disk.path, storage_reason=disk.reason)
+                raise disk from None
+            share = float(ray.get_runtime_context().get_assigned_resources().get("GPU", 0.0))
+            if is_out_of_memory(exc) and 0 < share < 1:
+                final(OOM)  # the driver grants a larger share before the failure arrives
+                raise GpuOutOfMemory(share, _last_line(exc) or "") from None
+            message = str(GpuOutOfMemory(share, _last_line(exc) or "")) if is_out_of_memory(exc) \
+                else _error_line(exc)
+            if failures >= max_failures:
+                final("error", fit_error=message)
+                return
+            failures += 1
+            notes.append(f"failed: {message}; retry {failures} of {max_failures} from its last checkpoint")
+    if getattr(result, "status", None) == "diverged":
+        final("diverged", fit_error=str(result.error or "loss is not finite"))
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def _prepare_work_dir() -> Path:
+    """The trainer's folder, starting from Tune's last reported checkpoint: the source of truth,
+    as the trainer may have saved an epoch that was never reported, and resuming from that would
+    skip its row. (A retry in the same worker goes on from the trainer's own checkpoint.)"""
     threads = max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))
     try:
         import torch
@@ -136,45 +208,28 @@ def run_trial(config: dict[str, Any], *, base: dict[str, Any], metric: str, mode
         torch.set_num_threads(threads)
     except ImportError:  # a trainer that does not use torch
         pass
-
     work = Path(tune.get_context().get_trial_dir()) / "work"
-    # Tune's last reported checkpoint is the source of truth: the trainer may have saved an epoch
-    # that was never reported (interrupted in between); resuming from that would skip its row.
     shutil.rmtree(work, ignore_errors=True)
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as ckpt_dir:
             shutil.copytree(ckpt_dir, work / "checkpoint")
-    worst = -math.inf if mode == "max" else math.inf
-    last = {"objective": worst, "epoch": 0}
-    notes: list[str] = []  # the trainer's log (skipped videos, resumes), shown by the driver
+    return work
 
-    def on_epoch(metrics: dict[str, Any], ckpt_dir: Path | None) -> None:
-        value = metrics.get(metric)
-        if value is not None and math.isfinite(value):
-            last["objective"] = float(value)
-        last["epoch"] = int(metrics["epoch"])
-        report = {**metrics, OBJECTIVE: last["objective"], "epochs_planned": cfg.optim.epochs}
-        if notes:
-            report[NOTES] = list(notes)
-            notes.clear()
-        ckpt = tune.Checkpoint.from_directory(str(ckpt_dir)) if ckpt_dir is not None else None
-        tune.report(report, checkpoint=ckpt)
 
-    try:
-        result = train(cfg, work, on_epoch=on_epoch, resume=True, log=notes.append)
-    except Exception as exc:
-        if not is_out_of_memory(exc):
-            raise
-        # tell the driver first (it grants a larger share for the retry), then fail the attempt
-        share = float(ray.get_runtime_context().get_assigned_resources().get("GPU", 0.0))
-        tune.report({"epoch": last["epoch"], OBJECTIVE: last["objective"], "fit_status": OOM,
-                     "epochs_planned": cfg.optim.epochs})
-        raise GpuOutOfMemory(share, _last_line(exc) or "") from None
-    if getattr(result, "status", None) == "diverged":
-        tune.report({"epoch": last["epoch"], OBJECTIVE: last["objective"], "epochs_planned": cfg.optim.epochs,
-                     "fit_status": "diverged", "fit_error": str(result.error or "loss is not finite")})
-    shutil.rmtree(work, ignore_errors=True)
+def _error_line(exc: BaseException) -> str:
+    """`ValueError: boom`: the exception's type and the last line of its message, within 300 chars."""
+    line = _last_line(exc)
+    text = f"{type(exc).__name__}: {line}" if line else type(exc).__name__
+    return _shorten(text)
+
+
+def _shorten(text: str, limit: int = 300) -> str:
+    """Cut at a word boundary, with an ellipsis, so a long message never ends mid-word."""
+    if len(text) <= limit:
+        return text
+    cut = text[: limit - 1].rsplit(" ", 1)[0]
+    return cut + "…"
 
 
 # ---- Tune pieces --------------------------------------------------------------------------------------
@@ -215,10 +270,14 @@ class StoreCallback(tune.Callback):
         if live is None:
             return
         _show_notes(live, trial.trial_id, result.get(NOTES))
-        if result.get("fit_status") == OOM:
+        status = result.get("fit_status")
+        if status == STORAGE:  # the disk is gone for every trial: stop the study for --resume
+            raise StorageFull(result.get("storage_path") or live.store.study_dir / TUNE_DIR / trial.trial_id,
+                              str(result.get("storage_reason")))
+        if status == OOM:
             _grant_larger_share(live, trial)
-        elif result.get("fit_status") == "diverged":
-            live.store.upsert_trial(trial.trial_id, status="diverged", error=_last_line(result.get("fit_error")))
+        elif status in ("diverged", "error"):
+            live.store.upsert_trial(trial.trial_id, status=status, error=_last_line(result.get("fit_error")))
         elif "epoch" in result and "loss" in result:
             live.store.add_epoch(trial.trial_id, result)
             live.store.upsert_trial(trial.trial_id, peak_mem_gib=result.get("peak_mem_gib"),
@@ -231,7 +290,7 @@ class StoreCallback(tune.Callback):
         if live is None:
             return
         row = live.store.trials[trial.trial_id]
-        if row["status"] != "diverged":
+        if row["status"] not in ("diverged", "error"):  # those were reported before the end
             planned = json.loads(row["config"])["optim"]["epochs"] if row["config"] else live.spec.max_epochs
             done = row["epochs_done"] or 0
             row["status"] = "completed" if done >= planned else "pruned"
@@ -244,9 +303,11 @@ class StoreCallback(tune.Callback):
         live = self._live(trial)
         if live is None:
             return
-        error = _trial_error(trial)
-        live.store.upsert_trial(trial.trial_id, status="error",
-                                   error=_last_line(error) or "failed (no error text)")
+        # the configuration's own failures end as results (run_trial): this is the machine's
+        row = live.store.trials.get(trial.trial_id) or {}
+        restarts = max(row.get("restarts") or 0, int(trial.run_metadata.num_failures) - 1)
+        live.store.upsert_trial(trial.trial_id, status="error", error=_machine_fault(live, trial, final=True),
+                                machine_fault=True, restarts=restarts)
         _touch_wall(live, trial.trial_id, end=True)
         _retain_checkpoints(live)
         _publish(live)
@@ -260,10 +321,46 @@ class StoreCallback(tune.Callback):
                      f"with a GPU share of {share:g}")
             if trial.trial_id in live.store.trials:
                 live.store.upsert_trial(trial.trial_id, gpu_share=share)
+        elif live is not None:
+            live.log(f"trial {trial.trial_id}: {_machine_fault(live, trial, final=False)}")
+            if trial.trial_id in live.store.trials:
+                restarts = live.store.trials[trial.trial_id]["restarts"] or 0
+                live.store.upsert_trial(trial.trial_id, restarts=restarts + 1)
         if live is not None and trial.trial_id in live.store.trials:
             live.store.upsert_trial(trial.trial_id, status="running")
             _touch_wall(live, trial.trial_id, end=True)
             _publish(live)
+
+
+def _machine_fault(live: _Live, trial: Any, final: bool) -> str:
+    """A fault of the machine in a few words: `worker killed (signal 9) after epoch 1`, then
+    `; retried 3 times` when the restarts ran out, or what happens next when they did not."""
+    text = _trial_error(trial) or ""
+    row = live.store.trials.get(trial.trial_id) or {}
+    after = f" after epoch {row['epochs_done']}" if row.get("epochs_done") else " before its first epoch"
+    what = _fault_words(text)
+    restarts = max(0, int(trial.run_metadata.num_failures) - 1)
+    if final:
+        return f"{what}{after}; retried {restarts} time{'s' if restarts != 1 else ''}"
+    return (f"{what}{after}; restarting from its last checkpoint "
+            f"(restart {restarts + 1} of {live.spec.max_restarts})")
+
+
+def _fault_words(text: str) -> str:
+    """Ray's paragraph about a lost worker or node, as a user would say it. Ray names no signal
+    for a worker killed from outside (kill -9, the kernel's OOM killer): only its own memory
+    monitor and explicit exit signals are named."""
+    lower = text.lower()
+    if "NodeDiedError" in text or ("node" in lower and "died" in lower and "worker" not in lower):
+        return "node lost"
+    if "running low on memory" in lower:
+        return "worker killed by Ray's memory monitor (host low on memory)"
+    signal = re.search(r"(?:killed by|exited with|received) signal (\d+)", text)
+    if signal:
+        return f"worker killed (signal {signal.group(1)})"
+    if "ActorDiedError" in text or "actor is dead" in lower or ("worker" in lower and "died" in lower):
+        return "worker process died (killed or crashed)"
+    return _shorten(_last_line(text) or "trial failed (no error text)")
 
 
 def _grant_larger_share(live: _Live, trial: Any) -> None:
@@ -288,6 +385,7 @@ def _record_start(live: _Live, trial: Any) -> None:
     if existing is None or existing["status"] in (None, "running", "error"):
         values["status"] = "running"
         values["error"] = None
+        values["machine_fault"] = None
     if live.spec.is_ablation:
         values["cell"] = live.spec.cell_of(trial.config)
     values["seed"] = cfg.seed  # also a searched key in grids with repeats
@@ -304,7 +402,7 @@ def _retain_checkpoints(live: _Live) -> None:
     ones keep their checkpoints; pruned and failed ones keep none. Running and interrupted trials
     keep theirs (Tune keeps one each), so `--resume` always finds what it needs."""
     finished = {tid: row for tid, row in live.store.trials.items()
-                if row["status"] not in (None, "running")}
+                if row["status"] not in (None, "running") and not row["machine_fault"]}
     scores = {tid: _score(live.spec, live.store, tid) for tid in finished}
     ranked = [tid for tid, row in finished.items()
               if row["status"] == "completed" and is_ranked(row["status"], scores[tid])]
@@ -379,7 +477,13 @@ def _snapshot(live: _Live) -> SearchProgress:
 
 
 def _publish(live: _Live) -> None:
-    live.store.flush()
+    try:
+        live.store.flush()
+    except OSError as exc:
+        disk = storage_failure(exc)
+        if disk is None:
+            raise
+        raise disk from None  # ends Tune's loop; run_search stops the study for --resume
     if live.on_update is not None:
         live.on_update(_snapshot(live))
 
@@ -392,6 +496,7 @@ def run_search(
     *,
     resume: bool = False,
     address: str | None = None,
+    connect_timeout: float = 30.0,
     on_update: Callable[[SearchProgress], None] | None = None,
     log: Log | None = None,
     trainable_fn: Trainer | None = None,
@@ -412,7 +517,7 @@ def run_search(
     spec = _absolute_paths(spec)
     _set_tune_defaults()
     # the cluster and its resources are checked before anything is written under trials/
-    started_ray = connect_ray(address, num_cpus, say)
+    started_ray = connect_ray(address, num_cpus, say, connect_timeout)
     lock_fd, key = -1, None
     try:
         _check_resources(spec)
@@ -420,6 +525,9 @@ def run_search(
         key = str(study_dir)
         if not (study_dir / SPACE_FILE).exists():
             write_atomic(study_dir / SPACE_FILE, spec.to_yaml())
+        shortfall = shortfall_warning(spec, study_dir)
+        if shortfall:
+            say(f"warning: {shortfall}")
         resources = plan_resources(spec, study_dir, say, memory_probe)
         store = StudyStore(study_dir, spec.param_types(), with_cell=spec.is_ablation)
         done_at_start = sum(1 for r in store.trials.values() if r["status"] not in (None, "running"))
@@ -428,28 +536,15 @@ def run_search(
         # trials finished before this driver are known, whatever Tune's restored state lists
         live.known_trials.update(t for t, r in store.trials.items() if r["status"] not in (None, "running"))
         _LIVE[key] = live
-        if extend_from is None and points is None:
-            tuner = _make_tuner(spec, study_dir, key, resume, trainable_fn, resources, say)
-            _publish(live)
-            tuner.fit()
-            return _finish(live, study_dir)
-        # an extension or a race's round: finish what the study started, then run what is missing
-        # as a new Tune experiment in the same folder, sharing Optuna's history and ASHA's rungs
-        recorded = spec.with_count(extend_from) if extend_from is not None else spec
-        if resume and tune.Tuner.can_restore(str(study_dir / TUNE_DIR)):
-            _make_tuner(recorded, study_dir, key, True, trainable_fn, resources, say).fit()
-        if points is not None:
-            return _run_points(live, spec, study_dir, points, trainable_fn, resources, say)
-        before = _finish(live, study_dir, recorded.total_trials)
-        if before.interrupted:
-            return before
-        write_atomic(study_dir / SPACE_FILE, spec.to_yaml())
-        say(f"extending {study_dir} from {recorded.total_trials} to {spec.total_trials} trials")
-        tuner = _make_tuner(spec, study_dir, key, False, trainable_fn, resources, say,
-                            fresh=False, extend_from=recorded, store=store)
-        _publish(live)
-        tuner.fit()
-        return _finish(live, study_dir)
+        if resume:
+            unpark_optuna_trials(spec, study_dir)
+        try:
+            return _drive(live, spec, study_dir, key, resume, extend_from, points, trainable_fn, resources, say)
+        except Exception as exc:
+            disk = storage_failure(exc)
+            if disk is None:
+                raise
+            return _stop_on_storage(live, study_dir, disk)
     finally:
         if key is not None:
             _LIVE.pop(key, None)
@@ -457,6 +552,37 @@ def run_search(
             ray.shutdown()
         if lock_fd >= 0:
             release(lock_fd)
+
+
+def _drive(
+    live: _Live, spec: SpaceSpec, study_dir: Path, key: str, resume: bool, extend_from: int | None,
+    points: list[dict[str, Any]] | None, trainable_fn: Trainer | None, resources: TrialResources,
+    say: Log,
+) -> SearchOutcome:
+    """Tune's part of `run_search`: the study, its resumed part, its extension or a race's round."""
+    store = live.store
+    if extend_from is None and points is None:
+        tuner = _make_tuner(spec, study_dir, key, resume, trainable_fn, resources, say)
+        _publish(live)
+        tuner.fit()
+        return _finish(live, study_dir)
+    # an extension or a race's round: finish what the study started, then run what is missing
+    # as a new Tune experiment in the same folder, sharing Optuna's history and ASHA's rungs
+    recorded = spec.with_count(extend_from) if extend_from is not None else spec
+    if resume and tune.Tuner.can_restore(str(study_dir / TUNE_DIR)):
+        _make_tuner(recorded, study_dir, key, True, trainable_fn, resources, say).fit()
+    if points is not None:
+        return _run_points(live, spec, study_dir, points, trainable_fn, resources, say)
+    before = _finish(live, study_dir, recorded.total_trials)
+    if before.interrupted:
+        return before
+    write_atomic(study_dir / SPACE_FILE, spec.to_yaml())
+    say(f"extending {study_dir} from {recorded.total_trials} to {spec.total_trials} trials")
+    tuner = _make_tuner(spec, study_dir, key, False, trainable_fn, resources, say,
+                        fresh=False, extend_from=recorded, store=store)
+    _publish(live)
+    tuner.fit()
+    return _finish(live, study_dir)
 
 
 def _run_points(
@@ -509,13 +635,18 @@ def _make_tuner(
     """
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, base=spec.base.to_dict(), metric=spec.metric, mode=spec.mode,
-                             trainer=trainer),
+                             max_failures=spec.max_failures, trainer=trainer),
         resources,
     )
     tune_path = study_dir / TUNE_DIR
     if resume and tune.Tuner.can_restore(str(tune_path)):
         say(f"resuming {study_dir}")
-        return tune.Tuner.restore(str(tune_path), trainable, resume_unfinished=True, resume_errored=False)
+        # errored trials are those a fault of the machine ended (run_trial reports the config's
+        # own); in a study begun before that rule they may be the config's, so only when the store
+        # says a machine's fault ended some
+        live = _LIVE.get(live_key)
+        rerun = live is not None and bool(_machine_failed(live))
+        return tune.Tuner.restore(str(tune_path), trainable, resume_unfinished=True, resume_errored=rerun)
     if tune_path.exists() and fresh:  # an interrupted start that never saved Tune's state
         shutil.rmtree(tune_path)
     samples, seeds = (1 if spec.is_grid else spec.search.num_samples), None
@@ -537,7 +668,8 @@ def _make_tuner(
         ),
         run_config=tune.RunConfig(
             name=TUNE_DIR, storage_path=str(study_dir), verbose=0,
-            failure_config=tune.FailureConfig(max_failures=spec.max_failures),
+            # only faults of the machine reach Tune as failures (run_trial keeps the config's own)
+            failure_config=tune.FailureConfig(max_failures=spec.max_restarts),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             # the experiment state (what --resume restores) is staged locally and copied
             # to trials/<name>/tune/ at most once per sync_period (default 300 s)
@@ -557,11 +689,35 @@ def _finish(live: _Live, study_dir: Path, total: int | None = None) -> SearchOut
         orphans = set(live.store.trials) - live.known_trials
         if orphans:
             live.store.forget(orphans)
-        fail_stale_optuna_trials(live.spec, study_dir)
+    park_optuna_trials(live.spec, study_dir, live.store, finished=not interrupted)
     _retain_checkpoints(live)
     live.store.flush()
     _drop_work_dirs(study_dir, live.store)
-    return SearchOutcome(study_dir=study_dir, interrupted=interrupted, progress=_snapshot(live))
+    return SearchOutcome(study_dir=study_dir, interrupted=interrupted, progress=_snapshot(live),
+                         machine_failed=_machine_failed(live))
+
+
+def _machine_failed(live: _Live) -> list[str]:
+    return sorted(tid for tid, row in live.store.trials.items() if row["machine_fault"])
+
+
+def _stop_on_storage(live: _Live, study_dir: Path, disk: StorageFull) -> SearchOutcome:
+    """The study's disk failed: Tune has stopped every trial (each keeps its last reported
+    checkpoint). Free the trainers' working copies, which those checkpoints make redundant, then
+    save what can be saved; every step is best effort on a disk that may still be full."""
+    if not disk.path:
+        disk = StorageFull(study_dir, disk.reason)
+    disk.free = free_bytes(disk.path)
+    for work in (study_dir / TUNE_DIR).glob("*/work"):
+        shutil.rmtree(work, ignore_errors=True)
+    for step in (live.store.flush,
+                 lambda: park_optuna_trials(live.spec, study_dir, live.store, finished=False)):
+        try:
+            step()
+        except Exception as exc:  # noqa: BLE001 - the rows on disk stay as they were, readable
+            live.log(f"warning: could not save the study's last changes: {_last_line(exc)}")
+    return SearchOutcome(study_dir=study_dir, interrupted=True, progress=_snapshot(live),
+                         machine_failed=_machine_failed(live), storage=disk)
 
 
 def _drop_work_dirs(study_dir: Path, store: StudyStore) -> None:

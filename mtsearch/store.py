@@ -32,6 +32,9 @@ EPOCH_METRICS: tuple[str, ...] = (  # what the trainer reports each epoch (SPEC 
 EPOCH_COLUMNS: tuple[str, ...] = ("epoch", *EPOCH_METRICS)
 # what a trial ran on (issue 10): the trainer reports peak memory and device, the driver the share
 TRIAL_FIGURES: tuple[str, ...] = ("peak_mem_gib", "gpu_share", "device")
+# faults of the machine, which are not results: restarts from a checkpoint after a lost worker or
+# node, and whether such a fault ended the trial (status error; `--resume` reruns it)
+FAULT_COLUMNS: tuple[str, ...] = ("restarts", "machine_fault")
 # the final weights on the test split, once per trial (issue 12); the final epoch row holds them too
 TEST_COLUMNS: tuple[str, ...] = ("test_hit1", "test_hit5")
 _ARROW_TYPES = {"float": "float64", "int": "int64", "string": "string", "bool": "bool"}
@@ -59,7 +62,7 @@ class StudyStore:
             cols.append("cell")
         cols += [k for k in self.param_types if k != "seed"]
         cols += ["seed", "epochs_done", "best_epoch", "best_val_hit1", "best_val_hit5", *TEST_COLUMNS, "wall_s",
-                 *TRIAL_FIGURES, "config"]
+                 *TRIAL_FIGURES, *FAULT_COLUMNS, "config"]
         return cols
 
     def _trial_schema(self) -> Any:
@@ -71,6 +74,7 @@ class StudyStore:
             "best_val_hit1": pa.float64(), "best_val_hit5": pa.float64(), "wall_s": pa.float64(),
             "test_hit1": pa.float64(), "test_hit5": pa.float64(),
             "peak_mem_gib": pa.float64(), "gpu_share": pa.float64(), "device": pa.string(),
+            "restarts": pa.int64(), "machine_fault": pa.bool_(),
             "config": pa.string(),
         }
         for key, kind in self.param_types.items():

@@ -23,10 +23,23 @@ from mtsearch.store import StudyStore
 
 OBJECTIVE = "objective"  # the key Tune, ASHA and Optuna optimise: the space's metric, carried forward
 OPTUNA_FILE = "optuna.db"
+TRIAL_ID_ATTR = "trial_id"  # the Optuna trial's user attribute naming its row in trials.parquet
 
 
 class PruneAwareOptunaSearch(OptunaSearch):
-    """Tells Optuna PRUNED (not COMPLETE with a low score) for trials the scheduler stopped."""
+    """Tells Optuna PRUNED (not COMPLETE with a low score) for trials the scheduler stopped, FAIL
+    for the configuration's own failures, and nothing for faults of the machine: those trials stay
+    open for `--resume` (`park_optuna_trials`). Each Optuna trial carries its Tune `trial_id`."""
+
+    def suggest(self, trial_id: str) -> dict | None:
+        params = super().suggest(trial_id)
+        ot_trial = self._ot_trials.get(trial_id)
+        if ot_trial is not None:
+            try:
+                ot_trial.set_user_attr(TRIAL_ID_ATTR, trial_id)
+            except Exception as exc:  # noqa: BLE001 - a label must not stop the search
+                logging.getLogger(__name__).warning("optuna user attr failed: %s", exc)
+        return params
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if "fit_status" in result or trial_id not in self._ot_trials:
@@ -37,10 +50,12 @@ class PruneAwareOptunaSearch(OptunaSearch):
             ot_trial.report(value, int(result.get("epoch", result.get("training_iteration", 0))))
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        if trial_id in self._completed_trials or trial_id not in self._ot_trials or error or not result:
+        if error:  # only faults of the machine end a trial in error (run_trial reports the rest)
+            return
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials or not result:
             return super().on_trial_complete(trial_id, result, error)
         state = None
-        if result.get("fit_status") == "diverged":
+        if result.get("fit_status") in ("diverged", "error"):
             state = optuna.trial.TrialState.FAIL
         elif int(result.get("epoch", 0)) < int(result.get("epochs_planned", 0)):
             state = optuna.trial.TrialState.PRUNED
@@ -123,15 +138,50 @@ def objective_at(epochs: list[dict[str, Any]], metric: str, mode: str, milestone
     return None
 
 
-def fail_stale_optuna_trials(spec: SpaceSpec, study_dir: Path) -> None:
-    """Optuna trials left RUNNING by a killed driver would mislead the sampler and the dashboard."""
+def _open_study(spec: SpaceSpec, study_dir: Path) -> tuple[Any, Any] | None:
     if spec.is_grid or not (study_dir / OPTUNA_FILE).exists():
-        return
-
+        return None
     storage = optuna.storages.RDBStorage(f"sqlite:///{(study_dir / OPTUNA_FILE).resolve()}")
     try:
-        study = optuna.load_study(study_name=spec.name, storage=storage)
+        return storage, optuna.load_study(study_name=spec.name, storage=storage)
     except KeyError:
+        return None
+
+
+def park_optuna_trials(spec: SpaceSpec, study_dir: Path, store: StudyStore, finished: bool) -> None:
+    """When a driver stops, Optuna trials still RUNNING take their state from the store: those
+    `--resume` continues (interrupted, or ended by a fault of the machine) become WAITING, so no
+    trial reads as running while nothing runs; finished ones get their outcome (Tune tells the
+    searcher nothing about a trial rerun after a fault); on a finished study, trials Tune never
+    knew become FAIL."""
+    opened = _open_study(spec, study_dir)
+    if opened is None:
         return
-    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
+    storage, study = opened
+    states = optuna.trial.TrialState
+    for trial in study.get_trials(deepcopy=False, states=(states.RUNNING,)):
+        row = store.trials.get(trial.user_attrs.get(TRIAL_ID_ATTR, ""))
+        status = row["status"] if row is not None else None
+        if row is not None and (status in (None, "running") or row["machine_fault"]):
+            storage.set_trial_state_values(trial._trial_id, states.WAITING)
+        elif status == "completed":
+            epochs = store.trial_epochs(row["trial_id"])
+            value = objective_at(epochs, spec.metric, spec.mode, row["epochs_done"] or 0)
+            if value is not None and math.isfinite(value):
+                storage.set_trial_state_values(trial._trial_id, states.COMPLETE, [value])
+            else:
+                storage.set_trial_state_values(trial._trial_id, states.FAIL)
+        elif status == "pruned":
+            storage.set_trial_state_values(trial._trial_id, states.PRUNED)
+        elif row is not None or finished:
+            storage.set_trial_state_values(trial._trial_id, states.FAIL)
+
+
+def unpark_optuna_trials(spec: SpaceSpec, study_dir: Path) -> None:
+    """On `--resume`: the trials `park_optuna_trials` left WAITING run again, as their Tune trials do."""
+    opened = _open_study(spec, study_dir)
+    if opened is None:
+        return
+    storage, study = opened
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)):
+        storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.RUNNING)

@@ -25,13 +25,31 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(EXIT_INVALID)
 
 
+def _seconds(text: str) -> float:
+    """A positive number of seconds (argparse type: a bad one is a usage error naming the flag)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds (got {text!r})") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds (got {text!r})")
+    return value
+
+
+def _address_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--address", help="join an existing Ray cluster: HOST:PORT, ray://HOST:PORT or auto "
+                   "(default: start a local one)")
+    p.add_argument("--connect-timeout", type=_seconds, default=30.0, metavar="SECONDS",
+                   help="give up on --address when no cluster answers within this time (default 30)")
+
+
 def _search_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trials-dir", default="trials", help="where studies live (default: trials)")
     p.add_argument("--name", help="study name (overrides the file's `name`)")
     p.add_argument("--num-samples", type=int, help="number of trials (overrides search.num_samples; "
                    "with --resume, more than the study's extends it)")
     p.add_argument("--max-concurrent", type=int, help="trials at once (overrides search.max_concurrent)")
-    p.add_argument("--address", help="join an existing Ray cluster (default: start a local one)")
+    _address_options(p)
     p.add_argument("--data", metavar="ROOT", help="dataset root (overrides data.root)")
     p.add_argument("--quiet", action="store_true", help="plain log lines instead of the live display")
     p.add_argument("--resume", action="store_true", help="continue an interrupted or existing study")
@@ -73,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=int, default=3, help="configurations in the race (default 3)")
     p.add_argument("--seeds", type=int, default=5, help="at most this many seeds each (default 5)")
     p.add_argument("--alpha", type=float, default=0.05, help="test level, Holm-corrected (default 0.05)")
-    p.add_argument("--address", help="join an existing Ray cluster (default: start a local one)")
+    _address_options(p)
     p.add_argument("--resume", action="store_true", help="continue an interrupted race")
     p.set_defaults(handler="confirm:cmd_confirm")
 

@@ -25,10 +25,12 @@ def cmd_confirm(args: argparse.Namespace) -> int:
     seen: dict[str, Any] = {}
     resume_cmd = " ".join(shlex.quote(p) for p in [
         "mtsearch", "confirm", args.study, "--top", str(args.top), "--seeds", str(args.seeds),
-        "--alpha", str(args.alpha), "--resume", *(["--address", args.address] if args.address else [])])
+        "--alpha", str(args.alpha), "--resume", *(["--address", args.address] if args.address else []),
+        *(["--connect-timeout", f"{args.connect_timeout:g}"] if args.address and args.connect_timeout != 30.0
+          else [])])
     try:
         result = race(args.study, args.top, args.seeds, args.alpha, resume=args.resume, log=log,
-                      address=args.address, on_update=lambda p: _log_changes(p, seen, err))
+                      address=args.address, connect_timeout=args.connect_timeout, on_update=lambda p: _log_changes(p, seen, err))
     except KeyboardInterrupt:
         log(f"interrupted; resume with: {resume_cmd}")
         return EXIT_INTERRUPTED

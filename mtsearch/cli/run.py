@@ -71,12 +71,12 @@ def _run(args: argparse.Namespace, kind: str) -> int:
     try:
         if args.quiet:
             outcome = run_search(spec, args.trials_dir, resume=args.resume, address=args.address,
-                                 on_update=on_update, log=log)
+                                 connect_timeout=args.connect_timeout, on_update=on_update, log=log)
         else:
             with Live(get_renderable=lambda: _render(state["progress"]), console=console,
                       refresh_per_second=2, transient=True):
                 outcome = run_search(spec, args.trials_dir, resume=args.resume, address=args.address,
-                                     on_update=on_update, log=log)
+                                     connect_timeout=args.connect_timeout, on_update=on_update, log=log)
     except KeyboardInterrupt:
         err.print(f"interrupted; resume with: {resume_cmd}", markup=False, highlight=False, soft_wrap=True)
         return EXIT_INTERRUPTED
@@ -84,6 +84,13 @@ def _run(args: argparse.Namespace, kind: str) -> int:
     progress = outcome.progress
     console.print(_leaderboard(progress, TOP))
     console.print(_counts_line(progress))
+    if outcome.storage is not None:
+        err.print(f"error: {outcome.storage.render(resume_cmd)}", markup=False, highlight=False, soft_wrap=True)
+        return EXIT_FAILED
+    if outcome.machine_failed:
+        err.print(f"warning: {len(outcome.machine_failed)} trial(s) ended on a fault of the machine "
+                  f"({', '.join(outcome.machine_failed)}), not of their configuration; rerun them with: "
+                  f"{resume_cmd}", markup=False, highlight=False, soft_wrap=True)
     if outcome.interrupted:
         err.print(f"interrupted; resume with: {resume_cmd}", markup=False, highlight=False, soft_wrap=True)
         return EXIT_INTERRUPTED
@@ -116,6 +123,8 @@ def _resume_command(command: str, args: argparse.Namespace, name: str) -> str:
         parts += ["--data", args.data]
     if args.address:
         parts += ["--address", args.address]
+        if args.connect_timeout != 30.0:
+            parts += ["--connect-timeout", f"{args.connect_timeout:g}"]
     if args.num_samples is not None:
         parts += ["--num-samples", str(args.num_samples)]
     if getattr(args, "repeats", None) is not None:
