@@ -24,7 +24,7 @@ from typing import Any
 
 from mtsearch.config import branches_label
 from mtsearch.errors import InvalidInput
-from mtsearch.files import write_atomic
+from mtsearch.files import check_output_dir, write_atomic
 from mtsearch.report import Study, final_score, leaderboard, load_study, metric_unit, trial_config
 from mtsearch.space import SpaceSpec, space_from_mapping
 from mtsearch.stats import Interval, holm, paired_differences, paired_p_greater, summarize
@@ -190,6 +190,7 @@ def race(
     picked = contenders(study, top)
     seed_list = [SEED_BASE + i for i in range(seeds)]
     spec = confirm_spec(study, picked, seed_list)
+    check_output_dir(Path(study_dir) / CONFIRM_DIR, "confirm")  # the race's child study
     from mtsearch.search import run_search  # heavy: ray
     (factor,) = spec.space
     result = Race(Path(study_dir) / CONFIRM_DIR, study.metric, study.mode, seed_list, picked)

@@ -3,13 +3,12 @@
 Some values are valid in a space file yet impossible on the data: a `data.fps` above every
 video's frame rate makes every trial with it fail after Ray has started. The driver already
 indexes the dataset, so it probes the videos' rates once (headers only, in threads) and refuses
-such a value up front, or warns when it only excludes some videos. Clip length is not checked
+such a value up front, as `train` does (the trainer stops at the first such video). Clip length is not checked
 the same way: a video shorter than `data.clip_frames` is loop-padded, never unusable.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -44,10 +43,24 @@ def source_rates(items: list[Any], workers: int = 8) -> list[float]:
         return [r for r in pool.map(rate, items) if r is not None]
 
 
-def check_fps(spec: Any, warn: Callable[[str], None]) -> None:
-    """Refuse a `data.fps` above every video's rate (InvalidInput); warn when above some."""
-    from mtsearch.data.datasets import index_for_config
+def fps_refusal(fps: float, rates: list[float], root: Any) -> str | None:
+    """Why `fps` cannot run on videos of these frame rates, or None. The trainer refuses a rate
+    above any video's (skipping those videos would give trials with different fps different test
+    sets), so `train`, `run` and `ablate` refuse it up front with this one message."""
     from mtsearch.data.video import RATE_TOLERANCE
+
+    above = [r for r in rates if fps > r * (1 + RATE_TOLERANCE)]
+    if not above:
+        return None
+    if len(above) == len(rates):
+        return f"{fps:g} fps is above the frame rate of every video in {root} (the highest is {max(rates):g} fps)"
+    return (f"{fps:g} fps is above the frame rate of {len(above)} of {len(rates)} videos in {root} "
+            f"(the lowest is {min(rates):g} fps); a trial stops at the first such video")
+
+
+def check_fps(spec: Any) -> None:
+    """Refuse a `data.fps` value, or the top of a searched range, above any video's rate."""
+    from mtsearch.data.datasets import index_for_config
 
     key, values, continuous = fps_values(spec)
     cfg = spec.base.resolved()
@@ -55,20 +68,7 @@ def check_fps(spec: Any, warn: Callable[[str], None]) -> None:
     rates = source_rates(index.train + index.test)
     if not rates:
         return  # nothing readable: the trials report that themselves
-
-    def too_fast(fps: float) -> int:
-        return sum(1 for r in rates if fps > r * (1 + RATE_TOLERANCE))
-
-    lowest, highest = (min(values), max(values)) if continuous else (None, None)
-    for fps in ([lowest] if continuous else values):
-        if too_fast(fps) == len(rates):
-            raise InvalidInput(
-                spec.source, key,
-                f"{fps:g} fps is above the frame rate of every video in {index.root} "
-                f"(the highest is {max(rates):g} fps)", fps,
-            )
-    for fps in ([highest] if continuous else values):
-        skipped = too_fast(fps)
-        if skipped:
-            warn(f"{key}: {fps:g} fps is above the frame rate of {skipped} of {len(rates)} videos; "
-                 "trials with it skip them")
+    for fps in ([min(values), max(values)] if continuous else values):
+        why = fps_refusal(fps, rates, index.root)
+        if why:
+            raise InvalidInput(spec.source, key, why, fps)

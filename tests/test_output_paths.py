@@ -111,6 +111,7 @@ def places(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Places]:
     blocked = write_search_study(root / "trials", name="blocked", optuna_db=False)
     (blocked / "best.yaml").mkdir()  # export's default output is a folder
     (blocked / "plots").write_text("plot's default output is a file")
+    (blocked / "confirm").write_text("confirm's child study is a file")
     write_search_study(root / "trials", optuna_db=False)
     write_search_study(root / "locked" / "trials", optuna_db=False)
     locked, why_not, undo = _lock(root / "locked")
@@ -195,6 +196,11 @@ CASES = _dir_cases() + [
          lambda p: _l(p, f"{STUDY}/best.yaml"), locked=True),
     Case("plot-default-study-not-writable", lambda p: ["plot", _l(p, STUDY)], "--out",
          lambda p: _l(p, f"{STUDY}/plots"), locked=True),
+    # confirm's race is a child study, trials/NAME/confirm
+    Case("confirm-folder-is-a-file", lambda p: ["confirm", _p(p, "trials/blocked")], "confirm",
+         lambda p: _p(p, "trials/blocked/confirm")),
+    Case("confirm-study-not-writable", lambda p: ["confirm", _l(p, STUDY)], "confirm",
+         lambda p: _l(p, f"{STUDY}/confirm"), locked=True),
 ]
 
 # `train` refuses these only after loading its config and indexing its data: the run folder given

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from mtsearch.data.video import write_video
+from mtsearch.errors import InvalidInput
 from mtsearch.preflight import check_fps
 from mtsearch.space import load_space
 
@@ -59,19 +60,19 @@ def test_an_fps_above_every_video_is_one_error_line_and_nothing_written(
     assert not (tmp_path / "trials").exists()
 
 
-def test_an_fps_above_some_videos_is_a_warning_naming_how_many(
-    tmp_path: Path, mixed_rates: Path
-) -> None:
-    warnings: list[str] = []
-    check_fps(load_space(space(tmp_path, mixed_rates, "{choice: [15, 25]}"), "search"), warnings.append)
-    assert warnings == [
-        "space.data.fps: 25 fps is above the frame rate of 2 of 4 videos; trials with it skip them"
-    ]
+def test_an_fps_above_some_videos_is_refused_naming_how_many(tmp_path: Path, mixed_rates: Path) -> None:
+    """The trainer stops at the first video slower than data.fps, so run refuses it as train does."""
+    check_fps(load_space(space(tmp_path, mixed_rates, "{choice: [10, 15]}"), "search"))  # every video >= 15
+    with pytest.raises(InvalidInput) as caught:
+        check_fps(load_space(space(tmp_path, mixed_rates, "{choice: [15, 25]}"), "search"))
+    assert caught.value.key == "space.data.fps" and caught.value.got == 25
+    assert caught.value.what == (f"25 fps is above the frame rate of 2 of 4 videos in {mixed_rates} "
+                                 "(the lowest is 15 fps); a trial stops at the first such video")
 
 
 def test_continuous_bounds_are_checked_at_both_ends(tmp_path: Path, mixed_rates: Path) -> None:
-    warnings: list[str] = []
-    check_fps(load_space(space(tmp_path, mixed_rates, "{uniform: [10, 20]}"), "search"), warnings.append)
-    assert len(warnings) == 1 and "20 fps" in warnings[0]
-    with pytest.raises(Exception, match="31 fps is above the frame rate of every video"):
-        check_fps(load_space(space(tmp_path, mixed_rates, "{uniform: [31, 60]}"), "search"), print)
+    check_fps(load_space(space(tmp_path, mixed_rates, "{uniform: [10, 15]}"), "search"))
+    with pytest.raises(InvalidInput, match="22 fps is above the frame rate of 2 of 4 videos"):
+        check_fps(load_space(space(tmp_path, mixed_rates, "{uniform: [10, 22]}"), "search"))
+    with pytest.raises(InvalidInput, match="31 fps is above the frame rate of every video"):
+        check_fps(load_space(space(tmp_path, mixed_rates, "{uniform: [31, 60]}"), "search"))

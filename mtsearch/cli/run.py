@@ -54,7 +54,7 @@ def _run(args: argparse.Namespace, kind: str) -> int:
     err = Console(stderr=True)
     from mtsearch.preflight import check_fps
 
-    check_fps(spec, lambda message: err.print(f"warning: {message}", markup=False, highlight=False))
+    check_fps(spec)
     command = "ablate" if kind == ABLATION else "run"
     resume_cmd = _resume_command(command, args, spec.name)
 

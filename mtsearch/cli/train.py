@@ -66,8 +66,7 @@ def check_runnable(cfg: TrialConfig, source: str | Path, data_flag: bool = False
     `device: cuda…`, whose answer needs it.
     """
     from mtsearch.data.datasets import index_for_config
-    from mtsearch.data.video import RATE_TOLERANCE
-    from mtsearch.preflight import source_rates
+    from mtsearch.preflight import fps_refusal, source_rates
 
     cfg = cfg.resolved()
     if cfg.device.startswith("cuda"):
@@ -86,14 +85,9 @@ def check_runnable(cfg: TrialConfig, source: str | Path, data_flag: bool = False
         if data_flag and exc.key == "data.root":
             raise InvalidInput(exc.file, "--data", exc.what, exc.got) from None
         raise exc if exc.file else exc.with_file(source) from None
-    fps = cfg.data.fps
-    rates = source_rates(index.train + index.test)
-    above = [r for r in rates if fps > r * (1 + RATE_TOLERANCE)]
-    if above:
-        raise InvalidInput(source, "data.fps",
-                           f"{fps:g} fps is above the frame rate of {len(above)} of {len(rates)} videos "
-                           f"in {index.root} (the lowest is {min(rates):g} fps); the trainer stops "
-                           f"at the first", fps)
+    why = fps_refusal(cfg.data.fps, source_rates(index.train + index.test), index.root)
+    if why:
+        raise InvalidInput(source, "data.fps", why, cfg.data.fps)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
