@@ -82,7 +82,11 @@ def optuna_searcher(spec: SpaceSpec, study_dir: Path, earlier: int = 0) -> Any:
     else:
         sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True)
     storage = optuna.storages.RDBStorage(f"sqlite:///{(study_dir / OPTUNA_FILE).resolve()}")
-    return PruneAwareOptunaSearch(sampler=sampler, study_name=spec.name, storage=storage)
+    # the space is the searcher's own (not the Tuner's param_space), so that every saved copy of
+    # it, the one a `--resume` restores included, can still sample: a searcher state that a full
+    # disk kept Tune from writing left the restored searcher without a space
+    return PruneAwareOptunaSearch(space=param_space(spec), metric=OBJECTIVE, mode=spec.mode,
+                                  sampler=sampler, study_name=spec.name, storage=storage)
 
 
 def param_space(spec: SpaceSpec, seeds: Iterable[int] | None = None) -> dict[str, Any]:
