@@ -32,7 +32,7 @@ def main() -> int:
 
     import torch
 
-    from mtsearch.space import grid_points, space_from_mapping
+    from mtsearch.space import enumerated_points, space_from_mapping
     from mtsearch.train import fit
 
     weights = [round(5.0 * (i + 1), 1) for i in range(args.trials)]
@@ -45,7 +45,7 @@ def main() -> int:
         "grid": {"loss.w_track": weights},
     }
     spec = space_from_mapping(grid, "overhead.yaml", "grid")
-    configs = [spec.trial_config(p) for p in grid_points(spec)]
+    configs = [spec.trial_config(p) for p in enumerated_points(spec)]
     torch.set_num_threads(1)
 
     with tempfile.TemporaryDirectory(prefix="mtsearch-overhead-") as tmp:

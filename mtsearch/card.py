@@ -1,4 +1,4 @@
-"""The result card `best.md` that `mtsearch export` writes beside `best.yaml` (issue 11).
+"""The result card `best.md` that `mtsearch export` writes beside `best.yaml`.
 
 What a researcher pastes into a lab notebook: what the search changed (a diff against the
 thesis's defaults), the metric (best and final epoch; over seeds when a race confirmed it), the
@@ -16,7 +16,8 @@ from typing import Any
 
 from mtsearch import __version__
 from mtsearch.config import TrialConfig
-from mtsearch.report import Study, best_score, final_score, fmt_number, metric_unit
+from mtsearch.metrics import counterpart_on_test, display_scale
+from mtsearch.report import Study, best_score, final_score, fmt_number
 from mtsearch.stats import Interval
 
 CURVE_COLUMNS = ("loss", "val_hit1", "val_hit5", "dir_acc")
@@ -79,13 +80,13 @@ def render_card(
     """The card as Markdown."""
     metric = study.metric
     curve = study.epochs.get(str(trial.get("trial_id")), [])
-    scale, unit = metric_unit(metric, [r.get(metric) for r in curve])
+    scale, unit = display_scale(metric, [r.get(metric) for r in curve])
 
     def show(value: Any) -> str:
         return "—" if value is None else f"{value * scale:.1f}{unit}" if unit else fmt_number(value)
 
     best_row = max((r for r in curve if r.get(metric) is not None),
-                   key=lambda r: r[metric] if study.mode == "max" else -r[metric], default=None)
+                   key=lambda r: study.direction.key(r[metric]), default=None)
     split = ("the validation split (carved from training; the test split was evaluated once, at the end)"
              if study.selection == "val" else "the test split (the thesis's protocol: optimistic)")
     lines = [f"# {study.name}: trial {trial.get('trial_id')}", "",
@@ -97,9 +98,9 @@ def render_card(
                  + (f" at epoch {best_row['epoch']}" if best_row else "")
                  + " (a maximum over epochs of one run: optimistic)")
     lines.append(f"- final epoch: {show(final_score(study, trial))} (epoch {trial.get('epochs_done')})")
-    test = trial.get("test_hit5" if metric == "val_hit5" else "test_hit1")
+    test = trial.get(counterpart_on_test(metric))
     lines.append(f"- test split, final weights: {show(test)}" if test is not None
-                 else "- test split: not evaluated (the run did not complete, or predates issue 12)")
+                 else "- test split: not evaluated (the run did not complete, or predates validation splits)")
     if confirmed is not None and confirmed.mean is not None:
         ci = (f" ± {confirmed.half_width * scale:.1f} (95% CI)" if confirmed.half_width is not None else "")
         lines.append(f"- over {confirmed.n} fresh seeds (`mtsearch confirm`, final epoch, seeds "

@@ -27,8 +27,8 @@ DERIVED_KEYS: tuple[str, ...] = (
     "track.localizer", "track.target_patch", "track.center_features", "track.patch_select",
     "track.crop_grad", "track.projection",
 )
-VAL_FRACTION, SELECTION = 0.2, "val"  # the honest protocol's defaults (issue 12)
-# Issue 13: the tracking branch as the thesis writes it collapses and does not track at the
+VAL_FRACTION, SELECTION = 0.2, "val"  # the honest protocol's defaults
+# The tracking branch as the thesis writes it collapses and does not track at the
 # `tiny` scale; MEASURED_TRACKING was chosen by measurement there (README, "Does the tracking
 # branch track?"). A config that leaves these keys unset gets `tracking_defaults(preset)`: the
 # measured values on `tiny`, the thesis's formula (THESIS_TRACKING) on the presets nobody has
@@ -75,7 +75,7 @@ PRESETS: dict[str, Preset] = {
     "small": Preset(
         width=32, depths=(2, 2, 3), head_depth=2, crop=144, patch=48, track_dim=128, lr=5e-4
     ),
-    # tiny: 1e-3, as the shipped spaces use; 2e-4 leaves it near chance after 6 epochs (issue 9)
+    # tiny: 1e-3, as the shipped spaces use; 2e-4 leaves it near chance after 6 epochs
     "tiny": Preset(width=8, depths=(1, 1, 1), head_depth=2, crop=96, patch=32, track_dim=32, lr=1e-3),
 }
 
@@ -106,7 +106,7 @@ class TrackConfig:
     frame_gap: int = 4  # f
     past_frames: int = 3  # k
     patch: int | None = None  # None: the preset's (thesis 80 = crop/3)
-    # issue 13: how the branch departs from the thesis's formula; None: `tracking_defaults`
+    # how the branch departs from the thesis's formula; None: `tracking_defaults`
     temperature: float | None = None  # affinity softmax temperature (thesis: track_dim ** -0.5)
     localizer: str | None = None  # conv (thesis: two convs + one linear) | softargmax
     target_patch: str | None = None  # encode (thesis: re-encoded pixels) | crop (of the frame's features)
@@ -166,7 +166,7 @@ class TrialConfig:
 
     @classmethod
     def from_record(cls, data: Mapping[str, Any], source: str | Path = "<config>") -> TrialConfig:
-        """A config a run recorded (checkpoint, trials.parquet). Versions before issue 12 had no
+        """A config a run recorded (checkpoint, trials.parquet). Versions before validation splits had no
         validation split and selected on the test split: such a record keeps that protocol."""
         flat = flatten_keys(data, source)
         if predates_validation(data):
@@ -216,7 +216,7 @@ class TrialConfig:
 
     @functools.cached_property
     def tracking(self) -> dict[str, Any]:
-        """The tracking branch's issue-13 keys with the preset's defaults filled in (dotted names).
+        """The tracking branch's tracking keys with the preset's defaults filled in (dotted names).
         Cached (the config is frozen): the training step reads `loss.w_track` from it."""
         flat = self.to_flat()
         defaults = tracking_defaults(self.model.preset)
@@ -250,7 +250,7 @@ class TrialConfig:
         """Keys left to the preset (DERIVED_KEYS unset) take a recorded run's values.
 
         A run or study resumed under a newer version keeps the defaults it started with (the
-        `tiny` learning rate changed in issue 9), instead of being refused as changed.
+        `tiny` learning rate changed with the preset learning rates), instead of being refused as changed.
         """
         mine, theirs = self.to_flat(), recorded.to_flat()
         kept = {k: theirs[k] for k in DERIVED_KEYS if mine[k] is None and theirs[k] is not None}
@@ -377,7 +377,7 @@ def _type_of(key: str) -> Any:
 
 
 def with_thesis_tracking(flat: Mapping[str, Any]) -> dict[str, Any]:
-    """Dotted keys of a recorded config, with THESIS_TRACKING for the issue-13 keys it lacks: a
+    """Dotted keys of a recorded config, with THESIS_TRACKING for the tracking keys it lacks: a
     run recorded before they existed ran the thesis's formula, and keeps it when resumed."""
     missing = {k: v for k, v in THESIS_TRACKING.items() if k not in flat}
     preset = PRESETS.get(str(flat.get("model.preset", ModelConfig.preset)))
@@ -387,12 +387,12 @@ def with_thesis_tracking(flat: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def tracking_defaults(preset: str) -> dict[str, Any]:
-    """What the issue-13 keys are when a config leaves them unset (see MEASURED_TRACKING)."""
+    """What the tracking keys are when a config leaves them unset (see MEASURED_TRACKING)."""
     return dict(MEASURED_TRACKING) if preset in MEASURED_PRESETS else thesis_tracking(preset)
 
 
 def thesis_tracking(preset: str) -> dict[str, Any]:
-    """The issue-13 keys as the thesis's formula sets them for `preset` (dotted names)."""
+    """The tracking keys as the thesis's formula sets them for `preset` (dotted names)."""
     return {**THESIS_TRACKING, "track.temperature": thesis_temperature(PRESETS[preset].track_dim)}
 
 
@@ -402,7 +402,7 @@ def thesis_temperature(track_dim: int) -> float:
 
 
 def predates_validation(record: Mapping[str, Any]) -> bool:
-    """A recorded config (nested, as `to_dict` writes it) from before issue 12: no data.selection."""
+    """A recorded config (nested, as `to_dict` writes it) from before validation splits: no data.selection."""
     data = record.get("data")
     return "data.selection" not in record and not (isinstance(data, Mapping) and "selection" in data)
 

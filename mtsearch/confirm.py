@@ -1,4 +1,4 @@
-"""`mtsearch confirm`: race a study's top configurations over fresh seeds (issue 11).
+"""`mtsearch confirm`: race a study's top configurations over fresh seeds.
 
 A search trains each configuration once, with one seed, so the top of its leaderboard is partly
 luck. Racing (F-Race, irace's elitist racing) spends seeds only where the decision is still open:
@@ -25,7 +25,8 @@ from typing import Any
 from mtsearch.config import branches_label
 from mtsearch.errors import InvalidInput
 from mtsearch.files import check_output_dir, write_atomic
-from mtsearch.report import Study, final_score, leaderboard, load_study, metric_unit, trial_config
+from mtsearch.metrics import direction, display_scale
+from mtsearch.report import Study, final_score, leaderboard, load_study, trial_config
 from mtsearch.space import SpaceSpec, space_from_mapping
 from mtsearch.stats import Interval, holm, paired_differences, paired_p_greater, summarize
 
@@ -77,7 +78,7 @@ class Race:
 
     def leader(self) -> Contender:
         """Best mean over the seeds run so far among those still in; ties go to the search's rank."""
-        sign = 1.0 if self.mode == "max" else -1.0
+        sign = direction(self.mode).sign
         scored = [c for c in self.alive if c.summary().mean is not None] or self.alive
         return max(scored, key=lambda c: (sign * (c.summary().mean or 0.0), -c.rank))
 
@@ -91,7 +92,7 @@ class Race:
         test = summarize(leader.tests.values())
         if test.mean is None:
             return None
-        scale, unit = metric_unit("test_hit1", list(leader.tests.values()))
+        scale, unit = display_scale("test_hit1", list(leader.tests.values()))
         ci = f" ± {test.half_width * scale:.1f} (95% CI)" if test.half_width is not None else ""
         return (f"on the test split (final weights, read once per run), {leader.label} scores "
                 f"{test.mean * scale:.1f}{unit}{ci} over {test.n} seeds")
@@ -102,19 +103,19 @@ class Race:
         others = [c for c in self.contenders if c is not leader and c.summary().mean is not None]
         if not others:
             return f"config {leader.label} is the only one with a result"
-        sign = 1.0 if self.mode == "max" else -1.0
+        sign = direction(self.mode).sign
         runner = max(others, key=lambda c: sign * (c.summary().mean or 0.0))
         delta = self.delta(leader, runner)
-        scale, unit = metric_unit(self.metric, [v for c in self.contenders for v in c.scores.values()])
+        scale, unit = display_scale(self.metric, [v for c in self.contenders for v in c.scores.values()])
         points = "points" if unit == "%" else self.metric
         if delta.n < 2 or delta.low is None or delta.high is None:
             return f"the top two cannot be told apart with n = {delta.n}"
-        better = delta.low > 0 if self.mode == "max" else delta.high < 0
+        better = sign * delta.low > 0 if sign > 0 else sign * delta.high > 0
         if not better:
             return f"the top two ({leader.label}, {runner.label}) are indistinguishable at n = {delta.n}"
         size = abs(delta.mean or 0.0) * scale
         low, high = sorted((abs(delta.low) * scale, abs(delta.high) * scale))
-        word = "better" if self.mode == "max" else "lower"
+        word = "better" if sign > 0 else "lower"
         return (f"config {leader.label} is {word} than {runner.label} by {size:.1f} {points} "
                 f"(95% CI {low:.1f}-{high:.1f}, n = {delta.n})")
 
@@ -123,7 +124,7 @@ def contenders(study: Study, top: int) -> list[Contender]:
     """The top `top` ranked trials of a study, as distinct configurations."""
     if top < 2:
         raise InvalidInput(None, "--top", "a race needs at least 2 configurations", top)
-    if study.is_grid and "seed" in study.params:
+    if study.is_ablation and "seed" in study.params:
         raise InvalidInput(study.path, None, "confirm races a search's configurations; this is a grid "
                            "over seeds already (see `mtsearch report`)")
     board = leaderboard(study)
@@ -220,8 +221,7 @@ def _eliminate(race: Race, alpha: float, done: int) -> list[Contender]:
         if c is leader:
             continue
         diffs = paired_differences(leader.scores, c.scores).values()
-        if race.mode == "min":
-            diffs = [-d for d in diffs]
+        diffs = [direction(race.mode).sign * d for d in diffs]
         p = paired_p_greater(diffs)
         if p is not None:
             pvalues[c.rank] = p

@@ -64,7 +64,7 @@ class VideoReadError(Exception):
 
 
 class GpuOutOfMemory(Exception):
-    """A trial ran out of GPU memory: the driver retries it with a larger GPU share (issue 10)."""
+    """A trial ran out of GPU memory: the driver retries it with a larger GPU share."""
 
     def __init__(self, share: float, detail: str):
         self.share, self.detail = share, detail

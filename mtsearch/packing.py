@@ -1,4 +1,4 @@
-"""How many trials share one GPU: `resources.gpus_per_trial: auto` (issue 10).
+"""How many trials share one GPU: `resources.gpus_per_trial: auto`.
 
 Before the first trial the driver measures, on a GPU, the peak memory of the trainer's own step
 for every network shape the space can produce (preset, batch, crop, clip frames, branches, patch,
@@ -134,22 +134,16 @@ def plan(probe: MemoryProbe, label: str, cpus_per_gpu: float, cpus_per_trial: fl
 
 
 def measure_step_memory(cfg: TrialConfig, device: Any = None) -> MemoryProbe | None:
-    """Run where a GPU is visible (a Ray task with num_gpus=1): the trainer's own step on
-    generated clips of cfg's shape, warm-up and CUDA graph capture included, then one evaluation
+    """Run where a GPU is visible (a Ray task with num_gpus=1): the trainer's own step, built by
+    `build_training` as a trial builds it (compiled stages too), on generated clips of cfg's
+    shape, warm-up and CUDA graph capture included, then one evaluation
     batch; the allocator's peak reservation. None when no CUDA device is visible. With
     `device="cpu"` the same run reports the process's peak RSS against the machine's memory."""
     import torch
 
     from mtsearch.data.clips import normalise_batch
-    from mtsearch.model import MultiBranchNet
     from mtsearch.model.multibranch import StepDraws
-    from mtsearch.train import (
-        GRAPH_WARMUP,
-        TrainStep,
-        configure_torch,
-        make_optimizer,
-        peak_memory_gib,
-    )
+    from mtsearch.train import GRAPH_WARMUP, build_training, configure_torch, peak_memory_gib
 
     if device is None and not torch.cuda.is_available():
         return None
@@ -157,11 +151,8 @@ def measure_step_memory(cfg: TrialConfig, device: Any = None) -> MemoryProbe | N
     cuda = device.type == "cuda"
     cfg = cfg.resolved()
     configure_torch(device, None)
-    model = MultiBranchNet(cfg, PROBE_CLASSES).to(device)
-    if cuda:
-        model.channels_last()
-    optimizer = make_optimizer(model, cfg, device, cfg.cuda_graph)
-    step = TrainStep(model, optimizer, cfg, device, cfg.cuda_graph, lambda message: None, bf16=cuda)
+    training = build_training(cfg, PROBE_CLASSES, device, lambda message: None, bf16=cuda)
+    model, step = training.model, training.step  # compiled as the trial's own (`compile_wanted`)
     gen = torch.Generator().manual_seed(0)
     batch = cfg.optim.batch_size
     shape = (batch, cfg.data.clip_frames, cfg.crop, cfg.crop, 3)

@@ -13,41 +13,22 @@ from pathlib import Path
 from typing import Any
 
 from mtsearch.files import write_atomic
+from mtsearch.metrics import MAXIMISE, display_scale, title
+from mtsearch.metrics import label as metric_label
 from mtsearch.report import (
     Study,
     ablation,
     best_score,
     leaderboard,
-    metric_unit,
     param_display_value,
     short_labels,
 )
 
-METRIC_NAMES = {
-    "val_hit1": "validation hit@1",
-    "val_hit5": "validation hit@5",
-    "train_hit1": "training hit@1",
-    "dir_acc": "time-direction accuracy",
-    "loss": "training loss",
-    "loss_cls": "classification loss",
-    "loss_track": "tracking loss",
-    "loss_dir": "direction loss",
-    "lr": "learning rate",
-    "epoch_s": "epoch time",
-    "clips_per_s": "training throughput",
-}
 KEY_NAMES = {
     "loss.w_track": "w_track (w1, tracking loss weight)",
     "loss.w_dir": "w_dir (w2, direction loss weight)",
 }
 DPI = 120
-
-
-def metric_label(metric: str, unit: str) -> str:
-    name = METRIC_NAMES.get(metric, metric)
-    if metric == "epoch_s":
-        unit = "s"
-    return f"{name} ({unit})" if unit else name
 
 
 def _new_figure(width: float, height: float):  # -> matplotlib.figure.Figure
@@ -80,7 +61,6 @@ def _is_log_key(study: Study, key: str, values: Sequence[float]) -> bool:
 
 def learning_curves(study: Study, path: Path) -> Path | None:
     """Metric and training l_cls per epoch, one line per trial; pruned trials faded, failed dotted."""
-    import matplotlib as mpl
 
     trial_ids = [
         str(t.get("trial_id")) for t in study.trials if study.epochs.get(str(t.get("trial_id")))
@@ -88,24 +68,13 @@ def learning_curves(study: Study, path: Path) -> Path | None:
     if not trial_ids:
         return None
     status = {str(t.get("trial_id")): str(t.get("status")) for t in study.trials}
-    scale, unit = metric_unit(study.metric, [v for tid in trial_ids for _, v in study.curve(tid)])
+    scale, unit = display_scale(study.metric, [v for tid in trial_ids for _, v in study.curve(tid)])
     board = leaderboard(study)
     rank = {row["trial_id"]: row["rank"] for row in board.rows}
     fig = _new_figure(12, 4.8)
     ax_metric, ax_loss = fig.subplots(1, 2)
 
-    if study.is_grid:
-        cells = sorted({str(t.get("cell")) for t in study.trials})
-        palette = mpl.colormaps["tab10"]
-        cell_of = {str(t.get("trial_id")): str(t.get("cell")) for t in study.trials}
-        color_of = {tid: palette(cells.index(cell_of[tid]) % 10) for tid in trial_ids}
-    else:
-        cmap = mpl.colormaps["viridis"]
-        n = max(1, len(rank) - 1)
-        color_of = {
-            tid: (cmap(0.9 - 0.8 * (rank[tid] - 1) / n) if tid in rank else (0.5, 0.5, 0.5, 1.0))
-            for tid in trial_ids
-        }
+    color_of = _curve_colors(study, trial_ids, rank)
 
     labelled_cells: set[str] = set()
     for tid in trial_ids:
@@ -116,7 +85,7 @@ def learning_curves(study: Study, path: Path) -> Path | None:
         elif st in ("error", "diverged"):
             style.update(linestyle=":", alpha=0.6)
         label = None
-        if study.is_grid:
+        if study.is_ablation:
             cell = str(next(t.get("cell") for t in study.trials if str(t.get("trial_id")) == tid))
             if cell not in labelled_cells:
                 labelled_cells.add(cell)
@@ -136,7 +105,7 @@ def learning_curves(study: Study, path: Path) -> Path | None:
 
     ax_metric.set_xlabel("epoch")
     ax_metric.set_ylabel(metric_label(study.metric, unit))
-    ax_metric.set_title(f"{METRIC_NAMES.get(study.metric, study.metric)} per evaluated epoch")
+    ax_metric.set_title(f"{title(study.metric)} per evaluated epoch")
     ax_loss.set_xlabel("epoch")
     # l_cls, not the total: totals weigh the (negative) tracking term differently in every trial
     ax_loss.set_ylabel("classification loss l_cls (cross-entropy)")
@@ -144,10 +113,34 @@ def learning_curves(study: Study, path: Path) -> Path | None:
     for ax in (ax_metric, ax_loss):
         ax.grid(True, alpha=0.3)
         ax.xaxis.get_major_locator().set_params(integer=True)
+    _curve_legend(ax_metric, study)
+    fig.suptitle(f"{study.name}: learning curves of {len(trial_ids)} trials")
+    return _save(fig, path)
+
+
+def _curve_colors(study: Study, trial_ids: list[str], rank: dict[str, int]) -> dict[str, Any]:
+    """A colour per trial: by cell in a grid, by rank (best brightest) in a search."""
+    import matplotlib as mpl
+
+    if study.is_ablation:
+        cells = sorted({str(t.get("cell")) for t in study.trials})
+        palette = mpl.colormaps["tab10"]
+        cell_of = {str(t.get("trial_id")): str(t.get("cell")) for t in study.trials}
+        return {tid: palette(cells.index(cell_of[tid]) % 10) for tid in trial_ids}
+    cmap = mpl.colormaps["viridis"]
+    n = max(1, len(rank) - 1)
+    return {
+        tid: (cmap(0.9 - 0.8 * (rank[tid] - 1) / n) if tid in rank else (0.5, 0.5, 0.5, 1.0))
+        for tid in trial_ids
+    }
+
+
+def _curve_legend(ax: Any, study: Study) -> None:
+    """Cells (a grid) or the top trials in rank order (a search), then the line styles' meaning."""
     from matplotlib.lines import Line2D
 
-    handles, labels = ax_metric.get_legend_handles_labels()
-    if not study.is_grid:  # top trials in rank order
+    handles, labels = ax.get_legend_handles_labels()
+    if not study.is_ablation:  # top trials in rank order
         pairs = sorted(zip(handles, labels), key=lambda hl: int(hl[1].split()[0].lstrip("#")))
         handles, labels = [h for h, _ in pairs], [lb for _, lb in pairs]
     handles += [
@@ -155,16 +148,8 @@ def learning_curves(study: Study, path: Path) -> Path | None:
         Line2D([], [], color="gray", linestyle=":", alpha=0.6),
     ]
     labels += ["pruned (faded)", "error / diverged (dotted)"]
-    ax_metric.legend(
-        handles,
-        labels,
-        fontsize=8,
-        loc="best",
-        title="cell" if study.is_grid else "top trials (rank, id)",
-        title_fontsize=8,
-    )
-    fig.suptitle(f"{study.name}: learning curves of {len(trial_ids)} trials")
-    return _save(fig, path)
+    ax.legend(handles, labels, fontsize=8, loc="best",
+              title="cell" if study.is_ablation else "top trials (rank, id)", title_fontsize=8)
 
 
 # ---- search figures ----------------------------------------------------------------------------
@@ -186,7 +171,7 @@ def weights_scatter(
             points.append((x, y, score, trial.get("status") == "pruned"))
     if not points and not failed:
         return None
-    scale, unit = metric_unit(study.metric, [p[2] for p in points])
+    scale, unit = display_scale(study.metric, [p[2] for p in points])
     fig = _new_figure(7.5, 6)
     ax = fig.subplots()
     if points:
@@ -213,11 +198,7 @@ def weights_scatter(
                 label="pruned by ASHA (faded squares)" if pruned else "completed / running",
             )
         fig.colorbar(sc, ax=ax, label=f"best {metric_label(study.metric, unit)}")
-        best = (
-            max(points, key=lambda p: p[2])
-            if study.mode == "max"
-            else min(points, key=lambda p: p[2])
-        )
+        best = max(points, key=lambda p: study.direction.key(p[2]))
         ax.scatter(
             [best[0]],
             [best[1]],
@@ -272,6 +253,21 @@ def _axis_positions(
     return [None if v is None else where[str(v)] for v in values], [(where[c], c) for c in cats]
 
 
+def _axis_label(study: Study, key: str, values: list[Any]) -> str:
+    """A searched key's axis label: its short name, and whether the axis is logarithmic."""
+    numeric = [v for v in values if isinstance(v, (int, float))]
+    return KEY_NAMES.get(key, key).split(" (")[0] + ("\n(log scale)" if _is_log_key(study, key, numeric) else "")
+
+
+def _draw_axes(ax: Any, ticks: list[list[tuple[float, str]]]) -> None:
+    """The vertical axes of a parallel-coordinates plot, with their tick labels."""
+    for j, tk in enumerate(ticks):
+        ax.axvline(j, color="black", linewidth=0.8)
+        for y, text in tk:
+            ax.text(j + 0.04, y, text, fontsize=8, va="center", ha="left",
+                    bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.7, "pad": 1})
+
+
 def parallel_coordinates(study: Study, path: Path) -> Path | None:
     """One vertical axis per searched key plus the metric; each trial a line coloured by its score."""
     import matplotlib as mpl
@@ -284,7 +280,7 @@ def parallel_coordinates(study: Study, path: Path) -> Path | None:
         rows.append((trial, score))
     if not rows or not study.params:
         return None
-    scale, unit = metric_unit(study.metric, [s for _, s in rows])
+    scale, unit = display_scale(study.metric, [s for _, s in rows])
     keys = list(study.params)
     columns: list[list[float | None]] = []
     ticks: list[list[tuple[float, str]]] = []
@@ -295,17 +291,7 @@ def parallel_coordinates(study: Study, path: Path) -> Path | None:
     pos, tk = _axis_positions(study, study.metric, [s * scale for _, s in rows])
     columns.append(pos)
     ticks.append(tk)
-    labels = [
-        KEY_NAMES.get(k, k).split(" (")[0]
-        + (
-            "\n(log scale)"
-            if _is_log_key(
-                study, k, [t.get(k) for t, _ in rows if isinstance(t.get(k), (int, float))]
-            )
-            else ""
-        )
-        for k in keys
-    ]
+    labels = [_axis_label(study, k, [t.get(k) for t, _ in rows]) for k in keys]
     labels.append(metric_label(study.metric, unit))
 
     fig = _new_figure(max(7.0, 2.0 * len(labels) + 2), 5.5)
@@ -313,35 +299,17 @@ def parallel_coordinates(study: Study, path: Path) -> Path | None:
     cmap = mpl.colormaps["viridis"]
     scores = [s for _, s in rows]
     lo, hi = min(scores), max(scores)
-    order = sorted(range(len(rows)), key=lambda i: scores[i] if study.mode == "max" else -scores[i])
+    order = sorted(range(len(rows)), key=lambda i: study.direction.key(scores[i]))
     for i in order:  # best drawn last, on top
         trial, score = rows[i]
         frac = 0.5 if hi == lo else (score - lo) / (hi - lo)
-        frac = frac if study.mode == "max" else 1 - frac
+        frac = frac if study.direction == MAXIMISE else 1 - frac
         ys = [columns[j][i] for j in range(len(labels))]
         xs = [j for j, y in enumerate(ys) if y is not None]
         pruned = trial.get("status") == "pruned"
-        ax.plot(
-            xs,
-            [ys[j] for j in xs],
-            color=cmap(frac),
-            alpha=0.3 if pruned else 0.9,
-            linewidth=1.0 if pruned else 1.8,
-            marker="o",
-            markersize=3,
-        )
-    for j, tk in enumerate(ticks):
-        ax.axvline(j, color="black", linewidth=0.8)
-        for y, text in tk:
-            ax.text(
-                j + 0.04,
-                y,
-                text,
-                fontsize=8,
-                va="center",
-                ha="left",
-                bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.7, "pad": 1},
-            )
+        ax.plot(xs, [ys[j] for j in xs], color=cmap(frac), alpha=0.3 if pruned else 0.9,
+                linewidth=1.0 if pruned else 1.8, marker="o", markersize=3)
+    _draw_axes(ax, ticks)
     ax.set_xticks(range(len(labels)))
     ax.set_xticklabels(labels, fontsize=9)
     ax.set_yticks([])
@@ -354,12 +322,12 @@ def parallel_coordinates(study: Study, path: Path) -> Path | None:
 
     norm = Normalize(vmin=lo * scale, vmax=hi * scale if hi > lo else lo * scale + 1e-9)
     fig.colorbar(
-        ScalarMappable(norm=norm, cmap=cmap if study.mode == "max" else cmap.reversed()),
+        ScalarMappable(norm=norm, cmap=cmap if study.direction == MAXIMISE else cmap.reversed()),
         ax=ax,
         label=f"best {metric_label(study.metric, unit)}",
     )
     ax.set_title(
-        f"{study.name}: searched keys against best {METRIC_NAMES.get(study.metric, study.metric)}\n"
+        f"{study.name}: searched keys against best {title(study.metric)}\n"
         f"one line per scored trial ({len(rows)}), pruned trials faded",
         fontsize=10,
     )
@@ -375,7 +343,7 @@ def ablation_bars(study: Study, path: Path) -> Path | None:
     cells = [c for c in report.cells if c.n > 0]
     if not cells:
         return None
-    scale, unit = metric_unit(report.metric, [c.best.mean for c in cells])
+    scale, unit = display_scale(report.metric, [c.best.mean for c in cells])
     _, names = short_labels([c.cell for c in cells], report.factors)
     has_deltas = report.reference is not None and any(
         c.delta_best and c.delta_best.n for c in cells
@@ -399,17 +367,7 @@ def ablation_bars(study: Study, path: Path) -> Path | None:
     for bar, cell in zip(bars, cells):
         if cell.is_reference:
             bar.set_hatch("//")
-    cell_trials: dict[str, list[float]] = {}
-    for trial in study.trials:
-        score = best_score(study, trial)
-        if trial.get("status") == "completed" and score is not None:
-            cell_trials.setdefault(str(trial.get("cell")), []).append(score)
-    for x, cell in zip(xs, cells):
-        pts = cell_trials.get(cell.cell, [])
-        offsets = [(i - (len(pts) - 1) / 2) * 0.08 for i in range(len(pts))]
-        ax.scatter(
-            [x + o for o in offsets], [p * scale for p in pts], color="black", s=14, zorder=3
-        )
+    _seed_dots(ax, study, cells, scale)
     ref = next((c for c in cells if c.is_reference), None)
     if ref is not None:
         ax.axhline(
@@ -431,36 +389,40 @@ def ablation_bars(study: Study, path: Path) -> Path | None:
     ax.grid(True, axis="y", alpha=0.3)
 
     if has_deltas:
-        ax2 = axes[1]
-        others = [
-            (n, c)
-            for n, c in zip(names, cells)
-            if not c.is_reference and c.delta_best and c.delta_best.n
-        ]
-        verdict_color = {"helps": "#2a9d4b", "hurts": "#c0392b"}
-        for i, (_name, cell) in enumerate(others):
-            d = cell.delta_best
-            ax2.errorbar(
-                [d.mean * scale],
-                [i],
-                xerr=[[(d.half_width or 0) * scale]] * 2 if d.half_width else None,
-                fmt="o",
-                capsize=5,
-                color=verdict_color.get(cell.verdict or "", "#555555"),
-            )
-        ax2.axvline(0, color="gray", linestyle="--", linewidth=1)
-        ax2.set_yticks(range(len(others)))
-        ax2.set_yticklabels([f"{n} (pairs={c.delta_best.n})" for n, c in others], fontsize=9)
-        ax2.invert_yaxis()
-        ax2.set_xlabel(f"Δ best {metric_label(report.metric, unit)} vs reference")
-        ax2.set_title(
-            "paired difference vs reference (same seeds), 95% CI;\n"
-            "green: helps, red: hurts, gray: indistinguishable",
-            fontsize=10,
-        )
-        ax2.grid(True, axis="x", alpha=0.3)
+        _delta_panel(axes[1], report, list(zip(names, cells)), scale, unit)
     fig.suptitle(f"{study.name}: ablation of {', '.join(report.factors) or 'cells'}")
     return _save(fig, path)
+
+
+def _seed_dots(ax: Any, study: Study, cells: list[Any], scale: float) -> None:
+    """Each completed run's best score as a dot over its cell's bar."""
+    cell_trials: dict[str, list[float]] = {}
+    for trial in study.trials:
+        score = best_score(study, trial)
+        if trial.get("status") == "completed" and score is not None:
+            cell_trials.setdefault(str(trial.get("cell")), []).append(score)
+    for x, cell in enumerate(cells):
+        pts = cell_trials.get(cell.cell, [])
+        offsets = [(i - (len(pts) - 1) / 2) * 0.08 for i in range(len(pts))]
+        ax.scatter([x + o for o in offsets], [p * scale for p in pts], color="black", s=14, zorder=3)
+
+
+def _delta_panel(ax: Any, report: Any, named: list[tuple[str, Any]], scale: float, unit: str) -> None:
+    """Each cell's paired difference from the reference, coloured by its verdict."""
+    others = [(n, c) for n, c in named if not c.is_reference and c.delta_best and c.delta_best.n]
+    verdict_color = {"helps": "#2a9d4b", "hurts": "#c0392b"}
+    for i, (_name, cell) in enumerate(others):
+        d = cell.delta_best
+        ax.errorbar([d.mean * scale], [i], xerr=[[(d.half_width or 0) * scale]] * 2 if d.half_width else None,
+                    fmt="o", capsize=5, color=verdict_color.get(cell.verdict or "", "#555555"))
+    ax.axvline(0, color="gray", linestyle="--", linewidth=1)
+    ax.set_yticks(range(len(others)))
+    ax.set_yticklabels([f"{n} (pairs={c.delta_best.n})" for n, c in others], fontsize=9)
+    ax.invert_yaxis()
+    ax.set_xlabel(f"Δ best {metric_label(report.metric, unit)} vs reference")
+    ax.set_title("paired difference vs reference (same seeds), 95% CI;\n"
+                 "green: helps, red: hurts, gray: indistinguishable", fontsize=10)
+    ax.grid(True, axis="x", alpha=0.3)
 
 
 # ---- all of them -------------------------------------------------------------------------------
@@ -475,7 +437,7 @@ def make_plots(
     written: list[Path | None] = [learning_curves(study, out_dir / "learning_curves.png")]
     if written[0] is None:
         warn("no epochs recorded yet: no learning curves")
-    if study.is_grid:
+    if study.is_ablation:
         written.append(ablation_bars(study, out_dir / "ablation_bars.png"))
     else:
         if "loss.w_track" in study.params and "loss.w_dir" in study.params:

@@ -1,4 +1,4 @@
-"""Checks of a study against its dataset, before anything starts (issue 9).
+"""Checks of a study against its dataset, before anything starts.
 
 Some values are valid in a space file yet impossible on the data: a `data.fps` above every
 video's frame rate makes every trial with it fail after Ray has started. The driver already

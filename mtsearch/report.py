@@ -4,19 +4,20 @@ Everything here reads `trials/<name>/` (space.yaml through `mtsearch.space`, tri
 epochs.parquet through `mtsearch.store`, optuna.db) and returns plain values: `mtsearch.cli.render`
 lays them out as text and `mtsearch.plots` as figures. The interval arithmetic lives in
 `mtsearch.stats`; what is decided here is which numbers go in (completed runs, paired seeds) and how a
-metric is shown (`metric_unit`, `fmt_number`), since the report's reading line shows numbers too.
+metric is shown (`fmt_number`; scales in `metrics.py`), since the report's reading line shows numbers too.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from mtsearch.config import TrialConfig, branches_label, flatten_keys, predates_validation
 from mtsearch.errors import InvalidInput
+from mtsearch.metrics import MAXIMISE, Direction, counterpart_on_test, direction, display_scale
 from mtsearch.space import SpaceSpec, factor_keys, load_study_space
 from mtsearch.stats import Interval, paired_differences, paired_verdict, summarize
 from mtsearch.store import EPOCHS_FILE, TRIALS_FILE, epoch_rows, is_ranked, trial_rows
@@ -47,18 +48,22 @@ class Study:
         return self.space.mode
 
     @property
+    def direction(self) -> Direction:
+        return direction(self.space.mode)
+
+    @property
     def spec(self) -> dict[str, Any]:
         """The space as space.yaml spells it (`space: {key: {loguniform: [lo, hi]}}`, ...)."""
         return self.space.to_dict()
 
     @property
-    def is_grid(self) -> bool:
+    def is_ablation(self) -> bool:
         """A grid file's study (`mtsearch ablate`): trials are cells repeated over seeds."""
         return self.space.is_ablation
 
     @property
     def selection(self) -> str:
-        """The split that selected (issue 12): `val`, or `test` (data.selection: test, or a study
+        """The split that selected: `val`, or `test` (data.selection: test, or a study
         recorded before validation splits existed)."""
         for trial in self.trials:
             config = trial.get("config")
@@ -129,12 +134,12 @@ def best_score(study: Study, trial: Mapping[str, Any]) -> float | None:
     """The trial's best value of the study metric: the trainer's `best_<metric>` column when the
     metric is val_hit1/val_hit5 maximised, otherwise the best epoch value in epochs.parquet."""
     column = f"best_{study.metric}"
-    if study.mode == "max" and _finite(trial.get(column)):
+    if study.direction == MAXIMISE and _finite(trial.get(column)):
         return float(trial[column])
     values = [v for _, v in study.curve(str(trial.get("trial_id")))]
     if not values:
         return None
-    return max(values) if study.mode == "max" else min(values)
+    return study.direction.best(values)
 
 
 def final_score(study: Study, trial: Mapping[str, Any]) -> float | None:
@@ -165,7 +170,7 @@ class Leaderboard:
     unranked: list[dict[str, Any]]  # trial_id, status, error, epochs_done
     counts: dict[str, int]
     total_ranked: int
-    selection_note: str | None = None  # set when the test split selected (issue 12)
+    selection_note: str | None = None  # set when the test split selected
 
 
 def param_display_value(value: Any) -> Any:
@@ -198,8 +203,7 @@ def leaderboard(study: Study, top: int | None = None) -> Leaderboard:
             )
             continue
         scored.append((score, order, trial))
-    sign = -1.0 if study.mode == "max" else 1.0
-    scored.sort(key=lambda item: (sign * item[0], item[1]))
+    scored.sort(key=lambda item: (study.direction.rank_key(item[0]), item[1]))
     rows = []
     for rank, (score, _, trial) in enumerate(scored, start=1):
         row: dict[str, Any] = {
@@ -291,8 +295,8 @@ class CellStats:
     delta_best: Interval | None  # paired (same seeds) cell - reference; None for the reference
     delta_final: Interval | None
     verdict: str | None = None  # helps | hurts | indistinguishable | too few pairs
-    test: Interval = field(default_factory=lambda: summarize([]))  # final weights, test split (issue 12)
-    # does its tracking branch track (issue 13): the last evaluation's track_gain (built-in set)
+    test: Interval = field(default_factory=lambda: summarize([]))  # final weights, test split
+    # does its tracking branch track: the last evaluation's track_gain (built-in set)
     # or cycle_gain (other sets) per run; empty without a tracking branch
     tracking: Interval = field(default_factory=lambda: summarize([]))
 
@@ -349,85 +353,20 @@ def ablation(study: Study) -> AblationReport:
     """Per cell n, mean, sd and t interval of the best and final metric, and paired deltas against
     the reference cell over matching seeds. Only completed runs count (a pruned or failed run has
     no comparable final value); the rest are reported per cell as `not_counted`."""
-    grouped: dict[str, list[dict[str, Any]]] = {}
-    configs: dict[str, list[dict[str, Any]]] = {}
-    for trial in study.trials:
-        flat = _flat_config(trial)
-        flat.update({k: _comparable(k, trial[k]) for k in study.params if trial.get(k) is not None})
-        label = trial.get("cell")
-        if label is None:
-            label = (
-                ",".join(f"{k}={level_text(_comparable(k, trial.get(k)))}" for k in study.params)
-                or "all"
-            )
-        grouped.setdefault(str(label), []).append(trial)
-        configs.setdefault(str(label), []).append(flat)
-
-    # factors: config keys whose value differs between cells (constant within a cell)
-    cell_levels: dict[str, dict[str, Any]] = {}
-    for label, flats in configs.items():
-        common = dict(flats[0]) if flats else {}
-        for flat in flats[1:]:
-            common = {k: v for k, v in common.items() if flat.get(k) == v}
-        cell_levels[label] = common
-    all_keys = set().union(*(set(v) for v in cell_levels.values())) if cell_levels else set()
-    factors = sorted(
-        k
-        for k in all_keys - _IGNORED_FACTORS
-        if len({lv.get(k) for lv in cell_levels.values()}) > 1
-    )
-    preferred = [k for k in study.params if k in factors]
-    factors = preferred + [k for k in factors if k not in preferred]
-    levels = {label: {k: lv.get(k) for k in factors} for label, lv in cell_levels.items()}
+    grouped, configs = _cells_of(study)
+    factors, levels = _factors(study, configs)
     ref_label = study.space.reference_cell()
     if ref_label not in grouped:
         ref_label = None
-
     per_cell_scores: dict[str, tuple[dict[int, float], dict[int, float]]] = {}
     cells: list[CellStats] = []
     gain_columns: list[str] = []  # which tracking gain the counted runs report
     for label, trials in grouped.items():
-        best_by_seed: dict[int, float] = {}
-        final_by_seed: dict[int, float] = {}
-        test_values: list[float | None] = []
-        tracking_values: list[float] = []
-        not_counted: dict[str, int] = {}
-        for trial in trials:
-            status = str(trial.get("status"))
-            best = best_score(study, trial)
-            if status != "completed" or best is None:
-                not_counted[status] = not_counted.get(status, 0) + 1
-                continue
-            seed = int(trial["seed"]) if trial.get("seed") is not None else len(best_by_seed)
-            if seed in best_by_seed:  # a repeated seed: keep the first run, count the extra apart
-                not_counted["duplicate seed"] = not_counted.get("duplicate seed", 0) + 1
-                continue
-            best_by_seed[seed] = best
-            final = final_score(study, trial)
-            if final is not None:
-                final_by_seed[seed] = final
-            test_values.append(trial.get(test_column(study.metric)))
-            gain = last_tracking_gain(study, trial)
-            if gain is not None:
-                tracking_values.append(gain[1])
-                gain_columns.append(gain[0])
+        cell, best_by_seed, final_by_seed, gains = _cell_stats(study, label, trials)
+        cell.levels, cell.is_reference = levels.get(label, {}), label == ref_label
         per_cell_scores[label] = (best_by_seed, final_by_seed)
-        cells.append(
-            CellStats(
-                cell=label,
-                levels=levels.get(label, {}),
-                is_reference=label == ref_label,
-                n=len(best_by_seed),
-                not_counted=not_counted,
-                seeds=sorted(best_by_seed),
-                best=summarize(best_by_seed.values()),
-                final=summarize(final_by_seed.values()),
-                delta_best=None,
-                delta_final=None,
-                test=summarize(test_values),
-                tracking=summarize(tracking_values),
-            )
-        )
+        cells.append(cell)
+        gain_columns += gains
 
     if ref_label is not None:
         ref_best, ref_final = per_cell_scores[ref_label]
@@ -439,7 +378,7 @@ def ablation(study: Study) -> AblationReport:
             cell.delta_final = summarize(paired_differences(final_by_seed, ref_final).values())
             cell.verdict = paired_verdict(cell.delta_best, study.mode)
 
-    sign = -1.0 if study.mode == "max" else 1.0
+    sign = -study.direction.sign
     cells.sort(
         key=lambda c: (
             not c.is_reference,
@@ -463,12 +402,99 @@ def ablation(study: Study) -> AblationReport:
     return report
 
 
+def _cells_of(study: Study) -> tuple[dict[str, list[dict[str, Any]]], dict[str, list[dict[str, Any]]]]:
+    """The trials of each cell, and their flat configs (searched values in comparable form)."""
+    grouped: dict[str, list[dict[str, Any]]] = {}
+    configs: dict[str, list[dict[str, Any]]] = {}
+    for trial in study.trials:
+        flat = _flat_config(trial)
+        flat.update({k: _comparable(k, trial[k]) for k in study.params if trial.get(k) is not None})
+        label = trial.get("cell")
+        if label is None:
+            label = (
+                ",".join(f"{k}={level_text(_comparable(k, trial.get(k)))}" for k in study.params)
+                or "all"
+            )
+        grouped.setdefault(str(label), []).append(trial)
+        configs.setdefault(str(label), []).append(flat)
+    return grouped, configs
+
+
+def _factors(
+    study: Study, configs: dict[str, list[dict[str, Any]]]
+) -> tuple[list[str], dict[str, dict[str, Any]]]:
+    """The factors (config keys whose value differs between cells, constant within one; the
+    searched keys first) and each cell's level of every factor."""
+    cell_levels: dict[str, dict[str, Any]] = {}
+    for label, flats in configs.items():
+        common = dict(flats[0]) if flats else {}
+        for flat in flats[1:]:
+            common = {k: v for k, v in common.items() if flat.get(k) == v}
+        cell_levels[label] = common
+    all_keys = set().union(*(set(v) for v in cell_levels.values())) if cell_levels else set()
+    factors = sorted(
+        k
+        for k in all_keys - _IGNORED_FACTORS
+        if len({lv.get(k) for lv in cell_levels.values()}) > 1
+    )
+    preferred = [k for k in study.params if k in factors]
+    factors = preferred + [k for k in factors if k not in preferred]
+    return factors, {label: {k: lv.get(k) for k in factors} for label, lv in cell_levels.items()}
+
+
+def _cell_stats(
+    study: Study, label: str, trials: list[dict[str, Any]]
+) -> tuple[CellStats, dict[int, float], dict[int, float], list[str]]:
+    """One cell's statistics over its completed runs (one per seed), its best and final score by
+    seed for the paired deltas, and which tracking gain column its runs reported."""
+    best_by_seed: dict[int, float] = {}
+    final_by_seed: dict[int, float] = {}
+    test_values: list[float | None] = []
+    tracking_values: list[float] = []
+    gain_columns: list[str] = []
+    not_counted: dict[str, int] = {}
+    for trial in trials:
+        status = str(trial.get("status"))
+        best = best_score(study, trial)
+        if status != "completed" or best is None:
+            not_counted[status] = not_counted.get(status, 0) + 1
+            continue
+        seed = int(trial["seed"]) if trial.get("seed") is not None else len(best_by_seed)
+        if seed in best_by_seed:  # a repeated seed: keep the first run, count the extra apart
+            not_counted["duplicate seed"] = not_counted.get("duplicate seed", 0) + 1
+            continue
+        best_by_seed[seed] = best
+        final = final_score(study, trial)
+        if final is not None:
+            final_by_seed[seed] = final
+        test_values.append(trial.get(counterpart_on_test(study.metric)))
+        gain = last_tracking_gain(study, trial)
+        if gain is not None:
+            tracking_values.append(gain[1])
+            gain_columns.append(gain[0])
+    cell = CellStats(
+        cell=label,
+        levels={},
+        is_reference=False,
+        n=len(best_by_seed),
+        not_counted=not_counted,
+        seeds=sorted(best_by_seed),
+        best=summarize(best_by_seed.values()),
+        final=summarize(final_by_seed.values()),
+        delta_best=None,
+        delta_final=None,
+        test=summarize(test_values),
+        tracking=summarize(tracking_values),
+    )
+    return cell, best_by_seed, final_by_seed, gain_columns
+
+
 # ---- showing numbers (tables, the reading line, figures) ---------------------------------------
 
 METRIC_DIGITS = 3  # significant digits of a metric value that is not a percentage
 
 
-TRACKING_GAINS = ("track_gain", "cycle_gain")  # issue 13: ground truth where it exists
+TRACKING_GAINS = ("track_gain", "cycle_gain")  # ground truth where it exists
 
 
 def last_tracking_gain(study: Study, trial: Mapping[str, Any]) -> tuple[str, float] | None:
@@ -480,23 +506,10 @@ def last_tracking_gain(study: Study, trial: Mapping[str, Any]) -> tuple[str, flo
     return None
 
 
-def test_column(metric: str) -> str:
-    """The trials.parquet test figure that goes with a metric (val_hit5 -> test_hit5)."""
-    return "test_hit5" if metric == "val_hit5" else "test_hit1"
-
-
-def metric_unit(metric: str, values: Iterable[float | None]) -> tuple[float, str]:
-    """(scale, unit) for showing a metric: hit rates and accuracies in [0, 1] as percent points."""
-    finite = [v for v in values if v is not None and math.isfinite(v)]
-    if ("hit" in metric or "acc" in metric) and finite and all(0.0 <= v <= 1.0 for v in finite):
-        return 100.0, "%"
-    return 1.0, ""
-
-
 def ablation_scale(report: AblationReport) -> tuple[float, str]:
-    """`metric_unit` decided on the observed means: CI bounds of tiny samples can leave [0, 1]
+    """`display_scale` decided on the observed means: CI bounds of tiny samples can leave [0, 1]
     legitimately, which must not switch the whole table out of percent."""
-    return metric_unit(
+    return display_scale(
         report.metric, [v for c in report.cells for v in (c.best.mean, c.final.mean)]
     )
 

@@ -39,6 +39,7 @@ from mtsearch.errors import (
 )
 from mtsearch.files import write_atomic
 from mtsearch.footprint import shortfall_warning
+from mtsearch.metrics import direction
 from mtsearch.packing import Probe, TrialResources, larger_share, plan_resources
 from mtsearch.space import Distribution, SpaceSpec, expand_params
 from mtsearch.store import StudyStore, is_ranked
@@ -150,7 +151,7 @@ def run_trial(config: dict[str, Any], *, base: dict[str, Any], metric: str, mode
     """
     train = trainer or _default_trainer()
     cfg = TrialConfig.from_mapping(base, "<study base>").with_overrides(expand_params(config), "<trial>")
-    last = {"objective": -math.inf if mode == "max" else math.inf, "epoch": 0}
+    last = {"objective": direction(mode).worst, "epoch": 0}
     notes: list[str] = []  # the trainer's log (skipped videos, resumes, retries), shown by the driver
 
     def send(metrics: dict[str, Any], checkpoint: Any = None) -> None:
@@ -406,7 +407,7 @@ def _retain_checkpoints(live: _Live) -> None:
     scores = {tid: _score(live.spec, live.store, tid) for tid in finished}
     ranked = [tid for tid, row in finished.items()
               if row["status"] == "completed" and is_ranked(row["status"], scores[tid])]
-    ranked.sort(key=lambda tid: scores[tid], reverse=live.spec.mode == "max")
+    ranked.sort(key=lambda tid: direction(live.spec.mode).rank_key(scores[tid]))
     kept = set(ranked[: live.spec.keep_checkpoints])
     for tid in finished:
         if tid not in kept:
@@ -462,7 +463,7 @@ def _score(spec: SpaceSpec, store: StudyStore, trial_id: str) -> float | None:
     values = [v for v in values if v is not None]
     if not values:
         return None
-    return max(values) if spec.mode == "max" else min(values)
+    return direction(spec.mode).best(values)
 
 
 def _snapshot(live: _Live) -> SearchProgress:
@@ -649,16 +650,16 @@ def _make_tuner(
         return tune.Tuner.restore(str(tune_path), trainable, resume_unfinished=True, resume_errored=rerun)
     if tune_path.exists() and fresh:  # an interrupted start that never saved Tune's state
         shutil.rmtree(tune_path)
-    samples, seeds = (1 if spec.is_grid else spec.search.num_samples), None
+    samples, seeds = (1 if spec.is_enumerated else spec.search.num_samples), None
     if extend_from is not None:
-        samples = 1 if spec.is_grid else spec.total_trials - extend_from.total_trials
+        samples = 1 if spec.is_enumerated else spec.total_trials - extend_from.total_trials
         seeds = range(extend_from.repeats, spec.repeats) if spec.is_ablation else None
     return tune.Tuner(
         trainable,
         param_space=param_space(spec, seeds) if spec.is_grid else None,  # a search's: its searcher's
         tune_config=tune.TuneConfig(
             metric=OBJECTIVE, mode=spec.mode,
-            search_alg=None if spec.is_grid else optuna_searcher(
+            search_alg=None if spec.is_enumerated else optuna_searcher(
                 spec, study_dir, extend_from.total_trials if extend_from is not None else 0),
             scheduler=scheduler(spec, store),
             num_samples=samples,

@@ -119,7 +119,7 @@ SETTINGS: dict[str, dict[str, SettingField]] = {
         "max_failures": SettingField(0, as_int, at_least(0)),  # the configuration's own failures
         "max_restarts": SettingField(3, as_int, at_least(0)),  # faults of the machine, apart
     },
-    # the checkpoints of the best K finished trials are kept; others' are deleted (issue 10)
+    # the checkpoints of the best K finished trials are kept; others' are deleted
     "storage": {"keep_checkpoints": SettingField(3, as_int, at_least(0))},
 }
 

@@ -26,6 +26,7 @@ from mtsearch.config import (
     with_thesis_tracking,
 )
 from mtsearch.errors import InvalidInput, did_you_mean
+from mtsearch.metrics import MODES, OBJECTIVES, TEST_METRICS, default_mode
 from mtsearch.settings import (
     Resources,
     SchedulerSettings,
@@ -36,11 +37,8 @@ from mtsearch.settings import (
     read_scheduler,
     read_search,
 )
-from mtsearch.store import EPOCH_METRICS
 from mtsearch.yamlio import dump_yaml, read_yaml
 
-# Metrics reported once per epoch by the trainer (SPEC epochs.parquet) that a study may optimise.
-_LOWER_IS_BETTER = frozenset({"loss", "loss_cls", "loss_track", "loss_dir", "epoch_s"})
 SEARCH, ABLATION = "search", "ablation"  # a space file (`run`) and a grid file (`ablate`)
 DISTRIBUTIONS: tuple[str, ...] = ("uniform", "loguniform", "int", "logint", "choice", "grid")
 # the split a study selects on: every trial of a study must see the same one (SPEC: never searched)
@@ -91,7 +89,7 @@ class SpaceSpec:
 
     # ---- derived --------------------------------------------------------------------------------
     @property
-    def is_grid(self) -> bool:
+    def is_enumerated(self) -> bool:
         """True when trials enumerate a grid (an ablation, or a search with `algorithm: grid`)."""
         return self.is_ablation or self.search.algorithm == "grid"
 
@@ -120,7 +118,7 @@ class SpaceSpec:
 
     @property
     def total_trials(self) -> int:
-        if not self.is_grid:
+        if not self.is_enumerated:
             return self.search.num_samples
         cells = math.prod(len(d.values) for d in self.space.values()) if self.space else 1
         return cells * (self.repeats if self.is_ablation else 1)
@@ -172,7 +170,7 @@ class SpaceSpec:
                 raise InvalidInput(None, "--repeats", "must be >= 1", repeats)
             spec = replace(spec, repeats=repeats)
         if num_samples is not None:
-            if spec.is_grid:
+            if spec.is_enumerated:
                 raise InvalidInput(None, "--num-samples", "does not apply to grids (the grid sets the trial count)",
                                    num_samples)
             if num_samples < 1:
@@ -199,7 +197,7 @@ class SpaceSpec:
             "mode": self.mode,
             "search": {
                 "algorithm": self.search.algorithm,
-                "num_samples": self.total_trials if self.is_grid else self.search.num_samples,
+                "num_samples": self.total_trials if self.is_enumerated else self.search.num_samples,
                 "max_concurrent": self.search.max_concurrent,
                 "seed": self.search.seed,
             },
@@ -293,14 +291,14 @@ def space_from_mapping(
     base = _prefixed_call(lambda: TrialConfig().with_overrides(base_overrides, source), "base")
 
     metric = data.get("metric", "val_hit1")
-    if isinstance(metric, str) and metric.startswith("test_"):
+    if metric in TEST_METRICS:
         raise InvalidInput(source, "metric", "the test split is reported, never optimised; use a validation "
                            "metric such as " + metric.replace("test_", "val_", 1), metric)
-    if metric not in EPOCH_METRICS:
-        raise InvalidInput(source, "metric", "must be an epoch metric: " + ", ".join(EPOCH_METRICS)
-                           + did_you_mean(str(metric), EPOCH_METRICS), metric)
-    mode = data.get("mode", "min" if metric in _LOWER_IS_BETTER else "max")
-    if mode not in ("min", "max"):
+    if metric not in OBJECTIVES:
+        raise InvalidInput(source, "metric", "must be an epoch metric: " + ", ".join(OBJECTIVES)
+                           + did_you_mean(str(metric), OBJECTIVES), metric)
+    mode = data.get("mode", default_mode(metric))
+    if mode not in MODES:
         raise InvalidInput(source, "mode", "must be min or max", mode)
 
     search = read_search(data.get("search"), source, kind == ABLATION)
@@ -345,7 +343,7 @@ def load_study_space(study_dir: str | Path) -> SpaceSpec:
     path = Path(study_dir) / "space.yaml"
     data = read_yaml(path)
     if isinstance(data, Mapping) and isinstance(data.get("base"), Mapping):
-        # a study begun before issue 13 ran the thesis's tracking formula: its new trials do too
+        # a study begun before the tracking keys ran the thesis's tracking formula: its new trials do too
         data = {**data, "base": with_thesis_tracking(flatten_keys(data["base"], str(path)))}
     kind = ABLATION if isinstance(data, Mapping) and "grid" in data else SEARCH
     return space_from_mapping(data, str(path), kind, default_name=Path(study_dir).name)
@@ -569,7 +567,7 @@ def _reference(raw: Any, spec: SpaceSpec) -> dict[str, Any]:
 
 # ---- helpers ----------------------------------------------------------------------------------
 
-def grid_points(spec: SpaceSpec) -> list[dict[str, Any]]:
+def enumerated_points(spec: SpaceSpec) -> list[dict[str, Any]]:
     """Every trial of a grid: the cells in file order, each repeated over seeds 0..repeats-1."""
     keys = list(spec.space)
     points = []

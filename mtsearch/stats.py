@@ -12,6 +12,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from mtsearch.metrics import direction
+
 
 def _beta_continued_fraction(a: float, b: float, x: float) -> float:
     """Continued fraction of the incomplete beta function (modified Lentz), as `betainc` needs it."""
@@ -135,7 +137,8 @@ def paired_verdict(delta: Interval, mode: str) -> str:
     on the side that is better for `mode` (max or min), before a cell is said to change anything."""
     if delta.n < 2 or delta.low is None or delta.high is None:
         return "too few pairs"
-    good_low, good_high = (delta.low, delta.high) if mode == "max" else (-delta.high, -delta.low)
+    sign = direction(mode).sign
+    good_low, good_high = sorted((sign * delta.low, sign * delta.high))
     if good_low > 0:
         return "helps"
     if good_high < 0:

@@ -20,23 +20,19 @@ from pathlib import Path
 from typing import Any
 
 from mtsearch.files import atomic_output
+from mtsearch.metrics import EPOCH_METRICS, TEST_METRICS
 
 TRIALS_FILE = "trials.parquet"
 EPOCHS_FILE = "epochs.parquet"
 STATUSES: tuple[str, ...] = ("running", "completed", "pruned", "error", "diverged")
-EPOCH_METRICS: tuple[str, ...] = (  # what the trainer reports each epoch (SPEC epoch columns)
-    "loss", "loss_cls", "loss_track", "loss_dir", "train_hit1", "val_hit1", "val_hit5",
-    "dir_acc", "lr", "epoch_s", "clips_per_s", "data_wait", "test_hit1", "test_hit5", "track_feat_cos",
-    "track_err_px", "track_gain", "cycle_gain",
-)
 EPOCH_COLUMNS: tuple[str, ...] = ("epoch", *EPOCH_METRICS)
-# what a trial ran on (issue 10): the trainer reports peak memory and device, the driver the share
+# what a trial ran on: the trainer reports peak memory and device, the driver the share
 TRIAL_FIGURES: tuple[str, ...] = ("peak_mem_gib", "gpu_share", "device")
 # faults of the machine, which are not results: restarts from a checkpoint after a lost worker or
 # node, and whether such a fault ended the trial (status error; `--resume` reruns it)
 FAULT_COLUMNS: tuple[str, ...] = ("restarts", "machine_fault")
-# the final weights on the test split, once per trial (issue 12); the final epoch row holds them too
-TEST_COLUMNS: tuple[str, ...] = ("test_hit1", "test_hit5")
+# the final weights on the test split, once per trial; the final epoch row holds them too
+TEST_COLUMNS: tuple[str, ...] = TEST_METRICS
 _ARROW_TYPES = {"float": "float64", "int": "int64", "string": "string", "bool": "bool"}
 
 

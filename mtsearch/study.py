@@ -61,7 +61,7 @@ def open_study(
                                    f"differs from the study's {study_dir / SPACE_FILE}; a resumed study keeps "
                                    "its space: restore the file or pick a new --name")
         if _legacy_protocol(study_dir) and spec.base.data.selection is None:
-            # a study begun before issue 12 selected on the test split: its new trials do too
+            # a study begun before validation splits selected on the test split: its new trials do too
             spec = replace(spec, base=spec.base.with_overrides(
                 {"data.selection": "test", "data.val_fraction": 0.0}, spec.source))
         os.ftruncate(fd, 0)
@@ -73,7 +73,7 @@ def open_study(
 
 
 def _legacy_protocol(study_dir: Path) -> bool:
-    """The study's trials were recorded before issue 12 (`predates_validation`)."""
+    """The study's trials were recorded before validation splits (`predates_validation`)."""
     from mtsearch.store import trial_rows
 
     if not (study_dir / "trials.parquet").exists():

@@ -1,4 +1,4 @@
-"""Does the tracking branch track? Issue 13's figures, gathered during an evaluation.
+"""Does the tracking branch track? The tracking figures, gathered during an evaluation.
 
 - `track_err_px`, `track_gain` (the built-in set only, where ground truth exists: data/truth.py):
   the patch is placed on the main object of each evaluation clip's target frame and walked back

@@ -9,7 +9,7 @@ of an uninterrupted run (same seed, CPU): every random choice is seeded from (se
 ReduceLROnPlateau is stepped each epoch on the epoch's training loss ("the learning rate is
 reduced whenever the loss plateaus", thesis §4.2), so its patience counts epochs.
 
-On a GPU the host must never wait for the device inside an epoch (issue 8): loader workers hand
+On a GPU the host must never wait for the device inside an epoch: loader workers hand
 over uint8 clips in pinned memory, normalised on the device; a step's random choices are drawn on
 the host and copied once; losses accumulate on the device and are read every SYNC_EVERY steps.
 """
@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from mtsearch.config import TrialConfig
 from mtsearch.errors import InvalidInput
 from mtsearch.files import atomic_output
+from mtsearch.metrics import EVALUATED
 from mtsearch.store import EPOCH_COLUMNS, best_epoch
 
 CHECKPOINT_FILE = "state.pt"
@@ -89,7 +90,6 @@ def fit(
     `log` gets progress notes, `warn` (default: `log`) the videos skipped as unreadable.
     """
     from mtsearch.data.clips import make_loader
-    from mtsearch.model import MultiBranchNet
 
     say = log or (lambda msg: None)
     warn = warn or say
@@ -105,16 +105,8 @@ def fit(
     eval_set = val_set if cfg.selection == "val" else test_set
 
     _seed_everything(cfg.seed)
-    model = MultiBranchNet(cfg, num_classes).to(device)
-    if device.type == "cuda":
-        model = model.channels_last()
-    if compile_wanted(cfg, device):
-        model.compile_stages()
-    use_graph = cfg.cuda_graph and device.type == "cuda"
-    optimizer = make_optimizer(model, cfg, device, use_graph)
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-        optimizer, mode="min", patience=cfg.optim.plateau_patience
-    )
+    training = build_training(cfg, num_classes, device, warn)
+    model, optimizer, scheduler, step = training.model, training.optimizer, training.scheduler, training.step
     history: list[dict[str, Any]] = []
     start_epoch = 1
     if resume and ckpt_dir is not None and (ckpt_dir / CHECKPOINT_FILE).exists():
@@ -126,7 +118,6 @@ def fit(
     workers = loader_workers(cfg, device)
     train_loader = make_loader(train_set, cfg.optim.batch_size, True, workers, device, cfg.seed)
     eval_loader = make_loader(eval_set, cfg.eval_batch_size, False, workers, device, cfg.seed)
-    step = TrainStep(model, optimizer, cfg, device, use_graph, warn)
 
     status, error = "completed", None
     for epoch in range(start_epoch, cfg.optim.epochs + 1):
@@ -152,13 +143,7 @@ def fit(
         metrics = {
             "epoch": epoch,
             **train_stats,
-            "val_hit1": val.get("val_hit1"),
-            "val_hit5": val.get("val_hit5"),
-            "dir_acc": val.get("dir_acc"),
-            "track_feat_cos": val.get("track_feat_cos"),
-            "track_err_px": val.get("track_err_px"),
-            "track_gain": val.get("track_gain"),
-            "cycle_gain": val.get("cycle_gain"),
+            **{name: val.get(name) for name in EVALUATED},
             "lr": float(optimizer.param_groups[0]["lr"]),
             "epoch_s": seconds,
             "test_hit1": test.get("val_hit1"),
@@ -186,6 +171,39 @@ def fit(
         test_hit5=history[-1].get("test_hit5") if history else None,
         selection=cfg.selection,
     )
+
+
+@dataclass
+class Training:
+    """What a trial trains with, built one way (`build_training`) for `fit`, the memory probe and
+    the benchmarks, so that each measures the step a trial really runs."""
+
+    model: Any  # MultiBranchNet
+    optimizer: torch.optim.Optimizer
+    scheduler: Any  # ReduceLROnPlateau on the training loss
+    step: TrainStep
+
+
+def build_training(
+    cfg: TrialConfig, num_classes: int, device: torch.device, warn: Callable[[str], None],
+    *, bf16: bool = True,
+) -> Training:
+    """The network (channels-last and compiled stages on a GPU, as `compile_wanted` says), its
+    optimiser, learning-rate schedule and training step. Seed first for a trial's own weights."""
+    from mtsearch.model import MultiBranchNet
+
+    model = MultiBranchNet(cfg, num_classes).to(device)
+    if device.type == "cuda":
+        model = model.channels_last()
+    if compile_wanted(cfg, device):
+        model.compile_stages()
+    use_graph = cfg.cuda_graph and device.type == "cuda"
+    optimizer = make_optimizer(model, cfg, device, use_graph)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, mode="min", patience=cfg.optim.plateau_patience
+    )
+    step = TrainStep(model, optimizer, cfg, device, use_graph, warn, bf16=bf16)
+    return Training(model, optimizer, scheduler, step)
 
 
 def _evaluate_once(
@@ -617,9 +635,9 @@ def _portable_optimizer_state(optimizer: torch.optim.Optimizer) -> dict[str, Any
 
 
 def _load_optimizer_state(optimizer: torch.optim.Optimizer, saved: dict[str, Any]) -> None:
-    """Load Adam's state, keeping tensor learning rates tensors and reshaping pre-issue-8 state.
+    """Load Adam's state, keeping tensor learning rates tensors and reshaping pre-fast-path state.
 
-    Before issue 8 the trunk's and the tracking branch's weights were 5-D (out, in, 1, k, k);
+    Before the fast path, the trunk's and the tracking branch's weights were 5-D (out, in, 1, k, k);
     their Adam moments had that shape too and are reshaped to the 2D weights they belong to.
     """
     rates = [group["lr"] for group in optimizer.param_groups]
@@ -677,7 +695,7 @@ def _load_checkpoint(
                 f"differs from the checkpoint's value {saved.get(key)!r}; use another --out folder",
                 value,
             )
-    model.load_state_dict(state["model"])  # a pre-issue-8 (3D trunk) layout loads too
+    model.load_state_dict(state["model"])  # an old (3D trunk) layout loads too
     _load_optimizer_state(optimizer, state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     rng = state["rng"]

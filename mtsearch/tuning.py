@@ -18,6 +18,7 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search.optuna import OptunaSearch
 
+from mtsearch.metrics import direction
 from mtsearch.space import SpaceSpec
 from mtsearch.store import StudyStore
 
@@ -118,7 +119,7 @@ def scheduler(spec: SpaceSpec, earlier: StudyStore | None = None) -> Any:
     asha = ASHAScheduler(time_attr="epoch", max_t=spec.max_epochs, grace_period=spec.scheduler.grace_period,
                          reduction_factor=spec.scheduler.reduction_factor)
     if earlier is not None:
-        sign = 1.0 if spec.mode == "max" else -1.0  # ASHA records metric_op * value
+        sign = direction(spec.mode).sign  # ASHA records metric_op * value
         for trial_id in earlier.trials:
             epochs = sorted(earlier.trial_epochs(trial_id), key=lambda row: row["epoch"])
             for bracket in asha._brackets:
@@ -132,7 +133,7 @@ def scheduler(spec: SpaceSpec, earlier: StudyStore | None = None) -> Any:
 def objective_at(epochs: list[dict[str, Any]], metric: str, mode: str, milestone: float) -> float | None:
     """What the trial reported as OBJECTIVE at its first epoch >= milestone: the last finite
     metric so far (the worst value before any); None if it never got there."""
-    value = -math.inf if mode == "max" else math.inf
+    value = direction(mode).worst
     for row in epochs:
         metric_value = row.get(metric)
         if metric_value is not None and math.isfinite(metric_value):
@@ -143,7 +144,7 @@ def objective_at(epochs: list[dict[str, Any]], metric: str, mode: str, milestone
 
 
 def _open_study(spec: SpaceSpec, study_dir: Path) -> tuple[Any, Any] | None:
-    if spec.is_grid or not (study_dir / OPTUNA_FILE).exists():
+    if spec.is_enumerated or not (study_dir / OPTUNA_FILE).exists():
         return None
     storage = optuna.storages.RDBStorage(f"sqlite:///{(study_dir / OPTUNA_FILE).resolve()}")
     try:

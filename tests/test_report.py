@@ -281,7 +281,7 @@ def test_study_without_space_file(tmp_path: Path) -> None:
 def test_grid_study_reads_space_and_epochs(tmp_path: Path) -> None:
     loaded = report.load_study(write_grid_study(tmp_path, TWO_BY_TWO))
     assert loaded.name == "abl" and loaded.metric == "val_hit1" and loaded.mode == "max"
-    assert loaded.params == ["model.branches"] and loaded.is_grid
+    assert loaded.params == ["model.branches"] and loaded.is_ablation
     assert [t["trial_id"] for t in loaded.trials] == ["t000", "t001", "t002", "t003"]
     assert loaded.trials[0]["config"]["model"]["branches"] == ["cls"]  # decoded once, by the store
     assert [e for e, _ in loaded.curve("t000")] == [1, 2, 3]

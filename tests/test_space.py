@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from mtsearch.errors import InvalidInput
-from mtsearch.space import grid_points, load_space, space_from_mapping
+from mtsearch.space import enumerated_points, load_space, space_from_mapping
 
 REPO = Path(__file__).resolve().parents[1]
 SPACES = REPO / "spaces"
@@ -144,9 +144,9 @@ def test_shipped_spaces_validate() -> None:
     assert ablation.total_trials == 20 and ablation.reference_cell() == "model.branches=cls"
     assert ablation.scheduler.type == "none"
     table = load_space(SPACES / "weights-table.yaml", "ablation")
-    cells = {table.cell_of(p) for p in grid_points(table)}
+    cells = {table.cell_of(p) for p in enumerated_points(table)}
     assert cells == {"loss.w_track=25,loss.w_dir=2", "loss.w_track=50,loss.w_dir=8", "loss.w_track=100,loss.w_dir=8"}
-    assert table.total_trials == 9 and {p["seed"] for p in grid_points(table)} == {0, 1, 2}
+    assert table.total_trials == 9 and {p["seed"] for p in enumerated_points(table)} == {0, 1, 2}
 
 
 def test_defaults_and_as_run_round_trip(tmp_path: Path) -> None:
@@ -173,7 +173,7 @@ def test_int_bounds_and_grid_cells() -> None:
     assert err.value.key == "space.track.frame_gap"
     grid = space_from_mapping({"grid": {"model.branches": [["cls"], ["cls", "track"]], "data.fps": [15, 30]},
                                "repeats": 2, "reference": {"model.branches": ["cls"], "data.fps": 30}}, "g")
-    points = grid_points(grid)
+    points = enumerated_points(grid)
     assert len(points) == grid.total_trials == 8
     assert grid.reference_cell() == "model.branches=cls,data.fps=30"
     assert grid.searched_keys == ["model.branches", "data.fps", "seed"]
@@ -187,5 +187,5 @@ def test_grid_file_and_space_file_kinds(tmp_path: Path) -> None:
         reference: {model.branches: cls}
     """))
     spec = load_space(path, "ablation")
-    assert spec.kind == "ablation" and spec.is_ablation and spec.is_grid and spec.name == "g"
+    assert spec.kind == "ablation" and spec.is_ablation and spec.is_enumerated and spec.name == "g"
     assert "seed" in spec.param_types()

@@ -11,6 +11,7 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from mtsearch import __version__
 
@@ -75,6 +76,14 @@ def build_parser() -> argparse.ArgumentParser:
                    "more than the study's adds seeds)")
     p.set_defaults(handler="run:cmd_ablate")
 
+    _result_commands(sub)
+    _run_alone_commands(sub)
+    _data_commands(sub)
+    return parser
+
+
+def _result_commands(sub: Any) -> None:
+    """What reads a study: leaderboard, report, confirm, export, plot."""
     p = sub.add_parser("leaderboard", help="ranked table of a study's trials")
     p.add_argument("study", metavar="trials/NAME")
     p.add_argument("--top", type=int, default=10)
@@ -108,6 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="DIR", help="default: trials/NAME/plots")
     p.set_defaults(handler="results:cmd_plot")
 
+
+def _run_alone_commands(sub: Any) -> None:
+    """What runs without Ray: train, model."""
     p = sub.add_parser("train", help="one training run without Ray")
     p.add_argument("config", metavar="CONFIG.yaml")
     p.add_argument("--epochs", type=int, help="override optim.epochs")
@@ -122,6 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", metavar="CONFIG.yaml", help="take preset, crop, clip and branches from a config")
     p.set_defaults(handler="model:cmd_model")
 
+
+def _data_commands(sub: Any) -> None:
+    """`data synth` and `data check`."""
     data = sub.add_parser("data", help="datasets: write the synthetic set, check a dataset")
     data_sub = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND", parser_class=_Parser)
     p = data_sub.add_parser("synth", help="write the built-in synthetic dataset")
@@ -145,7 +160,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="decode every video in full (slow; finds damage the headers hide)")
     p.set_defaults(handler="data:cmd_check")
     data.set_defaults(handler=None, _help=data.print_help)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:

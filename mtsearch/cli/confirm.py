@@ -15,7 +15,8 @@ from mtsearch.cli.run import _log_changes
 
 def cmd_confirm(args: argparse.Namespace) -> int:
     from mtsearch.confirm import race
-    from mtsearch.report import fmt_number, metric_unit
+    from mtsearch.metrics import display_scale
+    from mtsearch.report import fmt_number
 
     console, err = Console(), Console(stderr=True)
 
@@ -34,7 +35,7 @@ def cmd_confirm(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         log(f"interrupted; resume with: {resume_cmd}")
         return EXIT_INTERRUPTED
-    scale, unit = metric_unit(result.metric, [v for c in result.contenders for v in c.scores.values()])
+    scale, unit = display_scale(result.metric, [v for c in result.contenders for v in c.scores.values()])
     leader = result.leader()
     table = Table(title=f"confirm: {result.metric} ({result.mode}) over seeds "
                         f"{result.seeds[0]}..{result.seeds[-1]}, final epoch")

@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -87,16 +88,70 @@ def cmd_synth(args: argparse.Namespace) -> int:
 GROUPING = {"ucf101": "gXX groups", "hmdb51": "source videos"}
 
 
-def cmd_check(args: argparse.Namespace) -> int:
-    from mtsearch.data.datasets import LAYOUTS, check_videos, detect_layout, load_index
-    from mtsearch.data.splits import carve
-
+def _check_flags(args: argparse.Namespace) -> None:
     if args.clip_frames < 1:
         raise InvalidInput(None, "--clip-frames", "must be >= 1", args.clip_frames)
     if args.fps is not None and not 0 < args.fps < math.inf:
         raise InvalidInput(None, "--fps", "must be a number > 0", args.fps)
     if not 0 <= args.val_fraction < 1:
         raise InvalidInput(None, "--val-fraction", "must be in [0, 1)", args.val_fraction)
+
+
+def _counts_table(classes: list[str], train_checks: list[Any], test_checks: list[Any], val_names: set[str],
+                  clip_frames: int) -> Table:
+    """Usable videos per class and part (train, val, test), unreadable and short ones, totals."""
+    checks = train_checks + test_checks
+    table = Table()
+    for column in ("id", "class", "train", "val", "test", "unreadable", "short"):
+        table.add_column(column, justify="left" if column == "class" else "right")
+    for label, name in enumerate(classes):
+        mine = [c for c in checks if c.item.label == label]
+        table.add_row(
+            str(label), name,
+            str(sum(c.usable and c.item.label == label and c.item.name not in val_names
+                    for c in train_checks)),
+            str(sum(c.usable and c.item.label == label and c.item.name in val_names
+                    for c in train_checks)),
+            str(sum(c.usable and c.item.label == label for c in test_checks)),
+            str(sum(not c.usable for c in mine) or ""),
+            str(sum(c.usable and c.frames is not None and c.frames < clip_frames
+                    for c in mine) or ""),
+        )
+    usable_train = sum(c.usable for c in train_checks)
+    usable_test = sum(c.usable for c in test_checks)
+    usable_val = sum(c.usable and c.item.name in val_names for c in train_checks)
+    table.add_section()
+    table.add_row("", "total", str(usable_train - usable_val), str(usable_val), str(usable_test),
+                  str(sum(not c.usable for c in checks)),
+                  str(sum(c.usable and (c.frames or 0) < clip_frames for c in checks)))
+    return table
+
+
+def _print_problems(out: Console, checks: list[Any], clip_frames: int, fps: float | None) -> None:
+    """The unreadable videos (trials skip them) and those shorter than a clip (loop-padded)."""
+    unreadable = [c for c in checks if not c.usable]
+    if unreadable:
+        unreadable.sort(key=lambda c: c.item.name)
+        out.print(f"[bold red]unreadable videos ({len(unreadable)}), skipped by trials:[/]")
+        for c in unreadable:
+            out.print(f"  {c.item.name}: {c.error}", markup=False, highlight=False, soft_wrap=True)
+    at = f" at {fps:g} fps" if fps else ""
+    short = [c for c in checks if c.usable and c.frames is not None and c.frames < clip_frames]
+    if short:
+        out.print(f"[bold yellow]shorter than a clip of {clip_frames} frames{at} "
+                  f"({len(short)}), loop-padded by trials:[/]")
+        short.sort(key=lambda c: c.item.name)
+        for c in short[:_SHORT_SHOWN]:
+            out.print(f"  {c.item.name}: {c.frames} frames", markup=False, highlight=False)
+        if len(short) > _SHORT_SHOWN:
+            out.print(f"  ... and {len(short) - _SHORT_SHOWN} more", highlight=False)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from mtsearch.data.datasets import LAYOUTS, check_videos, detect_layout, load_index
+    from mtsearch.data.splits import carve
+
+    _check_flags(args)
     out, err = Console(), Console(stderr=True)
     root = args.root
     if args.dataset is None:
@@ -131,47 +186,10 @@ def cmd_check(args: argparse.Namespace) -> int:
     train_checks, test_checks = checks[: len(index.train)], checks[len(index.train):]
 
     out.print(f"{args.dataset} split {args.split}: {index.root}", soft_wrap=True, highlight=False)
-    table = Table()
-    for column in ("id", "class", "train", "val", "test", "unreadable", "short"):
-        table.add_column(column, justify="left" if column == "class" else "right")
-    for label, name in enumerate(index.classes):
-        mine = [c for c in checks if c.item.label == label]
-        table.add_row(
-            str(label), name,
-            str(sum(c.usable and c.item.label == label and c.item.name not in val_names
-                    for c in train_checks)),
-            str(sum(c.usable and c.item.label == label and c.item.name in val_names
-                    for c in train_checks)),
-            str(sum(c.usable and c.item.label == label for c in test_checks)),
-            str(sum(not c.usable for c in mine) or ""),
-            str(sum(c.usable and c.frames is not None and c.frames < args.clip_frames
-                    for c in mine) or ""),
-        )
+    out.print(_counts_table(index.classes, train_checks, test_checks, val_names, args.clip_frames))
     usable_train = sum(c.usable for c in train_checks)
     usable_test = sum(c.usable for c in test_checks)
-    usable_val = sum(c.usable and c.item.name in val_names for c in train_checks)
-    table.add_section()
-    table.add_row("", "total", str(usable_train - usable_val), str(usable_val), str(usable_test),
-                  str(sum(not c.usable for c in checks)),
-                  str(sum(c.usable and (c.frames or 0) < args.clip_frames for c in checks)))
-    out.print(table)
-
-    unreadable = [c for c in checks if not c.usable]
-    if unreadable:
-        unreadable.sort(key=lambda c: c.item.name)
-        out.print(f"[bold red]unreadable videos ({len(unreadable)}), skipped by trials:[/]")
-        for c in unreadable:
-            out.print(f"  {c.item.name}: {c.error}", markup=False, highlight=False, soft_wrap=True)
-    at = f" at {args.fps:g} fps" if args.fps else ""
-    short = [c for c in checks if c.usable and c.frames is not None and c.frames < args.clip_frames]
-    if short:
-        out.print(f"[bold yellow]shorter than a clip of {args.clip_frames} frames{at} "
-                  f"({len(short)}), loop-padded by trials:[/]")
-        short.sort(key=lambda c: c.item.name)
-        for c in short[:_SHORT_SHOWN]:
-            out.print(f"  {c.item.name}: {c.frames} frames", markup=False, highlight=False)
-        if len(short) > _SHORT_SHOWN:
-            out.print(f"  ... and {len(short) - _SHORT_SHOWN} more", highlight=False)
+    _print_problems(out, checks, args.clip_frames, args.fps)
     if index.missing:
         out.print(f"[yellow]listed but missing on disk: {len(index.missing)}[/] (named above)")
     out.print(f"validation: {args.val_fraction:g} of each class's training videos, whole "

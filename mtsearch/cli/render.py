@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from typing import Any
 
+from mtsearch.metrics import direction, display_scale
 from mtsearch.report import (
     METRIC_DIGITS,
     AblationReport,
@@ -22,7 +23,6 @@ from mtsearch.report import (
     ablation_scale,
     fmt_number,
     level_text,
-    metric_unit,
     short_labels,
 )
 from mtsearch.stats import Interval
@@ -90,7 +90,7 @@ def leaderboard_cells(board: Leaderboard) -> tuple[list[str], list[list[str]]]:
     """Header and rows of strings for tables (metric in percent when it is a hit rate)."""
     cols = leaderboard_columns(board)
     metric_cols = (board.metric, f"final_{board.metric}", "test_hit1")
-    scale, unit = metric_unit(board.metric, [r.get(board.metric) for r in board.rows])
+    scale, unit = display_scale(board.metric, [r.get(board.metric) for r in board.rows])
     header = [f"{c} ({unit})" if unit and c in metric_cols else c for c in cols]
     body = []
     for row in board.rows:
@@ -109,7 +109,7 @@ def leaderboard_cells(board: Leaderboard) -> tuple[list[str], list[list[str]]]:
 def leaderboard_footer(board: Leaderboard) -> list[str]:
     """Lines under the table: status counts, trials not ranked and their error lines."""
     counts = ", ".join(f"{n} {s}" for s, n in sorted(board.counts.items(), key=lambda kv: -kv[1]))
-    order = "highest" if board.mode == "max" else "lowest"
+    order = direction(board.mode).extreme
     total = sum(board.counts.values())
     lines = [
         f"{board.total_ranked} ranked of {total} trials ({counts}); ranked by {order} {board.metric}"
@@ -212,10 +212,10 @@ def ablation_cells(report: AblationReport) -> tuple[list[str], list[list[str]]]:
         "Δ final 95% CI",
         "reading",
     ]
-    with_test = any(c.test.n for c in report.cells)  # studies from before issue 12 have none
+    with_test = any(c.test.n for c in report.cells)  # studies from before validation splits have none
     if with_test:
         header[6:6] = [f"test{u} mean ± sd", "test 95% CI"]
-    gain = report.tracking_gain  # issue 13: does the tracking branch track (> 1)?
+    gain = report.tracking_gain  # does the tracking branch track (> 1)?
     if gain is not None:
         header[-1:-1] = [f"{gain.replace('_', ' ')} mean ± sd"]
     rows = []

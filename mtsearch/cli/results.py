@@ -66,7 +66,7 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     """Grids: the ablation table with paired deltas; searches: leaderboard summary + importances."""
     study = report.load_study(args.study)
-    if study.is_grid:
+    if study.is_ablation:
         _report_grid(study, args.format)
     else:
         _report_search(study, args.format)

@@ -23,6 +23,7 @@ from rich.text import Text
 from mtsearch.cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
 from mtsearch.errors import InvalidInput
 from mtsearch.files import check_output_dir, disk_usage, human_bytes
+from mtsearch.metrics import direction
 from mtsearch.report import fmt_number
 from mtsearch.space import ABLATION, SEARCH
 from mtsearch.store import is_ranked
@@ -95,7 +96,7 @@ def _run(args: argparse.Namespace, kind: str) -> int:
         err.print(f"interrupted; resume with: {resume_cmd}", markup=False, highlight=False, soft_wrap=True)
         return EXIT_INTERRUPTED
     console.print(f"results: {outcome.study_dir} (trials.parquet, epochs.parquet, space.yaml"
-                  + (", optuna.db)" if not spec.is_grid else ")"), markup=False, highlight=False)
+                  + (", optuna.db)" if not spec.is_enumerated else ")"), markup=False, highlight=False)
     console.print(f"disk: {human_bytes(disk_usage(outcome.study_dir))} in {outcome.study_dir} "
                   f"(checkpoints of the best {spec.keep_checkpoints} trials kept)",
                   markup=False, highlight=False)
@@ -136,8 +137,7 @@ def _resume_command(command: str, args: argparse.Namespace, name: str) -> str:
 
 def _ranked(progress: Any) -> list[dict[str, Any]]:
     scored = [r for r in progress.rows if is_ranked(r.get("status"), r.get("score"))]
-    reverse = progress.mode == "max"
-    return sorted(scored, key=lambda r: r["score"], reverse=reverse)
+    return sorted(scored, key=lambda r: direction(progress.mode).rank_key(r["score"]))
 
 
 def _leaderboard(progress: Any, top: int) -> Table:

@@ -90,6 +90,39 @@ def check_runnable(cfg: TrialConfig, source: str | Path, data_flag: bool = False
         raise InvalidInput(source, "data.fps", why, cfg.data.fps)
 
 
+def _epoch_line(metrics: dict[str, Any], epochs: int) -> str:
+    """One epoch in one line: losses, hit rates, the tracking gain where there is one, speed."""
+    val = ""
+    if metrics["val_hit1"] is not None:
+        val = f"  val Hit@1 {_fmt(metrics['val_hit1'], True)}  Hit@5 {_fmt(metrics['val_hit5'], True)}"
+        for gain in ("track_gain", "cycle_gain"):  # does the tracking branch track
+            if metrics.get(gain) is not None:
+                val += f"  {gain.replace('_', ' ')} {metrics[gain]:.2f}"
+                break
+    return (f"epoch {metrics['epoch']:>3}/{epochs}  loss {metrics['loss']:.4f}  "
+            f"train Hit@1 {_fmt(metrics['train_hit1'], True)}{val}  "
+            f"{metrics['clips_per_s']:.1f} clips/s  {metrics['epoch_s']:.1f} s")
+
+
+def _result_table(result: Any, config: str) -> Any:
+    from rich.table import Table
+
+    table = Table(title=f"mtsearch train: {config}")
+    table.add_column("status")
+    for column in ("epochs", "best epoch", "best val Hit@1", "best val Hit@5", "final loss", "test Hit@1"):
+        table.add_column(column, justify="right")
+    table.add_row(
+        result.status,
+        str(result.epochs_done),
+        _fmt(result.best_epoch),
+        _fmt(result.best_val_hit1, True),
+        _fmt(result.best_val_hit5, True),
+        _fmt(result.history[-1]["loss"] if result.history else None),
+        _fmt(result.test_hit1, True),
+    )
+    return table
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     cfg = _with_flags(load_config_file(args.config), args)
     out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
@@ -98,7 +131,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-    from rich.table import Table
 
     from mtsearch.store import write_metrics
     from mtsearch.train import fit
@@ -135,18 +167,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if state["task"] is not None:
             progress.remove_task(state["task"])
             state["task"] = None
-        val = ""
-        if metrics["val_hit1"] is not None:
-            val = f"  val Hit@1 {_fmt(metrics['val_hit1'], True)}  Hit@5 {_fmt(metrics['val_hit5'], True)}"
-            for gain in ("track_gain", "cycle_gain"):  # does the tracking branch track (issue 13)
-                if metrics.get(gain) is not None:
-                    val += f"  {gain.replace('_', ' ')} {metrics[gain]:.2f}"
-                    break
-        progress.console.print(
-            f"epoch {metrics['epoch']:>3}/{epochs}  loss {metrics['loss']:.4f}  "
-            f"train Hit@1 {_fmt(metrics['train_hit1'], True)}{val}  "
-            f"{metrics['clips_per_s']:.1f} clips/s  {metrics['epoch_s']:.1f} s"
-        )
+        progress.console.print(_epoch_line(metrics, epochs))
 
     def log(message: str) -> None:
         progress.console.print(message, highlight=False)
@@ -166,24 +187,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         sys.stderr.write(f"error: training failed: {exc}\n")
         return EXIT_FAILED
 
-    table = Table(title=f"mtsearch train: {args.config}")
-    table.add_column("status")
-    table.add_column("epochs", justify="right")
-    table.add_column("best epoch", justify="right")
-    table.add_column("best val Hit@1", justify="right")
-    table.add_column("best val Hit@5", justify="right")
-    table.add_column("final loss", justify="right")
-    table.add_column("test Hit@1", justify="right")
-    table.add_row(
-        result.status,
-        str(result.epochs_done),
-        _fmt(result.best_epoch),
-        _fmt(result.best_val_hit1, True),
-        _fmt(result.best_val_hit5, True),
-        _fmt(result.history[-1]["loss"] if result.history else None),
-        _fmt(result.test_hit1, True),
-    )
-    console.print(table)
+    console.print(_result_table(result, args.config))
     console.print(f"metrics: {metrics_path}   checkpoints: {out / 'checkpoint'}")
     split = "validation split" if result.selection == "val" else "test split (data.selection: test)"
     console.print(f"val Hit@1 is on the {split}; test Hit@1: the final weights, once", highlight=False)

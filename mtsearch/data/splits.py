@@ -1,4 +1,4 @@
-"""A validation split carved from the training videos (issue 12).
+"""A validation split carved from the training videos.
 
 Selecting on the test split biases the reported number upwards, more with every trial a search
 adds. The honest protocol selects on validation videos taken out of training and touches the test

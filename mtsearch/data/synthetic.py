@@ -322,7 +322,7 @@ def object_tracks(class_index: int, video_index: int, seed: int) -> list[dict]:
     """The main objects of one video as `render_video` draws them: per object, arrays (T,) of the
     centre `x`, `y` (source pixels; pixel centres at integers), `angle`, `scale`, and `segment`
     (it changes where the object respawns elsewhere), plus `torus` (it wraps around the edges).
-    The ground truth of the tracking metric (issue 13)."""
+    The ground truth of the tracking metric."""
     return _scene(class_index, video_index, seed)[2]
 
 

@@ -1,4 +1,4 @@
-"""Ground truth for the tracking metric (issue 13): where the built-in set's main object is in
+"""Ground truth for the tracking metric: where the built-in set's main object is in
 each evaluation clip, in the pixels of the clip's centre crop.
 
 The built-in set's trajectories are a pure function of (seed, class, video) (`object_tracks`),

@@ -253,20 +253,7 @@ def _decode(
     stream.codec_context.thread_type = "AUTO"
     stream.codec_context.thread_count = threads
     source_rate = _stream_rate(stream)
-    target = None if fps is None else Fraction(fps).limit_denominator(1001)
-    if target is not None and target <= 0:
-        raise InvalidInput(None, "data.fps", "must be > 0", fps)
-    if target is not None and source_rate is not None:
-        if target > source_rate * (1 + RATE_TOLERANCE):
-            raise InvalidInput(
-                None,
-                "data.fps",
-                f"above the video's frame rate ({float(source_rate):g} fps: {path.name})",
-                fps,
-            )
-        if target >= source_rate * (1 - RATE_TOLERANCE):
-            target = None  # the source rate itself: keep every frame
-    resampler = _NearestFrameResampler(target)
+    resampler = _NearestFrameResampler(_target_rate(fps, source_rate, path))
     # Frame rate for frames without timestamps; if the headers have none either, 30 fps.
     frame_step = 1 / (source_rate or Fraction(30))
     time_base = stream.time_base
@@ -327,6 +314,21 @@ def _decode(
         why = f"no decodable frames ({broken})" if broken else "no decodable frames"
         raise VideoReadError(path, why)
     return np.stack(frames)  # (T, H, W, 3) uint8
+
+
+def _target_rate(fps: float | None, source_rate: Fraction | None, path: Path) -> Fraction | None:
+    """The rate to resample to, or None to keep every frame (no fps, or the source's own rate).
+    A rate above the source's is InvalidInput for `data.fps`."""
+    target = None if fps is None else Fraction(fps).limit_denominator(1001)
+    if target is not None and target <= 0:
+        raise InvalidInput(None, "data.fps", "must be > 0", fps)
+    if target is not None and source_rate is not None:
+        if target > source_rate * (1 + RATE_TOLERANCE):
+            raise InvalidInput(None, "data.fps",
+                               f"above the video's frame rate ({float(source_rate):g} fps: {path.name})", fps)
+        if target >= source_rate * (1 - RATE_TOLERANCE):
+            return None  # the source rate itself: keep every frame
+    return target
 
 
 def _interpolation(width: int, height: int, size: tuple[int, int]) -> str | None:

@@ -85,7 +85,7 @@ class MultiBranchNet(nn.Module):
         # False during track.warmup_epochs: l_track trains the branch only (set by the trainer)
         self.track_trains_trunk = True
         if cfg.has("track"):
-            options = cfg.tracking  # issue 13's keys, defaults filled in
+            options = cfg.tracking  # the tracking keys, defaults filled in
             self.tracking = TrackingBranch(
                 trunk_ch,
                 preset.track_dim,

@@ -93,111 +93,73 @@ def describe(cfg: TrialConfig, num_classes: int) -> list[StageInfo]:
     with torch.device("meta"):
         model = MultiBranchNet(cfg, num_classes)
     model.eval()
-    frames, crop = cfg.data.clip_frames, cfg.crop
     rows: list[StageInfo] = []
+    feat = _trunk_rows(rows, model.trunk, cfg.data.clip_frames, cfg.crop)  # (1, 16w, T, H/8, W/8)
+    _head_rows(rows, "cls", model.cls_head, feat)
+    if model.dir_head is not None:
+        _head_rows(rows, "dir", model.dir_head, feat)
+    if model.tracking is not None:
+        _tracking_rows(rows, model.tracking, model.trunk, feat)
+    label = branches_label(cfg.model.branches)
+    rows.append(StageInfo("total", f"{cfg.model.preset} preset, {label}, {num_classes} classes",
+                          (num_classes,), count_params(model), sum(r.macs for r in rows)))
+    return rows
 
-    def add(name: str, layers: str, module: nn.Module, x: torch.Tensor, params: int) -> torch.Tensor:
-        """Run one stage on the meta input `x`, record its row, return its output."""
-        out, macs = run_counting(module, x)
-        rows.append(StageInfo(name, layers, tuple(out.shape[1:]), params, macs))
-        return out
 
-    # ---- trunk --------------------------------------------------------------------------------
-    trunk = model.trunk
+def _add(rows: list[StageInfo], name: str, layers: str, module: nn.Module, x: torch.Tensor,
+         params: int) -> torch.Tensor:
+    """Run one stage on the meta input `x`, record its row, return its output."""
+    out, macs = run_counting(module, x)
+    rows.append(StageInfo(name, layers, tuple(out.shape[1:]), params, macs))
+    return out
+
+
+def _trunk_rows(rows: list[StageInfo], trunk: nn.Module, frames: int, crop: int) -> torch.Tensor:
     clip = torch.empty(1, 3, frames, crop, crop, device="meta")
     stem, pool = trunk.conv1[:3], trunk.conv1[3]  # conv + BN + ReLU, then the max pool
     layers = f"1×7×7, {stem[0].out_channels}, stride 1,2,2"
-    x = add("conv1", layers, FrameWise(stem), clip, count_params(stem))
-    x = add("conv1 max pool", "1×3×3 max pool, stride 1,2,2", FrameWise(pool), x, 0)
+    x = _add(rows, "conv1", layers, FrameWise(stem), clip, count_params(stem))
+    x = _add(rows, "conv1 max pool", "1×3×3 max pool, stride 1,2,2", FrameWise(pool), x, 0)
     for name in ("conv2_x", "conv3_x", "conv4_x"):
         stage = getattr(trunk, name)
-        x = add(name, bottleneck_text(stage), FrameWise(stage), x, count_params(stage))
-    feat = x  # (1, 16w, T, H/8, W/8)
+        x = _add(rows, name, bottleneck_text(stage), FrameWise(stage), x, count_params(stage))
+    return x
 
-    # ---- classification and direction heads ---------------------------------------------------
-    def head_rows(prefix: str, head: Conv5Head) -> None:
-        h = add(f"{prefix} max pool", "3×3×3 max pool, stride 2,2,2", head.pool, feat, 0)
-        h = add(
-            f"{prefix} conv5_x",
-            bottleneck_text(head.conv5_x),
-            head.conv5_x,
-            h,
-            count_params(head.conv5_x),
-        )
-        pool_fc = nn.Sequential(head.avgpool, nn.Flatten(1), head.fc)
-        add(
-            f"{prefix} avg pool, fc",
-            f"global avg pool, fc {head.fc.in_features}→{head.fc.out_features}",
-            pool_fc,
-            h,
-            count_params(head.fc),
-        )
 
-    head_rows("cls", model.cls_head)
-    if model.dir_head is not None:
-        head_rows("dir", model.dir_head)
+def _head_rows(rows: list[StageInfo], prefix: str, head: Conv5Head, feat: torch.Tensor) -> None:
+    h = _add(rows, f"{prefix} max pool", "3×3×3 max pool, stride 2,2,2", head.pool, feat, 0)
+    h = _add(rows, f"{prefix} conv5_x", bottleneck_text(head.conv5_x), head.conv5_x, h,
+             count_params(head.conv5_x))
+    pool_fc = nn.Sequential(head.avgpool, nn.Flatten(1), head.fc)
+    _add(rows, f"{prefix} avg pool, fc", f"global avg pool, fc {head.fc.in_features}→{head.fc.out_features}",
+         pool_fc, h, count_params(head.fc))
 
-    # ---- tracking branch -------------------------------------------------------------------------
-    tracking = model.tracking
-    if tracking is not None:
-        k = tracking.past_frames
-        dim = tracking.proj[0].out_channels
-        tracked = feat[:, :, : k + 1]  # (1, C, k+1, h, w): only the tracked frames are projected
-        add(
-            "track projection",
-            f"1×1×1, {dim} + ReLU on the k+1 = {k + 1} tracked frames",
-            FrameWise(tracking.proj),
-            tracked,
-            count_params(tracking.proj),
-        )
 
-        patch = torch.empty(1, 3, 1, tracking.patch, tracking.patch, device="meta")
-        encode = nn.Sequential(trunk, FrameWise(tracking.proj))
-        add(
-            "track patch",
-            f"{tracking.patch}×{tracking.patch} crop (±45°) → shared trunk → projection",
-            encode,
-            patch,
-            0,
-        )
+def _tracking_rows(rows: list[StageInfo], tracking: nn.Module, trunk: nn.Module, feat: torch.Tensor) -> None:
+    k = tracking.past_frames
+    dim = tracking.proj[0].out_channels
+    tracked = feat[:, :, : k + 1]  # (1, C, k+1, h, w): only the tracked frames are projected
+    _add(rows, "track projection", f"1×1×1, {dim} + ReLU on the k+1 = {k + 1} tracked frames",
+         FrameWise(tracking.proj), tracked, count_params(tracking.proj))
+    patch = torch.empty(1, 3, 1, tracking.patch, tracking.patch, device="meta")
+    encode = nn.Sequential(trunk, FrameWise(tracking.proj))
+    _add(rows, "track patch", f"{tracking.patch}×{tracking.patch} crop (±45°) → shared trunk → projection",
+         encode, patch, 0)
 
-        cells, frame_positions = tracking.patch_cells, tracking.frame_cells**2
-        steps = tracking.steps_per_clip
-        affinity = torch.empty(1, frame_positions, cells, cells, device="meta")
-        _, localizer_macs = run_counting(tracking.localizer, affinity)
-        affinity_macs = frame_positions * cells * cells * dim
-        scale = (f"√{dim}" if math.isclose(tracking.logit_scale, math.sqrt(dim))
-                 else f"{tracking.logit_scale:.3g}")
-        softmax = f"affinity {frame_positions}×{cells * cells}, softmax ·{scale}"
-        if isinstance(tracking.localizer, Localizer):
-            kern = tracking.localizer.kernel
-            c1, c2 = tracking.localizer.conv1.out_channels, tracking.localizer.conv2.out_channels
-            layers = (
-                f"{steps} steps × ({softmax}; "
-                f"conv {kern}×{kern}, {c1}; conv {kern}×{kern}, {c2}; fc 3; bilinear crop)"
-            )
-        else:
-            layers = f"{steps} steps × ({softmax}; soft argmax, median vote, Procrustes angle; bilinear crop)"
-        rows.append(
-            StageInfo(
-                "track localizer",
-                layers,
-                (3,),
-                count_params(tracking.localizer),
-                steps * (localizer_macs + affinity_macs),
-            )
-        )
-
-    total_params = count_params(model)
-    total_macs = sum(r.macs for r in rows)
-    label = branches_label(cfg.model.branches)
-    rows.append(
-        StageInfo(
-            "total",
-            f"{cfg.model.preset} preset, {label}, {num_classes} classes",
-            (num_classes,),
-            total_params,
-            total_macs,
-        )
-    )
-    return rows
+    cells, frame_positions = tracking.patch_cells, tracking.frame_cells**2
+    steps = tracking.steps_per_clip
+    affinity = torch.empty(1, frame_positions, cells, cells, device="meta")
+    _, localizer_macs = run_counting(tracking.localizer, affinity)
+    affinity_macs = frame_positions * cells * cells * dim
+    scale = (f"√{dim}" if math.isclose(tracking.logit_scale, math.sqrt(dim))
+             else f"{tracking.logit_scale:.3g}")
+    softmax = f"affinity {frame_positions}×{cells * cells}, softmax ·{scale}"
+    if isinstance(tracking.localizer, Localizer):
+        kern = tracking.localizer.kernel
+        c1, c2 = tracking.localizer.conv1.out_channels, tracking.localizer.conv2.out_channels
+        layers = (f"{steps} steps × ({softmax}; "
+                  f"conv {kern}×{kern}, {c1}; conv {kern}×{kern}, {c2}; fc 3; bilinear crop)")
+    else:
+        layers = f"{steps} steps × ({softmax}; soft argmax, median vote, Procrustes angle; bilinear crop)"
+    rows.append(StageInfo("track localizer", layers, (3,), count_params(tracking.localizer),
+                          steps * (localizer_macs + affinity_macs)))

@@ -14,14 +14,14 @@ skip cycle and the target -> ... -> t-i*f -> ... -> target long cycle home.
 Translations are not rescaled by TimeCycle's 227/210 offset factor (that factor only compensates
 its hand-built grid); crops use align_corners=True like TimeCycle's PyTorch 0.4 code.
 
-Issue 13 made the departures a measurement called for into options (config keys, defaults per
+The departures a measurement called for are options (config keys, defaults per
 preset in `mtsearch.config.tracking_defaults`): the weight of l_sim, the temperature, a
 parameter-free `SoftArgmaxLocalizer`, the target patch cropped from the frame's features instead
 of re-encoded, features centred per frame, patches where the frame changes (`moving_patch_theta`),
 no gradient through crop positions, and a cross-entropy cycle loss (`_walk_losses`). `probe` is
 what evaluation measures tracking with.
 
-How it runs (issue 8): the 3k+k(k+1)/2 tracker steps of a clip are independent chains of steps
+How it runs: the 3k+k(k+1)/2 tracker steps of a clip are independent chains of steps
 (the backward chain, k long cycles, k skip cycles), so every step at the same depth runs as one
 batched call: 2k calls per batch instead of one per step, with no host sync anywhere. The
 ground-truth patch (`patch_theta`) is drawn on the host beforehand (`random_patch_theta`).
@@ -166,7 +166,7 @@ class Localizer(nn.Module):
 
 
 class SoftArgmaxLocalizer(nn.Module):
-    """Affinity map (N, h*w, p, p) -> (N, 3) = (tx, ty, angle), with no parameters (issue 13).
+    """Affinity map (N, h*w, p, p) -> (N, 3) = (tx, ty, angle), with no parameters.
 
     Each patch cell's expected position in the frame under its affinity (a soft argmax). The
     angle is the least-squares (2D Procrustes) rotation from the cells' own positions in the patch
@@ -294,7 +294,7 @@ class TrackingBranch(nn.Module):
 
     def feature_cosine(self, feat: torch.Tensor) -> torch.Tensor:
         """(B,) mean cosine similarity between the projected features at different positions of
-        each clip's target frame (issue 13): near 1 the features have collapsed, and an affinity
+        each clip's target frame: near 1 the features have collapsed, and an affinity
         over the frame cannot locate anything. A position whose features are all zero counts as
         dissimilar to the others (it cannot be found either way)."""
         g = self.proj(feat[:, :, -1])  # (B, D, h, w): the target frame
@@ -388,7 +388,7 @@ class TrackingBranch(nn.Module):
         return g_norm, g_crop, frame_mean
 
     def compile_steps(self) -> TrackingBranch:
-        """torch.compile what a training walk repeats (issue 8): the frames' projection and each
+        """torch.compile what a training walk repeats: the frames' projection and each
         batched tracker step, static shapes (one compilation per distinct number of rows: a few
         per preset). On a GPU this fuses the dozens of small elementwise kernels each step is
         made of. Evaluation's probe stays eager: its batches vary in size."""
@@ -535,7 +535,7 @@ class TrackingBranch(nn.Module):
         encode: Callable[[torch.Tensor], torch.Tensor],
         patch_theta: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Evaluation (issue 13): where the tracker takes the patches `patch_theta` -> (
+        """Evaluation: where the tracker takes the patches `patch_theta` -> (
         cycle error (B,): mean grid loss of the 2k cycles,
         centred error (B,): the same for the prediction "the centred, unrotated patch",
         back_theta (B, k, 2, 3): the patch located j*f frames back, j = 1..k)."""

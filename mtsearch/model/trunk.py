@@ -128,7 +128,7 @@ def init_weights(module: nn.Module) -> None:
 def accept_legacy_weights(module: nn.Module) -> None:
     """Let `module` load 5-D (out, in, 1, k, k) weights saved for what is now a 2D conv.
 
-    Until issue 8 the trunk, the tracking projection and the localizer were Conv3d with a time
+    Before the fast path, the trunk, the tracking projection and the localizer were Conv3d with a time
     kernel of 1; their parameters kept their names, so only the shape differs.
     """
 
