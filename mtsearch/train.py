@@ -139,17 +139,7 @@ def fit(
         test = {}
         if epoch == cfg.optim.epochs:  # the final weights meet the test split once
             test = val if eval_set is test_set else _evaluate_once(model, test_set, cfg, device)
-        seconds = time.perf_counter() - t0
-        metrics = {
-            "epoch": epoch,
-            **train_stats,
-            **{name: val.get(name) for name in EVALUATED},
-            "lr": float(optimizer.param_groups[0]["lr"]),
-            "epoch_s": seconds,
-            "test_hit1": test.get("val_hit1"),
-            "test_hit5": test.get("val_hit5"),
-        }
-        metrics = {key: metrics.get(key) for key in EPOCH_COLUMNS}
+        metrics = _epoch_row(epoch, train_stats, val, test, optimizer, time.perf_counter() - t0)
         history.append(metrics)
         metrics = {**metrics, "peak_mem_gib": peak_memory_gib(device), "device": device_label(device)}
         if ckpt_dir is not None:
@@ -158,6 +148,26 @@ def fit(
             status = "stopped" if epoch < cfg.optim.epochs else "completed"
             break
 
+    return _fit_result(status, error, history, cfg.selection)
+
+
+def _epoch_row(epoch: int, train_stats: dict[str, Any], val: dict[str, Any], test: dict[str, Any],
+               optimizer: torch.optim.Optimizer, seconds: float) -> dict[str, Any]:
+    """One epochs.parquet row: the training figures, the evaluation's (on the split it selects
+    with) and, after the last epoch, the test split's."""
+    metrics = {
+        "epoch": epoch,
+        **train_stats,
+        **{name: val.get(name) for name in EVALUATED},
+        "lr": float(optimizer.param_groups[0]["lr"]),
+        "epoch_s": seconds,
+        "test_hit1": test.get("val_hit1"),
+        "test_hit5": test.get("val_hit5"),
+    }
+    return {key: metrics.get(key) for key in EPOCH_COLUMNS}
+
+
+def _fit_result(status: str, error: str | None, history: list[dict[str, Any]], selection: str) -> FitResult:
     best = best_epoch(history)
     return FitResult(
         status=status,
@@ -169,7 +179,7 @@ def fit(
         history=history,
         test_hit1=history[-1].get("test_hit1") if history else None,
         test_hit5=history[-1].get("test_hit5") if history else None,
-        selection=cfg.selection,
+        selection=selection,
     )
 
 
