@@ -656,7 +656,7 @@ def _make_tuner(
         seeds = range(extend_from.repeats, spec.repeats) if spec.is_ablation else None
     return tune.Tuner(
         trainable,
-        param_space=param_space(spec, seeds) if spec.is_grid else None,  # a search's: its searcher's
+        param_space=param_space(spec, seeds) if spec.is_enumerated else None,  # a search's: its searcher's
         tune_config=tune.TuneConfig(
             metric=OBJECTIVE, mode=spec.mode,
             search_alg=None if spec.is_enumerated else optuna_searcher(
