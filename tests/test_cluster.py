@@ -115,8 +115,8 @@ def token_head(token: str) -> Iterator[str]:
         yield address
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
+        try:  # `ray start --block` takes 10 s over a SIGTERM; its processes need no clean exit
+            proc.wait(timeout=2)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=30)
