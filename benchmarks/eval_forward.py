@@ -15,9 +15,8 @@ import torch
 from train_step import COMPILE, NUM_CLASSES, trial_config
 
 from mtsearch.data.clips import normalise_batch
-from mtsearch.model import MultiBranchNet
 from mtsearch.model.multibranch import StepDraws
-from mtsearch.train import compile_wanted, configure_torch
+from mtsearch.train import build_training, compile_wanted, configure_torch
 
 
 def main() -> None:
@@ -34,11 +33,7 @@ def main() -> None:
     configure_torch(device, None)
     cfg = trial_config(args.preset, args.branches, "bf16", compile=COMPILE[args.compile])
     compiled = compile_wanted(cfg, device)
-    model = MultiBranchNet(cfg, NUM_CLASSES).to(device).eval()
-    if cuda:
-        model.channels_last()
-    if compiled:
-        model.compile_stages()
+    model = build_training(cfg, NUM_CLASSES, device, print).model.eval()
     for batch in (int(b) for b in args.batch_sizes.split(",")):
         shape = (batch, cfg.data.clip_frames, cfg.crop, cfg.crop, 3)
         clips = torch.randint(0, 256, shape, dtype=torch.uint8).to(device)

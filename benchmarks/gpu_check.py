@@ -17,19 +17,17 @@ import torch
 
 from mtsearch.config import TrialConfig
 from mtsearch.model import MultiBranchNet
-from mtsearch.train import TrainStep, make_optimizer, step_lr_scheduler
+from mtsearch.train import TrainStep, build_training, step_lr_scheduler
 
 
 def build(
     preset: str, graph: bool, device: torch.device, compiled: bool = False
 ) -> tuple[MultiBranchNet, TrainStep]:
-    cfg = TrialConfig.from_mapping({"model.preset": preset, "cuda_graph": graph}).resolved()
+    cfg = TrialConfig.from_mapping({"model.preset": preset, "cuda_graph": graph,
+                                    "compile": compiled}).resolved()
     torch.manual_seed(0)
-    model = MultiBranchNet(cfg, 51).to(device).channels_last()
-    if compiled:
-        model.compile_stages()
-    optimizer = make_optimizer(model, cfg, device, graph)
-    return model, TrainStep(model, optimizer, cfg, device, graph, print)
+    training = build_training(cfg, 51, device, print)
+    return training.model, training.step
 
 
 def batches(cfg_preset: str, count: int, batch: int = 4) -> list[tuple[torch.Tensor, torch.Tensor]]:

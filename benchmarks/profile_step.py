@@ -16,8 +16,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 from train_step import COMPILE, NUM_CLASSES, trial_config
 
-from mtsearch.model import MultiBranchNet
-from mtsearch.train import GRAPH_WARMUP, TrainStep, compile_wanted, make_optimizer
+from mtsearch.train import GRAPH_WARMUP, build_training
 
 
 def main() -> None:
@@ -40,13 +39,8 @@ def main() -> None:
     cfg = trial_config(args.preset, args.branches, precision, **{
         "optim.batch_size": args.batch_size, "compile": COMPILE[args.compile]})
     torch.manual_seed(0)
-    model = MultiBranchNet(cfg, NUM_CLASSES).to(device)
-    if cuda:
-        model.channels_last()
-    if compile_wanted(cfg, device):
-        model.compile_stages()
-    step = TrainStep(model, make_optimizer(model, cfg, device, cfg.cuda_graph), cfg, device,
-                     cfg.cuda_graph, print, bf16=precision != "fp32")
+    training = build_training(cfg, NUM_CLASSES, device, print, bf16=precision != "fp32")
+    model, step = training.model, training.step
     gen = torch.Generator().manual_seed(0)
     shape = (args.batch_size, cfg.data.clip_frames, cfg.crop, cfg.crop, 3)
     clips = torch.randint(0, 256, shape, dtype=torch.uint8, generator=gen)

@@ -51,16 +51,11 @@ def measure_eval(
     test clips; the first round warms up (compiles where the trainer would). The loader alone
     says whether evaluation waits for data."""
     from mtsearch.data.clips import make_loader
-    from mtsearch.model import MultiBranchNet
-    from mtsearch.train import compile_wanted, configure_torch, evaluate, load_clips, loader_workers
+    from mtsearch.train import build_training, configure_torch, evaluate, load_clips, loader_workers
 
     configure_torch(device, cfg.threads)
     _, _, test_set, num_classes = load_clips(cfg, print)
-    model = MultiBranchNet(cfg, num_classes).to(device)
-    if device.type == "cuda":
-        model.channels_last()
-    if compile_wanted(cfg, device):
-        model.compile_stages()
+    model = build_training(cfg, num_classes, device, print).model
     loader = make_loader(test_set, cfg.eval_batch_size, False, loader_workers(cfg, device), device, 0)
     best = loader_only = 0.0
     times = []

@@ -1,6 +1,6 @@
 """Training throughput per preset and branch mask, and the cost of the self-supervised branches.
 
-One training step is the trainer's own (`mtsearch.train.TrainStep`): uint8 clips of the preset's
+One training step is the trainer's own (`mtsearch.train.build_training`): uint8 clips of the preset's
 geometry normalised on the device, host-drawn randomness, forward + losses + backward + gradient
 clipping + Adam (fused on CUDA), channels-last on CUDA. No data loading: that is the `loop`
 column, the trainer's real loop (`fit`) over a synthetic set written for the run, data included,
@@ -30,8 +30,8 @@ from pathlib import Path
 import torch
 
 from mtsearch.config import PRESETS, TrialConfig, branches_label, normalize_branches
-from mtsearch.model import MultiBranchNet, describe
-from mtsearch.train import GRAPH_WARMUP, TrainStep, compile_wanted, make_optimizer
+from mtsearch.model import describe
+from mtsearch.train import GRAPH_WARMUP, build_training, compile_wanted
 
 MASKS = ("cls", "cls+track", "cls+dir", "cls+track+dir")
 # smallest first; the last one measured is the main preset
@@ -94,15 +94,12 @@ def measure(
     cfg = trial_config(preset, mask, precision, **{"optim.batch_size": batch,
                                                     "compile": COMPILE[compile_mode]})
     compile_stages = compile_wanted(cfg, device)
-    torch.manual_seed(0)
-    model = MultiBranchNet(cfg, NUM_CLASSES).to(device)
     if device.type == "cuda":
-        model.channels_last()
         torch.cuda.reset_peak_memory_stats(device)
-    if compile_stages:
-        model.compile_stages(tracking=compile_tracking)
-    optimizer = make_optimizer(model, cfg, device, cfg.cuda_graph)
-    step = TrainStep(model, optimizer, cfg, device, cfg.cuda_graph, print, bf16=precision != "fp32")
+    torch.manual_seed(0)
+    training = build_training(cfg, NUM_CLASSES, device, print, bf16=precision != "fp32",
+                              compile_tracking=compile_tracking)
+    model, step = training.model, training.step
     shape = (batch, cfg.data.clip_frames, cfg.crop, cfg.crop, 3)
     gen = torch.Generator().manual_seed(0)
     batches = []

@@ -32,8 +32,8 @@ VAL_FRACTION, SELECTION = 0.2, "val"  # the honest protocol's defaults
 # `tiny` scale; MEASURED_TRACKING was chosen by measurement there (README, "Does the tracking
 # branch track?"). A config that leaves these keys unset gets `tracking_defaults(preset)`: the
 # measured values on `tiny`, the thesis's formula (THESIS_TRACKING) on the presets nobody has
-# measured yet. A record from before these keys existed ran THESIS_TRACKING (its temperature,
-# None here, is TimeCycle's track_dim ** -0.5: `thesis_temperature`).
+# measured yet. A record from before these keys existed ran THESIS_TRACKING (records.py; its
+# temperature, None here, is TimeCycle's track_dim ** -0.5: `thesis_temperature`).
 # w_track is among them: with this formula, at the thesis's 25 the tracking gradient into the trunk
 # is ~100x l_cls's and costs both classification and tracking; at 0.25 it is about as large.
 MEASURED_TRACKING: dict[str, Any] = {
@@ -164,16 +164,6 @@ class TrialConfig:
         """Build and validate from nested and/or dotted keys; errors name `source` and the key."""
         return cls().with_overrides(flatten_keys(data or {}, source), source)
 
-    @classmethod
-    def from_record(cls, data: Mapping[str, Any], source: str | Path = "<config>") -> TrialConfig:
-        """A config a run recorded (checkpoint, trials.parquet). Versions before validation splits had no
-        validation split and selected on the test split: such a record keeps that protocol."""
-        flat = flatten_keys(data, source)
-        if predates_validation(data):
-            flat = {**flat, "data.selection": "test", "data.val_fraction": 0.0}
-        flat = with_thesis_tracking(flat)
-        return cls().with_overrides(flat, source)
-
     def with_overrides(self, flat: Mapping[str, Any], source: str | Path = "<config>") -> TrialConfig:
         """A copy with dotted-key overrides applied, every value coerced and checked."""
         values = self.to_flat()
@@ -245,16 +235,6 @@ class TrialConfig:
                   "data.selection": self.selection, **self.tracking}
         assert set(values) == set(DERIVED_KEYS)
         return self.with_overrides(values)
-
-    def adopting(self, recorded: TrialConfig) -> TrialConfig:
-        """Keys left to the preset (DERIVED_KEYS unset) take a recorded run's values.
-
-        A run or study resumed under a newer version keeps the defaults it started with (the
-        `tiny` learning rate changed with the preset learning rates), instead of being refused as changed.
-        """
-        mine, theirs = self.to_flat(), recorded.to_flat()
-        kept = {k: theirs[k] for k in DERIVED_KEYS if mine[k] is None and theirs[k] is not None}
-        return self.with_overrides(kept) if kept else self
 
     # ---- output -------------------------------------------------------------------------------
     def to_flat(self) -> dict[str, Any]:
@@ -376,16 +356,6 @@ def _type_of(key: str) -> Any:
     return get_type_hints(owner)[name]
 
 
-def with_thesis_tracking(flat: Mapping[str, Any]) -> dict[str, Any]:
-    """Dotted keys of a recorded config, with THESIS_TRACKING for the tracking keys it lacks: a
-    run recorded before they existed ran the thesis's formula, and keeps it when resumed."""
-    missing = {k: v for k, v in THESIS_TRACKING.items() if k not in flat}
-    preset = PRESETS.get(str(flat.get("model.preset", ModelConfig.preset)))
-    if "track.temperature" in missing and preset is not None:
-        missing["track.temperature"] = thesis_temperature(preset.track_dim)
-    return {**missing, **flat}
-
-
 def tracking_defaults(preset: str) -> dict[str, Any]:
     """What the tracking keys are when a config leaves them unset (see MEASURED_TRACKING)."""
     return dict(MEASURED_TRACKING) if preset in MEASURED_PRESETS else thesis_tracking(preset)
@@ -399,12 +369,6 @@ def thesis_tracking(preset: str) -> dict[str, Any]:
 def thesis_temperature(track_dim: int) -> float:
     """TimeCycle's affinity temperature, track_dim ** -0.5 (thesis: 512 ** -0.5 = 0.0442)."""
     return track_dim ** -0.5
-
-
-def predates_validation(record: Mapping[str, Any]) -> bool:
-    """A recorded config (nested, as `to_dict` writes it) from before validation splits: no data.selection."""
-    data = record.get("data")
-    return "data.selection" not in record and not (isinstance(data, Mapping) and "selection" in data)
 
 
 def column_type(key: str) -> str:

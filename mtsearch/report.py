@@ -15,9 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mtsearch.config import TrialConfig, branches_label, flatten_keys, predates_validation
+from mtsearch.config import TrialConfig, branches_label, flatten_keys
 from mtsearch.errors import InvalidInput
 from mtsearch.metrics import MAXIMISE, Direction, counterpart_on_test, direction, display_scale
+from mtsearch.records import config_from_record, recorded_selection
 from mtsearch.space import SpaceSpec, factor_keys, load_study_space
 from mtsearch.stats import Interval, paired_differences, paired_verdict, summarize
 from mtsearch.store import EPOCHS_FILE, TRIALS_FILE, epoch_rows, is_ranked, trial_rows
@@ -68,7 +69,7 @@ class Study:
         for trial in self.trials:
             config = trial.get("config")
             if config:
-                return "test" if predates_validation(config) else str(config["data"]["selection"])
+                return recorded_selection(config)
         return "val"
 
     @property
@@ -274,7 +275,7 @@ def trial_config(study: Study, trial: Mapping[str, Any]) -> TrialConfig:
     config = trial.get("config")
     if not config:
         raise InvalidInput(source, "config", "the trial has no stored config")
-    return TrialConfig.from_record(config, source)
+    return config_from_record(config, source)
 
 
 # ---- ablation ----------------------------------------------------------------------------------

@@ -41,6 +41,7 @@ from mtsearch.files import write_atomic
 from mtsearch.footprint import shortfall_warning
 from mtsearch.metrics import direction
 from mtsearch.packing import Probe, TrialResources, larger_share, plan_resources
+from mtsearch.records import stamped
 from mtsearch.space import Distribution, SpaceSpec, expand_params
 from mtsearch.store import StudyStore, is_ranked
 from mtsearch.study import SPACE_FILE, open_study, release
@@ -391,7 +392,7 @@ def _record_start(live: _Live, trial: Any) -> None:
         values["cell"] = live.spec.cell_of(trial.config)
     values["seed"] = cfg.seed  # also a searched key in grids with repeats
     values["gpu_share"] = _gpu_share(trial)
-    live.store.upsert_trial(trial.trial_id, config=cfg.resolved().to_dict(), **values)
+    live.store.upsert_trial(trial.trial_id, config=stamped(cfg.resolved().to_dict()), **values)
     row = live.store.trials[trial.trial_id]
     if row["epochs_done"] is None:
         row["epochs_done"] = 0

@@ -23,10 +23,10 @@ from mtsearch.config import (
     column_type,
     config_keys,
     flatten_keys,
-    with_thesis_tracking,
 )
 from mtsearch.errors import InvalidInput, did_you_mean
 from mtsearch.metrics import MODES, OBJECTIVES, TEST_METRICS, default_mode
+from mtsearch.records import stamped, unstamped, upgrade_space
 from mtsearch.settings import (
     Resources,
     SchedulerSettings,
@@ -225,7 +225,7 @@ class SpaceSpec:
         return out
 
     def to_yaml(self) -> str:
-        return dump_yaml(self.to_dict())
+        return dump_yaml(stamped(self.to_dict()))
 
     @property
     def count(self) -> int:
@@ -270,6 +270,7 @@ def space_from_mapping(
     if not isinstance(data, Mapping):
         raise InvalidInput(source, None, "expected a mapping (name, base, metric, search, space ...)",
                            type(data).__name__ if data is not None else "an empty file")
+    data = unstamped(data)  # a study's space.yaml given back as a space file
     if kind is None:
         kind = ABLATION if "grid" in data else SEARCH
     allowed = _GRID_TOP if kind == ABLATION else _SEARCH_TOP
@@ -341,10 +342,7 @@ def space_from_mapping(
 def load_study_space(study_dir: str | Path) -> SpaceSpec:
     """The `space.yaml` a study was run with (for reports, leaderboards and resume)."""
     path = Path(study_dir) / "space.yaml"
-    data = read_yaml(path)
-    if isinstance(data, Mapping) and isinstance(data.get("base"), Mapping):
-        # a study begun before the tracking keys ran the thesis's tracking formula: its new trials do too
-        data = {**data, "base": with_thesis_tracking(flatten_keys(data["base"], str(path)))}
+    data = upgrade_space(read_yaml(path), path)
     kind = ABLATION if isinstance(data, Mapping) and "grid" in data else SEARCH
     return space_from_mapping(data, str(path), kind, default_name=Path(study_dir).name)
 

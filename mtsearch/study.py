@@ -11,8 +11,8 @@ import os
 from dataclasses import replace
 from pathlib import Path
 
-from mtsearch.config import predates_validation
 from mtsearch.errors import InvalidInput
+from mtsearch.records import adopt_recorded
 from mtsearch.space import SpaceSpec, load_study_space
 
 LOCK_FILE = ".lock"
@@ -28,8 +28,9 @@ def open_study(
 ) -> tuple[SpaceSpec, Path, int, bool, int | None]:
     """Create or reopen `trials/<name>/` and hold its lock; refuse a study in use or a clobber.
 
-    A resumed study keeps the preset-decided values its space.yaml recorded (`adopting`), so a
-    newer version's defaults never change a study half way. The last value is the study's count
+    A resumed study keeps the preset-decided values its space.yaml recorded (`adopt_recorded`), so
+    a newer version's defaults never change a study half way (a study from before validation splits
+    keeps selecting on the test split). The last value is the study's count
     when `spec` raises it (an extension), else None.
     """
     extend_from = None
@@ -50,7 +51,7 @@ def open_study(
                                "or pick a new --name")
         if existed and (study_dir / SPACE_FILE).exists():
             saved = load_study_space(study_dir)
-            spec = replace(spec, base=spec.base.adopting(saved.base))
+            spec = replace(spec, base=adopt_recorded(spec.base, saved.base))
             if spec.count < saved.count:
                 raise InvalidInput(None, spec.count_flag, f"the study {study_dir} already has "
                                    f"{saved.count}; give {saved.count} or more to extend it", spec.count)
@@ -60,26 +61,12 @@ def open_study(
                 raise InvalidInput(spec.source, ", ".join(changed) or None,
                                    f"differs from the study's {study_dir / SPACE_FILE}; a resumed study keeps "
                                    "its space: restore the file or pick a new --name")
-        if _legacy_protocol(study_dir) and spec.base.data.selection is None:
-            # a study begun before validation splits selected on the test split: its new trials do too
-            spec = replace(spec, base=spec.base.with_overrides(
-                {"data.selection": "test", "data.val_fraction": 0.0}, spec.source))
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
     except BaseException:
         os.close(fd)
         raise
     return spec, study_dir, fd, not existed, extend_from
-
-
-def _legacy_protocol(study_dir: Path) -> bool:
-    """The study's trials were recorded before validation splits (`predates_validation`)."""
-    from mtsearch.store import trial_rows
-
-    if not (study_dir / "trials.parquet").exists():
-        return False
-    rows = [r for r in trial_rows(study_dir) if r.get("config")]
-    return bool(rows) and predates_validation(rows[0]["config"])
 
 
 def release(fd: int) -> None:

@@ -33,13 +33,15 @@ def test_a_preset_carries_its_learning_rate_and_an_explicit_one_wins():
 
 
 def test_a_resumed_run_keeps_the_preset_values_it_recorded():
+    from mtsearch.records import adopt_recorded
+
     """An older version resolved tiny's lr to 2e-4; a resume keeps it unless the key is set."""
     recorded = TrialConfig.from_mapping({"model.preset": "tiny", "optim.lr": 2e-4}).resolved()
     bare = TrialConfig.from_mapping({"model.preset": "tiny"})
-    assert bare.adopting(recorded).resolved().optim.lr == 2e-4
+    assert adopt_recorded(bare, recorded).resolved().optim.lr == 2e-4
     explicit = TrialConfig.from_mapping({"model.preset": "tiny", "optim.lr": 5e-3})
-    assert explicit.adopting(recorded).resolved().optim.lr == 5e-3
-    assert bare.adopting(recorded).crop == recorded.crop
+    assert adopt_recorded(explicit, recorded).resolved().optim.lr == 5e-3
+    assert adopt_recorded(bare, recorded).crop == recorded.crop
 
 
 def test_tracking_keys_default_by_preset_and_resolve():
@@ -63,10 +65,11 @@ def test_tracking_keys_default_by_preset_and_resolve():
 
 
 def test_a_record_from_before_the_tracking_keys_keeps_the_thesis_formula(tmp_path: Path):
-    """A checkpoint or trials.parquet config (and a study's space.yaml) written before issue 13
+    """A checkpoint or trials.parquet config (and a study's space.yaml) written before the tracking keys
     ran the thesis's tracking formula: resumed, it still does, and a space file that leaves the
     keys unset is not refused as changed."""
     from mtsearch.config import thesis_tracking
+    from mtsearch.records import adopt_recorded, config_from_record
     from mtsearch.space import load_study_space
 
     old = TrialConfig.from_mapping({"model.preset": "tiny"}).to_dict()
@@ -75,11 +78,11 @@ def test_a_record_from_before_the_tracking_keys_keeps_the_thesis_formula(tmp_pat
         del old["track"][key]
     del old["loss"]["sim_weight"]
     old["loss"]["w_track"] = 25.0  # what a record of that time holds (the default then)
-    recorded = TrialConfig.from_record(old)
+    recorded = config_from_record(old)
     assert recorded.resolved().tracking == thesis_tracking("tiny")
     bare = TrialConfig.from_mapping({"model.preset": "tiny"})
-    assert bare.adopting(recorded).resolved().tracking == thesis_tracking("tiny")
-    new = TrialConfig.from_record(TrialConfig.from_mapping({"model.preset": "tiny"}).resolved().to_dict())
+    assert adopt_recorded(bare, recorded).resolved().tracking == thesis_tracking("tiny")
+    new = config_from_record(TrialConfig.from_mapping({"model.preset": "tiny"}).resolved().to_dict())
     assert new.tracking["track.localizer"] == "softargmax"  # a new record keeps what it ran
 
     study = tmp_path / "old"
@@ -91,7 +94,7 @@ def test_a_record_from_before_the_tracking_keys_keeps_the_thesis_formula(tmp_pat
         "search": {"algorithm": "random", "num_samples": 2}, "space": {"loss.w_dir": {"uniform": [1, 2]}},
     }))
     saved = load_study_space(study)
-    assert bare.adopting(saved.base).resolved().tracking == thesis_tracking("tiny")
+    assert adopt_recorded(bare, saved.base).resolved().tracking == thesis_tracking("tiny")
 
 
 def test_presets_keep_thesis_geometry():

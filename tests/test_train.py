@@ -11,8 +11,8 @@ import torch
 
 from mtsearch.config import TrialConfig
 from mtsearch.errors import InvalidInput
-from mtsearch.store import best_epoch
-from mtsearch.train import EPOCH_COLUMNS, fit, hit_at_k
+from mtsearch.store import EPOCH_COLUMNS, best_epoch
+from mtsearch.train import fit, hit_at_k
 
 TIMING = {"epoch_s", "clips_per_s", "data_wait"}
 
@@ -241,7 +241,8 @@ def _tiny_step(cfg: TrialConfig):
 @pytest.mark.parametrize("bad_step", [3, 27])
 def test_nan_at_step_k_ends_the_epoch_as_diverged_naming_the_batch(bad_step: int, tmp_path: Path):
     """The loss is read back every SYNC_EVERY steps, yet the error names the very batch."""
-    from mtsearch.train import SYNC_EVERY, Diverged, _train_epoch
+    from mtsearch.train import SYNC_EVERY, Diverged
+    from mtsearch.train.step import train_epoch
 
     cfg = small_config(tmp_path, tmp_path, **{"data.clip_frames": 7}).resolved()
     model, step = _tiny_step(cfg)
@@ -260,7 +261,7 @@ def test_nan_at_step_k_ends_the_epoch_as_diverged_naming_the_batch(bad_step: int
     ]
     seen: list[int] = []
     with pytest.raises(Diverged, match=f"batch {bad_step}$"):
-        _train_epoch(step, model, batches, cfg, 1, lambda done, *rest: seen.append(done))
+        train_epoch(step, model, batches, cfg, 1, lambda done, *rest: seen.append(done))
     assert seen == ([] if bad_step <= SYNC_EVERY else [SYNC_EVERY])  # stopped at the next read
     assert calls["n"] <= ((bad_step - 1) // SYNC_EVERY + 1) * SYNC_EVERY
 
@@ -303,11 +304,11 @@ def test_evaluation_is_the_same_at_eval_batch_1_and_16(small_set: Path, tmp_path
 
 
 def test_a_checkpoint_of_the_3d_trunk_layout_resumes(small_set: Path, tmp_path: Path):
-    """A state.pt written by the landed (pre-issue-8) code: 5-D trunk weights and Adam moments."""
+    """A state.pt as the code before the fast path wrote it: 5-D trunk weights and Adam moments."""
     import legacy_model
 
     from mtsearch.config import thesis_tracking
-    from mtsearch.train import _save_checkpoint
+    from mtsearch.train.checkpoint import save_checkpoint
 
     cache = tmp_path / "cache"
     # the landed code computed the thesis's tracking formula (conv localizer); its record says so
@@ -322,8 +323,11 @@ def test_a_checkpoint_of_the_3d_trunk_layout_resumes(small_set: Path, tmp_path: 
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer)
     history = [{**dict.fromkeys(EPOCH_COLUMNS), "epoch": 1, "loss": 1.0, "val_hit1": 0.25}]
     ckpt = tmp_path / "run" / "checkpoint"
-    _save_checkpoint(ckpt, cfg, 1, old, optimizer, scheduler, history)
-    assert torch.load(ckpt / "state.pt", weights_only=False)["model"]["trunk.conv1.0.weight"].dim() == 5
+    save_checkpoint(ckpt, cfg, 1, old, optimizer, scheduler, history)
+    state = torch.load(ckpt / "state.pt", weights_only=False)
+    del state["record_version"], state["config"]["record_version"]  # as the landed code wrote it
+    torch.save(state, ckpt / "state.pt")
+    assert state["model"]["trunk.conv1.0.weight"].dim() == 5
 
     # resumed from a config that leaves the tracking keys unset: the recorded formula is kept
     result = fit(small_config(small_set, cache, **{"optim.epochs": 2}), tmp_path / "run")
@@ -401,6 +405,7 @@ def test_a_checkpoint_from_before_validation_splits_resumes_on_the_test_protocol
     state_path = tmp_path / "run" / "checkpoint" / "state.pt"
     state = torch.load(state_path, weights_only=False)
     del state["config"]["data"]["selection"], state["config"]["data"]["val_fraction"]
+    del state["record_version"], state["config"]["record_version"]  # as that version wrote it
     torch.save(state, state_path)
     resumed = fit(small_config(small_set, tmp_path / "cache", **{"optim.epochs": 2}), tmp_path / "run")
     assert resumed.epochs_done == 2

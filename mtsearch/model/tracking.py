@@ -37,8 +37,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mtsearch.model.trunk import accept_legacy_weights
-
 MAX_ANGLE = math.pi / 4  # ground-truth patch rotation is uniform in ±45°
 GRID_POINTS = 20  # the theta loss compares transformed points of a 20x20 grid over [-1, 1]^2
 LOCALIZER_CHANNELS = (128, 64)  # TimeCycle's afterconv3_trans / afterconv4_trans
@@ -289,7 +287,6 @@ class TrackingBranch(nn.Module):
         self.register_buffer("grid_points", grid_points(), persistent=False)
         # (p*p, 2): the patch's cell centres, normalised patch coordinates
         self.register_buffer("cell_offsets", cell_grid(patch), persistent=False)
-        accept_legacy_weights(self)  # proj and localizer were 1x1x1 / 1xkxk Conv3d
         self._compiled: tuple[Callable, Callable] | None = None  # compile_steps(): training walks
 
     def feature_cosine(self, feat: torch.Tensor) -> torch.Tensor:

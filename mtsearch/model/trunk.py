@@ -9,12 +9,10 @@ Because no kernel spans time, the trunk runs as 2D convolutions on the B*T frame
 (time folded into the batch): the same function as the 1 x k x k 3D convolutions, batch-norm
 statistics included (over (B, T, H, W) = over (B*T, H, W)), and the convolutions cuDNN and oneDNN
 tune hardest, in channels-last memory on the GPU. Checkpoints written with the 3D layout (5-D
-weights of shape (out, in, 1, k, k)) load through `accept_legacy_weights`.
+weights of shape (out, in, 1, k, k)) are upgraded by `mtsearch.records` before they load.
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 import torch
 from torch import nn
@@ -103,7 +101,6 @@ class Trunk(nn.Module):
         self.conv4_x = make_stage(
             width * 2 * EXPANSION, width * 4, depths[2], stride=1, temporal_kernel=1
         )
-        accept_legacy_weights(self)
 
     def frames(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv1(x)  # (N, w, H/4, W/4)
@@ -123,22 +120,6 @@ def init_weights(module: nn.Module) -> None:
         elif isinstance(m, (nn.BatchNorm3d, nn.BatchNorm2d)):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
-
-
-def accept_legacy_weights(module: nn.Module) -> None:
-    """Let `module` load 5-D (out, in, 1, k, k) weights saved for what is now a 2D conv.
-
-    Before the fast path, the trunk, the tracking projection and the localizer were Conv3d with a time
-    kernel of 1; their parameters kept their names, so only the shape differs.
-    """
-
-    def squeeze(owner: nn.Module, state: dict[str, Any], prefix: str, *args: object) -> None:
-        for name, param in owner.named_parameters():
-            saved = state.get(prefix + name)
-            if saved is not None and param.dim() == 4 and saved.dim() == 5 and saved.shape[2] == 1:
-                state[prefix + name] = saved.squeeze(2)
-
-    module._register_load_state_dict_pre_hook(squeeze, with_module=True)
 
 
 def to_channels_last(module: nn.Module) -> nn.Module:

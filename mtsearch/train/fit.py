@@ -1,0 +1,198 @@
+"""The trainer: `fit(config, on_epoch=...)`, a plain function that knows nothing of Ray.
+
+One epoch = one random clip per training video (thesis §4.2). Evaluation every `eval.every`
+epochs and after the last: video-level prediction by averaging softmax over all non-overlapping
+centre-cropped clips, Hit@1/Hit@5 over videos, direction accuracy on the same clips.
+Checkpoints (model, optimizer, scheduler, RNG states, history) are written atomically after
+every epoch, so a killed run resumes from its last finished epoch and reproduces the metrics
+of an uninterrupted run (same seed, CPU): every random choice is seeded from (seed, epoch).
+ReduceLROnPlateau is stepped each epoch on the epoch's training loss ("the learning rate is
+reduced whenever the loss plateaus", thesis §4.2), so its patience counts epochs.
+
+On a GPU the host must never wait for the device inside an epoch: loader workers hand
+over uint8 clips in pinned memory, normalised on the device; a step's random choices are drawn on
+the host and copied once; losses accumulate on the device and are read every SYNC_EVERY steps.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mtsearch.config import TrialConfig
+from mtsearch.metrics import EVALUATED
+from mtsearch.records import adopt_recorded
+from mtsearch.store import EPOCH_COLUMNS, best_epoch
+from mtsearch.train.checkpoint import (
+    CHECKPOINT_FILE,
+    read_checkpoint,
+    recorded_config,
+    restore,
+    save_checkpoint,
+)
+from mtsearch.train.device import (
+    configure_torch,
+    device_label,
+    loader_workers,
+    peak_memory_gib,
+    pick_device,
+    seed_everything,
+)
+from mtsearch.train.evaluate import evaluate, evaluate_once, named
+from mtsearch.train.step import Diverged, OnBatch, build_training, step_lr_scheduler, train_epoch
+
+OnEpoch = Callable[[dict[str, Any], "Path | None"], "bool | None"]
+
+
+@dataclass
+class FitResult:
+    status: str  # completed | diverged | stopped
+    epochs_done: int
+    best_epoch: int | None
+    best_val_hit1: float | None
+    best_val_hit5: float | None
+    error: str | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    test_hit1: float | None = None  # the final weights on the test split (selection: val)
+    test_hit5: float | None = None
+    selection: str = "val"  # the split its evaluations ran on (a resumed older run: test)
+
+
+def fit(
+    cfg: TrialConfig,
+    out_dir: str | Path | None = None,
+    *,
+    on_epoch: OnEpoch | None = None,
+    resume: bool = True,
+    log: Callable[[str], None] | None = None,
+    on_batch: OnBatch | None = None,
+    warn: Callable[[str], None] | None = None,
+) -> FitResult:
+    """Train `cfg` for `optim.epochs` epochs; checkpoints go to `out_dir/checkpoint/`.
+
+    `log` gets progress notes, `warn` (default: `log`) the videos skipped as unreadable.
+    """
+    from mtsearch.data.clips import make_loader
+
+    say = log or (lambda msg: None)
+    warn = warn or say
+    ckpt_dir = Path(out_dir) / "checkpoint" if out_dir is not None else None
+    ckpt_file = ckpt_dir / CHECKPOINT_FILE if ckpt_dir is not None else None
+    state = read_checkpoint(ckpt_file) if resume and ckpt_file is not None and ckpt_file.exists() else None
+    if state is not None:
+        cfg = adopt_recorded(cfg, recorded_config(state, ckpt_file))
+    cfg = cfg.resolved()
+    device = pick_device(cfg.device)
+    configure_torch(device, cfg.threads)
+    train_set, val_set, test_set, num_classes = load_clips(cfg, warn)
+    # what evaluations during training (ASHA, Optuna, best_epoch) see; the test split once at the end
+    eval_set = val_set if cfg.selection == "val" else test_set
+
+    seed_everything(cfg.seed)
+    training = build_training(cfg, num_classes, device, warn)
+    model, optimizer, scheduler, step = training.model, training.optimizer, training.scheduler, training.step
+    history: list[dict[str, Any]] = []
+    start_epoch = 1
+    if state is not None:
+        restore(state, ckpt_file, cfg, model, optimizer, scheduler)
+        history = list(state["history"])
+        start_epoch = state["epoch"] + 1
+        say(f"resuming from epoch {state['epoch']} ({ckpt_dir})")
+
+    workers = loader_workers(cfg, device)
+    train_loader = make_loader(train_set, cfg.optim.batch_size, True, workers, device, cfg.seed)
+    eval_loader = make_loader(eval_set, cfg.eval_batch_size, False, workers, device, cfg.seed)
+
+    status, error = "completed", None
+    for epoch in range(start_epoch, cfg.optim.epochs + 1):
+        seed_everything(cfg.seed * 100_003 + epoch)
+        train_set.set_epoch(epoch)
+        if model.track_trains_trunk != (epoch > cfg.track.warmup_epochs):
+            model.track_trains_trunk = epoch > cfg.track.warmup_epochs
+            step.forget_graph()  # a captured step would keep the warm-up's detached trunk
+        t0 = time.perf_counter()
+        try:
+            train_stats = train_epoch(step, model, train_loader, cfg, epoch, on_batch)
+        except Diverged as exc:
+            status, error = "diverged", str(exc)
+            say(f"epoch {epoch}: {error}")
+            break
+        step_lr_scheduler(scheduler, optimizer, train_stats["loss"])
+        do_eval = epoch % cfg.eval.every == 0 or epoch == cfg.optim.epochs
+        val = evaluate(model, eval_loader, cfg, device) if do_eval and len(eval_set) else {}
+        test = {}
+        if epoch == cfg.optim.epochs:  # the final weights meet the test split once
+            test = val if eval_set is test_set else evaluate_once(model, test_set, cfg, device)
+        metrics = _epoch_row(epoch, train_stats, val, test, optimizer, time.perf_counter() - t0)
+        history.append(metrics)
+        metrics = {**metrics, "peak_mem_gib": peak_memory_gib(device), "device": device_label(device)}
+        if ckpt_dir is not None:
+            save_checkpoint(ckpt_dir, cfg, epoch, model, optimizer, scheduler, history)
+        if on_epoch is not None and on_epoch(metrics, ckpt_dir) is False:
+            status = "stopped" if epoch < cfg.optim.epochs else "completed"
+            break
+
+    return _fit_result(status, error, history, cfg.selection)
+
+
+def _epoch_row(epoch: int, train_stats: dict[str, Any], val: dict[str, Any], test: dict[str, Any],
+               optimizer: torch.optim.Optimizer, seconds: float) -> dict[str, Any]:
+    """One epochs.parquet row: the training figures, the evaluation's (on the split it selects
+    with) and, after the last epoch, the test split's."""
+    metrics = {
+        "epoch": epoch,
+        **train_stats,
+        **{name: named("val", val).get(name) for name in EVALUATED},
+        "lr": float(optimizer.param_groups[0]["lr"]),
+        "epoch_s": seconds,
+        **named("test", {"hit1": test.get("hit1"), "hit5": test.get("hit5")}),
+    }
+    return {key: metrics.get(key) for key in EPOCH_COLUMNS}
+
+
+def _fit_result(status: str, error: str | None, history: list[dict[str, Any]], selection: str) -> FitResult:
+    best = best_epoch(history)
+    return FitResult(
+        status=status,
+        epochs_done=len(history),
+        best_epoch=best["epoch"] if best else None,
+        best_val_hit1=best["val_hit1"] if best else None,
+        best_val_hit5=best["val_hit5"] if best else None,
+        error=error,
+        history=history,
+        test_hit1=history[-1].get("test_hit1") if history else None,
+        test_hit5=history[-1].get("test_hit5") if history else None,
+        selection=selection,
+    )
+
+
+def load_clips(cfg: TrialConfig, warn: Callable[[str], None]) -> tuple[Any, Any, Any, int]:
+    """(training clips, validation clips, test clips, number of classes) of a resolved config.
+
+    The validation videos are carved from the training split (`data.val_fraction`, see
+    data/splits.py). Fills the frame cache; unreadable videos are skipped with `warn`.
+    """
+    from mtsearch.data.cache import FrameCache
+    from mtsearch.data.clips import TestClips, TrainClips, usable_videos
+    from mtsearch.data.datasets import index_for_config
+    from mtsearch.data.splits import carve
+    from mtsearch.paths import frames_dir
+
+    index = index_for_config(cfg, warn=warn)
+    split = carve(index, cfg.val_fraction)
+    cache = FrameCache(frames_dir(cfg.data.cache_dir))
+    fps, short, frames = cfg.data.fps, cfg.short_side, cfg.data.clip_frames
+    train_items = usable_videos(split.train, cache, fps, short, warn)
+    val_items = usable_videos(split.val, cache, fps, short, warn)
+    test_items = usable_videos(split.test, cache, fps, short, warn)
+    if not train_items:
+        raise RuntimeError(f"no usable training videos in {index.root} (split {cfg.data.split})")
+    train_set = TrainClips(train_items, cache, fps, short, frames, cfg.crop, cfg.seed)
+    val_set = TestClips(val_items, cache, fps, short, frames, cfg.crop)
+    test_set = TestClips(test_items, cache, fps, short, frames, cfg.crop)
+    return train_set, val_set, test_set, len(index.classes)
