@@ -1,9 +1,9 @@
 """What `resources.gpus_per_trial: auto` chooses on this machine, and how long its probe takes.
 
 For each preset at the given batch, all branches, the driver's own memory probe
-(`mtsearch.packing.measure_step_memory`: the trainer's step, warm-up and CUDA graph capture
+(`mtsearch.search.packing.measure_step_memory`: the trainer's step, warm-up and CUDA graph capture
 included, then one evaluation batch) runs in a fresh process, as the Ray task does, and
-`mtsearch.packing.plan` turns its peak into trials per GPU for this machine's CPUs. Compare the
+`mtsearch.search.packing.plan` turns its peak into trials per GPU for this machine's CPUs. Compare the
 peaks with those `benchmarks/packing.py` measures in real trials. On a machine without a GPU the
 probe reports the process's peak RSS against the machine's memory, and says so. The last line is
 
@@ -30,7 +30,7 @@ def probe_once(preset: str, batch: int) -> None:
     """In a fresh process: print the probe's JSON line."""
     from train_step import trial_config
 
-    from mtsearch.packing import measure_step_memory
+    from mtsearch.search.packing import measure_step_memory
 
     cuda = torch.cuda.is_available()
     cfg = trial_config(preset, "cls+track+dir", "bf16g" if cuda else "fp32",
@@ -55,7 +55,7 @@ def main() -> None:
 
     from train_step import trial_config
 
-    from mtsearch.packing import MemoryProbe, plan, shape_label
+    from mtsearch.search.packing import MemoryProbe, plan, shape_label
 
     cuda = torch.cuda.is_available()
     presets = (args.presets or ("tiny,small,thesis" if cuda else "tiny")).split(",")

@@ -25,7 +25,8 @@ import statistics
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
-from mtsearch.config import THESIS_TRACKING, TrialConfig, thesis_temperature
+from mtsearch.config import TrialConfig
+from mtsearch.presets import THESIS_TRACKING, thesis_temperature
 
 BASE: dict[str, Any] = {
     "model.preset": "tiny", "optim.lr": 1e-3, "eval.every": 1, "threads": 1, "device": "cpu",

@@ -1,4 +1,4 @@
-"""One trial's configuration: typed, validated in one place, thesis defaults, presets.
+"""One trial's configuration: typed, validated in one place, thesis defaults (presets.py: sizes).
 
 Keys are addressed by dotted names (`loss.w_track`) everywhere: in config files (nested mappings
 or dotted keys, mixed freely), in space files, in Parquet columns. Values a preset decides
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields
@@ -17,6 +16,8 @@ from pathlib import Path
 from typing import Any, get_type_hints
 
 from mtsearch.errors import InvalidInput, did_you_mean
+from mtsearch.presets import PRESETS, Preset, tracking_defaults
+from mtsearch.values import as_float, as_int, at_least, non_negative, one_of, positive
 from mtsearch.yamlio import dump_yaml, read_yaml
 
 BRANCHES: tuple[str, ...] = ("cls", "track", "dir")
@@ -28,56 +29,7 @@ DERIVED_KEYS: tuple[str, ...] = (
     "track.crop_grad", "track.projection",
 )
 VAL_FRACTION, SELECTION = 0.2, "val"  # the honest protocol's defaults
-# The tracking branch as the thesis writes it collapses and does not track at the
-# `tiny` scale; MEASURED_TRACKING was chosen by measurement there (README, "Does the tracking
-# branch track?"). A config that leaves these keys unset gets `tracking_defaults(preset)`: the
-# measured values on `tiny`, the thesis's formula (THESIS_TRACKING) on the presets nobody has
-# measured yet. A record from before these keys existed ran THESIS_TRACKING (records.py; its
-# temperature, None here, is TimeCycle's track_dim ** -0.5: `thesis_temperature`).
-# w_track is among them: with this formula, at the thesis's 25 the tracking gradient into the trunk
-# is ~100x l_cls's and costs both classification and tracking; at 0.25 it is about as large.
-MEASURED_TRACKING: dict[str, Any] = {
-    "loss.w_track": 0.25, "loss.sim_weight": 0.0, "track.temperature": 0.02,
-    "track.localizer": "softargmax", "track.target_patch": "crop", "track.center_features": True,
-    "track.patch_select": "motion", "track.crop_grad": False, "track.projection": "relu",
-}
-MEASURED_PRESETS: tuple[str, ...] = ("tiny",)
-THESIS_TRACKING: dict[str, Any] = {
-    "loss.w_track": 25.0, "loss.sim_weight": 1.0, "track.temperature": None,
-    "track.localizer": "conv", "track.target_patch": "encode", "track.center_features": False,
-    "track.patch_select": "uniform", "track.crop_grad": True, "track.projection": "relu",
-}
 DATASETS: tuple[str, ...] = ("synthetic", "hmdb51", "ucf101", "list")
-
-
-@dataclass(frozen=True)
-class Preset:
-    """Network size as a few numbers; every preset keeps the thesis geometry.
-
-    Trunk stride is 8 (conv1 /2, max pool /2, conv3_x /2, conv4_x stride 1) and the tracked patch is
-    a third of the crop, so the patch feature is crop/24 cells wide (thesis: 240 -> 30x30, 80 -> 10x10).
-    """
-
-    width: int  # conv1 channels; stage widths are width * (1, 2, 4), bottleneck expansion 4
-    depths: tuple[int, int, int]  # units in conv2_x, conv3_x, conv4_x
-    head_depth: int  # units in each head's conv5_x
-    crop: int  # default data.crop
-    patch: int  # default track.patch
-    track_dim: int  # channels of the tracking projection (TimeCycle: 512)
-    lr: float  # default optim.lr: the thesis's 2e-4 for its network; smaller networks learn faster
-
-
-PRESETS: dict[str, Preset] = {
-    "thesis": Preset(
-        width=64, depths=(3, 4, 6), head_depth=3, crop=240, patch=80, track_dim=512, lr=2e-4
-    ),
-    # small's rate sits between the two measured ones (not tuned on its own yet)
-    "small": Preset(
-        width=32, depths=(2, 2, 3), head_depth=2, crop=144, patch=48, track_dim=128, lr=5e-4
-    ),
-    # tiny: 1e-3, as the shipped spaces use; 2e-4 leaves it near chance after 6 epochs
-    "tiny": Preset(width=8, depths=(1, 1, 1), head_depth=2, crop=96, patch=32, track_dim=32, lr=1e-3),
-}
 
 
 @dataclass(frozen=True)
@@ -356,21 +308,6 @@ def _type_of(key: str) -> Any:
     return get_type_hints(owner)[name]
 
 
-def tracking_defaults(preset: str) -> dict[str, Any]:
-    """What the tracking keys are when a config leaves them unset (see MEASURED_TRACKING)."""
-    return dict(MEASURED_TRACKING) if preset in MEASURED_PRESETS else thesis_tracking(preset)
-
-
-def thesis_tracking(preset: str) -> dict[str, Any]:
-    """The tracking keys as the thesis's formula sets them for `preset` (dotted names)."""
-    return {**THESIS_TRACKING, "track.temperature": thesis_temperature(PRESETS[preset].track_dim)}
-
-
-def thesis_temperature(track_dim: int) -> float:
-    """TimeCycle's affinity temperature, track_dim ** -0.5 (thesis: 512 ** -0.5 = 0.0442)."""
-    return track_dim ** -0.5
-
-
 def column_type(key: str) -> str:
     """A key's value type as a table column: bool, int, float or string (branch masks: labels)."""
     if key == "model.branches":
@@ -380,52 +317,6 @@ def column_type(key: str) -> str:
         if typ is base or typ == base | None:
             return kind
     return "string"
-
-
-def as_int(value: Any) -> int:
-    """An integer from YAML (2.0 counts as 2; booleans do not); ValueError with the reason."""
-    if isinstance(value, bool):
-        raise ValueError("expected an integer")
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    raise ValueError("expected an integer")
-
-
-def as_float(value: Any) -> float:
-    """A finite number from YAML (`2e-4` arrives as a string in YAML 1.1); ValueError otherwise."""
-    if isinstance(value, bool):
-        raise ValueError("expected a number")
-    if isinstance(value, str):  # YAML 1.1 reads `2e-4` as a string
-        try:
-            value = float(value)
-        except ValueError:
-            raise ValueError("expected a number") from None
-    if not isinstance(value, (int, float)):
-        raise ValueError("expected a number")
-    if not math.isfinite(value):
-        raise ValueError("must be finite")
-    return float(value)
-
-
-def positive(v: float) -> str | None:
-    return None if v > 0 else "must be > 0"
-
-
-def non_negative(v: float) -> str | None:
-    return None if v >= 0 else "must be >= 0"
-
-
-def at_least(n: int) -> Callable[[Any], str | None]:
-    return lambda v: None if v is None or v >= n else f"must be >= {n}"
-
-
-def one_of(options: tuple[str, ...] | list[str]) -> Callable[[Any], str | None]:
-    def check(v: Any) -> str | None:
-        return None if v in options else f"must be one of {', '.join(options)}{did_you_mean(str(v), options)}"
-
-    return check
 
 
 def _multiple_of_8(v: int | None) -> str | None:

@@ -10,7 +10,7 @@ means for a `mode`; nothing else compares a mode with "max" or "min".
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -113,6 +113,15 @@ OBJECTIVES: tuple[str, ...] = tuple(m.name for m in METRICS.values() if m.object
 # what evaluation computes; the caller names the split (`val_*` in the table, `test_*` once)
 EVALUATED: tuple[str, ...] = tuple(m.name for m in METRICS.values() if m.evaluated)
 TEST_METRICS: tuple[str, ...] = ("test_hit1", "test_hit5")
+EPOCH_COLUMNS: tuple[str, ...] = ("epoch", *EPOCH_METRICS)  # one epochs.parquet row, as fit makes it
+
+
+def best_epoch(rows: list[Mapping[str, Any]]) -> Mapping[str, Any] | None:
+    """The evaluated epoch with the highest val_hit1 (ties: the earlier), as the trainer picks it."""
+    evaluated = [r for r in rows if r.get("val_hit1") is not None]
+    if not evaluated:
+        return None
+    return max(evaluated, key=lambda r: (r["val_hit1"], -r["epoch"]))
 
 
 def default_mode(name: str) -> str:

@@ -22,16 +22,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from mtsearch.config import (
-    DERIVED_KEYS,
-    PRESETS,
-    THESIS_TRACKING,
-    ModelConfig,
-    TrialConfig,
-    flatten_keys,
-    thesis_temperature,
-)
+from mtsearch.config import DERIVED_KEYS, ModelConfig, TrialConfig, flatten_keys
 from mtsearch.errors import InvalidInput
+from mtsearch.presets import PRESETS, THESIS_TRACKING, thesis_temperature
 
 RECORD_VERSION = 5
 VERSION_KEY = "record_version"
@@ -196,3 +189,34 @@ def _checked_version(value: Any, source: str | Path) -> int:
         raise InvalidInput(source, VERSION_KEY, f"written by a newer mtsearch (this one reads up to "
                            f"{RECORD_VERSION}); upgrade mtsearch to read it", value)
     return value
+
+
+# ---- pickles (Ray Tune's saved state of an interrupted study) ---------------------------------
+
+# Tune pickles the study's callback, searcher and trial-folder function by module path; these are
+# the paths the flat layout (record versions 1-4) gave them.
+MOVED_MODULES: dict[str, str] = {
+    **{f"mtsearch.{name}": f"mtsearch.search.{name}" for name in (
+        "tuning", "study", "packing", "confirm", "cluster", "preflight", "footprint")},
+    **{f"mtsearch.{name}": f"mtsearch.results.{name}" for name in (
+        "store", "stats", "report", "plots", "card")},
+    "mtsearch.tracking_eval": "mtsearch.train.tracking_eval",
+}
+DRIVER_MODULE = "mtsearch.search.driver"  # the flat layout's `mtsearch.search`
+
+
+def accept_moved_modules() -> None:
+    """Let an interrupted study's pickled Tune state find its classes where they live now."""
+    import importlib
+    import sys
+
+    for old, new in MOVED_MODULES.items():
+        sys.modules.setdefault(old, importlib.import_module(new))
+    package = importlib.import_module("mtsearch.search")
+    if "__getattr__" not in vars(package):
+        def driver_name(name: str) -> Any:
+            if name.startswith("__"):
+                raise AttributeError(name)
+            return getattr(importlib.import_module(DRIVER_MODULE), name)
+
+        package.__getattr__ = driver_name  # type: ignore[attr-defined]

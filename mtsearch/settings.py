@@ -11,8 +11,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from mtsearch.config import as_float, as_int, at_least, one_of, positive
 from mtsearch.errors import InvalidInput, did_you_mean
+from mtsearch.values import as_float, as_int, at_least, one_of, positive
 
 ALGORITHMS: tuple[str, ...] = ("tpe", "random", "grid", "cmaes")
 SCHEDULERS: tuple[str, ...] = ("asha", "none")

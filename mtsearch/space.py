@@ -11,18 +11,22 @@ from __future__ import annotations
 import itertools
 import math
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from mtsearch.config import (
-    TrialConfig,
-    as_int,
-    branches_label,
-    column_type,
-    config_keys,
-    flatten_keys,
+from mtsearch.config import TrialConfig, branches_label, column_type, config_keys, flatten_keys
+from mtsearch.distributions import (
+    Distribution,
+    check_space_values,
+    expand_params,
+    factor_keys,
+    grid_section,
+    plain,
+    prefixed_call,
+    show,
+    space_section,
 )
 from mtsearch.errors import InvalidInput, did_you_mean
 from mtsearch.metrics import MODES, OBJECTIVES, TEST_METRICS, default_mode
@@ -37,33 +41,16 @@ from mtsearch.settings import (
     read_scheduler,
     read_search,
 )
+from mtsearch.values import as_int
 from mtsearch.yamlio import dump_yaml, read_yaml
 
 SEARCH, ABLATION = "search", "ablation"  # a space file (`run`) and a grid file (`ablate`)
-DISTRIBUTIONS: tuple[str, ...] = ("uniform", "loguniform", "int", "logint", "choice", "grid")
-# the split a study selects on: every trial of a study must see the same one (SPEC: never searched)
-STUDY_WIDE: tuple[str, ...] = ("data.split", "data.val_fraction", "data.selection")
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
 _SEARCH_TOP = ("name", "base", "metric", "mode", "search", "scheduler", "resources", "failure", "storage",
                "space")
 _GRID_TOP = ("name", "base", "metric", "mode", "search", "scheduler", "resources", "failure", "storage",
              "grid", "repeats", "reference")
-
-
-@dataclass(frozen=True)
-class Distribution:
-    """One searched key: `kind` is a DISTRIBUTIONS name; `values` the bounds or the options.
-
-    Bounds are inclusive for `int`/`logint`. Options of `model.branches` are stored as their
-    canonical string label (`cls+track`), which Optuna can hash and the config accepts as is.
-    """
-
-    kind: str
-    values: tuple[Any, ...]
-
-    def to_yaml(self) -> dict[str, list[Any]]:
-        return {self.kind: list(self.values)}
 
 
 @dataclass(frozen=True)
@@ -145,7 +132,7 @@ class SpaceSpec:
     def cell_of(self, params: Mapping[str, Any]) -> str:
         """A readable cell id, `model.branches=cls+track,loss.w_dir=2` (seed excluded)."""
         flat = expand_params(params)
-        return ",".join(f"{k}={_show(flat.get(k))}" for k in self.cell_keys)
+        return ",".join(f"{k}={show(flat.get(k))}" for k in self.cell_keys)
 
     def reference_cell(self) -> str | None:
         return self.cell_of(self.reference) if self.reference is not None else None
@@ -184,7 +171,7 @@ class SpaceSpec:
             overrides = {**spec.base_overrides, "data.root": data_root}
             base = spec.base.with_overrides({"data.root": data_root}, "--data")
             spec = replace(spec, base=base, base_overrides=overrides)
-            _check_space_values(spec.space, base, spec.source, spec.space_section)
+            check_space_values(spec.space, base, spec.source, spec.space_section)
         return spec
 
     # ---- output ---------------------------------------------------------------------------------
@@ -216,12 +203,12 @@ class SpaceSpec:
         }
         if self.is_ablation:
             del out["search"]["algorithm"], out["search"]["seed"], out["search"]["num_samples"]
-            out["grid"] = {k: [_plain(v) for v in d.values] for k, d in self.space.items()}  # tied: lists
+            out["grid"] = {k: [plain(v) for v in d.values] for k, d in self.space.items()}  # tied: lists
             out["repeats"] = self.repeats
             if self.reference is not None:
-                out["reference"] = {k: _plain(v) for k, v in self.reference.items()}
+                out["reference"] = {k: plain(v) for k, v in self.reference.items()}
         else:
-            out["space"] = {k: {d.kind: [_plain(v) for v in d.values]} for k, d in self.space.items()}
+            out["space"] = {k: {d.kind: [plain(v) for v in d.values]} for k, d in self.space.items()}
         return out
 
     def to_yaml(self) -> str:
@@ -288,8 +275,8 @@ def space_from_mapping(
     raw_base = data.get("base") or {}
     if not isinstance(raw_base, Mapping):
         raise InvalidInput(source, "base", "expected a mapping of config keys", raw_base)
-    base_overrides = _prefixed(_prefixed_call(lambda: flatten_keys(raw_base, source), "base"), "base", source)
-    base = _prefixed_call(lambda: TrialConfig().with_overrides(base_overrides, source), "base")
+    base_overrides = _prefixed(prefixed_call(lambda: flatten_keys(raw_base, source), "base"), "base", source)
+    base = prefixed_call(lambda: TrialConfig().with_overrides(base_overrides, source), "base")
 
     metric = data.get("metric", "val_hit1")
     if metric in TEST_METRICS:
@@ -311,14 +298,14 @@ def space_from_mapping(
 
     repeats = 1
     if kind == ABLATION:
-        space = _grid_section(data.get("grid"), source)
+        space = grid_section(data.get("grid"), source)
         repeats = _repeats(data.get("repeats", 1), source)
         if repeats > 1 and "seed" in space:
             raise InvalidInput(source, "grid.seed", "set either `repeats` (seeds 0..N-1) or a seed grid, not both")
     else:
-        space = _space_section(data.get("space"), source, search.algorithm)
+        space = space_section(data.get("space"), source, search.algorithm)
 
-    _check_space_values(space, base, source, "grid" if kind == ABLATION else "space")
+    check_space_values(space, base, source, "grid" if kind == ABLATION else "space")
     spec = SpaceSpec(
         kind=kind, name=name, source=source, base=base, base_overrides=base_overrides,
         metric=metric, mode=mode, search=search, scheduler=scheduler, resources=resources,
@@ -376,162 +363,6 @@ def _repeats(value: Any, source: str) -> int:
     return repeats
 
 
-def _check_key(key: Any, section: str, source: str) -> str:
-    keys = config_keys()
-    if not isinstance(key, str) or key not in keys:
-        raise InvalidInput(source, f"{section}.{key}", "unknown config key" + did_you_mean(str(key), keys))
-    if key in ("device", "data.cache_dir", "data.workers"):
-        raise InvalidInput(source, f"{section}.{key}", "is a machine setting; put it under base, not in the search")
-    if key in STUDY_WIDE:
-        raise InvalidInput(source, f"{section}.{key}", "is study-wide (every trial must use the same split); "
-                           "set it under base, not in the search")
-    return key
-
-
-def _space_section(raw: Any, source: str, algorithm: str) -> dict[str, Distribution]:
-    if raw is None or raw == {}:
-        raise InvalidInput(source, "space", "needs at least one searched key (e.g. loss.w_track: {loguniform: [1, 100]})")
-    if not isinstance(raw, Mapping):
-        raise InvalidInput(source, "space", "expected a mapping of config key -> distribution", raw)
-    raw = _flatten_space(raw, source, "space")
-    space: dict[str, Distribution] = {}
-    for key, spec in raw.items():
-        key = _check_key(key, "space", source)
-        dotted = f"space.{key}"
-        if not isinstance(spec, Mapping) or len(spec) != 1:
-            raise InvalidInput(source, dotted, "expected one distribution, e.g. {loguniform: [1, 100]}; "
-                               "distributions: " + ", ".join(DISTRIBUTIONS), spec)
-        kind, args = next(iter(spec.items()))
-        if kind not in DISTRIBUTIONS:
-            raise InvalidInput(source, dotted, "unknown distribution; use one of " + ", ".join(DISTRIBUTIONS)
-                               + did_you_mean(str(kind), DISTRIBUTIONS), kind)
-        dist = _distribution(key, kind, args, source, dotted)
-        if algorithm == "grid" and kind not in ("grid", "choice"):
-            raise InvalidInput(source, dotted, "search.algorithm grid needs grid or choice values", kind)
-        if algorithm != "grid" and kind == "grid":
-            raise InvalidInput(source, dotted, "grid values need search.algorithm: grid (or use choice)")
-        if algorithm == "grid":
-            dist = Distribution("grid", dist.values)
-        space[key] = dist
-    return space
-
-
-def _flatten_space(raw: Mapping[str, Any], source: str, section: str) -> dict[str, Any]:
-    """Nested sections (`loss: {w_track: {...}}`) as well as dotted keys, through config's
-    flattener; a one-key mapping naming a distribution is a value, not a section."""
-    def is_distribution(value: Any) -> bool:
-        return isinstance(value, Mapping) and len(value) == 1 and next(iter(value)) in DISTRIBUTIONS
-
-    return _prefixed_call(lambda: flatten_keys(raw, source, is_value=is_distribution), section)
-
-
-def _distribution(key: str, kind: str, args: Any, source: str, dotted: str) -> Distribution:
-    integer_key = column_type(key) == "int"
-    if kind in ("uniform", "loguniform", "int", "logint"):
-        ok = (isinstance(args, (list, tuple)) and len(args) == 2
-              and all(isinstance(a, (int, float)) and not isinstance(a, bool) and math.isfinite(a) for a in args))
-        need = "two integers" if kind in ("int", "logint") else "two numbers"
-        if not ok or args[0] >= args[1]:
-            raise InvalidInput(source, dotted, f"{kind} needs {need} low < high", list(args) if isinstance(args, (list, tuple)) else args)
-        low, high = args
-        if kind in ("int", "logint"):
-            if not all(float(a).is_integer() for a in args):
-                raise InvalidInput(source, dotted, f"{kind} needs {need} low < high", list(args))
-            low, high = int(low), int(high)
-        else:
-            low, high = float(low), float(high)
-            if integer_key:
-                raise InvalidInput(source, dotted, f"{key} takes integers: use int or logint instead of {kind}")
-        if kind in ("loguniform", "logint") and low <= 0:
-            raise InvalidInput(source, dotted, f"{kind} needs low > 0", list(args))
-        if key == "model.branches":
-            raise InvalidInput(source, dotted, "model.branches takes choice or grid", kind)
-        return Distribution(kind, (low, high))
-    # choice / grid
-    if not isinstance(args, (list, tuple)) or not args:
-        raise InvalidInput(source, dotted, f"{kind} needs a non-empty list of values", args)
-    values: list[Any] = []
-    for value in args:
-        if key == "model.branches":
-            try:
-                value = branches_label(value)
-            except ValueError as exc:
-                raise InvalidInput(source, dotted, str(exc), value) from None
-        elif isinstance(value, (list, tuple, Mapping)):
-            raise InvalidInput(source, dotted, f"{kind} values must be numbers or strings", value)
-        if value in values:
-            raise InvalidInput(source, dotted, f"{kind} lists a value twice", value)
-        values.append(value)
-    return Distribution(kind, tuple(values))
-
-
-def _grid_section(raw: Any, source: str) -> dict[str, Distribution]:
-    """`key: [values]` factors; `a.x,b.y: [[1, 2], [3, 4]]` ties keys into one factor (paired levels)."""
-    if not isinstance(raw, Mapping) or not raw:
-        raise InvalidInput(source, "grid", "needs at least one factor (key: [values])", raw)
-    raw = _flatten_space(raw, source, "grid")
-    grid: dict[str, Distribution] = {}
-    seen: set[str] = set()
-    for factor, values in raw.items():
-        dotted = f"grid.{factor}"
-        if any(not p.strip() for p in str(factor).split(",")):
-            raise InvalidInput(source, dotted, "an empty key; tied keys are listed as `a.x,b.y`")
-        parts = [_check_key(p.strip(), "grid", source) for p in str(factor).split(",")]
-        for part in parts:
-            if part in seen:
-                raise InvalidInput(source, dotted, f"{part} is in two factors")
-            seen.add(part)
-        if not isinstance(values, (list, tuple)):
-            raise InvalidInput(source, dotted, "expected a list of values", values)
-        if not values:
-            raise InvalidInput(source, dotted, "an empty factor makes an empty grid", [])
-        if len(parts) == 1:
-            grid[parts[0]] = _distribution(parts[0], "grid", values, source, dotted)
-            continue
-        levels: list[tuple[Any, ...]] = []
-        for level in values:
-            if not isinstance(level, (list, tuple)) or len(level) != len(parts):
-                raise InvalidInput(source, dotted, f"each level must list {len(parts)} values "
-                                   f"({', '.join(parts)})", level)
-            level = tuple(_distribution(p, "grid", [v], source, dotted).values[0] for p, v in zip(parts, level))
-            if level in levels:
-                raise InvalidInput(source, dotted, "grid lists a value twice", list(level))
-            levels.append(level)
-        grid[",".join(parts)] = Distribution("grid", tuple(levels))
-    return grid
-
-
-def factor_keys(factor: str) -> list[str]:
-    """The config keys of a grid factor (`loss.w_track,loss.w_dir` -> both)."""
-    return factor.split(",")
-
-
-def expand_params(params: Mapping[str, Any]) -> dict[str, Any]:
-    """Sampled values keyed by config key: tied factors (`a,b: [x, y]`) become `a: x, b: y`."""
-    out: dict[str, Any] = {}
-    for key, value in params.items():
-        if "," in key:
-            out.update(zip(factor_keys(key), value))
-        else:
-            out[key] = value
-    return out
-
-
-def _check_space_values(space: Mapping[str, Distribution], base: TrialConfig, source: str, section: str) -> None:
-    """Every value a trial can receive must be a valid config value on top of `base`."""
-    for key, dist in space.items():
-        probes = list(dist.values)
-        if dist.kind in ("int", "logint") and dist.values[1] - dist.values[0] > 1:
-            probes.insert(1, dist.values[0] + 1)
-        for value in probes:
-            try:
-                base.with_overrides(expand_params({key: value}), source)
-            except InvalidInput as exc:
-                what = exc.what if exc.key in ("", key) else f"{exc.key}: {exc.what}"
-                got = list(value) if isinstance(value, tuple) else value
-                raise InvalidInput(source, f"{section}.{key}", what, got) from None
-
-
 def _reference(raw: Any, spec: SpaceSpec) -> dict[str, Any]:
     source = spec.source
     if not isinstance(raw, Mapping):
@@ -548,7 +379,7 @@ def _reference(raw: Any, spec: SpaceSpec) -> dict[str, Any]:
                 raise InvalidInput(source, f"reference.{key}", str(exc), value) from None
         if key in spec.space and value not in spec.space[key].values:
             raise InvalidInput(source, f"reference.{key}", "not one of the grid's values "
-                               + str([_plain(v) for v in spec.space[key].values]), value)
+                               + str([plain(v) for v in spec.space[key].values]), value)
         ref[key] = value
     missing = [k for k in spec.cell_keys if k not in ref]
     if missing:
@@ -586,19 +417,3 @@ def _prefixed(flat: dict[str, Any], section: str, source: str) -> dict[str, Any]
     return flat
 
 
-def _prefixed_call(build: Callable[[], Any], section: str) -> Any:
-    """Run `build`, naming the section in any InvalidInput it raises (`base.optim.lr`)."""
-    try:
-        return build()
-    except InvalidInput as exc:
-        raise InvalidInput(exc.file, f"{section}.{exc.key}" if exc.key else section, exc.what, exc.got) from None
-
-
-def _plain(value: Any) -> Any:
-    return list(value) if isinstance(value, tuple) else value
-
-
-def _show(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:g}"
-    return str(value)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mtsearch.card import config_diff, data_fingerprint
 from mtsearch.config import TrialConfig
 from mtsearch.data.synthetic import write_synthetic
+from mtsearch.results.card import config_diff, data_fingerprint
 
 
 def test_the_diff_shows_only_what_departs_from_the_thesis():

@@ -137,7 +137,7 @@ def token_cluster() -> Iterator[tuple[str, str]]:
 
 JOIN_SCRIPT = """
 import sys
-from mtsearch.cluster import connect_ray
+from mtsearch.search.cluster import connect_ray
 import ray
 connect_ray(sys.argv[1], None, print, 30)
 print("cpus:", ray.cluster_resources().get("CPU"))

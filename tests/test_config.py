@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from mtsearch.config import PRESETS, TrialConfig, branches_label, load_config, normalize_branches
+from mtsearch.config import TrialConfig, branches_label, load_config, normalize_branches
 from mtsearch.errors import InvalidInput
+from mtsearch.presets import PRESETS
 
 
 def test_defaults_are_the_thesis():
@@ -47,7 +48,7 @@ def test_a_resumed_run_keeps_the_preset_values_it_recorded():
 def test_tracking_keys_default_by_preset_and_resolve():
     """issue 13: `tiny` takes the measured tracking defaults, the presets nobody measured keep the
     thesis's formula, an explicit key wins, and resolved() writes the values out."""
-    from mtsearch.config import MEASURED_TRACKING, thesis_tracking
+    from mtsearch.presets import MEASURED_TRACKING, thesis_tracking
 
     tiny = TrialConfig.from_mapping({"model.preset": "tiny"})
     assert tiny.tracking == MEASURED_TRACKING
@@ -68,7 +69,7 @@ def test_a_record_from_before_the_tracking_keys_keeps_the_thesis_formula(tmp_pat
     """A checkpoint or trials.parquet config (and a study's space.yaml) written before the tracking keys
     ran the thesis's tracking formula: resumed, it still does, and a space file that leaves the
     keys unset is not refused as changed."""
-    from mtsearch.config import thesis_tracking
+    from mtsearch.presets import thesis_tracking
     from mtsearch.records import adopt_recorded, config_from_record
     from mtsearch.space import load_study_space
 

@@ -16,12 +16,13 @@ from typing import Any
 import pytest
 import yaml
 
-from mtsearch.confirm import SEED_BASE, race
 from mtsearch.errors import InvalidInput
-from mtsearch.report import ablation, leaderboard, load_study
-from mtsearch.search import run_search
+from mtsearch.results.ablation import ablation
+from mtsearch.results.report import leaderboard, load_study
+from mtsearch.results.stats import holm, paired_p_greater
+from mtsearch.search.confirm import SEED_BASE, race
+from mtsearch.search.driver import run_search
 from mtsearch.space import space_from_mapping
-from mtsearch.stats import holm, paired_p_greater
 
 
 def make_fit(log_dir: Path, wobble: float) -> Callable[..., Any]:

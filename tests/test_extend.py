@@ -16,10 +16,10 @@ import pytest
 from test_search import make_fit, records
 
 from mtsearch.errors import InvalidInput
-from mtsearch.search import run_search
+from mtsearch.results.store import StudyStore
+from mtsearch.search.driver import run_search
+from mtsearch.search.tuning import objective_at, scheduler
 from mtsearch.space import space_from_mapping, with_study_count
-from mtsearch.store import StudyStore
-from mtsearch.tuning import objective_at, scheduler
 
 
 def _spec(data: dict[str, Any], kind: str = "search") -> Any:
@@ -120,7 +120,8 @@ def disagreeing_fit() -> Any:
 def test_selection_follows_validation_and_old_studies_still_read(tmp_path: Path, ray_address: str):
     import pyarrow as pa
 
-    from mtsearch.report import ablation, leaderboard, load_study
+    from mtsearch.results.ablation import ablation
+    from mtsearch.results.report import leaderboard, load_study
 
     spec = _spec({"name": "sel", "base": {"optim.epochs": 2}, "grid": {"loss.w_track": [10, 20, 40]}},
                  "ablation")

@@ -23,7 +23,7 @@ import optuna
 import pyarrow.parquet as pq
 import pytest
 
-from mtsearch.search import run_search
+from mtsearch.search.driver import run_search
 from mtsearch.space import space_from_mapping
 
 
@@ -203,7 +203,7 @@ from pathlib import Path
 import ray.cloudpickle
 import test_faults
 ray.cloudpickle.register_pickle_by_value(test_faults)
-import mtsearch.search as search
+import mtsearch.search.driver as search
 plain = search.run_search
 search.run_search = lambda *a, **k: plain(*a, trainable_fn=test_faults.make_fit(Path({logs!r}), 0.3,
                                                                              payload_bytes=1_500_000), **k)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from mtsearch.files import write_atomic
-from mtsearch.store import StudyStore
+from mtsearch.results.store import StudyStore
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ import pytest
 
 from mtsearch.errors import InvalidInput
 from mtsearch.metrics import (
+    EPOCH_COLUMNS,
     EPOCH_METRICS,
     EVALUATED,
     MAXIMISE,
@@ -21,8 +22,8 @@ from mtsearch.metrics import (
     display_scale,
     label,
 )
+from mtsearch.results.store import TEST_COLUMNS
 from mtsearch.space import space_from_mapping
-from mtsearch.store import EPOCH_COLUMNS, TEST_COLUMNS
 
 SPACE = {"space": {"loss.w_track": {"uniform": [1, 2]}}}
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mtsearch.config import TrialConfig, thesis_tracking
+from mtsearch.config import TrialConfig
 from mtsearch.model import MultiBranchNet, compute_losses, describe
 from mtsearch.model.heads import reverse_half
 from mtsearch.model.tracking import (
@@ -16,6 +16,7 @@ from mtsearch.model.tracking import (
     random_patch_theta,
     rotation_translation,
 )
+from mtsearch.presets import thesis_tracking
 
 # ResNet-50 stage sizes (conv + BN parameters); conv5_x is 3x3x3-inflated (3D-ResNet-50)
 THESIS_TRUNK_PARAMS = 9_536 + 215_808 + 1_219_584 + 7_098_368

@@ -21,9 +21,10 @@ import pytest
 import torch
 from torch import nn
 
-from mtsearch.config import TrialConfig, thesis_tracking
+from mtsearch.config import TrialConfig
 from mtsearch.model import MultiBranchNet, compute_losses
 from mtsearch.model.trunk import Trunk
+from mtsearch.presets import thesis_tracking
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -19,7 +19,8 @@ from ray_head import ray_head
 
 from mtsearch.config import TrialConfig
 from mtsearch.errors import GpuOutOfMemory, is_out_of_memory
-from mtsearch.packing import (
+from mtsearch.search.driver import run_search
+from mtsearch.search.packing import (
     MemoryProbe,
     TrialResources,
     larger_share,
@@ -30,7 +31,6 @@ from mtsearch.packing import (
     shape_label,
     spec_shapes,
 )
-from mtsearch.search import run_search
 from mtsearch.space import space_from_mapping
 
 H200 = 139.8  # GiB, as torch reports an H200

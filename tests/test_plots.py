@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from test_report import TWO_BY_TWO, write_grid_study, write_search_study
 
-from mtsearch import plots, report
+from mtsearch.results import plots, report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -11,7 +11,7 @@ import pytest
 
 from mtsearch.data.video import write_video
 from mtsearch.errors import InvalidInput
-from mtsearch.preflight import check_fps
+from mtsearch.search.preflight import check_fps
 from mtsearch.space import load_space
 
 SPACE = """\

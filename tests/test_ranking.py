@@ -7,9 +7,9 @@ from pathlib import Path
 from test_report import write_search_study
 
 from mtsearch.cli.run import _ranked
-from mtsearch.report import leaderboard, load_study
-from mtsearch.search import SearchProgress
-from mtsearch.store import is_ranked
+from mtsearch.results.report import leaderboard, load_study
+from mtsearch.results.store import is_ranked
+from mtsearch.search.driver import SearchProgress
 
 
 def test_failed_trials_never_rank_whatever_their_score() -> None:

@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from mtsearch import report
 from mtsearch.cli import render
 from mtsearch.errors import InvalidInput
+from mtsearch.results import ablation, importance, report
 from mtsearch.yamlio import dump_yaml
 
 EPOCH_FIELDS = (
@@ -356,7 +356,7 @@ def test_leaderboard_renderings(tmp_path: Path) -> None:
 
 
 def test_ablation_two_cells_two_seeds_by_hand(tmp_path: Path) -> None:
-    result = report.ablation(report.load_study(write_grid_study(tmp_path, TWO_BY_TWO)))
+    result = ablation.ablation(report.load_study(write_grid_study(tmp_path, TWO_BY_TWO)))
     assert result.reference == "model.branches=cls"
     assert result.factors == ["model.branches"]
     ref, other = result.cells
@@ -397,7 +397,7 @@ def test_ablation_paired_verdicts_and_exclusions(tmp_path: Path) -> None:
         "config": _config_json({"model.branches": "cls+dir", "seed": 3}),
         "cell": "model.branches=cls+dir",
     }
-    result = report.ablation(
+    result = ablation.ablation(
         report.load_study(
             write_grid_study(
                 tmp_path, cells, reference={"model.branches": ["cls"]}, extra=[error_row]
@@ -424,7 +424,7 @@ def test_ablation_paired_verdicts_and_exclusions(tmp_path: Path) -> None:
 
 
 def test_ablation_renderings(tmp_path: Path) -> None:
-    result = report.ablation(report.load_study(write_grid_study(tmp_path, TWO_BY_TWO)))
+    result = ablation.ablation(report.load_study(write_grid_study(tmp_path, TWO_BY_TWO)))
     md = render.ablation_markdown(result)
     assert "| model.branches | n |" in md and "| cls (ref) | 2 | 45.0 ± 7.1 |" in md
     assert "[-12.4, +38.4]" in md  # Δ best 95% CI in points: 13 ± 25.41
@@ -453,7 +453,7 @@ def test_ablation_shows_the_tracking_gain_of_cells_with_tracking(tmp_path: Path)
             last[row["trial_id"]] = row["track_gain"]
     schema = _epoch_schema().append(pa.field("track_gain", pa.float64()))
     pq.write_table(pa.Table.from_pylist(table, schema=schema), study_dir / "epochs.parquet")
-    result = report.ablation(report.load_study(study_dir))
+    result = ablation.ablation(report.load_study(study_dir))
     assert result.tracking_gain == "track_gain"
     ref, track = result.cells
     assert ref.tracking.n == 0 and track.tracking.n == 2
@@ -493,7 +493,7 @@ def test_fmt_number(value: Any, kwargs: dict[str, Any], expected: str) -> None:
 
 
 def test_param_importances_from_optuna_db(tmp_path: Path) -> None:
-    imps = report.param_importances(report.load_study(write_search_study(tmp_path)))
+    imps = importance.param_importances(report.load_study(write_search_study(tmp_path)))
     assert imps.reason is None and imps.completed_trials == 6
     assert set(imps.values) == {"loss.w_track", "loss.w_dir"}
     assert sum(imps.values.values()) == pytest.approx(1.0)
@@ -501,7 +501,7 @@ def test_param_importances_from_optuna_db(tmp_path: Path) -> None:
 
 def test_param_importances_too_few_or_missing(tmp_path: Path) -> None:
     few = write_search_study(tmp_path, name="few", trials=SEARCH_TRIALS[:3])
-    imps = report.param_importances(report.load_study(few))
+    imps = importance.param_importances(report.load_study(few))
     assert imps.values == {} and "at least 4 completed trials (has 3)" in imps.reason
     none = write_search_study(tmp_path, name="nodb", optuna_db=False)
-    assert "no Optuna study" in report.param_importances(report.load_study(none)).reason
+    assert "no Optuna study" in importance.param_importances(report.load_study(none)).reason

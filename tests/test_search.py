@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from mtsearch.errors import InvalidInput
-from mtsearch.search import run_search
+from mtsearch.search.driver import run_search
 from mtsearch.space import space_from_mapping
 
 REPO = Path(__file__).resolve().parents[1]
@@ -160,7 +160,7 @@ import sys
 from pathlib import Path
 sys.path.insert(0, {tests!r})
 from test_search import make_fit
-from mtsearch.search import run_search
+from mtsearch.search.driver import run_search
 from mtsearch.space import space_from_mapping
 spec = space_from_mapping({{"name": "resume", "base": {{"optim.epochs": 5}},
     "search": {{"algorithm": "tpe", "num_samples": 6, "max_concurrent": 2}},

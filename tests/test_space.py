@@ -137,7 +137,7 @@ def test_shipped_spaces_validate() -> None:
     assert thesis.base.data.dataset == "hmdb51" and thesis.base.model.preset == "thesis"
     assert thesis.resources.auto and thesis.resources.max_trials_per_gpu >= 1
     # the thesis space's shapes: one network (loss weights, fps and frame gaps change no tensor)
-    from mtsearch.packing import shape_label, spec_shapes
+    from mtsearch.search.packing import shape_label, spec_shapes
 
     assert [shape_label(cfg) for cfg in spec_shapes(thesis).values()] == ["thesis b4"]
     ablation = load_space(SPACES / "ablation.yaml", "ablation")

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from mtsearch.stats import (
+from mtsearch.results.stats import (
     Interval,
     betainc,
     paired_differences,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from mtsearch.store import (
+from mtsearch.results.store import (
     EPOCHS_FILE,
     TRIALS_FILE,
     StudyStore,

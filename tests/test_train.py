@@ -11,7 +11,7 @@ import torch
 
 from mtsearch.config import TrialConfig
 from mtsearch.errors import InvalidInput
-from mtsearch.store import EPOCH_COLUMNS, best_epoch
+from mtsearch.metrics import EPOCH_COLUMNS, best_epoch
 from mtsearch.train import fit, hit_at_k
 
 TIMING = {"epoch_s", "clips_per_s", "data_wait"}
@@ -307,7 +307,7 @@ def test_a_checkpoint_of_the_3d_trunk_layout_resumes(small_set: Path, tmp_path: 
     """A state.pt as the code before the fast path wrote it: 5-D trunk weights and Adam moments."""
     import legacy_model
 
-    from mtsearch.config import thesis_tracking
+    from mtsearch.presets import thesis_tracking
     from mtsearch.train.checkpoint import save_checkpoint
 
     cache = tmp_path / "cache"

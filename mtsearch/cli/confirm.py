@@ -14,9 +14,9 @@ from mtsearch.cli.run import _log_changes
 
 
 def cmd_confirm(args: argparse.Namespace) -> int:
-    from mtsearch.confirm import race
     from mtsearch.metrics import display_scale
-    from mtsearch.report import fmt_number
+    from mtsearch.results.report import fmt_number
+    from mtsearch.search.confirm import race
 
     console, err = Console(), Console(stderr=True)
 

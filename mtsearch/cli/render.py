@@ -15,17 +15,10 @@ from dataclasses import asdict
 from typing import Any
 
 from mtsearch.metrics import direction, display_scale
-from mtsearch.report import (
-    METRIC_DIGITS,
-    AblationReport,
-    Importances,
-    Leaderboard,
-    ablation_scale,
-    fmt_number,
-    level_text,
-    short_labels,
-)
-from mtsearch.stats import Interval
+from mtsearch.results.ablation import AblationReport, ablation_scale, level_text, short_labels
+from mtsearch.results.importance import Importances
+from mtsearch.results.report import METRIC_DIGITS, Leaderboard, fmt_number
+from mtsearch.results.stats import Interval
 
 IMPORTANCE_HEADER = ["parameter", "importance"]
 IMPORTANCE_RIGHT_ALIGNED: tuple[bool, ...] = (False, True)

@@ -13,9 +13,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from mtsearch import report
 from mtsearch.cli import render
 from mtsearch.errors import InvalidInput
+from mtsearch.results import ablation, importance, report
 
 
 def _console() -> Any:
@@ -74,7 +74,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def _report_grid(study: report.Study, fmt: str) -> None:
-    result = report.ablation(study)
+    result = ablation.ablation(study)
     if fmt == "json":
         sys.stdout.write(render.ablation_json(result))
     elif fmt == "csv":
@@ -95,7 +95,7 @@ def _report_grid(study: report.Study, fmt: str) -> None:
 
 def _report_search(study: report.Study, fmt: str) -> None:
     board = report.leaderboard(study, top=5)
-    imps = report.param_importances(study)
+    imps = importance.param_importances(study)
     if fmt == "json":
         sys.stdout.write(render.search_report_json(board, imps))
     elif fmt == "csv":
@@ -116,10 +116,10 @@ def _report_search(study: report.Study, fmt: str) -> None:
 def cmd_export(args: argparse.Namespace) -> int:
     """The N-th best trial's resolved config as YAML that `mtsearch train` runs as is, and its
     result card (`best.md`) beside it; `--from-confirm`: the winner of `mtsearch confirm`."""
-    from mtsearch.card import render_card
-    from mtsearch.confirm import CONFIRM_DIR, read_race
     from mtsearch.files import check_output_file, write_atomic
-    from mtsearch.stats import summarize
+    from mtsearch.results.card import render_card
+    from mtsearch.results.stats import summarize
+    from mtsearch.search.confirm import CONFIRM_DIR, read_race
 
     study = report.load_study(args.study)
     out = Path(args.out) if args.out else study.path / "best.yaml"
@@ -189,7 +189,7 @@ def _matches(flat: dict[str, Any], values: dict[str, Any]) -> bool:
 def cmd_plot(args: argparse.Namespace) -> int:
     """Write the study's PNG figures and print their paths."""
     from mtsearch.files import check_output_dir
-    from mtsearch.plots import make_plots
+    from mtsearch.results.plots import make_plots
 
     study = report.load_study(args.study)
     out_dir = Path(args.out) if args.out else study.path / "plots"

@@ -24,9 +24,9 @@ from mtsearch.cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
 from mtsearch.errors import InvalidInput
 from mtsearch.files import check_output_dir, disk_usage, human_bytes
 from mtsearch.metrics import direction
-from mtsearch.report import fmt_number
+from mtsearch.results.report import fmt_number
+from mtsearch.results.store import is_ranked
 from mtsearch.space import ABLATION, SEARCH
-from mtsearch.store import is_ranked
 
 TOP = 10
 _STATUS_STYLE = {"running": "cyan", "completed": "green", "pruned": "yellow", "error": "red", "diverged": "magenta"}
@@ -53,13 +53,13 @@ def _run(args: argparse.Namespace, kind: str) -> int:
     _check_data_root(spec)
     console = Console()
     err = Console(stderr=True)
-    from mtsearch.preflight import check_fps
+    from mtsearch.search.preflight import check_fps
 
     check_fps(spec)
     command = "ablate" if kind == ABLATION else "run"
     resume_cmd = _resume_command(command, args, spec.name)
 
-    from mtsearch.search import run_search  # heavy: ray, optuna
+    from mtsearch.search.driver import run_search  # heavy: ray, optuna
 
     state: dict[str, Any] = {"progress": None, "seen": {}}
     log = (lambda msg: err.print(msg, markup=False, highlight=False))

@@ -12,7 +12,7 @@ from mtsearch.cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
 from mtsearch.config import TrialConfig, load_config
 from mtsearch.errors import InvalidInput
 from mtsearch.files import check_output_dir
-from mtsearch.report import fmt_number
+from mtsearch.results.report import fmt_number
 from mtsearch.yamlio import read_yaml
 
 
@@ -66,7 +66,7 @@ def check_runnable(cfg: TrialConfig, source: str | Path, data_flag: bool = False
     `device: cuda…`, whose answer needs it.
     """
     from mtsearch.data.datasets import index_for_config
-    from mtsearch.preflight import fps_refusal, source_rates
+    from mtsearch.search.preflight import fps_refusal, source_rates
 
     cfg = cfg.resolved()
     if cfg.device.startswith("cuda"):
@@ -132,7 +132,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from mtsearch.store import write_metrics
+    from mtsearch.results.store import write_metrics
     from mtsearch.train import fit
 
     console = Console(soft_wrap=True)

@@ -25,9 +25,8 @@ from typing import Any
 import torch
 
 from mtsearch.config import TrialConfig
-from mtsearch.metrics import EVALUATED
+from mtsearch.metrics import EPOCH_COLUMNS, EVALUATED, best_epoch
 from mtsearch.records import adopt_recorded
-from mtsearch.store import EPOCH_COLUMNS, best_epoch
 from mtsearch.train.checkpoint import (
     CHECKPOINT_FILE,
     read_checkpoint,

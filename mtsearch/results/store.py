@@ -20,12 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from mtsearch.files import atomic_output
-from mtsearch.metrics import EPOCH_METRICS, TEST_METRICS
+from mtsearch.metrics import EPOCH_METRICS, TEST_METRICS, best_epoch
 
 TRIALS_FILE = "trials.parquet"
 EPOCHS_FILE = "epochs.parquet"
 STATUSES: tuple[str, ...] = ("running", "completed", "pruned", "error", "diverged")
-EPOCH_COLUMNS: tuple[str, ...] = ("epoch", *EPOCH_METRICS)
 # what a trial ran on: the trainer reports peak memory and device, the driver the share
 TRIAL_FIGURES: tuple[str, ...] = ("peak_mem_gib", "gpu_share", "device")
 # faults of the machine, which are not results: restarts from a checkpoint after a lost worker or
@@ -166,14 +165,6 @@ def is_ranked(status: str | None, score: float | None) -> bool:
     """The one ranking rule (live display, `leaderboard`, `export`): a trial with a score that did
     not fail. Completed, pruned and running trials rank; error and diverged ones never do."""
     return score is not None and status not in ("error", "diverged")
-
-
-def best_epoch(rows: list[Mapping[str, Any]]) -> Mapping[str, Any] | None:
-    """The evaluated epoch with the highest val_hit1 (ties: the earlier), as the trainer picks it."""
-    evaluated = [r for r in rows if r.get("val_hit1") is not None]
-    if not evaluated:
-        return None
-    return max(evaluated, key=lambda r: (r["val_hit1"], -r["epoch"]))
 
 
 # ---- reading (reports, leaderboards) --------------------------------------------------------------

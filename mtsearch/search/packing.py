@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from mtsearch.config import TrialConfig
+from mtsearch.distributions import expand_params, factor_keys
 from mtsearch.files import write_atomic
-from mtsearch.space import SpaceSpec, expand_params, factor_keys
+from mtsearch.space import SpaceSpec
 
 # the keys that change a step's tensors; a range (`int`) is probed at its high end
 SHAPE_KEYS = ("model.preset", "optim.batch_size", "data.crop", "data.clip_frames",

@@ -17,6 +17,7 @@ from mtsearch.space import SpaceSpec, load_study_space
 
 LOCK_FILE = ".lock"
 SPACE_FILE = "space.yaml"
+TUNE_DIR = "tune"  # Ray Tune's state (what --resume restores) and its kept checkpoints
 
 
 def study_dir_for(spec: SpaceSpec, trials_dir: str | Path) -> Path:

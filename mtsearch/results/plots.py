@@ -15,14 +15,8 @@ from typing import Any
 from mtsearch.files import write_atomic
 from mtsearch.metrics import MAXIMISE, display_scale, title
 from mtsearch.metrics import label as metric_label
-from mtsearch.report import (
-    Study,
-    ablation,
-    best_score,
-    leaderboard,
-    param_display_value,
-    short_labels,
-)
+from mtsearch.results.ablation import ablation, short_labels
+from mtsearch.results.report import Study, best_score, leaderboard, param_display_value
 
 KEY_NAMES = {
     "loss.w_track": "w_track (w1, tracking loss weight)",

@@ -17,8 +17,8 @@ from typing import Any
 from mtsearch import __version__
 from mtsearch.config import TrialConfig
 from mtsearch.metrics import counterpart_on_test, display_scale
-from mtsearch.report import Study, best_score, final_score, fmt_number
-from mtsearch.stats import Interval
+from mtsearch.results.report import Study, best_score, final_score, fmt_number
+from mtsearch.results.stats import Interval
 
 CURVE_COLUMNS = ("loss", "val_hit1", "val_hit5", "dir_acc")
 

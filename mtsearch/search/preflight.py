@@ -17,7 +17,7 @@ from mtsearch.errors import InvalidInput, VideoReadError
 
 def fps_values(spec: Any) -> tuple[str, list[Any], bool]:
     """(key as the space file names it, the fps values or bounds it can produce, continuous)."""
-    from mtsearch.space import factor_keys
+    from mtsearch.distributions import factor_keys
 
     for key, dist in spec.space.items():
         names = factor_keys(key)

@@ -26,9 +26,9 @@ from mtsearch.config import branches_label
 from mtsearch.errors import InvalidInput
 from mtsearch.files import check_output_dir, write_atomic
 from mtsearch.metrics import direction, display_scale
-from mtsearch.report import Study, final_score, leaderboard, load_study, trial_config
+from mtsearch.results.report import Study, final_score, leaderboard, load_study, trial_config
+from mtsearch.results.stats import Interval, holm, paired_differences, paired_p_greater, summarize
 from mtsearch.space import SpaceSpec, space_from_mapping
-from mtsearch.stats import Interval, holm, paired_differences, paired_p_greater, summarize
 
 CONFIRM_DIR = "confirm"
 RACE_FILE = "race.json"  # the finished race: settings, every contender's scores, the winner
@@ -192,7 +192,7 @@ def race(
     seed_list = [SEED_BASE + i for i in range(seeds)]
     spec = confirm_spec(study, picked, seed_list)
     check_output_dir(Path(study_dir) / CONFIRM_DIR, "confirm")  # the race's child study
-    from mtsearch.search import run_search  # heavy: ray
+    from mtsearch.search.driver import run_search  # heavy: ray
     (factor,) = spec.space
     result = Race(Path(study_dir) / CONFIRM_DIR, study.metric, study.mode, seed_list, picked)
     for done, seed in enumerate(seed_list, start=1):

@@ -19,8 +19,8 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from mtsearch.metrics import direction
+from mtsearch.results.store import StudyStore
 from mtsearch.space import SpaceSpec
-from mtsearch.store import StudyStore
 
 OBJECTIVE = "objective"  # the key Tune, ASHA and Optuna optimise: the space's metric, carried forward
 OPTUNA_FILE = "optuna.db"

@@ -1,0 +1,291 @@
+"""The ablation table: a grid's cells over their seeds, paired differences against the reference
+cell, and the one-line reading of what helps and what hurts."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from mtsearch.config import branches_label, flatten_keys
+from mtsearch.metrics import counterpart_on_test, display_scale
+from mtsearch.results.report import (
+    METRIC_DIGITS,
+    Study,
+    best_score,
+    final_score,
+    fmt_number,
+    last_tracking_gain,
+)
+from mtsearch.results.stats import Interval, paired_differences, paired_verdict, summarize
+
+
+@dataclass
+class CellStats:
+    """One grid cell over its seeds: statistics of the best and final metric and paired deltas."""
+
+    cell: str
+    levels: dict[str, Any]  # the factor values of this cell (keys that vary across cells)
+    is_reference: bool
+    n: int  # completed runs with a score
+    not_counted: dict[str, int]  # runs left out, by status (error, diverged, pruned, running)
+    seeds: list[int]
+    best: Interval
+    final: Interval
+    delta_best: Interval | None  # paired (same seeds) cell - reference; None for the reference
+    delta_final: Interval | None
+    verdict: str | None = None  # helps | hurts | indistinguishable | too few pairs
+    test: Interval = field(default_factory=lambda: summarize([]))  # final weights, test split
+    # does its tracking branch track: the last evaluation's track_gain (built-in set)
+    # or cycle_gain (other sets) per run; empty without a tracking branch
+    tracking: Interval = field(default_factory=lambda: summarize([]))
+
+
+@dataclass
+class AblationReport:
+    study: str
+    metric: str
+    mode: str
+    reference: str | None
+    factors: list[str]
+    cells: list[CellStats] = field(default_factory=list)
+    reading: str = ""
+    tracking_gain: str | None = None  # track_gain | cycle_gain: what CellStats.tracking holds
+
+
+def _flat_config(trial: Mapping[str, Any]) -> dict[str, Any]:
+    config = trial.get("config")
+    if not config:
+        return {}
+    return {k: _comparable(k, v) for k, v in flatten_keys(config, "trials.parquet").items()}
+
+
+def _comparable(key: str, value: Any) -> Any:
+    """A hashable, canonical form: branch masks as `cls+track`, numbers as floats, lists as tuples."""
+    if key.endswith("branches") and value is not None:
+        try:
+            return branches_label(value)
+        except ValueError:
+            pass
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, (list, tuple)):
+        return tuple(_comparable("", v) for v in value)
+    return str(value)
+
+
+def level_text(value: Any) -> str:
+    """A factor level as cell labels spell it (`2` for 2.0, `[a, b]` for a tuple), so the label
+    of a study without a `cell` column reads like the ones `mtsearch ablate` writes."""
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, tuple):
+        return "[" + ", ".join(level_text(v) for v in value) + "]"
+    return str(value)
+
+
+_IGNORED_FACTORS = {"seed", "data.root", "data.cache_dir", "device", "data.workers"}
+
+
+def ablation(study: Study) -> AblationReport:
+    """Per cell n, mean, sd and t interval of the best and final metric, and paired deltas against
+    the reference cell over matching seeds. Only completed runs count (a pruned or failed run has
+    no comparable final value); the rest are reported per cell as `not_counted`."""
+    grouped, configs = _cells_of(study)
+    factors, levels = _factors(study, configs)
+    ref_label = study.space.reference_cell()
+    if ref_label not in grouped:
+        ref_label = None
+    per_cell_scores: dict[str, tuple[dict[int, float], dict[int, float]]] = {}
+    cells: list[CellStats] = []
+    gain_columns: list[str] = []  # which tracking gain the counted runs report
+    for label, trials in grouped.items():
+        cell, best_by_seed, final_by_seed, gains = _cell_stats(study, label, trials)
+        cell.levels, cell.is_reference = levels.get(label, {}), label == ref_label
+        per_cell_scores[label] = (best_by_seed, final_by_seed)
+        cells.append(cell)
+        gain_columns += gains
+
+    if ref_label is not None:
+        ref_best, ref_final = per_cell_scores[ref_label]
+        for cell in cells:
+            if cell.is_reference:
+                continue
+            best_by_seed, final_by_seed = per_cell_scores[cell.cell]
+            cell.delta_best = summarize(paired_differences(best_by_seed, ref_best).values())
+            cell.delta_final = summarize(paired_differences(final_by_seed, ref_final).values())
+            cell.verdict = paired_verdict(cell.delta_best, study.mode)
+
+    sign = -study.direction.sign
+    cells.sort(
+        key=lambda c: (
+            not c.is_reference,
+            c.best.mean is None,
+            sign * (c.best.mean if c.best.mean is not None else 0.0),
+            c.cell,
+        )
+    )
+    report = AblationReport(
+        study=study.name,
+        metric=study.metric,
+        mode=study.mode,
+        reference=ref_label,
+        factors=factors,
+        cells=cells,
+        tracking_gain=gain_columns[0] if gain_columns else None,
+    )
+    report.reading = _reading(report)
+    if study.selection_note:
+        report.reading += ("\n" if report.reading else "") + study.selection_note
+    return report
+
+
+def _cells_of(study: Study) -> tuple[dict[str, list[dict[str, Any]]], dict[str, list[dict[str, Any]]]]:
+    """The trials of each cell, and their flat configs (searched values in comparable form)."""
+    grouped: dict[str, list[dict[str, Any]]] = {}
+    configs: dict[str, list[dict[str, Any]]] = {}
+    for trial in study.trials:
+        flat = _flat_config(trial)
+        flat.update({k: _comparable(k, trial[k]) for k in study.params if trial.get(k) is not None})
+        label = trial.get("cell")
+        if label is None:
+            label = (
+                ",".join(f"{k}={level_text(_comparable(k, trial.get(k)))}" for k in study.params)
+                or "all"
+            )
+        grouped.setdefault(str(label), []).append(trial)
+        configs.setdefault(str(label), []).append(flat)
+    return grouped, configs
+
+
+def _factors(
+    study: Study, configs: dict[str, list[dict[str, Any]]]
+) -> tuple[list[str], dict[str, dict[str, Any]]]:
+    """The factors (config keys whose value differs between cells, constant within one; the
+    searched keys first) and each cell's level of every factor."""
+    cell_levels: dict[str, dict[str, Any]] = {}
+    for label, flats in configs.items():
+        common = dict(flats[0]) if flats else {}
+        for flat in flats[1:]:
+            common = {k: v for k, v in common.items() if flat.get(k) == v}
+        cell_levels[label] = common
+    all_keys = set().union(*(set(v) for v in cell_levels.values())) if cell_levels else set()
+    factors = sorted(
+        k
+        for k in all_keys - _IGNORED_FACTORS
+        if len({lv.get(k) for lv in cell_levels.values()}) > 1
+    )
+    preferred = [k for k in study.params if k in factors]
+    factors = preferred + [k for k in factors if k not in preferred]
+    return factors, {label: {k: lv.get(k) for k in factors} for label, lv in cell_levels.items()}
+
+
+def _cell_stats(
+    study: Study, label: str, trials: list[dict[str, Any]]
+) -> tuple[CellStats, dict[int, float], dict[int, float], list[str]]:
+    """One cell's statistics over its completed runs (one per seed), its best and final score by
+    seed for the paired deltas, and which tracking gain column its runs reported."""
+    best_by_seed: dict[int, float] = {}
+    final_by_seed: dict[int, float] = {}
+    test_values: list[float | None] = []
+    tracking_values: list[float] = []
+    gain_columns: list[str] = []
+    not_counted: dict[str, int] = {}
+    for trial in trials:
+        status = str(trial.get("status"))
+        best = best_score(study, trial)
+        if status != "completed" or best is None:
+            not_counted[status] = not_counted.get(status, 0) + 1
+            continue
+        seed = int(trial["seed"]) if trial.get("seed") is not None else len(best_by_seed)
+        if seed in best_by_seed:  # a repeated seed: keep the first run, count the extra apart
+            not_counted["duplicate seed"] = not_counted.get("duplicate seed", 0) + 1
+            continue
+        best_by_seed[seed] = best
+        final = final_score(study, trial)
+        if final is not None:
+            final_by_seed[seed] = final
+        test_values.append(trial.get(counterpart_on_test(study.metric)))
+        gain = last_tracking_gain(study, trial)
+        if gain is not None:
+            tracking_values.append(gain[1])
+            gain_columns.append(gain[0])
+    cell = CellStats(
+        cell=label,
+        levels={},
+        is_reference=False,
+        n=len(best_by_seed),
+        not_counted=not_counted,
+        seeds=sorted(best_by_seed),
+        best=summarize(best_by_seed.values()),
+        final=summarize(final_by_seed.values()),
+        delta_best=None,
+        delta_final=None,
+        test=summarize(test_values),
+        tracking=summarize(tracking_values),
+    )
+    return cell, best_by_seed, final_by_seed, gain_columns
+
+
+def _reading(report: AblationReport) -> str:
+    """One plain-English line: which cells beat the reference on paired seeds, which do not."""
+    if report.reference is None:
+        return "No reference cell: set `reference:` in the grid file to get paired comparisons."
+    groups: dict[str, list[str]] = {
+        "helps": [],
+        "hurts": [],
+        "indistinguishable": [],
+        "too few pairs": [],
+    }
+    scale, unit = ablation_scale(report)
+    pts = " points" if unit == "%" else ""
+
+    def signed(value: float | None) -> str:
+        return fmt_number(value, scale, digits=METRIC_DIGITS, signed=True)
+
+    for cell in report.cells:
+        if cell.is_reference or cell.verdict is None or cell.delta_best is None:
+            continue
+        d = cell.delta_best
+        if cell.verdict == "too few pairs":
+            groups[cell.verdict].append(cell.cell)
+        else:
+            groups[cell.verdict].append(
+                f"{cell.cell} ({signed(d.mean)}{pts}, 95% CI {signed(d.low)} to {signed(d.high)})"
+            )
+    parts = []
+    if groups["helps"]:
+        parts.append("helps: " + "; ".join(groups["helps"]))
+    if groups["hurts"]:
+        parts.append("hurts: " + "; ".join(groups["hurts"]))
+    if groups["indistinguishable"]:
+        parts.append("indistinguishable from it: " + "; ".join(groups["indistinguishable"]))
+    if groups["too few pairs"]:
+        parts.append("too few paired seeds to tell: " + ", ".join(groups["too few pairs"]))
+    if not parts:
+        return f"Only the reference cell {report.reference} has results."
+    return (
+        f"Against the reference {report.reference} (best {report.metric}, paired over seeds): "
+        + "; ".join(parts)
+        + "."
+    )
+
+
+def ablation_scale(report: AblationReport) -> tuple[float, str]:
+    """`display_scale` decided on the observed means: CI bounds of tiny samples can leave [0, 1]
+    legitimately, which must not switch the whole table out of percent."""
+    return display_scale(
+        report.metric, [v for c in report.cells for v in (c.best.mean, c.final.mean)]
+    )
+
+
+def short_labels(labels: list[str], factors: list[str]) -> tuple[str, list[str]]:
+    """(column title, labels): `model.branches=cls+track` -> `cls+track` under `model.branches`
+    when a single factor names every cell."""
+    if len(factors) == 1:
+        prefix = factors[0] + "="
+        if all(label.startswith(prefix) for label in labels):
+            return factors[0], [label[len(prefix) :] for label in labels]
+    return "cell", labels

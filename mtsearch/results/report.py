@@ -1,0 +1,317 @@
+"""Report data from a study folder: the leaderboard, the ablation table, the exported config, importances.
+
+Everything here reads `trials/<name>/` (space.yaml through `mtsearch.space`, trials.parquet and
+epochs.parquet through `mtsearch.results.store`, optuna.db) and returns plain values: `mtsearch.cli.render`
+lays them out as text and `mtsearch.results.plots` as figures. The interval arithmetic lives in
+`mtsearch.results.stats`; what is decided here is which numbers go in (completed runs, paired seeds) and how a
+metric is shown (`fmt_number`; scales in `metrics.py`), since the report's reading line shows numbers too.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mtsearch.config import TrialConfig, branches_label
+from mtsearch.distributions import factor_keys
+from mtsearch.errors import InvalidInput
+from mtsearch.metrics import MAXIMISE, Direction, direction
+from mtsearch.records import config_from_record, recorded_selection
+from mtsearch.results.store import EPOCHS_FILE, TRIALS_FILE, epoch_rows, is_ranked, trial_rows
+from mtsearch.space import SpaceSpec, load_study_space
+
+# ---- reading a study ---------------------------------------------------------------------------
+
+
+@dataclass
+class Study:
+    """One study folder, read once: the space it was run with and the rows of both Parquet files."""
+
+    path: Path
+    space: SpaceSpec
+    trials: list[dict[str, Any]]  # one dict per trial, `config` decoded
+    epochs: dict[str, list[dict[str, Any]]]  # trial_id -> rows sorted by epoch
+    params: list[str]  # searched keys that are trials.parquet columns, in the space's order
+
+    @property
+    def name(self) -> str:
+        return self.space.name
+
+    @property
+    def metric(self) -> str:
+        return self.space.metric
+
+    @property
+    def mode(self) -> str:  # max | min
+        return self.space.mode
+
+    @property
+    def direction(self) -> Direction:
+        return direction(self.space.mode)
+
+    @property
+    def spec(self) -> dict[str, Any]:
+        """The space as space.yaml spells it (`space: {key: {loguniform: [lo, hi]}}`, ...)."""
+        return self.space.to_dict()
+
+    @property
+    def is_ablation(self) -> bool:
+        """A grid file's study (`mtsearch ablate`): trials are cells repeated over seeds."""
+        return self.space.is_ablation
+
+    @property
+    def selection(self) -> str:
+        """The split that selected: `val`, or `test` (data.selection: test, or a study
+        recorded before validation splits existed)."""
+        for trial in self.trials:
+            config = trial.get("config")
+            if config:
+                return recorded_selection(config)
+        return "val"
+
+    @property
+    def selection_note(self) -> str | None:
+        """The one line every report carries when the test split did the selecting."""
+        if self.selection != "test":
+            return None
+        return ("selection was made on the test split (data.selection: test, the thesis's protocol): "
+                "val_* are test figures and the best of them is biased upwards")
+
+    def curve(self, trial_id: str, metric: str | None = None) -> list[tuple[int, float]]:
+        """(epoch, value) pairs of one trial's metric, skipping epochs without it (no eval, or a
+        column older epochs.parquet files lack)."""
+        metric = metric or self.metric
+        return [
+            (int(r["epoch"]), float(r[metric]))
+            for r in self.epochs.get(str(trial_id), [])
+            if _finite(r.get(metric))
+        ]
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _read_rows(read: Callable[[Path], list[dict[str, Any]]], path: Path) -> list[dict[str, Any]]:
+    """Rows through the store's reader; a damaged file is `InvalidInput` naming it, not a traceback."""
+    import pyarrow as pa
+
+    try:
+        return read(path.parent)
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        raise InvalidInput(path, None, f"cannot read Parquet: {exc}") from None
+
+
+def load_study(path: str | Path) -> Study:
+    """Read a study folder; a missing folder, trials.parquet or space.yaml is `InvalidInput`."""
+    path = Path(path)
+    if not path.is_dir():
+        raise InvalidInput(
+            path, None, "no such study folder (expected trials/<name>/ from `mtsearch run`)"
+        )
+    trials_path = path / TRIALS_FILE
+    if not trials_path.exists():
+        raise InvalidInput(trials_path, None, "not found: this folder holds no study results yet")
+    space = load_study_space(path)
+    trials = _read_rows(trial_rows, trials_path)
+    epochs: dict[str, list[dict[str, Any]]] = {}
+    if (path / EPOCHS_FILE).exists():
+        for row in _read_rows(epoch_rows, path / EPOCHS_FILE):
+            epochs.setdefault(str(row["trial_id"]), []).append(row)
+    for rows in epochs.values():
+        rows.sort(key=lambda r: int(r["epoch"]))
+    columns = trials[0].keys() if trials else ()
+    params = [k for factor in space.space for k in factor_keys(factor) if k in columns]
+    return Study(path=path, space=space, trials=trials, epochs=epochs, params=params)
+
+
+# ---- per-trial scores --------------------------------------------------------------------------
+
+
+def best_score(study: Study, trial: Mapping[str, Any]) -> float | None:
+    """The trial's best value of the study metric: the trainer's `best_<metric>` column when the
+    metric is val_hit1/val_hit5 maximised, otherwise the best epoch value in epochs.parquet."""
+    column = f"best_{study.metric}"
+    if study.direction == MAXIMISE and _finite(trial.get(column)):
+        return float(trial[column])
+    values = [v for _, v in study.curve(str(trial.get("trial_id")))]
+    if not values:
+        return None
+    return study.direction.best(values)
+
+
+def final_score(study: Study, trial: Mapping[str, Any]) -> float | None:
+    """The metric at the trial's last evaluated epoch (what a run without early stopping ends at)."""
+    curve = study.curve(str(trial.get("trial_id")))
+    if curve:
+        return curve[-1][1]
+    return best_score(study, trial) if trial.get("status") == "completed" else None
+
+
+# ---- leaderboard -------------------------------------------------------------------------------
+
+
+@dataclass
+class Leaderboard:
+    """Ranked trials (those with a score) and the rest (no score yet, error, diverged).
+
+    A trial is ranked when it has a finite value of the metric and did not fail: completed, pruned
+    (a lower-fidelity score, shown with its status) and running trials alike, as Ray Tune ranks them.
+    Unranked trials are listed apart with their error line, never mixed into the ranking.
+    """
+
+    study: str
+    metric: str
+    mode: str
+    params: list[str]
+    rows: list[dict[str, Any]]  # rank, trial_id, status, <metric>, final, <params...>, seed, ...
+    unranked: list[dict[str, Any]]  # trial_id, status, error, epochs_done
+    counts: dict[str, int]
+    total_ranked: int
+    selection_note: str | None = None  # set when the test split selected
+
+
+def param_display_value(value: Any) -> Any:
+    """A searched value as tables and axes show it: a branch list as its label `cls+track`."""
+    if isinstance(value, (list, tuple)):
+        try:
+            return branches_label(list(value))
+        except ValueError:
+            return ",".join(str(v) for v in value)
+    return value
+
+
+def leaderboard(study: Study, top: int | None = None) -> Leaderboard:
+    """Trials ranked by the study metric (best per `mode`); ties keep trial order."""
+    counts: dict[str, int] = {}
+    scored: list[tuple[float, int, dict[str, Any]]] = []
+    unranked: list[dict[str, Any]] = []
+    for order, trial in enumerate(study.trials):
+        status = str(trial.get("status"))
+        counts[status] = counts.get(status, 0) + 1
+        score = best_score(study, trial)
+        if not is_ranked(status, score):
+            unranked.append(
+                {
+                    "trial_id": str(trial.get("trial_id")),
+                    "status": status,
+                    "error": trial.get("error"),
+                    "epochs_done": trial.get("epochs_done"),
+                }
+            )
+            continue
+        scored.append((score, order, trial))
+    scored.sort(key=lambda item: (study.direction.rank_key(item[0]), item[1]))
+    rows = []
+    for rank, (score, _, trial) in enumerate(scored, start=1):
+        row: dict[str, Any] = {
+            "rank": rank,
+            "trial_id": str(trial.get("trial_id")),
+            "status": trial.get("status"),
+            study.metric: score,
+            f"final_{study.metric}": final_score(study, trial),
+            "test_hit1": trial.get("test_hit1"),
+        }
+        if trial.get("cell") is not None:
+            row["cell"] = trial["cell"]
+        for key in study.params:
+            row[key] = param_display_value(trial.get(key))
+        row.update(
+            {
+                "seed": trial.get("seed"),
+                "epochs_done": trial.get("epochs_done"),
+                "best_epoch": trial.get("best_epoch"),
+                "wall_s": trial.get("wall_s"),
+            }
+        )
+        rows.append(row)
+    total = len(rows)
+    if top is not None:
+        if top < 1:
+            raise InvalidInput(None, "--top", "must be >= 1", top)
+        rows = rows[:top]
+    return Leaderboard(
+        study=study.name,
+        metric=study.metric,
+        mode=study.mode,
+        params=study.params,
+        rows=rows,
+        unranked=unranked,
+        counts=counts,
+        total_ranked=total,
+        selection_note=study.selection_note,
+    )
+
+
+def ranked_trial(study: Study, rank: int) -> dict[str, Any]:
+    """The trial row at 1-based `rank`; out of range is `InvalidInput`."""
+    board = leaderboard(study)
+    if board.total_ranked == 0:
+        counts = ", ".join(f"{n} {status}" for status, n in board.counts.items())
+        raise InvalidInput(
+            study.path,
+            "--rank",
+            f"no trial has a {study.metric} score yet ({len(study.trials)} trials"
+            + (f": {counts}" if counts else "") + "); nothing to rank",
+            rank,
+        )
+    if rank < 1 or rank > board.total_ranked:
+        raise InvalidInput(
+            study.path,
+            "--rank",
+            f"must be between 1 and {board.total_ranked} (the number of ranked trials)",
+            rank,
+        )
+    trial_id = board.rows[rank - 1]["trial_id"]
+    return next(t for t in study.trials if str(t.get("trial_id")) == trial_id)
+
+
+def trial_config(study: Study, trial: Mapping[str, Any]) -> TrialConfig:
+    """The trial's full resolved config, validated from the stored `config` column."""
+    source = f"{study.path / TRIALS_FILE} (trial {trial.get('trial_id')})"
+    config = trial.get("config")
+    if not config:
+        raise InvalidInput(source, "config", "the trial has no stored config")
+    return config_from_record(config, source)
+
+
+# ---- showing numbers (tables, the reading line, figures) ---------------------------------------
+
+METRIC_DIGITS = 3  # significant digits of a metric value that is not a percentage
+
+
+TRACKING_GAINS = ("track_gain", "cycle_gain")  # ground truth where it exists
+
+
+def last_tracking_gain(study: Study, trial: Mapping[str, Any]) -> tuple[str, float] | None:
+    """(column, value) of a run's last evaluated track_gain, else cycle_gain; None without."""
+    for column in TRACKING_GAINS:
+        curve = study.curve(str(trial["trial_id"]), column)
+        if curve:
+            return column, curve[-1][1]
+    return None
+
+
+def fmt_number(
+    value: Any,
+    scale: float = 1.0,
+    *,
+    digits: int = 4,
+    decimals: int | None = None,
+    signed: bool = False,
+) -> str:
+    """The one way a number becomes text in reports: '–' when missing, ints and non-numbers as
+    they are, percent points (scale 100) with one decimal as papers print them, `decimals` fixed
+    decimals (seconds), otherwise `digits` significant digits; `signed` for differences."""
+    if value is None:
+        return "–"
+    if isinstance(value, (bool, int)) or not isinstance(value, float) or not math.isfinite(value):
+        return str(value)
+    if decimals is None and scale == 100.0:
+        decimals = 1
+    sign = "+" if signed else ""
+    precision = f".{decimals}f" if decimals is not None else f".{digits}g"
+    return format(value * scale, sign + precision)

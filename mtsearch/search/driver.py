@@ -1,0 +1,339 @@
+"""The Ray Tune driver: one validated `SpaceSpec` in, a finished (or resumable) study out.
+
+Thin adapters around Ray Tune and Optuna:
+- the trainable (`trainable.run_trial`) wraps the trainer (`mtsearch.train.fit`): one
+  `tune.report` per epoch with the epoch metrics and the epoch's checkpoint;
+- OptunaSearch (TPE seeded, multivariate, constant_liar; random; CMA-ES) stored in
+  `trials/<name>/optuna.db`, told PRUNED for trials the scheduler stopped; grids use Tune's own
+  grid search; ASHA runs on epochs;
+- a Tune `Callback` (`recording.StoreCallback`) keeps the Parquet store current and hands
+  snapshots to the caller's `on_update` (the CLI's live display). This module never prints.
+Tune's own state lives in `trials/<name>/tune/`, which is what `--resume` restores.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray import tune
+
+from mtsearch.distributions import Distribution, expand_params
+from mtsearch.errors import (
+    InvalidInput,
+    StorageFull,
+    free_bytes,
+    storage_failure,
+)
+from mtsearch.files import write_atomic
+from mtsearch.records import accept_moved_modules
+from mtsearch.results.store import StudyStore
+from mtsearch.search.cluster import connect_ray
+from mtsearch.search.footprint import shortfall_warning
+from mtsearch.search.packing import Probe, TrialResources, plan_resources
+from mtsearch.search.recording import (
+    LIVE,
+    Live,
+    SearchProgress,
+    StoreCallback,
+    publish,
+    retain_checkpoints,
+    snapshot,
+)
+from mtsearch.search.study import SPACE_FILE, TUNE_DIR, open_study, release
+from mtsearch.search.trainable import Log, Trainer, last_line, run_trial
+from mtsearch.search.tuning import (
+    OBJECTIVE,
+    optuna_searcher,
+    param_space,
+    park_optuna_trials,
+    scheduler,
+    unpark_optuna_trials,
+)
+from mtsearch.space import SpaceSpec
+
+
+@dataclass
+class SearchOutcome:
+    study_dir: Path
+    interrupted: bool
+    progress: SearchProgress
+    machine_failed: list[str] = field(default_factory=list)  # trials a machine's fault ended (rerun by --resume)
+    storage: StorageFull | None = None  # the study's disk failed: stopped, to be resumed
+
+
+# ---- the driver --------------------------------------------------------------------------------------
+
+def run_search(
+    spec: SpaceSpec,
+    trials_dir: str | Path = "trials",
+    *,
+    resume: bool = False,
+    address: str | None = None,
+    connect_timeout: float = 30.0,
+    on_update: Callable[[SearchProgress], None] | None = None,
+    log: Log | None = None,
+    trainable_fn: Trainer | None = None,
+    num_cpus: int | None = None,
+    memory_probe: Probe | None = None,
+    points: list[dict[str, Any]] | None = None,
+) -> SearchOutcome:
+    """Run (or resume) a study to the end; returns what happened, never prints.
+
+    `points` (a one-factor grid study: values of that factor) runs only those of the grid's
+    points that have no finished trial yet: one round of a race (`mtsearch confirm`).
+
+    `trainable_fn` replaces the trainer (same signature as `mtsearch.train.fit`); it must be
+    picklable by Ray. `num_cpus` sizes a local Ray (default: all cores); ignored with `address`.
+    `memory_probe` replaces the GPU memory probe of `gpus_per_trial: auto` (run in the driver).
+    """
+    say = log or (lambda msg: None)
+    spec = _absolute_paths(spec)
+    _set_tune_defaults()
+    # the cluster and its resources are checked before anything is written under trials/
+    started_ray = connect_ray(address, num_cpus, say, connect_timeout)
+    lock_fd, key = -1, None
+    try:
+        _check_resources(spec)
+        spec, study_dir, lock_fd, _, extend_from = open_study(spec, Path(trials_dir).resolve(), resume)
+        key = str(study_dir)
+        if not (study_dir / SPACE_FILE).exists():
+            write_atomic(study_dir / SPACE_FILE, spec.to_yaml())
+        shortfall = shortfall_warning(spec, study_dir)
+        if shortfall:
+            say(f"warning: {shortfall}")
+        resources = plan_resources(spec, study_dir, say, memory_probe)
+        store = StudyStore(study_dir, spec.param_types(), with_cell=spec.is_ablation)
+        done_at_start = sum(1 for r in store.trials.values() if r["status"] not in (None, "running"))
+        live = Live(spec=spec, store=store, on_update=on_update, started=time.time(),
+                     resumed=resume, done_at_start=done_at_start, log=say, resources=resources)
+        # trials finished before this driver are known, whatever Tune's restored state lists
+        live.known_trials.update(t for t, r in store.trials.items() if r["status"] not in (None, "running"))
+        LIVE[key] = live
+        if resume:
+            unpark_optuna_trials(spec, study_dir)
+        try:
+            return _drive(live, spec, study_dir, key, resume, extend_from, points, trainable_fn, resources, say)
+        except Exception as exc:
+            disk = storage_failure(exc)
+            if disk is None:
+                raise
+            return _stop_on_storage(live, study_dir, disk)
+    finally:
+        if key is not None:
+            LIVE.pop(key, None)
+        if started_ray:
+            ray.shutdown()
+        if lock_fd >= 0:
+            release(lock_fd)
+
+
+def _drive(
+    live: Live, spec: SpaceSpec, study_dir: Path, key: str, resume: bool, extend_from: int | None,
+    points: list[dict[str, Any]] | None, trainable_fn: Trainer | None, resources: TrialResources,
+    say: Log,
+) -> SearchOutcome:
+    """Tune's part of `run_search`: the study, its resumed part, its extension or a race's round."""
+    store = live.store
+    if extend_from is None and points is None:
+        tuner = _make_tuner(spec, study_dir, key, resume, trainable_fn, resources, say)
+        publish(live)
+        tuner.fit()
+        return _finish(live, study_dir)
+    # an extension or a race's round: finish what the study started, then run what is missing
+    # as a new Tune experiment in the same folder, sharing Optuna's history and ASHA's rungs
+    recorded = spec.with_count(extend_from) if extend_from is not None else spec
+    if resume and tune.Tuner.can_restore(str(study_dir / TUNE_DIR)):
+        _make_tuner(recorded, study_dir, key, True, trainable_fn, resources, say).fit()
+    if points is not None:
+        return _run_points(live, spec, study_dir, points, trainable_fn, resources, say)
+    before = _finish(live, study_dir, recorded.total_trials)
+    if before.interrupted:
+        return before
+    write_atomic(study_dir / SPACE_FILE, spec.to_yaml())
+    say(f"extending {study_dir} from {recorded.total_trials} to {spec.total_trials} trials")
+    tuner = _make_tuner(spec, study_dir, key, False, trainable_fn, resources, say,
+                        fresh=False, extend_from=recorded, store=store)
+    publish(live)
+    tuner.fit()
+    return _finish(live, study_dir)
+
+
+def _run_points(
+    live: Live, spec: SpaceSpec, study_dir: Path, points: list[dict[str, Any]],
+    trainer: Trainer | None, resources: TrialResources, say: Log,
+) -> SearchOutcome:
+    """Run the given grid points that no finished trial covers yet, then report whether all are."""
+    (factor,) = spec.space  # a race's grid has one (tied) factor
+    missing = [p for p in points if not _point_done(live, spec, p)]
+    if missing:
+        round_spec = replace(spec, space={factor: Distribution("grid", tuple(p[factor] for p in missing))})
+        tuner = _make_tuner(round_spec, study_dir, str(study_dir), False, trainer, resources, say,
+                            fresh=False)
+        publish(live)
+        tuner.fit()
+    outcome = _finish(live, study_dir, total=0)
+    outcome.interrupted = outcome.interrupted or not all(_point_done(live, spec, p) for p in points)
+    return outcome
+
+
+def _point_done(live: Live, spec: SpaceSpec, point: dict[str, Any]) -> bool:
+    flat = expand_params(point)
+    cell = spec.cell_of(point)
+    return any(row.get("cell") == cell and row.get("seed") == flat.get("seed")
+               and row["status"] not in (None, "running") for row in live.store.trials.values())
+
+
+def _set_tune_defaults() -> None:
+    """Tune reads these at run time; set as defaults only, so a user's own setting wins: no
+    per-trial JSON/CSV/TensorBoard loggers (Parquet is the record), experiment state saved every
+    2 s (what a kill -9 can lose), trials keep the driver's working folder."""
+    for name, value in (("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1"), ("TUNE_GLOBAL_CHECKPOINT_S", "2"),
+                        ("RAY_CHDIR_TO_TRIAL_DIR", "0"),
+                        ("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0"),
+                        ("RAY_AIR_NEW_OUTPUT", "0")):
+        os.environ.setdefault(name, value)
+
+
+def _trial_dirname(trial: Any) -> str:
+    return trial.trial_id
+
+
+def _make_tuner(
+    spec: SpaceSpec, study_dir: Path, live_key: str, resume: bool, trainer: Trainer | None,
+    resources: TrialResources, say: Log, *, fresh: bool = True, extend_from: SpaceSpec | None = None,
+    store: StudyStore | None = None,
+) -> tune.Tuner:
+    """Tune's state restored from `study_dir/tune` on resume, else a new Tuner for the study.
+    Each trial's resources are a function of its config (its network's GPU share).
+
+    `fresh=False` keeps the trials folder of earlier experiments (an extension, a race's round).
+    With `extend_from` (the study as it was) the new Tuner runs only the trials it lacks: the
+    extra samples, or a grid's new seeds; `store` holds the earlier trials for ASHA's rungs.
+    """
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, base=spec.base.to_dict(), metric=spec.metric, mode=spec.mode,
+                             max_failures=spec.max_failures, trainer=trainer),
+        resources,
+    )
+    tune_path = study_dir / TUNE_DIR
+    if resume and tune.Tuner.can_restore(str(tune_path)):
+        say(f"resuming {study_dir}")
+        # errored trials are those a fault of the machine ended (run_trial reports the config's
+        # own); in a study begun before that rule they may be the config's, so only when the store
+        # says a machine's fault ended some
+        live = LIVE.get(live_key)
+        rerun = live is not None and bool(_machine_failed(live))
+        accept_moved_modules()  # a study interrupted under the flat layout pickled its old paths
+        return tune.Tuner.restore(str(tune_path), trainable, resume_unfinished=True, resume_errored=rerun)
+    if tune_path.exists() and fresh:  # an interrupted start that never saved Tune's state
+        shutil.rmtree(tune_path)
+    samples, seeds = (1 if spec.is_enumerated else spec.search.num_samples), None
+    if extend_from is not None:
+        samples = 1 if spec.is_enumerated else spec.total_trials - extend_from.total_trials
+        seeds = range(extend_from.repeats, spec.repeats) if spec.is_ablation else None
+    return tune.Tuner(
+        trainable,
+        param_space=param_space(spec, seeds) if spec.is_enumerated else None,  # a search's: its searcher's
+        tune_config=tune.TuneConfig(
+            metric=OBJECTIVE, mode=spec.mode,
+            search_alg=None if spec.is_enumerated else optuna_searcher(
+                spec, study_dir, extend_from.total_trials if extend_from is not None else 0),
+            scheduler=scheduler(spec, store),
+            num_samples=samples,
+            max_concurrent_trials=spec.search.max_concurrent,
+            reuse_actors=False,
+            trial_dirname_creator=_trial_dirname,
+        ),
+        run_config=tune.RunConfig(
+            name=TUNE_DIR, storage_path=str(study_dir), verbose=0,
+            # only faults of the machine reach Tune as failures (run_trial keeps the config's own)
+            failure_config=tune.FailureConfig(max_failures=spec.max_restarts),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            # the experiment state (what --resume restores) is staged locally and copied
+            # to trials/<name>/tune/ at most once per sync_period (default 300 s)
+            sync_config=tune.SyncConfig(sync_period=2),
+            callbacks=[StoreCallback(live_key)],
+        ),
+    )
+
+
+def _finish(live: Live, study_dir: Path, total: int | None = None) -> SearchOutcome:
+    """After `tuner.fit()`: interrupted or done (`total` trials known, default the spec's); a
+    finished study drops what Tune never knew."""
+    counts = live.store.counts()
+    total = live.spec.total_trials if total is None else total
+    interrupted = counts["running"] > 0 or len(live.known_trials) < total
+    if not interrupted:
+        orphans = set(live.store.trials) - live.known_trials
+        if orphans:
+            live.store.forget(orphans)
+    park_optuna_trials(live.spec, study_dir, live.store, finished=not interrupted)
+    retain_checkpoints(live)
+    live.store.flush()
+    _drop_work_dirs(study_dir, live.store)
+    return SearchOutcome(study_dir=study_dir, interrupted=interrupted, progress=snapshot(live),
+                         machine_failed=_machine_failed(live))
+
+
+def _machine_failed(live: Live) -> list[str]:
+    return sorted(tid for tid, row in live.store.trials.items() if row["machine_fault"])
+
+
+def _stop_on_storage(live: Live, study_dir: Path, disk: StorageFull) -> SearchOutcome:
+    """The study's disk failed: Tune has stopped every trial (each keeps its last reported
+    checkpoint). Free the trainers' working copies, which those checkpoints make redundant, then
+    save what can be saved; every step is best effort on a disk that may still be full."""
+    if not disk.path:
+        disk = StorageFull(study_dir, disk.reason)
+    disk.free = free_bytes(disk.path)
+    for work in (study_dir / TUNE_DIR).glob("*/work"):
+        shutil.rmtree(work, ignore_errors=True)
+    for step in (live.store.flush,
+                 lambda: park_optuna_trials(live.spec, study_dir, live.store, finished=False)):
+        try:
+            step()
+        except Exception as exc:  # noqa: BLE001 - the rows on disk stay as they were, readable
+            live.log(f"warning: could not save the study's last changes: {last_line(exc)}")
+    return SearchOutcome(study_dir=study_dir, interrupted=True, progress=snapshot(live),
+                         machine_failed=_machine_failed(live), storage=disk)
+
+
+def _drop_work_dirs(study_dir: Path, store: StudyStore) -> None:
+    """A finished trial's working copy duplicates its last Tune checkpoint: free the disk."""
+    for trial_id, row in store.trials.items():
+        if row["status"] not in (None, "running"):
+            shutil.rmtree(study_dir / TUNE_DIR / trial_id / "work", ignore_errors=True)
+
+
+def _check_resources(spec: SpaceSpec) -> None:
+    """A trial asking for more than the cluster has would wait forever: refuse it up front."""
+    total = ray.cluster_resources()
+    gpus = 0.0 if spec.resources.auto else float(spec.resources.gpus_per_trial)  # auto fits what exists
+    if spec.resources.auto and spec.base.device.startswith("cuda") and not total.get("GPU"):
+        raise InvalidInput(spec.source, "base.device", "cuda needs a GPU, and this Ray cluster has none",
+                           spec.base.device)
+    for key, name, need in (("CPU", "cpus_per_trial", spec.resources.cpus_per_trial),
+                            ("GPU", "gpus_per_trial", gpus)):
+        have = float(total.get(key, 0.0))
+        if need > have:
+            raise InvalidInput(spec.source, f"resources.{name}",
+                               f"this Ray cluster has {have:g} {key}s in all; a trial cannot get {need:g}", need)
+
+
+def _absolute_paths(spec: SpaceSpec) -> SpaceSpec:
+    """Trials run in Ray workers with another working folder: make file paths absolute."""
+    overrides = {}
+    for key in ("data.root", "data.cache_dir"):
+        value = spec.base.to_flat()[key]
+        if value:
+            overrides[key] = str(Path(value).expanduser().resolve())
+    if not overrides:
+        return spec
+    return replace(spec, base=spec.base.with_overrides(overrides, spec.source))
