@@ -9,13 +9,9 @@ import torch.nn.functional as F
 from mtsearch.config import TrialConfig
 from mtsearch.model import MultiBranchNet, compute_losses, describe
 from mtsearch.model.heads import reverse_half
-from mtsearch.model.tracking import (
-    TrackingBranch,
-    grid_loss,
-    localizer_kernel,
-    random_patch_theta,
-    rotation_translation,
-)
+from mtsearch.model.track_cycles import grid_loss
+from mtsearch.model.track_geometry import localizer_kernel, random_patch_theta, rotation_translation
+from mtsearch.model.tracking import TrackingBranch, TrackingSettings
 from mtsearch.presets import thesis_tracking
 
 # ResNet-50 stage sizes (conv + BN parameters); conv5_x is 3x3x3-inflated (3D-ResNet-50)
@@ -326,7 +322,8 @@ def test_one_tracker_step_learns_to_locate_a_patch() -> None:
     """
     torch.manual_seed(0)
     crop, patch, batch = 96, 32, 16
-    branch = TrackingBranch(3 * 64, 32, crop, patch, past_frames=3, frame_gap=4, track_lambda=0.1)
+    branch = TrackingBranch(TrackingSettings(3 * 64, 32, crop, patch, past_frames=3, frame_gap=4,
+                                             track_lambda=0.1))
     optimizer = torch.optim.Adam(branch.parameters(), lr=1e-3)
     data_gen, theta_gen = torch.Generator().manual_seed(1), torch.Generator().manual_seed(2)
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from mtsearch.config import TrialConfig
-from mtsearch.data import synthetic
+from mtsearch.data import synthetic, synthetic_video
 from mtsearch.data.datasets import index_for_config, load_index
 from mtsearch.data.synthetic import CLASS_NAMES, ensure_synthetic, render_video, write_synthetic
 from mtsearch.data.video import probe, read_video
@@ -36,7 +36,7 @@ def test_layout_and_video_format(small_set: Path) -> None:
         assert sum(v.label == label for v in index.test) == 1
     info = probe(index.train[0].path)
     assert (info.width, info.height, round(info.fps)) == (112, 112, 30)
-    assert synthetic.FRAMES_RANGE[0] <= info.num_frames <= synthetic.FRAMES_RANGE[1]
+    assert synthetic_video.FRAMES_RANGE[0] <= info.num_frames <= synthetic_video.FRAMES_RANGE[1]
     frames = read_video(index.train[0].path)
     assert frames.shape[1:] == (112, 112, 3) and frames.dtype == np.uint8
     assert frames.std() > 10  # textured, not flat
@@ -63,23 +63,23 @@ def test_same_seed_same_files_other_seed_other_frames(small_set: Path, tmp_path:
 
 def test_reversed_class_is_the_forward_trajectory_backwards() -> None:
     """A reversed class plays its partner's kind of trajectory backwards, frame for frame."""
-    assert synthetic.MOTION_PAIRS == (("move_down", "move_up"), ("grow", "shrink"),
+    assert synthetic_video.MOTION_PAIRS == (("move_down", "move_up"), ("grow", "shrink"),
                                       ("converge", "diverge"))
-    for forward_name, backward_name in synthetic.MOTION_PAIRS:
-        forward = synthetic.main_tracks(CLASS_NAMES.index(forward_name), 50,
+    for forward_name, backward_name in synthetic_video.MOTION_PAIRS:
+        forward = synthetic_video.main_tracks(CLASS_NAMES.index(forward_name), 50,
                                         np.random.default_rng(5))
-        backward = synthetic.main_tracks(CLASS_NAMES.index(backward_name), 50,
+        backward = synthetic_video.main_tracks(CLASS_NAMES.index(backward_name), 50,
                                          np.random.default_rng(5))
         assert len(forward) == len(backward) >= 1
         for f, b in zip(forward, backward):
             for key in ("x", "y", "angle", "scale"):
                 np.testing.assert_array_equal(f[key][::-1], b[key])
     for index in range(len(CLASS_NAMES)):  # every object stays in or right next to the frame
-        for track in synthetic.main_tracks(index, 56, np.random.default_rng(index)):
+        for track in synthetic_video.main_tracks(index, 56, np.random.default_rng(index)):
             assert all(len(track[key]) == 56 for key in ("x", "y", "angle", "scale"))
-            reach = synthetic._reach(track["look"]["radius"] * max(1.0, track["scale"].max()))
+            reach = synthetic_video._reach(track["look"]["radius"] * max(1.0, track["scale"].max()))
             for axis in ("x", "y"):
-                assert track[axis].min() >= -reach and track[axis].max() <= synthetic.SIZE + reach
+                assert track[axis].min() >= -reach and track[axis].max() <= synthetic_video.SIZE + reach
     frames = render_video(CLASS_NAMES.index("shrink"), 0, seed=0)
     assert frames.shape[1:] == (112, 112, 3)
 
@@ -87,19 +87,19 @@ def test_reversed_class_is_the_forward_trajectory_backwards() -> None:
 def test_motion_is_fast_and_lasts_the_whole_video() -> None:
     """Several px/frame on the main objects in every 13-frame window (the tiny trunk's cells are
     8 px), and the class motion keeps its sign: down stays down, grow keeps growing."""
-    tracks = synthetic.main_tracks(CLASS_NAMES.index("move_down"), 56, np.random.default_rng(1))
+    tracks = synthetic_video.main_tracks(CLASS_NAMES.index("move_down"), 56, np.random.default_rng(1))
     for track in tracks:
         step = np.diff(track["y"])
-        moving = step[np.abs(step) < synthetic.SIZE / 2]  # leave out the wrap-around jumps
-        assert len(moving) >= 50 and np.all(moving >= synthetic.SPEED_RANGE[0])
-    tracks = synthetic.main_tracks(CLASS_NAMES.index("grow"), 56, np.random.default_rng(2))
+        moving = step[np.abs(step) < synthetic_video.SIZE / 2]  # leave out the wrap-around jumps
+        assert len(moving) >= 50 and np.all(moving >= synthetic_video.SPEED_RANGE[0])
+    tracks = synthetic_video.main_tracks(CLASS_NAMES.index("grow"), 56, np.random.default_rng(2))
     growing = np.concatenate([np.diff(track["scale"]) for track in tracks])
     assert np.mean(growing > 0) > 0.8  # shrinking only at a respawn
-    tracks = synthetic.main_tracks(CLASS_NAMES.index("converge"), 56, np.random.default_rng(3))
+    tracks = synthetic_video.main_tracks(CLASS_NAMES.index("converge"), 56, np.random.default_rng(3))
     gap = np.hypot(tracks[0]["x"] - tracks[1]["x"], tracks[0]["y"] - tracks[1]["y"])
     assert np.mean(np.diff(gap) < 0) > 0.8
     for window in range(0, 56 - 13, 13):  # every clip shows the two objects closing in
-        assert np.any(np.diff(gap[window : window + 13]) < -2 * synthetic.SPEED_RANGE[0])
+        assert np.any(np.diff(gap[window : window + 13]) < -2 * synthetic_video.SPEED_RANGE[0])
 
 
 def test_no_class_has_a_left_right_or_turning_sense() -> None:
@@ -109,9 +109,9 @@ def test_no_class_has_a_left_right_or_turning_sense() -> None:
         out = set()
         for video in range(40):
             rng = np.random.default_rng(video)
-            track = synthetic.main_tracks(CLASS_NAMES.index(name), 20, rng)[0]
+            track = synthetic_video.main_tracks(CLASS_NAMES.index(name), 20, rng)[0]
             step = np.diff(track[key])
-            step = step[np.abs(step) < synthetic.SIZE / 2]  # leave out the wrap-around jumps
+            step = step[np.abs(step) < synthetic_video.SIZE / 2]  # leave out the wrap-around jumps
             out.add(float(np.sign(np.median(step))))
         return out
 

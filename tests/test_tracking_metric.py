@@ -11,12 +11,14 @@ import torch
 import torch.nn.functional as F
 
 from mtsearch.config import TrialConfig
-from mtsearch.data import synthetic
+from mtsearch.data import synthetic, synthetic_video
 from mtsearch.data.cache import FrameCache
 from mtsearch.data.clips import TestClips
 from mtsearch.data.datasets import index_for_config
 from mtsearch.data.truth import TrackTruth, theta_centre_px, track_errors, track_truth
-from mtsearch.model.tracking import SoftArgmaxLocalizer, TrackingBranch, rotation_translation
+from mtsearch.model.track_cycles import walk_losses
+from mtsearch.model.track_geometry import SoftArgmaxLocalizer, rotation_translation
+from mtsearch.model.tracking import TrackingBranch, TrackingSettings
 
 CROP, PATCH, K, F_GAP = 96, 32, 3, 4
 
@@ -49,12 +51,12 @@ def test_object_pixels_sit_where_the_track_says():
     hits = total = 0
     for class_index in range(6):
         for video in range(3):
-            frames = synthetic.render_video(class_index, video, seed=9)
-            for track in synthetic.object_tracks(class_index, video, seed=9):
+            frames = synthetic_video.render_video(class_index, video, seed=9)
+            for track in synthetic_video.object_tracks(class_index, video, seed=9):
                 colours = np.stack(track["look"]["colours"])  # (2, 3)
                 for t in range(0, len(frames), 5):
                     x, y = round(track["x"][t]), round(track["y"][t])
-                    if track["scale"][t] < 0.5 or not (0 <= x < synthetic.SIZE and 0 <= y < synthetic.SIZE):
+                    if track["scale"][t] < 0.5 or not (0 <= x < synthetic_video.SIZE and 0 <= y < synthetic_video.SIZE):
                         continue
                     pixel = frames[t, y, x].astype(np.float32)
                     total += 1
@@ -121,7 +123,8 @@ def test_no_truth_for_other_videos(built_in, tmp_path: Path, make_video):
 
 
 def test_collapse_diagnostic_reads_one_on_constant_features_and_low_on_random():
-    branch = TrackingBranch(16, 16, crop=96, patch=32, past_frames=3, frame_gap=4, track_lambda=0.1)
+    branch = TrackingBranch(TrackingSettings(16, 16, crop=96, patch=32, past_frames=3, frame_gap=4,
+                                             track_lambda=0.1))
     with torch.no_grad():
         branch.proj[0].weight.copy_(torch.eye(16)[:, :, None, None])  # identity projection
     constant = torch.ones(2, 16, 13, 12, 12)
@@ -148,8 +151,8 @@ def test_soft_argmax_localizer_reads_a_sharp_affinity(params):
 
 def test_walk_targets_put_each_patch_cell_where_theta_takes_it():
     """`track.cycle_loss: walk`: the cross-entropy targets are the frame cells under theta_gt."""
-    branch = TrackingBranch(16, 16, crop=CROP, patch=PATCH, past_frames=1, frame_gap=4,
-                            track_lambda=0.1, cycle_loss="walk")
+    branch = TrackingBranch(TrackingSettings(16, 16, crop=CROP, patch=PATCH, past_frames=1, frame_gap=4,
+                                             track_lambda=0.1, cycle_loss="walk"))
     theta = rotation_translation(torch.tensor([[0.25, -0.5, 0.0]]), PATCH / CROP)
     cells = 12
     # a walk whose last affinity is sharply peaked where the targets are: near-zero loss
@@ -165,17 +168,17 @@ def test_walk_targets_put_each_patch_cell_where_theta_takes_it():
         return logits
 
     walk = type("W", (), {"home_logits": {("long", 1): peaked(right), ("skip", 1): peaked(wrong)}})
-    losses = branch._walk_losses(walk, theta)  # (2, 1, 1): long, skip
+    losses = walk_losses(walk, theta, 1, branch.cell_offsets, CROP)  # (2, 1, 1): long, skip
     assert losses[0, 0, 0] < losses[1, 0, 0] - 3
     walk.home_logits[("skip", 1)] = torch.zeros(1, 16, cells * cells)
-    uniform = branch._walk_losses(walk, theta)[1, 0, 0]
+    uniform = walk_losses(walk, theta, 1, branch.cell_offsets, CROP)[1, 0, 0]
     assert uniform == pytest.approx(math.log(cells * cells), rel=1e-4)
 
 
 def test_moving_patches_go_where_the_frame_changes():
     """`track.patch_select: motion`: the patch lands on the only moving thing in the clip."""
-    branch = TrackingBranch(16, 16, crop=CROP, patch=PATCH, past_frames=3, frame_gap=4,
-                            track_lambda=0.1, patch_select="motion")
+    branch = TrackingBranch(TrackingSettings(16, 16, crop=CROP, patch=PATCH, past_frames=3, frame_gap=4,
+                                             track_lambda=0.1, patch_select="motion"))
     clips = torch.zeros(3, 3, 13, CROP, CROP)
     for t in range(13):  # a bright square moving right along row 20..30, 2 px per frame
         clips[:, :, t, 20:30, 40 + 2 * t : 50 + 2 * t] = 3.0

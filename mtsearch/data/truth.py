@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from mtsearch.data import synthetic
+from mtsearch.data import synthetic, synthetic_video
 from mtsearch.data.clips import loop_indices
 from mtsearch.data.video import scaled_size
 
@@ -151,7 +151,7 @@ def track_truth(
         steps = [int(indices[-1 - j * f]) for j in range(k + 1)]
         straight = [steps[0] - steps[j] == j * f for j in range(k + 1)]
         if video not in tracks_of:
-            tracks_of[video] = synthetic.object_tracks(*videos[video], seed)
+            tracks_of[video] = synthetic_video.object_tracks(*videos[video], seed)
         src = [source_frame(i, fps) for i in steps]
         for track in tracks_of[video]:
             if src[0] >= len(track["x"]):

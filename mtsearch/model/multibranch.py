@@ -23,7 +23,8 @@ from torch import nn
 
 from mtsearch.config import TrialConfig
 from mtsearch.model.heads import Conv5Head, draw_reversals, reverse_time
-from mtsearch.model.tracking import TrackingBranch, random_patch_theta
+from mtsearch.model.track_geometry import random_patch_theta
+from mtsearch.model.tracking import TrackingBranch, TrackingSettings
 from mtsearch.model.trunk import Trunk, init_weights, to_channels_last
 
 
@@ -85,26 +86,7 @@ class MultiBranchNet(nn.Module):
         # False during track.warmup_epochs: l_track trains the branch only (set by the trainer)
         self.track_trains_trunk = True
         if cfg.has("track"):
-            options = cfg.tracking  # the tracking keys, defaults filled in
-            self.tracking = TrackingBranch(
-                trunk_ch,
-                preset.track_dim,
-                crop=cfg.crop,
-                patch=cfg.patch,
-                past_frames=cfg.track.past_frames,
-                frame_gap=cfg.track.frame_gap,
-                track_lambda=cfg.loss.track_lambda,
-                sim_weight=options["loss.sim_weight"],
-                temperature=options["track.temperature"],
-                detach_target=cfg.track.detach_target,
-                localizer=options["track.localizer"],
-                target_patch=options["track.target_patch"],
-                center_features=options["track.center_features"],
-                patch_select=options["track.patch_select"],
-                crop_grad=options["track.crop_grad"],
-                projection=options["track.projection"],
-                cycle_loss=cfg.track.cycle_loss,
-            )
+            self.tracking = TrackingBranch(TrackingSettings.from_config(cfg, trunk_ch))
         init_weights(self)
 
     def draw(
@@ -116,7 +98,7 @@ class MultiBranchNet(nn.Module):
             draws.reverse = draw_reversals(batch, generator)
         if self.tracking is not None and track:
             draws.patch_theta = random_patch_theta(batch, self.tracking.scale, generator)
-            if self.tracking.patch_select == "motion":  # drawn last: the landed order stays
+            if self.tracking.settings.patch_select == "motion":  # drawn last: the landed order stays
                 device = generator.device if generator is not None else None
                 draws.patch_pick = torch.rand(batch, 3, generator=generator, device=device)
         return draws
@@ -175,7 +157,7 @@ class MultiBranchNet(nn.Module):
         if self.tracking is not None and track:
             assert draws.patch_theta is not None, "the tracking branch needs draws.patch_theta"
             patch_theta = draws.patch_theta
-            if self.tracking.patch_select == "motion":
+            if self.tracking.settings.patch_select == "motion":
                 assert draws.patch_pick is not None, "track.patch_select: motion needs draws.patch_pick"
                 patch_theta = self.tracking.moving_patch_theta(clips, patch_theta, draws.patch_pick)
             reach = self.track_trains_trunk

@@ -17,7 +17,7 @@ from torch import nn
 from mtsearch.config import TrialConfig, branches_label
 from mtsearch.model.heads import Conv5Head
 from mtsearch.model.multibranch import MultiBranchNet
-from mtsearch.model.tracking import Localizer
+from mtsearch.model.track_geometry import Localizer
 from mtsearch.model.trunk import EXPANSION, fold_time, unfold_time
 
 

@@ -18,269 +18,121 @@ The departures a measurement called for are options (config keys, defaults per
 preset in `mtsearch.config.tracking_defaults`): the weight of l_sim, the temperature, a
 parameter-free `SoftArgmaxLocalizer`, the target patch cropped from the frame's features instead
 of re-encoded, features centred per frame, patches where the frame changes (`moving_patch_theta`),
-no gradient through crop positions, and a cross-entropy cycle loss (`_walk_losses`). `probe` is
+no gradient through crop positions, and a cross-entropy cycle loss (`walk_losses`). `probe` is
 what evaluation measures tracking with.
 
-How it runs: the 3k+k(k+1)/2 tracker steps of a clip are independent chains of steps
-(the backward chain, k long cycles, k skip cycles), so every step at the same depth runs as one
-batched call: 2k calls per batch instead of one per step, with no host sync anywhere. The
-ground-truth patch (`patch_theta`) is drawn on the host beforehand (`random_patch_theta`).
+The geometry of patches and the localizers live in `track_geometry`, the batched walk through
+the cycles and its losses in `track_cycles`. The ground-truth patch (`patch_theta`) is drawn on
+the host beforehand (`random_patch_theta`).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-MAX_ANGLE = math.pi / 4  # ground-truth patch rotation is uniform in ±45°
-GRID_POINTS = 20  # the theta loss compares transformed points of a 20x20 grid over [-1, 1]^2
-LOCALIZER_CHANNELS = (128, 64)  # TimeCycle's afterconv3_trans / afterconv4_trans
+from mtsearch.config import TrialConfig
+from mtsearch.model.track_cycles import (
+    Walk,
+    cycle_losses,
+    grid_loss,
+    grid_points,
+    negative_cosine,
+    walk_cycles,
+    walk_losses,
+)
+from mtsearch.model.track_geometry import (
+    Localizer,
+    SoftArgmaxLocalizer,
+    cell_grid,
+    rotation_translation,
+)
+
 MOTION_TOP_FRACTION = 0.2  # track.patch_select: motion picks among the top 20% of windows (TimeCycle: 10 of 49)
 
 
-TRUNK_STRIDE = 8  # one trunk cell is 8x8 pixels
+@dataclass(frozen=True)
+class TrackingSettings:
+    """Everything a `TrackingBranch` is built from: its geometry and the options of its formula.
 
-
-def cell_axis(size: int) -> list[float]:
-    """The centres (8j + 3.5 px) of the trunk cells along a side of `size` pixels, in normalised
-    coordinates (align_corners=True): where a cell of a frame or a patch sits."""
-    return [(TRUNK_STRIDE * j + 3.5) * 2 / (size - 1) - 1 for j in range(size // TRUNK_STRIDE)]
-
-
-def to_cell_units(coordinate: torch.Tensor, size: int) -> torch.Tensor:
-    """Normalised coordinates -> trunk-cell index units (the inverse of `cell_axis`)."""
-    return ((coordinate + 1) * (size - 1) / 2 - 3.5) / TRUNK_STRIDE
-
-
-def cell_grid(size: int) -> torch.Tensor:
-    """(cells^2, 2) (x, y) centres of a square's trunk cells, row-major like a flattened map."""
-    # the same arithmetic as `cell_axis`, in float32 tensors (what trained models were built with)
-    axis = (TRUNK_STRIDE * torch.arange(size // TRUNK_STRIDE) + 3.5) * 2 / (size - 1) - 1
-    ys, xs = torch.meshgrid(axis, axis, indexing="ij")
-    return torch.stack([xs.flatten(), ys.flatten()], 1)
-
-
-def localizer_kernel(patch_cells: int) -> int:
-    """Kernel of both localizer convs: TimeCycle's 4 for patch features of 10x10 or more.
-
-    Smaller presets have smaller patch features (tiny: 32 px -> 4x4 cells), where two 4x4 convs
-    would not fit; the kernel shrinks with the patch (0.4 * cells, 6 -> 2, 4 -> 2, 2 -> 1) so the
-    localizer keeps a spatial map of at least 2x2 cells before the linear layer.
-    """
-    return max(1, min(4, round(0.4 * patch_cells)))
-
-
-def rotation_translation(params: torch.Tensor, scale: float) -> torch.Tensor:
-    """(N, 3) = (tx, ty, angle) -> (N, 2, 3) affine matrices: rotation, fixed scale, translation."""
-    tx, ty, angle = params.unbind(1)
-    cos, sin = torch.cos(angle) * scale, torch.sin(angle) * scale
-    row0 = torch.stack([cos, -sin, tx], dim=1)
-    row1 = torch.stack([sin, cos, ty], dim=1)
-    return torch.stack([row0, row1], dim=1)
-
-
-def random_patch_theta(
-    batch: int, scale: float, generator: torch.Generator | None = None
-) -> torch.Tensor:
-    """(B, 2, 3) ground-truth crops: angle uniform in ±45°, a translation that keeps the rotated
-    patch inside the frame (normalised coordinates, as F.affine_grid uses them).
-
-    Computed where the generator lives (the host, in training), then copied to the device once.
-    """
-    device = generator.device if generator is not None else None
-    uniform = torch.rand(batch, 3, generator=generator, device=device) * 2 - 1  # (B, 3)
-    angle = uniform[:, 2] * MAX_ANGLE
-    half_extent = scale * (angle.cos().abs() + angle.sin().abs())  # of the rotated patch's box
-    reach = (1 - half_extent).clamp(min=0)
-    params = torch.stack([uniform[:, 0] * reach, uniform[:, 1] * reach, angle], dim=1)
-    return rotation_translation(params, scale)
-
-
-def grid_points(device: torch.device | None = None) -> torch.Tensor:
-    """(400, 3) homogeneous points of a 20x20 grid over [-1, 1]^2."""
-    axis = torch.linspace(-1, 1, GRID_POINTS, device=device)
-    ys, xs = torch.meshgrid(axis, axis, indexing="ij")
-    xs, ys = xs.flatten(), ys.flatten()
-    return torch.stack([xs, ys, torch.ones_like(xs)], dim=1)
-
-
-def grid_loss(
-    theta: torch.Tensor, theta_gt: torch.Tensor, points: torch.Tensor | None = None
-) -> torch.Tensor:
-    """Per-sample mean squared distance of a 20x20 grid of points mapped by both affines -> (N,).
-
-    TimeCycle's TransformedGridLoss: compares transforms, not pixels, so it is scale-free and cheap.
-    `points` (from `grid_points`) saves rebuilding the grid on every call.
-    """
-    if points is None:
-        points = grid_points(theta.device)
-    diff = points.to(theta.dtype) @ (theta - theta_gt).transpose(1, 2)  # (N, 400, 2)
-    return diff.pow(2).sum(-1).mean(-1)
-
-
-def negative_cosine(a_norm: torch.Tensor, b_norm: torch.Tensor) -> torch.Tensor:
-    """l_sim per sample -> (N,): the thesis's negative Frobenius inner product of two patch features.
-
-    Both (N, D, p, p) maps are L2-normalised per position (over channels) and the inner product is
-    divided by the p*p positions, so l_sim is minus the mean cosine similarity, in [-1, 1]. Why this
-    normalisation: the raw product of unnormalised ReLU features is unbounded below (growing the
-    features lowers it without tracking anything); per-position unit vectors are the very features
-    the affinities compare; and the mean makes the term's scale independent of track_dim and of the
-    patch size, so lambda and w_track mean the same in every preset.
-    """
-    return -(a_norm * b_norm).sum(1).flatten(1).mean(1)
-
-
-class Localizer(nn.Module):
-    """Affinity map (N, h*w, p, p) -> (N, 3) = (tx, ty, angle).
-
-    conv(kxk, no bias) + LeakyReLU(0.1), twice, then one linear layer initialised near zero
-    (N(0, 0.01), bias 0) so the first predictions are the centred, unrotated patch.
+    The defaults after `track_lambda` are the thesis's formula; `from_config` fills every field
+    from a trial's config (the preset's defaults for the keys it leaves unset).
     """
 
-    def __init__(self, frame_positions: int, patch_cells: int):
-        super().__init__()
-        kernel = localizer_kernel(patch_cells)
-        out_cells = patch_cells - 2 * (kernel - 1)
-        c1, c2 = LOCALIZER_CHANNELS
-        self.kernel = kernel
-        self.conv1 = nn.Conv2d(frame_positions, c1, kernel_size=kernel, bias=False)
-        self.conv2 = nn.Conv2d(c1, c2, kernel_size=kernel, bias=False)
-        self.act = nn.LeakyReLU(0.1, inplace=True)
-        self.fc = nn.Linear(c2 * out_cells * out_cells, 3)
-        nn.init.normal_(self.fc.weight, std=0.01)
-        nn.init.zeros_(self.fc.bias)
+    trunk_channels: int  # C: channels of the trunk's features (thesis 1024)
+    track_dim: int  # D: channels of the projection (TimeCycle 512)
+    crop: int  # H = W: the frame's side in pixels (thesis 240)
+    patch: int  # P: the patch's side in pixels (thesis 80)
+    past_frames: int  # k
+    frame_gap: int  # f
+    track_lambda: float  # lambda: weight of l_skip and l_long
+    sim_weight: float = 1.0  # weight of l_sim
+    temperature: float | None = None  # None: TimeCycle's track_dim ** -0.5
+    detach_target: bool = False  # no gradient through the target patch's feature
+    localizer: str = "conv"  # conv | softargmax
+    target_patch: str = "encode"  # encode (re-encoded pixels) | crop (of the frame's features)
+    center_features: bool = False  # subtract each frame's mean feature
+    patch_select: str = "uniform"  # uniform | motion
+    cycle_loss: str = "grid"  # grid | walk
+    crop_grad: bool = True  # gradient through where each step crops
+    projection: str = "relu"  # relu | linear
 
-    def forward(self, affinity: torch.Tensor) -> torch.Tensor:
-        x = self.act(self.conv1(affinity))  # (N, 128, p-k+1, p-k+1): thesis 128x7x7
-        x = self.act(self.conv2(x))  # (N, 64, p-2k+2, p-2k+2): thesis 64x4x4
-        # flatten in (C, H, W) order whatever the memory layout, as the fc weights expect
-        return self.fc(x.flatten(1))  # (N, 3)
-
-
-class SoftArgmaxLocalizer(nn.Module):
-    """Affinity map (N, h*w, p, p) -> (N, 3) = (tx, ty, angle), with no parameters.
-
-    Each patch cell's expected position in the frame under its affinity (a soft argmax). The
-    angle is the least-squares (2D Procrustes) rotation from the cells' own positions in the patch
-    to those; every cell votes for where the patch centre is (its expected position minus its
-    offset in the patch), and the translation is the median vote. A patch on a moving object also holds
-    background cells, which vote for "it did not move": the median follows the majority where the
-    mean splits the difference (measured on an untrained `tiny` tracker: track_gain 1.8 -> 2.5).
-    What it reads is what the affinity says; the thesis's learned localizer (`Localizer`) must
-    first learn to read it, which the `tiny` preset's few steps do not teach.
-    """
-
-    def __init__(self, crop: int, patch: int):
-        super().__init__()
-        self.scale = patch / crop
-        self.register_buffer("frame_xy", cell_grid(crop), persistent=False)  # (h*w, 2)
-        # the patch's cells, centred (the grid is symmetric: its mean is 0)
-        self.register_buffer("patch_xy", cell_grid(patch), persistent=False)  # (p*p, 2)
-        # a tenth of `dot` for a perfect unrotated match: 0.1 * scale * sum over cells of |u|^2
-        axis = cell_axis(patch)
-        self.angle_floor = 0.1 * self.scale * 2 * len(axis) * sum(a * a for a in axis)
-
-    def forward(self, affinity: torch.Tensor) -> torch.Tensor:
-        weights = affinity.float().flatten(2)  # (N, h*w, p*p)
-        expected = weights.transpose(1, 2) @ self.frame_xy  # (N, p*p, 2)
-        spread = expected - expected.mean(1, keepdim=True)
-        u = self.patch_xy
-        dot = (spread * u).sum((1, 2))
-        cross = (u[:, 0] * spread[..., 1] - u[:, 1] * spread[..., 0]).sum(1)
-        # atan2(cross, dot) with its second argument kept >= angle_floor: its gradient
-        # (1 / (dot^2 + cross^2)) explodes where the affinity is diffuse and every cell expects the
-        # same place; there the angle is ~0 instead of noise. Rotations are within +-45 degrees, so
-        # a non-negative second argument loses nothing.
-        angle = torch.atan2(cross, torch.sqrt(dot * dot + self.angle_floor**2))
-        # offsets unrotated: a noisy angle would move every vote (measured: worse on both gains)
-        votes = (expected - self.scale * u).sort(dim=1).values  # (N, p*p, 2), per coordinate
-        middle = votes.shape[1] // 2
-        centre = votes[:, middle] if votes.shape[1] % 2 else (votes[:, middle - 1] + votes[:, middle]) / 2
-        return torch.cat([centre, angle[:, None]], 1)
-
-
-@dataclass
-class _Chain:
-    """One cycle's walk through the tracked frames: `path` is what is left to visit."""
-
-    kind: str  # back | long | skip
-    cycle: int  # i: the cycle reaches frame t - i*f
-    path: list[int]  # tracked-frame indices still to visit (0 = target, i = t - i*f)
-    query: torch.Tensor  # (B, D, p, p) L2-normalised patch feature it starts the next step from
-
-    @property
-    def needs_crop(self) -> bool:
-        """Its next step feeds another step (or l_sim), not only a theta loss."""
-        return self.kind == "back" or len(self.path) > 1
-
-
-@dataclass
-class _Walk:
-    """What one walk through the cycles produced."""
-
-    q0_norm: torch.Tensor  # (B, D, p, p) the target patch's feature, unit vectors
-    back_norm: list[torch.Tensor] = field(default_factory=list)  # per step back: the crop, unit
-    back_theta: list[torch.Tensor] = field(default_factory=list)  # per step back: (B, 2, 3)
-    home: dict[tuple[str, int], torch.Tensor] = field(default_factory=dict)  # cycle -> last theta
-    home_logits: dict[tuple[str, int], torch.Tensor] = field(default_factory=dict)  # its affinity logits
+    @classmethod
+    def from_config(cls, cfg: TrialConfig, trunk_channels: int) -> TrackingSettings:
+        """The branch a trial trains; `trunk_channels` is what the trial's trunk puts out."""
+        options = cfg.tracking  # the tracking keys, defaults filled in
+        return cls(
+            trunk_channels=trunk_channels,
+            track_dim=cfg.preset.track_dim,
+            crop=cfg.crop,
+            patch=cfg.patch,
+            past_frames=cfg.track.past_frames,
+            frame_gap=cfg.track.frame_gap,
+            track_lambda=cfg.loss.track_lambda,
+            sim_weight=options["loss.sim_weight"],
+            temperature=options["track.temperature"],
+            detach_target=cfg.track.detach_target,
+            localizer=options["track.localizer"],
+            target_patch=options["track.target_patch"],
+            center_features=options["track.center_features"],
+            patch_select=options["track.patch_select"],
+            cycle_loss=cfg.track.cycle_loss,
+            crop_grad=options["track.crop_grad"],
+            projection=options["track.projection"],
+        )
 
 
 class TrackingBranch(nn.Module):
     """Projection + localizer; the trunk that re-encodes the patch is shared and passed in.
 
-    Geometry comes from the config: crop H = W (frame cells h = crop/8), patch P (cells p = P/8),
+    Geometry comes from the settings: crop H = W (frame cells h = crop/8), patch P (cells p = P/8),
     k past frames at gap f; the tracked frames are the last k*f+1 frames of the clip, the target
     being the last one (thesis: frames 0, 4, 8 and target 12 of a 13-frame clip).
     """
 
-    def __init__(
-        self,
-        trunk_channels: int,
-        track_dim: int,
-        crop: int,
-        patch: int,
-        past_frames: int,
-        frame_gap: int,
-        track_lambda: float,
-        sim_weight: float = 1.0,
-        temperature: float | None = None,
-        detach_target: bool = False,
-        localizer: str = "conv",
-        target_patch: str = "encode",
-        center_features: bool = False,
-        patch_select: str = "uniform",
-        cycle_loss: str = "grid",
-        crop_grad: bool = True,
-        projection: str = "relu",
-    ):
+    def __init__(self, settings: TrackingSettings):
         super().__init__()
-        self.crop_grad = crop_grad
-        self.cycle_loss = cycle_loss
-        self.patch_select = patch_select
-        self.target_patch = target_patch
-        self.center_features = center_features
+        self.settings = settings
+        crop, patch = settings.crop, settings.patch
         self.crop, self.patch = crop, patch
         self.frame_cells, self.patch_cells = crop // 8, patch // 8  # thesis 30, 10
-        self.past_frames, self.frame_gap = past_frames, frame_gap  # k, f
-        self.track_lambda = track_lambda  # lambda
+        self.past_frames, self.frame_gap = settings.past_frames, settings.frame_gap  # k, f
         self.scale = patch / crop  # thesis 80/240 = 1/3
-        self.sim_weight = sim_weight
         # 1 / T, TimeCycle's T = 512 ** -0.5 by default
+        temperature, track_dim = settings.temperature, settings.track_dim
         self.logit_scale = 1 / temperature if temperature is not None else math.sqrt(track_dim)
-        self.detach_target = detach_target
         # TimeCycle's afterconv1 + ReLU; "linear" keeps the signs (names and shapes unchanged)
         self.proj = nn.Sequential(
-            nn.Conv2d(trunk_channels, track_dim, kernel_size=1, bias=False),
-            nn.ReLU(inplace=True) if projection == "relu" else nn.Identity(),
+            nn.Conv2d(settings.trunk_channels, track_dim, kernel_size=1, bias=False),
+            nn.ReLU(inplace=True) if settings.projection == "relu" else nn.Identity(),
         )
         self.localizer: nn.Module = (
-            SoftArgmaxLocalizer(crop, patch) if localizer == "softargmax"
+            SoftArgmaxLocalizer(crop, patch) if settings.localizer == "softargmax"
             else Localizer(self.frame_cells**2, self.patch_cells)
         )
         # a constant, built once (not saved: checkpoints keep the landed layout)
@@ -359,7 +211,7 @@ class TrackingBranch(nn.Module):
         rows = frame.shape[0]
         # crop_grad off: where a step crops is a constant to the gradient (a chain of sharp
         # soft-argmax steps multiplies it: measured 10^4-10^5 at temperature 0.02)
-        where = theta[:rows] if self.crop_grad else theta[:rows].detach()
+        where = theta[:rows] if self.settings.crop_grad else theta[:rows].detach()
         grid = F.affine_grid(where.to(frame.dtype), [rows, dim, p, p], align_corners=True)
         crop = F.grid_sample(frame, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
         return theta, crop, logits
@@ -376,7 +228,7 @@ class TrackingBranch(nn.Module):
         per_frame = tracked.permute(2, 0, 3, 4, 1).reshape(-1, *tracked.shape[3:], channels)
         g = self.proj(per_frame.permute(0, 3, 1, 2))  # ((k+1)*B, D, h, w)
         frame_mean = None
-        if self.center_features:  # what every position of a frame shares locates nothing
+        if self.settings.center_features:  # what every position of a frame shares locates nothing
             frame_mean = g.mean((2, 3), keepdim=True)
             g = g - frame_mean
             frame_mean = frame_mean.unflatten(0, (frames, batch))
@@ -399,10 +251,10 @@ class TrackingBranch(nn.Module):
         clips: torch.Tensor,
         encode: Callable[[torch.Tensor], torch.Tensor],
         patch_theta: torch.Tensor,
-    ) -> _Walk:
+    ) -> Walk:
         """Every tracker step of the k long and k skip cycles from the patches `patch_theta`;
         `encode` is the shared trunk's per-frame pass (`Trunk.frames`)."""
-        batch, _, frames, _, _ = clips.shape
+        frames = clips.shape[2]
         k, f = self.past_frames, self.frame_gap
         if frames < k * f + 1:
             raise ValueError(f"tracking needs k*f+1 = {k * f + 1} frames, the clip has {frames}")
@@ -413,8 +265,21 @@ class TrackingBranch(nn.Module):
         fast = self._compiled is not None and self.training and torch.is_grad_enabled()
         frame_features, step = self._compiled if fast else (self._frame_features, self.step)
         g_norm, g_crop, frame_mean = frame_features(tracked)
+        q0_norm = self._target_patch(clips, encode, patch_theta, g_norm, g_crop, frame_mean)
+        return walk_cycles(step, q0_norm, g_norm, g_crop, k)
 
-        if self.target_patch == "crop":  # cropped from the target frame's features, like every later query
+    def _target_patch(
+        self,
+        clips: torch.Tensor,
+        encode: Callable[[torch.Tensor], torch.Tensor],
+        patch_theta: torch.Tensor,
+        g_norm: torch.Tensor,
+        g_crop: torch.Tensor,
+        frame_mean: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """(B, D, p, p) the target patch's feature as unit vectors: where every chain starts."""
+        batch, target = clips.shape[0], clips.shape[2] - 1
+        if self.settings.target_patch == "crop":  # cropped from the target frame's features, like every later query
             cells = self.patch_cells
             grid = F.affine_grid(patch_theta.to(g_crop.dtype), [batch, g_crop.shape[2], cells, cells],
                                  align_corners=True)
@@ -431,69 +296,9 @@ class TrackingBranch(nn.Module):
             if frame_mean is not None:  # by its frame's mean, like the frame's own features
                 q0 = q0 - frame_mean[0]
             q0_norm = F.normalize(q0, dim=1)
-        if self.detach_target:
+        if self.settings.detach_target:
             q0_norm = q0_norm.detach()
-
-        # every chain starts from the target patch: the backward chain (target -> t-f -> ...), and
-        # the k skip cycles (target -> t-i*f -> target); the backward chain starts long cycle i
-        # when it reaches t-i*f (-> t-(i-1)*f -> ... -> target)
-        chains = [_Chain("back", 1, [1], q0_norm)]
-        chains += [_Chain("skip", i, [i, 0], q0_norm) for i in range(1, k + 1)]
-        walk = _Walk(q0_norm)
-        while chains:
-            chains.sort(key=lambda c: not c.needs_crop)  # rows that need a crop come first
-            cropped = [c.path[0] for c in chains if c.needs_crop]
-            theta, crop, logits = step(
-                torch.cat([c.query for c in chains]),
-                torch.cat([g_norm[c.path[0]] for c in chains]),
-                torch.cat([g_crop[j] for j in cropped]) if cropped else None,
-            )
-            crop_norm = F.normalize(crop, dim=1) if crop is not None else None
-            next_chains = []
-            for row, chain in enumerate(chains):
-                rows = slice(row * batch, (row + 1) * batch)
-                if not chain.needs_crop:  # the cycle is home: its theta goes to the loss
-                    walk.home[chain.kind, chain.cycle] = theta[rows]
-                    walk.home_logits[chain.kind, chain.cycle] = logits[rows]
-                    continue
-                query = crop_norm[rows]
-                if chain.kind == "back":
-                    i = chain.cycle
-                    walk.back_norm.append(query)
-                    walk.back_theta.append(theta[rows])
-                    if i < k:
-                        next_chains.append(_Chain("back", i + 1, [i + 1], query))
-                    next_chains.append(_Chain("long", i, list(range(i - 1, -1, -1)), query))
-                else:
-                    next_chains.append(_Chain(chain.kind, chain.cycle, chain.path[1:], query))
-            chains = next_chains
-        return walk
-
-    def _cycle_losses(self, walk: _Walk, patch_theta: torch.Tensor) -> torch.Tensor:
-        """(2, k, B): the grid losses of the long cycles 1..k, then of the skip cycles 1..k."""
-        k, batch = self.past_frames, patch_theta.shape[0]
-        order = [("long", i) for i in range(1, k + 1)] + [("skip", i) for i in range(1, k + 1)]
-        theta_end = torch.cat([walk.home[key] for key in order])
-        cycle = grid_loss(theta_end, patch_theta.repeat(2 * k, 1, 1), self.grid_points)
-        return cycle.view(2, k, batch)
-
-    def _walk_losses(self, walk: _Walk, patch_theta: torch.Tensor) -> torch.Tensor:
-        """(2, k, B), `track.cycle_loss: walk`: for each cycle's last step (back into the target
-        frame), the cross-entropy of its affinity against where each patch cell truly belongs
-        (bilinear weights on the frame's cells under theta_gt). It supervises the affinity itself,
-        as a contrastive random walk does (Jabri et al. 2020), instead of only the theta read
-        from it."""
-        k, batch = self.past_frames, patch_theta.shape[0]
-        points = patch_theta[:, :, :2] @ self.cell_offsets.T + patch_theta[:, :, 2:]  # (B, 2, p*p)
-        cells = to_cell_units(points, self.crop)
-        axis = torch.arange(self.frame_cells, device=points.device, dtype=points.dtype)
-        tent = (1 - (cells[..., None] - axis).abs()).clamp(min=0)  # (B, 2, p*p, h)
-        target = (tent[:, 1, :, :, None] * tent[:, 0, :, None, :]).flatten(2)  # (B, p*p, h*w)
-        target = target / target.sum(2, keepdim=True).clamp(min=1e-6)
-        order = [("long", i) for i in range(1, k + 1)] + [("skip", i) for i in range(1, k + 1)]
-        logits = torch.stack([walk.home_logits[key] for key in order]).float()  # (2k, B, p*p, h*w)
-        ce = -(target * logits.log_softmax(dim=3)).sum(3).mean(2)  # (2k, B)
-        return ce.view(2, k, batch)
+        return q0_norm
 
     def forward(
         self,
@@ -513,14 +318,14 @@ class TrackingBranch(nn.Module):
                 with torch.no_grad():
                     return trunk.frames(x)
         walk = self._walk(feat, clips, encode, patch_theta)
-        if self.cycle_loss == "walk":
-            cycle = self._walk_losses(walk, patch_theta).mean(2)
+        if self.settings.cycle_loss == "walk":
+            cycle = walk_losses(walk, patch_theta, k, self.cell_offsets, self.crop).mean(2)
         else:
-            cycle = self._cycle_losses(walk, patch_theta).mean(2)  # (2, k): mean over the batch
+            cycle = cycle_losses(walk, patch_theta, k, self.grid_points).mean(2)  # (2, k): mean over the batch
         sim = negative_cosine(walk.q0_norm.repeat(k, 1, 1, 1), torch.cat(walk.back_norm))
         l_sim = sim.view(k, batch).mean(1).sum()
         l_long, l_skip = cycle[0].sum(), cycle[1].sum()
-        loss = self.sim_weight * l_sim + self.track_lambda * (l_skip + l_long)
+        loss = self.settings.sim_weight * l_sim + self.settings.track_lambda * (l_skip + l_long)
         terms = {"sim": l_sim.detach(), "skip": l_skip.detach(), "long": l_long.detach()}
         return loss, terms
 
@@ -537,7 +342,7 @@ class TrackingBranch(nn.Module):
         centred error (B,): the same for the prediction "the centred, unrotated patch",
         back_theta (B, k, 2, 3): the patch located j*f frames back, j = 1..k)."""
         walk = self._walk(feat, clips, encode, patch_theta)
-        cycle = self._cycle_losses(walk, patch_theta).mean((0, 1))
+        cycle = cycle_losses(walk, patch_theta, self.past_frames, self.grid_points).mean((0, 1))
         centred = torch.zeros_like(patch_theta)
         centred[:, 0, 0] = centred[:, 1, 1] = self.scale
         return cycle, grid_loss(centred, patch_theta, self.grid_points), torch.stack(walk.back_theta, 1)

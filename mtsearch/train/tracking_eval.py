@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from mtsearch.data.truth import TrackTruth, theta_centre_px, track_errors, track_truth
-from mtsearch.model.tracking import random_patch_theta
+from mtsearch.model.track_geometry import random_patch_theta
 
 if TYPE_CHECKING:
     from mtsearch.config import TrialConfig
