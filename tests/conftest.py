@@ -117,6 +117,13 @@ def one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(before)
 
 
+@pytest.fixture(scope="session")
+def builtin_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One cache folder for the tests that train on the built-in synthetic set, so the set is
+    written and decoded once per session rather than once per test (a minute or two each)."""
+    return tmp_path_factory.mktemp("builtin-cache")
+
+
 @pytest.fixture(scope="module")
 def ray_address() -> Iterator[str]:
     """A Ray head on 127.0.0.1 per test module (4 logical CPUs: stand-in trials mostly sleep),

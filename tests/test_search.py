@@ -228,9 +228,9 @@ space:
 
 
 @pytest.mark.slow
-def test_cli_real_trainer_interrupt_and_resume(tmp_path: Path, ray_address: str) -> None:
+def test_cli_real_trainer_interrupt_and_resume(tmp_path: Path, ray_address: str, builtin_cache: Path) -> None:
     """`mtsearch run` end to end with the real trainer: Ctrl-C -> exit 130 + resume command -> --resume."""
-    cache = os.environ.get("MTSEARCH_CACHE") or str(Path.home() / ".cache" / "mtsearch")
+    cache = str(builtin_cache)
     space = tmp_path / "tiny.yaml"
     space.write_text(TINY_SPACE.format(epochs=2, cache=cache))
     cmd = [sys.executable, "-m", "mtsearch", "run", str(space), "--trials-dir", str(tmp_path / "trials"),

@@ -153,10 +153,10 @@ def test_train_cli_writes_metrics_and_resumes(small_set: Path, tmp_path: Path):
 
 
 @pytest.mark.slow
-def test_tiny_learns_the_synthetic_set_well_above_chance(tmp_path: Path):
-    """The CPU-sized preset on the built-in set (built in a private cache): from motion alone."""
+def test_tiny_learns_the_synthetic_set_well_above_chance(builtin_cache: Path):
+    """The CPU-sized preset on the built-in set (in the session's cache): from motion alone."""
     cfg = TrialConfig.from_mapping({
-        "data.cache_dir": str(tmp_path / "cache"),
+        "data.cache_dir": str(builtin_cache),
         "model.preset": "tiny",
         "model.branches": ["cls"],
         "optim.lr": 1e-3,
@@ -171,14 +171,14 @@ def test_tiny_learns_the_synthetic_set_well_above_chance(tmp_path: Path):
 
 
 @pytest.mark.slow
-def test_a_bare_tiny_config_learns_within_six_epochs(tmp_path: Path):
+def test_a_bare_tiny_config_learns_within_six_epochs(builtin_cache: Path):
     """`model.preset: tiny` alone (its own learning rate, every branch) learns the built-in set
     within 6 epochs, as `mtsearch train` runs it, on the test split with every training video (the
     thesis's protocol). The bound is twice chance (1/3 against 1/6; with 72 test videos, 3.8
     standard deviations above chance), not one machine's figure: seeds 0 to 3 gave 0.51, 0.60,
     0.54 and 0.53 on the machine this was written on, and seed 0 gave 0.47 on another 2-core CPU."""
     cfg = TrialConfig.from_mapping({
-        "data.cache_dir": str(tmp_path / "cache"),
+        "data.cache_dir": str(builtin_cache),
         "model.preset": "tiny",
         "optim.epochs": 6,
         "eval.every": 6,  # the measured figures above are epoch 6's; one evaluation saves CI time
