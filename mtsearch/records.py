@@ -145,14 +145,14 @@ def upgrade_checkpoint(
     """A checkpoint's state in today's layout, for a model whose state_dict has `weight_shapes` and
     whose optimiser holds parameters of `param_shapes` (in its order)."""
     if checkpoint_version(state, source) < FAST_PATH:
-        state = {**state, "model": _squeezed_weights(state["model"], weight_shapes),
+        state = {**state, "model": squeezed_weights(state["model"], weight_shapes),
                  "optimizer": _reshaped_moments(state["optimizer"], param_shapes)}
     return state
 
 
-def _squeezed_weights(weights: Mapping[str, Any], shapes: Mapping[str, Sequence[int]]) -> dict[str, Any]:
+def squeezed_weights(weights: Mapping[str, Any], shapes: Mapping[str, Sequence[int]]) -> dict[str, Any]:
     """Era 1: 5-D (out, in, 1, k, k) weights of what is now a 2D conv lose their time axis (the
-    parameters kept their names: only the shape differs)."""
+    parameters kept their names: only the shape differs). `shapes`: the model's state_dict shapes."""
     out = dict(weights)
     for name, value in weights.items():
         shape = shapes.get(name)

@@ -135,7 +135,8 @@ def test_selection_follows_validation_and_old_studies_still_read(tmp_path: Path,
     assert sum(e["test_hit1"] is not None for e in epochs) == 3  # once per trial, on its last epoch
     assert {round(c.test.mean, 3) for c in ablation(study).cells} == {0.5, 0.6, 0.7}
 
-    # a study written before issue 12: no test columns, configs without data.selection
+    # a study written before validation splits: no test columns, configs without data.selection,
+    # no record version (as that version wrote them)
     for name in ("trials.parquet", "epochs.parquet"):
         table = pq.read_table(outcome.study_dir / name)
         table = table.drop([c for c in ("test_hit1", "test_hit5") if c in table.column_names])
@@ -143,7 +144,7 @@ def test_selection_follows_validation_and_old_studies_still_read(tmp_path: Path,
             configs = []
             for text in table.column("config").to_pylist():
                 config = json.loads(text)
-                del config["data"]["selection"], config["data"]["val_fraction"]
+                del config["data"]["selection"], config["data"]["val_fraction"], config["record_version"]
                 configs.append(json.dumps(config))
             table = table.set_column(table.column_names.index("config"), "config", pa.array(configs))
         pq.write_table(table, outcome.study_dir / name)

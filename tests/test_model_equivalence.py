@@ -25,6 +25,7 @@ from mtsearch.config import TrialConfig
 from mtsearch.model import MultiBranchNet, compute_losses
 from mtsearch.model.trunk import Trunk
 from mtsearch.presets import thesis_tracking
+from mtsearch.records import squeezed_weights
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -45,6 +46,12 @@ def config(preset: str = "tiny", **overrides: object) -> TrialConfig:
     return TrialConfig.from_mapping(
         {"model.preset": preset, **thesis_tracking(preset), **overrides}
     ).resolved()
+
+
+def load_old_layout(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Load a state_dict of the 3D layout as a checkpoint of that era loads (records.py)."""
+    shapes = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    model.load_state_dict(squeezed_weights(state, shapes))
 
 
 def rel_err(a: torch.Tensor, ref: torch.Tensor) -> float:
@@ -81,7 +88,7 @@ def test_2d_trunk_matches_the_3d_trunk_outputs_and_gradients(preset: str) -> Non
     old = legacy.Trunk(cfg.preset.width, cfg.preset.depths)
     legacy.init_weights(old)
     new = Trunk(cfg.preset.width, cfg.preset.depths)
-    new.load_state_dict(old.state_dict())  # 5-D (out, in, 1, k, k) weights squeezed on load
+    load_old_layout(new, old.state_dict())  # 5-D (out, in, 1, k, k) weights squeezed
     old64, new64 = copy.deepcopy(old).double(), copy.deepcopy(new).double()
     clips = torch.randn(2, 3, 5, cfg.crop, cfg.crop)
     probe = torch.randn(2, new.out_channels, 5, cfg.crop // 8, cfg.crop // 8)
@@ -119,7 +126,7 @@ def test_losses_and_gradients_equal_the_landed_network(batch: int, branches: str
     torch.manual_seed(0)
     old = legacy.MultiBranchNet(cfg, 7)
     new = MultiBranchNet(cfg, 7)
-    new.load_state_dict(old.state_dict())
+    load_old_layout(new, old.state_dict())
     old64, new64 = copy.deepcopy(old).double(), copy.deepcopy(new).double()
     clips = torch.randn(batch, 3, 13, cfg.crop, cfg.crop)
     labels = torch.randint(0, 7, (batch,))
@@ -166,7 +173,7 @@ def test_old_layout_state_dict_loads_and_gives_the_same_logits() -> None:
     state = old.state_dict()
     assert state["trunk.conv1.0.weight"].dim() == 5  # the landed layout
     new = MultiBranchNet(cfg, 5).eval()
-    new.load_state_dict(state)
+    load_old_layout(new, state)
     assert new.trunk.conv1[0].weight.dim() == 4
     old64, new64 = copy.deepcopy(old).double(), copy.deepcopy(new).double()
     clips = torch.randn(2, 3, 13, cfg.crop, cfg.crop)
