@@ -29,6 +29,8 @@ DERIVED_KEYS: tuple[str, ...] = (
     "track.crop_grad", "track.projection",
 )
 VAL_FRACTION, SELECTION = 0.2, "val"  # the honest protocol's defaults
+# keys that change how a trial computes, not what: a resumed run or study may change them
+EXECUTION_KEYS: tuple[str, ...] = ("eval.batch_size", "cuda_graph", "compile")
 DATASETS: tuple[str, ...] = ("synthetic", "hmdb51", "ucf101", "list")
 
 

@@ -202,7 +202,10 @@ MOVED_MODULES: dict[str, str] = {
         "store", "stats", "report", "plots", "card")},
     "mtsearch.tracking_eval": "mtsearch.train.tracking_eval",
 }
-DRIVER_MODULE = "mtsearch.search.driver"  # the flat layout's `mtsearch.search`
+# the flat layout's `mtsearch.search` held what these hold now (the searcher, before it moved to
+# `mtsearch.tuning`, included)
+FLAT_SEARCH_MODULES = ("mtsearch.search.driver", "mtsearch.search.recording", "mtsearch.search.trainable",
+                       "mtsearch.search.tuning")
 
 
 def accept_moved_modules() -> None:
@@ -214,9 +217,11 @@ def accept_moved_modules() -> None:
         sys.modules.setdefault(old, importlib.import_module(new))
     package = importlib.import_module("mtsearch.search")
     if "__getattr__" not in vars(package):
-        def driver_name(name: str) -> Any:
-            if name.startswith("__"):
-                raise AttributeError(name)
-            return getattr(importlib.import_module(DRIVER_MODULE), name)
+        def flat_name(name: str) -> Any:
+            for module in FLAT_SEARCH_MODULES:
+                found = getattr(importlib.import_module(module), name, None)
+                if found is not None and not name.startswith("__"):
+                    return found
+            raise AttributeError(name)
 
-        package.__getattr__ = driver_name  # type: ignore[attr-defined]
+        package.__getattr__ = flat_name  # type: ignore[attr-defined]

@@ -16,7 +16,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from mtsearch.config import TrialConfig, branches_label, column_type, config_keys, flatten_keys
+from mtsearch.config import (
+    EXECUTION_KEYS,
+    TrialConfig,
+    branches_label,
+    column_type,
+    config_keys,
+    flatten_keys,
+)
 from mtsearch.distributions import (
     Distribution,
     check_space_values,
@@ -236,6 +243,9 @@ class SpaceSpec:
         del data["storage"]  # retention changes no result: a resume may change it
         del data["resources"]  # nor where trials run: a study may resume on other machines
         del data["failure"]["max_restarts"]  # nor how often a machine's fault is retried
+        for key in EXECUTION_KEYS:  # nor how a trial computes (a default that changed, too)
+            section, _, name = key.rpartition(".")
+            (data["base"][section] if section else data["base"]).pop(name, None)
         return data
 
 

@@ -50,6 +50,7 @@ from mtsearch.search.study import SPACE_FILE, TUNE_DIR, open_study, release
 from mtsearch.search.trainable import Log, Trainer, last_line, run_trial
 from mtsearch.search.tuning import (
     OBJECTIVE,
+    optuna_db_at,
     optuna_searcher,
     param_space,
     park_optuna_trials,
@@ -119,7 +120,9 @@ def run_search(
         if resume:
             unpark_optuna_trials(spec, study_dir)
         try:
-            return _drive(live, spec, study_dir, key, resume, extend_from, points, trainable_fn, resources, say)
+            with optuna_db_at(study_dir):  # a resumed study's pickled searcher opens this folder's
+                return _drive(live, spec, study_dir, key, resume, extend_from, points, trainable_fn,
+                              resources, say)
         except Exception as exc:
             disk = storage_failure(exc)
             if disk is None:

@@ -77,6 +77,8 @@ class StoreCallback(tune.Callback):
         """The running study; with `trial`, that trial recorded in the store first (a resumed
         driver can hear of a trial before its start event)."""
         live = LIVE.get(self.live_key)
+        if live is None and len(LIVE) == 1:  # restored from a study folder that has since moved
+            live = next(iter(LIVE.values()))
         if live is not None and trial is not None and trial.trial_id not in live.store.trials:
             _record_start(live, trial)
         return live

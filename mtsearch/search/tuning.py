@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -82,12 +83,37 @@ def optuna_searcher(spec: SpaceSpec, study_dir: Path, earlier: int = 0) -> Any:
         sampler = optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
     else:
         sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True)
-    storage = optuna.storages.RDBStorage(f"sqlite:///{(study_dir / OPTUNA_FILE).resolve()}")
+    storage = optuna.storages.RDBStorage(_db_url(study_dir))
     # the space is the searcher's own (not the Tuner's param_space), so that every saved copy of
     # it, the one a `--resume` restores included, can still sample: a searcher state that a full
     # disk kept Tune from writing left the restored searcher without a space
     return PruneAwareOptunaSearch(space=param_space(spec), metric=OBJECTIVE, mode=spec.mode,
                                   sampler=sampler, study_name=spec.name, storage=storage)
+
+
+def _db_url(study_dir: Path) -> str:
+    return f"sqlite:///{(study_dir / OPTUNA_FILE).resolve()}"
+
+
+@contextmanager
+def optuna_db_at(study_dir: Path) -> Iterator[None]:
+    """While it lasts, an Optuna storage that Tune unpickles (the searcher of a resumed study)
+    opens `study_dir`'s own optuna.db: the pickle holds the absolute path the folder had when the
+    study began, and a study folder may have moved since (another disk, another machine)."""
+    storages = optuna.storages.RDBStorage
+    original = storages.__setstate__
+    url = _db_url(study_dir)
+
+    def reopened_here(self: Any, state: dict[str, Any]) -> None:
+        if str(state.get("url", "")).endswith("/" + OPTUNA_FILE):
+            state = {**state, "url": url}
+        original(self, state)
+
+    storages.__setstate__ = reopened_here  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        storages.__setstate__ = original  # type: ignore[method-assign]
 
 
 def param_space(spec: SpaceSpec, seeds: Iterable[int] | None = None) -> dict[str, Any]:
@@ -146,7 +172,7 @@ def objective_at(epochs: list[dict[str, Any]], metric: str, mode: str, milestone
 def _open_study(spec: SpaceSpec, study_dir: Path) -> tuple[Any, Any] | None:
     if spec.is_enumerated or not (study_dir / OPTUNA_FILE).exists():
         return None
-    storage = optuna.storages.RDBStorage(f"sqlite:///{(study_dir / OPTUNA_FILE).resolve()}")
+    storage = optuna.storages.RDBStorage(_db_url(study_dir))
     try:
         return storage, optuna.load_study(study_name=spec.name, storage=storage)
     except KeyError:

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mtsearch.config import TrialConfig
+from mtsearch.config import EXECUTION_KEYS, TrialConfig
 from mtsearch.errors import InvalidInput
 from mtsearch.files import atomic_output
 from mtsearch.records import (
@@ -27,7 +27,7 @@ from mtsearch.records import (
 
 CHECKPOINT_FILE = "state.pt"
 # keys a resumed run may change: more epochs, and settings that do not change what is computed
-RESUMABLE_CHANGES = frozenset({"optim.epochs", "eval.batch_size", "cuda_graph", "compile"})
+RESUMABLE_CHANGES = frozenset({"optim.epochs", *EXECUTION_KEYS})
 
 
 def save_checkpoint(
