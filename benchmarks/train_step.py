@@ -29,9 +29,9 @@ from pathlib import Path
 
 import torch
 
-from mtsearch.config import TrialConfig, branches_label, normalize_branches
+from mtsearch.config import TrialConfig
 from mtsearch.model import describe
-from mtsearch.presets import PRESETS
+from mtsearch.presets import PRESETS, branches_label, normalize_branches
 from mtsearch.train import GRAPH_WARMUP, build_training, compile_wanted
 
 MASKS = ("cls", "cls+track", "cls+dir", "cls+track+dir")

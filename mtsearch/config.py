@@ -10,25 +10,25 @@ from __future__ import annotations
 import dataclasses
 import functools
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, get_type_hints
 
 from mtsearch.errors import InvalidInput, did_you_mean
-from mtsearch.presets import PRESETS, Preset, tracking_defaults
+from mtsearch.presets import BRANCHES, PRESETS, Preset, normalize_branches, tracking_defaults
 from mtsearch.values import as_float, as_int, at_least, non_negative, one_of, positive
 from mtsearch.yamlio import dump_yaml, read_yaml
 
-BRANCHES: tuple[str, ...] = ("cls", "track", "dir")
 # keys whose default (None) the preset decides: `resolved()` writes them out
 DERIVED_KEYS: tuple[str, ...] = (
     "data.crop", "track.patch", "data.short_side", "eval.batch_size", "optim.lr",
-    "data.val_fraction", "data.selection", "loss.w_track", "loss.sim_weight", "track.temperature",
+    "data.val_fraction", "data.selection", "data.val_carving", "loss.w_track", "loss.sim_weight", "track.temperature",
     "track.localizer", "track.target_patch", "track.center_features", "track.patch_select",
     "track.crop_grad", "track.projection",
 )
 VAL_FRACTION, SELECTION = 0.2, "val"  # the honest protocol's defaults
+VAL_CARVINGS: tuple[str, ...] = ("closest", "greedy")  # data/splits.py; greedy: records before v6
 # keys that change how a trial computes, not what: a resumed run or study may change them
 EXECUTION_KEYS: tuple[str, ...] = ("eval.batch_size", "cuda_graph", "compile")
 DATASETS: tuple[str, ...] = ("synthetic", "hmdb51", "ucf101", "list")
@@ -47,6 +47,7 @@ class DataConfig:
     workers: int | None = None  # DataLoader workers; None: 0 on CPU, up to 8 on CUDA
     val_fraction: float | None = None  # validation videos carved from training; None: 0.2
     selection: str | None = None  # what evaluations in training use: val | test (thesis); None: val
+    val_carving: str | None = None  # closest | greedy (how records before v6 carved); None: closest
 
 
 @dataclass(frozen=True)
@@ -155,6 +156,10 @@ class TrialConfig:
         return self.data.selection if self.data.selection is not None else SELECTION
 
     @property
+    def val_carving(self) -> str:
+        return self.data.val_carving if self.data.val_carving is not None else VAL_CARVINGS[0]
+
+    @property
     def val_fraction(self) -> float:
         return self.data.val_fraction if self.data.val_fraction is not None else VAL_FRACTION
 
@@ -186,7 +191,8 @@ class TrialConfig:
         values = {"data.crop": self.crop, "track.patch": self.patch,
                   "data.short_side": self.short_side, "eval.batch_size": self.eval_batch_size,
                   "optim.lr": self.lr, "data.val_fraction": self.val_fraction,
-                  "data.selection": self.selection, **self.tracking}
+                  "data.selection": self.selection, "data.val_carving": self.val_carving,
+                  **self.tracking}
         assert set(values) == set(DERIVED_KEYS)
         return self.with_overrides(values)
 
@@ -256,30 +262,6 @@ def config_keys() -> list[str]:
     return list(_FIELDS)
 
 
-def normalize_branches(value: Any) -> tuple[str, ...]:
-    """`[cls, track]`, `"cls+track"` or `"cls,track"` -> ('cls', 'track') in canonical order."""
-    if isinstance(value, str):
-        items = [v.strip() for v in re.split(r"[+,\s]+", value) if v.strip()]
-    elif isinstance(value, (list, tuple)):
-        items = list(value)
-    else:
-        raise ValueError("expected a list of branch names")
-    for item in items:
-        if item not in BRANCHES:
-            raise ValueError(f"unknown branch {item!r}; branches are {', '.join(BRANCHES)}")
-    if len(set(items)) != len(items):
-        raise ValueError("a branch is listed twice")
-    return tuple(b for b in BRANCHES if b in items)
-
-
-def branches_label(branches: Any) -> str:
-    """The canonical string form, `cls+track+dir`, of a mask in any spelling (`[cls, track]`,
-    `cls+track`): the categorical value in spaces, Parquet columns and tables."""
-    if not isinstance(branches, (str, list, tuple)):
-        branches = list(branches) if isinstance(branches, Iterable) else branches  # else: ValueError
-    return "+".join(normalize_branches(branches))
-
-
 # ---- field table and checks ------------------------------------------------------------------
 
 _SECTION_TYPES: dict[str, Any] = {
@@ -347,6 +329,7 @@ _CHECKS: dict[str, Callable[[Any], str | None]] = {
     "data.workers": at_least(0),
     "data.val_fraction": lambda v: None if 0 <= v < 1 else "must be in [0, 1)",
     "data.selection": one_of(("val", "test")),
+    "data.val_carving": one_of(VAL_CARVINGS),
     "model.preset": one_of(list(PRESETS)),
     "track.frame_gap": at_least(1),
     "track.past_frames": at_least(1),

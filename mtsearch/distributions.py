@@ -8,8 +8,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from mtsearch.config import TrialConfig, branches_label, column_type, config_keys, flatten_keys
+from mtsearch.config import TrialConfig, column_type, config_keys, flatten_keys
 from mtsearch.errors import InvalidInput, did_you_mean
+from mtsearch.presets import branches_label
 
 # the split a study selects on: every trial of a study must see the same one (SPEC: never searched)
 STUDY_WIDE: tuple[str, ...] = ("data.split", "data.val_fraction", "data.selection")

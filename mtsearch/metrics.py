@@ -136,6 +136,15 @@ def counterpart_on_test(name: str) -> str:
     return "test_hit5" if name == "val_hit5" else "test_hit1"
 
 
+def worst_value(name: str, mode: str) -> float | None:
+    """The worst score a run can have: 0 for a fraction that is maximised, 1 for one that is
+    minimised; None for an unbounded metric (a loss)."""
+    metric = METRICS.get(name)
+    if metric is None or metric.unit != FRACTION:
+        return None
+    return 0.0 if direction(mode).sign > 0 else 1.0
+
+
 def display_scale(name: str, values: Iterable[Any]) -> tuple[float, str]:
     """(scale, unit) for showing a metric: fractions in [0, 1] as percent points, else as is."""
     metric = METRICS.get(name)

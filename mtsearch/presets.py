@@ -1,4 +1,5 @@
-"""The presets: network size as a few numbers, and the tracking branch's defaults per preset.
+"""The presets: network size as a few numbers, the branches, and the tracking branch's defaults
+per preset.
 
 A preset is a small dataclass of numbers (no registry): `thesis` is the thesis's network, `small`
 and `tiny` shrink it with the same geometry so the same code runs on a laptop.
@@ -6,8 +7,12 @@ and `tiny` shrink it with the same geometry so the same code runs on a laptop.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
+
+BRANCHES: tuple[str, ...] = ("cls", "track", "dir")
 
 # The tracking branch as the thesis writes it collapses and does not track at the
 # `tiny` scale; MEASURED_TRACKING was chosen by measurement there (README, "Does the tracking
@@ -73,3 +78,27 @@ def thesis_tracking(preset: str) -> dict[str, Any]:
 def thesis_temperature(track_dim: int) -> float:
     """TimeCycle's affinity temperature, track_dim ** -0.5 (thesis: 512 ** -0.5 = 0.0442)."""
     return track_dim ** -0.5
+
+
+def normalize_branches(value: Any) -> tuple[str, ...]:
+    """`[cls, track]`, `"cls+track"` or `"cls,track"` -> ('cls', 'track') in canonical order."""
+    if isinstance(value, str):
+        items = [v.strip() for v in re.split(r"[+,\s]+", value) if v.strip()]
+    elif isinstance(value, (list, tuple)):
+        items = list(value)
+    else:
+        raise ValueError("expected a list of branch names")
+    for item in items:
+        if item not in BRANCHES:
+            raise ValueError(f"unknown branch {item!r}; branches are {', '.join(BRANCHES)}")
+    if len(set(items)) != len(items):
+        raise ValueError("a branch is listed twice")
+    return tuple(b for b in BRANCHES if b in items)
+
+
+def branches_label(branches: Any) -> str:
+    """The canonical string form, `cls+track+dir`, of a mask in any spelling (`[cls, track]`,
+    `cls+track`): the categorical value in spaces, Parquet columns and tables."""
+    if not isinstance(branches, (str, list, tuple)):
+        branches = list(branches) if isinstance(branches, Iterable) else branches  # else: ValueError
+    return "+".join(normalize_branches(branches))

@@ -11,7 +11,8 @@ Eras (RECORD_VERSION is the current one):
   2  the 2D trunk; no validation split: evaluations and selection ran on the test split
   3  validation splits (data.val_fraction, data.selection); no tracking keys: the thesis's formula
   4  the tracking keys (loss.sim_weight, track.temperature, ...), not yet stamped
-  5  stamped records
+  5  stamped records; the validation split taken greedily (whole groups until the target)
+  6  the validation split that comes closest to its target (data.val_carving: closest)
 Preset-decided values (DERIVED_KEYS left unset) are a moving default rather than an era: a resumed
 run or study keeps the values it recorded (`adopt_recorded`), as when tiny's learning rate changed.
 """
@@ -26,9 +27,9 @@ from mtsearch.config import DERIVED_KEYS, ModelConfig, TrialConfig, flatten_keys
 from mtsearch.errors import InvalidInput
 from mtsearch.presets import PRESETS, THESIS_TRACKING, thesis_temperature
 
-RECORD_VERSION = 5
+RECORD_VERSION = 6
 VERSION_KEY = "record_version"
-FAST_PATH, VALIDATION, TRACKING_KEYS = 2, 3, 4  # the first version of each era
+FAST_PATH, VALIDATION, TRACKING_KEYS, CLOSEST_SPLIT = 2, 3, 4, 6  # the first version of each era
 # what a run recorded before validation splits did: it evaluated and selected on the test split
 TEST_PROTOCOL: dict[str, Any] = {"data.selection": "test", "data.val_fraction": 0.0}
 
@@ -65,6 +66,8 @@ def upgrade_config(record: Mapping[str, Any], source: str | Path = "<config>") -
         flat = {**flat, **TEST_PROTOCOL}
     if version < TRACKING_KEYS:
         flat = _with_thesis_tracking(flat)
+    if version < CLOSEST_SPLIT:
+        flat = {"data.val_carving": "greedy", **flat}
     return flat
 
 
@@ -120,6 +123,8 @@ def upgrade_space(data: Any, source: str | Path) -> Any:
             flat = {**flat, **TEST_PROTOCOL}
         if version < TRACKING_KEYS:
             flat = _with_thesis_tracking(flat)
+        if version < CLOSEST_SPLIT and flat.get("data.val_carving") is None:
+            flat = {**flat, "data.val_carving": "greedy"}
         data["base"] = flat
     return data
 

@@ -16,14 +16,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from mtsearch.config import (
-    EXECUTION_KEYS,
-    TrialConfig,
-    branches_label,
-    column_type,
-    config_keys,
-    flatten_keys,
-)
+from mtsearch.config import EXECUTION_KEYS, TrialConfig, column_type, config_keys, flatten_keys
 from mtsearch.distributions import (
     Distribution,
     check_space_values,
@@ -37,6 +30,7 @@ from mtsearch.distributions import (
 )
 from mtsearch.errors import InvalidInput, did_you_mean
 from mtsearch.metrics import MODES, OBJECTIVES, TEST_METRICS, default_mode
+from mtsearch.presets import branches_label
 from mtsearch.records import stamped, unstamped, upgrade_space
 from mtsearch.settings import (
     Resources,

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from mtsearch.config import TrialConfig, branches_label, load_config, normalize_branches
+from mtsearch.config import TrialConfig, load_config
 from mtsearch.errors import InvalidInput
-from mtsearch.presets import PRESETS
+from mtsearch.presets import PRESETS, branches_label, normalize_branches
 
 
 def test_defaults_are_the_thesis():

@@ -1,4 +1,4 @@
-"""`mtsearch confirm` (issue 11): racing the top configurations over seeds, with real Ray and Parquet.
+"""`mtsearch confirm`: racing the top configurations over seeds, with real Ray and Parquet.
 
 The stand-in trainer's final val_hit1 is a known function of the configuration (best at
 w_track = 20) plus a seed-dependent wobble, so the race's outcome is known in advance.
@@ -18,9 +18,9 @@ import yaml
 
 from mtsearch.errors import InvalidInput
 from mtsearch.results.ablation import ablation
-from mtsearch.results.report import leaderboard, load_study
-from mtsearch.results.stats import holm, paired_p_greater
-from mtsearch.search.confirm import SEED_BASE, race
+from mtsearch.results.report import Study, leaderboard, load_study
+from mtsearch.results.stats import holm, lattice_step, paired_p_two_sided
+from mtsearch.search.confirm import SEED_BASE, Contender, Race, eliminate, race, read_scores
 from mtsearch.search.driver import run_search
 from mtsearch.space import space_from_mapping
 
@@ -67,29 +67,30 @@ def test_racing_drops_clearly_worse_configurations_early(tmp_path: Path, ray_add
     fit = make_fit(logs, wobble=0.01)
     parent = _parent(tmp_path, ray_address, fit)
     said: list[str] = []
-    result = race(parent, top=3, seeds=5, alpha=0.05, log=said.append, address=ray_address,
+    result = race(parent, top=3, seeds=5, alpha=0.05, first_test=3, log=said.append, address=ray_address,
                   trainable_fn=fit)
     assert not result.interrupted
     leader = result.leader()
     assert leader.values == {"loss.w_track": 20.0} and leader.rank == 1
-    # both worse ones go after 2 seeds (the first moment a paired test exists): 2 rounds, 6 runs
-    assert sorted(c.dropped_after for c in result.contenders if c is not leader) == [2, 2]
-    seeds = [SEED_BASE, SEED_BASE + 1]
+    # no drop before the first test (seed 3 here); both worse ones go at the first look that
+    # clears alpha over 4 looks and 3 pairs: 3 rounds, 9 runs
+    assert sorted(c.dropped_after for c in result.contenders if c is not leader) == [3, 3]
+    seeds = [SEED_BASE, SEED_BASE + 1, SEED_BASE + 2]
     assert [r for r in _runs(logs) if r[1] >= SEED_BASE] == sorted((w, s) for w in (10.0, 20.0, 40.0)
                                                                   for s in seeds)
-    assert any("dropped (worse than #1" in line for line in said)
-    assert result.verdict().startswith("config #1 is better than #")
-    assert "points (95% CI" in result.verdict()
+    assert any("dropped, #1 scores better (racing decision, adjusted p = " in line for line in said)
+    assert result.verdict().startswith("config #1 scores higher than #")
+    assert " points, n = 3)" in result.verdict()
     # the child study is an ordinary grid study: report and leaderboard read it
     child = load_study(parent / "confirm")
     report = ablation(child)
-    assert {c.n for c in report.cells} == {2}
-    assert leaderboard(child).total_ranked == 6
+    assert {c.n for c in report.cells} == {3}
+    assert leaderboard(child).total_ranked == 9
     _check_export(parent)
     # resuming a finished race replays its decisions and runs nothing
-    again = race(parent, top=3, seeds=5, resume=True, address=ray_address, trainable_fn=fit)
+    again = race(parent, top=3, seeds=5, first_test=3, resume=True, address=ray_address, trainable_fn=fit)
     assert [c.dropped_after for c in again.contenders] == [c.dropped_after for c in result.contenders]
-    assert len(_runs(logs)) == 9
+    assert len(_runs(logs)) == 12
 
 
 def _check_export(parent: Path) -> None:
@@ -102,7 +103,7 @@ def _check_export(parent: Path) -> None:
 
     card = export()
     for part in ("Selected by the best val_hit1 over epochs of rank 1", "| `loss.w_track` | 20.0 | 25.0 |",
-                 "- best epoch: 80.", "% at epoch 2", "over 2 fresh seeds", "## Learning curve",
+                 "- best epoch: 80.", "% at epoch 2", "over 3 fresh seeds", "## Learning curve",
                  "| 1 | 1 | ", "- mtsearch: ", "- torch: ", "- index sha256: ", "## Reproduce",
                  f"mtsearch train {parent / 'best.yaml'}"):
         assert part in card, part
@@ -119,13 +120,91 @@ def test_a_close_race_spends_every_seed_and_says_so(tmp_path: Path, ray_address:
     parent = _parent(tmp_path, ray_address, fit)
     result = race(parent, top=2, seeds=3, address=ray_address, trainable_fn=fit)
     assert all(len(c.scores) == 3 for c in result.contenders)
-    assert "indistinguishable at n = 3" in result.verdict()
+    assert result.verdict().startswith("no significant difference between #1 and #2 (95% CI ")
+    assert result.verdict().endswith(", n = 3)")
     with pytest.raises(InvalidInput, match="already exists; add --resume"):
         race(parent, top=2, seeds=3, address=ray_address, trainable_fn=fit)
 
 
 def test_the_test_and_its_correction():
-    assert paired_p_greater([0.3]) is None
-    assert paired_p_greater([0.29, 0.31, 0.3]) < 0.001
-    assert paired_p_greater([-0.1, 0.1]) == pytest.approx(0.5)
+    assert paired_p_two_sided([0.3]) is None
+    assert paired_p_two_sided([0.29, 0.31, 0.3]) < 0.002
+    assert paired_p_two_sided([-0.1, 0.1]) == pytest.approx(1.0)
+    assert paired_p_two_sided([0.1, 0.3]) == pytest.approx(2 * 0.1475836, abs=1e-6)  # t = 2, df = 1
     assert holm({"a": 0.01, "b": 0.04, "c": 0.03}) == {"a": 0.03, "c": 0.06, "b": 0.06}
+
+
+def _race(scores: dict[int, list[float | None]], first_test: int = 2, mode: str = "max") -> Race:
+    contenders = [Contender(rank=r, trial_id=str(r), values={"loss.w_track": float(r)},
+                            scores={SEED_BASE + i: v for i, v in enumerate(vs)}) for r, vs in scores.items()]
+    seeds = len(next(iter(scores.values())))
+    return Race(Path("."), "val_hit1", mode, [SEED_BASE + i for i in range(seeds)], contenders,
+                first_test=first_test)
+
+
+def test_equal_differences_of_a_stepped_metric_are_not_certainty():
+    """Hit@1 on 50 videos moves by 0.02: #1 one video ahead on both seeds is no proof (the old
+    one-sided test gave p = 0 and dropped #2)."""
+    assert paired_p_two_sided([0.02, 0.02]) == 1.0  # no spread, no known step: no evidence
+    assert lattice_step([0.5, 0.52, 0.5, 0.54]) == pytest.approx(0.02)
+    race_ = _race({1: [0.52, 0.54], 2: [0.50, 0.52]})
+    assert eliminate(race_, 0.05, 2) == []
+    assert race_.verdict().startswith("no significant difference between #1 and #2 (95% CI")
+
+
+def test_no_drop_before_the_first_test_and_alpha_spent_over_the_looks():
+    clear = {1: [0.80, 0.81, 0.79, 0.80, 0.82, 0.81], 2: [0.40, 0.42, 0.41, 0.39, 0.40, 0.41]}
+    early = _race({k: v[:4] for k, v in clear.items()}, first_test=5)
+    assert eliminate(early, 0.05, 4) == []  # 4 seeds run, the first test is at 5
+    late = _race(clear, first_test=5)
+    dropped = eliminate(late, 0.05, 5)
+    assert [c.rank for c in dropped] == [2] and dropped[0].dropped_after == 5
+    # two looks (seeds 5 and 6) share alpha: the racing p is twice the pair's own
+    diffs = [a - b for a, b in zip(clear[1], clear[2])]
+    floor = 0.01 / 6 ** 0.5
+    assert dropped[0].p_adjusted == pytest.approx(2 * paired_p_two_sided(diffs, floor))
+    verdict = late.verdict()
+    assert verdict.startswith("config #1 scores higher than #2: the race dropped #2 after 5 seeds "
+                              "(racing decision, adjusted p = "), verdict
+
+
+def test_the_leader_is_chosen_on_the_seeds_every_contender_ran():
+    """#2 lacks the seed on which #1 scored lowest: unpaired means would make #2 the leader."""
+    race_ = _race({1: [0.30, 0.70, 0.72], 2: [None, 0.68, 0.70]})
+    race_.contenders[1].scores.pop(SEED_BASE)
+    assert race_.leader().rank == 1
+
+
+def _child(trials: list[dict[str, Any]], epochs: dict[str, list[dict[str, Any]]]) -> Study:
+    spec = space_from_mapping({"name": "confirm", "base": {"optim.epochs": 2},
+                               "grid": {"loss.w_track,seed": [[1.0, SEED_BASE], [2.0, SEED_BASE]]}},
+                              "c.yaml", "ablation")
+    return Study(Path("."), spec, trials, epochs, ["loss.w_track", "seed"])
+
+
+def test_a_failed_run_scores_the_worst_value_and_is_named():
+    """A diverged run once counted its partial curve (here 0.9, the best seen): now it scores 0,
+    the worst Hit@1, and its configuration cannot lead on it."""
+    race_ = _race({1: [None], 2: [None]}, first_test=2)
+    for c in race_.contenders:
+        c.scores.clear()
+    spec = _child([], {}).space
+    trials = [{"trial_id": "a", "cell": spec.cell_of({"loss.w_track": 1.0}), "status": "diverged",
+               "seed": SEED_BASE, "test_hit1": 0.9},
+              {"trial_id": "b", "cell": spec.cell_of({"loss.w_track": 2.0}), "status": "completed",
+               "seed": SEED_BASE, "test_hit1": 0.6}]
+    epochs = {"a": [{"epoch": 1, "val_hit1": 0.9}], "b": [{"epoch": 2, "val_hit1": 0.6}]}
+    read_scores(race_, _child(trials, epochs), spec, [SEED_BASE])
+    first, second = race_.contenders
+    assert first.scores == {SEED_BASE: 0.0} and first.failed == {SEED_BASE}
+    assert first.tests == {SEED_BASE: None}  # a failed run's test figure is not the winner's
+    assert second.scores == {SEED_BASE: 0.6} and not second.failed
+    assert race_.leader().rank == 2
+
+
+def test_the_test_line_quotes_the_counterpart_of_the_raced_metric():
+    race_ = _race({1: [0.5, 0.6], 2: [0.4, 0.5]})
+    race_.metric = "val_hit5"
+    race_.contenders[0].tests = {SEED_BASE: 0.7, SEED_BASE + 1: 0.8}
+    assert race_.test_metric == "test_hit5"
+    assert "(test_hit5, final weights, never raced on), #1 scores 75.0%" in race_.test_line()

@@ -372,8 +372,8 @@ def test_ablation_two_cells_two_seeds_by_hand(tmp_path: Path) -> None:
     assert other.delta_best.half_width == pytest.approx(
         12.7062 * math.sqrt(0.0008) / math.sqrt(2), abs=1e-4
     )
-    assert other.verdict == "indistinguishable"
-    assert "indistinguishable" in result.reading and "model.branches=cls+track" in result.reading
+    assert other.verdict == "no significant difference"
+    assert "no significant difference" in result.reading and "model.branches=cls+track" in result.reading
 
 
 def test_ablation_paired_verdicts_and_exclusions(tmp_path: Path) -> None:
@@ -414,7 +414,7 @@ def test_ablation_paired_verdicts_and_exclusions(tmp_path: Path) -> None:
     verdicts = {c.cell: c.verdict for c in result.cells}
     assert verdicts["model.branches=cls+track+dir"] == "helps"
     assert verdicts["model.branches=cls+dir"] == "hurts"
-    assert verdicts["model.branches=cls+track"] == "indistinguishable"
+    assert verdicts["model.branches=cls+track"] == "no significant difference"
     bad = next(c for c in result.cells if c.cell == "model.branches=cls+dir")
     assert bad.n == 3 and bad.not_counted == {"diverged": 1}
     assert result.reading.startswith("Against the reference model.branches=cls")

@@ -116,7 +116,7 @@ def _interval(low: float, high: float, n: int = 3) -> Interval:
     [
         (0.05, 0.15, "max", "helps"),
         (-0.15, -0.05, "max", "hurts"),
-        (-0.05, 0.15, "max", "indistinguishable"),
+        (-0.05, 0.15, "max", "no significant difference"),
         (-0.15, -0.05, "min", "helps"),  # a lower loss
         (0.05, 0.15, "min", "hurts"),
     ],

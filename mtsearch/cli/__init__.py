@@ -99,7 +99,10 @@ def _result_commands(sub: Any) -> None:
     p.add_argument("study", metavar="trials/NAME")
     p.add_argument("--top", type=int, default=3, help="configurations in the race (default 3)")
     p.add_argument("--seeds", type=int, default=5, help="at most this many seeds each (default 5)")
-    p.add_argument("--alpha", type=float, default=0.05, help="test level, Holm-corrected (default 0.05)")
+    p.add_argument("--alpha", type=float, default=0.05,
+                   help="the race's error rate, spent over its rounds and pairs (default 0.05)")
+    p.add_argument("--first-test", type=int, default=5, metavar="N",
+                   help="no configuration is dropped before N seeds (default 5)")
     _address_options(p)
     p.add_argument("--resume", action="store_true", help="continue an interrupted race")
     p.set_defaults(handler="confirm:cmd_confirm")

@@ -26,11 +26,12 @@ def cmd_confirm(args: argparse.Namespace) -> int:
     seen: dict[str, Any] = {}
     resume_cmd = " ".join(shlex.quote(p) for p in [
         "mtsearch", "confirm", args.study, "--top", str(args.top), "--seeds", str(args.seeds),
-        "--alpha", str(args.alpha), "--resume", *(["--address", args.address] if args.address else []),
+        "--alpha", str(args.alpha), "--first-test", str(args.first_test), "--resume", *(["--address", args.address] if args.address else []),
         *(["--connect-timeout", f"{args.connect_timeout:g}"] if args.address and args.connect_timeout != 30.0
           else [])])
     try:
-        result = race(args.study, args.top, args.seeds, args.alpha, resume=args.resume, log=log,
+        result = race(args.study, args.top, args.seeds, args.alpha, first_test=args.first_test,
+                      resume=args.resume, log=log,
                       address=args.address, connect_timeout=args.connect_timeout, on_update=lambda p: _log_changes(p, seen, err))
     except KeyboardInterrupt:
         log(f"interrupted; resume with: {resume_cmd}")
@@ -49,9 +50,11 @@ def cmd_confirm(args: argparse.Namespace) -> int:
         d = result.delta(c, leader)
         delta = "leader" if c is leader else ("—" if d.mean is None else f"{d.mean * scale:+.1f}" + (
             f" ({d.low * scale:+.1f}, {d.high * scale:+.1f})" if d.low is not None else ""))
-        dropped = "—" if c.dropped_after is None else f"after {c.dropped_after} seeds (p = {c.p_adjusted:.3g})"
+        dropped = "—" if c.dropped_after is None else \
+            f"after {c.dropped_after} seeds (racing p = {c.p_adjusted:.3g})"
         values = (fmt_number(v) if isinstance(v, float) else str(v) for v in c.values.values())
-        table.add_row(c.label, *values, str(len(c.scores)), mean, delta, dropped)
+        seeds = str(len(c.scores)) + (f" ({len(c.failed)} failed: scored worst)" if c.failed else "")
+        table.add_row(c.label, *values, seeds, mean, delta, dropped)
     console.print(table)
     console.print(result.verdict() + ".", markup=False, highlight=False)
     if result.test_line():

@@ -171,7 +171,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     index = load_index(args.dataset, root, args.split, warn=warnings.append)
     for line in warnings:
         err.print(f"[yellow]warning:[/] {line}", markup=True, highlight=False)
-    split = carve(index, args.val_fraction)
+    split = carve(index, args.val_fraction)  # how a new study carves (data.val_carving: closest)
     if args.show_split:
         for item in sorted(getattr(split, args.show_split), key=lambda i: i.name):
             out.print(item.name, markup=False, highlight=False, soft_wrap=True)
@@ -192,13 +192,19 @@ def cmd_check(args: argparse.Namespace) -> int:
     _print_problems(out, checks, args.clip_frames, args.fps)
     if index.missing:
         out.print(f"[yellow]listed but missing on disk: {len(index.missing)}[/] (named above)")
-    out.print(f"validation: {args.val_fraction:g} of each class's training videos, whole "
-              f"{GROUPING.get(index.dataset, 'files')} at a time, the same for every trial of split "
+    out.print(f"validation: the whole {GROUPING.get(index.dataset, 'files')} that come closest to "
+              f"{args.val_fraction:g} of each class's training videos, the same for every trial of split "
               f"{args.split} (data.val_fraction; list them with --show-split val)", highlight=False,
               soft_wrap=True)
     if split.train_only and args.val_fraction > 0:
         out.print(f"[yellow]too small to give validation videos, kept whole in training "
                   f"({len(split.train_only)}):[/] " + ", ".join(split.train_only), soft_wrap=True)
+    if split.unparsed:
+        shown = ", ".join(split.unparsed[:10]) + (f", ... ({len(split.unparsed) - 10} more)"
+                                                  if len(split.unparsed) > 10 else "")
+        out.print(f"[yellow]names that do not parse into their {GROUPING.get(index.dataset, 'group')} "
+                  f"({len(split.unparsed)}), each its own group for the validation split:[/] " + shown,
+                  soft_wrap=True)
     how = "decoded in full" if args.decode else "headers, decoding where not conclusive"
     out.print(f"{usable_train + usable_test} of {len(checks)} videos usable "
               f"(train {usable_train}/{len(train_checks)}, test {usable_test}/{len(test_checks)}), "

@@ -9,8 +9,9 @@ from __future__ import annotations
 import argparse
 
 from mtsearch.cli import EXIT_OK
-from mtsearch.config import TrialConfig, branches_label
+from mtsearch.config import TrialConfig
 from mtsearch.errors import InvalidInput
+from mtsearch.presets import branches_label
 
 # the parser's defaults for --preset / --branches; with --config only other values override it
 _DEFAULT_PRESET, _DEFAULT_BRANCHES = "thesis", "cls,track,dir"

@@ -178,7 +178,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def _matches(flat: dict[str, Any], values: dict[str, Any]) -> bool:
     """A config carries a race contender's searched values (branch masks compared as labels)."""
-    from mtsearch.config import branches_label
+    from mtsearch.presets import branches_label
 
     def plain(key: str, value: Any) -> Any:
         return branches_label(value) if key == "model.branches" else value

@@ -14,11 +14,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from mtsearch.config import TrialConfig, branches_label
+from mtsearch.config import TrialConfig
 from mtsearch.model.heads import Conv5Head
 from mtsearch.model.multibranch import MultiBranchNet
 from mtsearch.model.track_geometry import Localizer
 from mtsearch.model.trunk import EXPANSION, fold_time, unfold_time
+from mtsearch.presets import branches_label
 
 
 @dataclass(frozen=True)

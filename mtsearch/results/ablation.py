@@ -7,8 +7,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from mtsearch.config import branches_label, flatten_keys
+from mtsearch.config import flatten_keys
 from mtsearch.metrics import counterpart_on_test, display_scale
+from mtsearch.presets import branches_label
 from mtsearch.results.report import (
     METRIC_DIGITS,
     Study,
@@ -17,7 +18,13 @@ from mtsearch.results.report import (
     fmt_number,
     last_tracking_gain,
 )
-from mtsearch.results.stats import Interval, paired_differences, paired_verdict, summarize
+from mtsearch.results.stats import (
+    NO_DIFFERENCE,
+    Interval,
+    paired_differences,
+    paired_verdict,
+    summarize,
+)
 
 
 @dataclass
@@ -34,7 +41,7 @@ class CellStats:
     final: Interval
     delta_best: Interval | None  # paired (same seeds) cell - reference; None for the reference
     delta_final: Interval | None
-    verdict: str | None = None  # helps | hurts | indistinguishable | too few pairs
+    verdict: str | None = None  # on delta_final: helps | hurts | no significant difference | too few pairs
     test: Interval = field(default_factory=lambda: summarize([]))  # final weights, test split
     # does its tracking branch track: the last evaluation's track_gain (built-in set)
     # or cycle_gain (other sets) per run; empty without a tracking branch
@@ -91,7 +98,9 @@ _IGNORED_FACTORS = {"seed", "data.root", "data.cache_dir", "device", "data.worke
 
 def ablation(study: Study) -> AblationReport:
     """Per cell n, mean, sd and t interval of the best and final metric, and paired deltas against
-    the reference cell over matching seeds. Only completed runs count (a pruned or failed run has
+    the reference cell over matching seeds. The verdict reads the final scores (a run as it ends);
+    the best epoch is a maximum over evaluation noise, kept as an optimistic column. Only completed
+    runs count (a pruned or failed run has
     no comparable final value); the rest are reported per cell as `not_counted`."""
     grouped, configs = _cells_of(study)
     factors, levels = _factors(study, configs)
@@ -116,14 +125,14 @@ def ablation(study: Study) -> AblationReport:
             best_by_seed, final_by_seed = per_cell_scores[cell.cell]
             cell.delta_best = summarize(paired_differences(best_by_seed, ref_best).values())
             cell.delta_final = summarize(paired_differences(final_by_seed, ref_final).values())
-            cell.verdict = paired_verdict(cell.delta_best, study.mode)
+            cell.verdict = paired_verdict(cell.delta_final, study.mode)
 
     sign = -study.direction.sign
     cells.sort(
         key=lambda c: (
             not c.is_reference,
-            c.best.mean is None,
-            sign * (c.best.mean if c.best.mean is not None else 0.0),
+            c.final.mean is None,
+            sign * (c.final.mean if c.final.mean is not None else 0.0),
             c.cell,
         )
     )
@@ -236,7 +245,7 @@ def _reading(report: AblationReport) -> str:
     groups: dict[str, list[str]] = {
         "helps": [],
         "hurts": [],
-        "indistinguishable": [],
+        NO_DIFFERENCE: [],
         "too few pairs": [],
     }
     scale, unit = ablation_scale(report)
@@ -246,9 +255,9 @@ def _reading(report: AblationReport) -> str:
         return fmt_number(value, scale, digits=METRIC_DIGITS, signed=True)
 
     for cell in report.cells:
-        if cell.is_reference or cell.verdict is None or cell.delta_best is None:
+        if cell.is_reference or cell.verdict is None or cell.delta_final is None:
             continue
-        d = cell.delta_best
+        d = cell.delta_final
         if cell.verdict == "too few pairs":
             groups[cell.verdict].append(cell.cell)
         else:
@@ -260,14 +269,14 @@ def _reading(report: AblationReport) -> str:
         parts.append("helps: " + "; ".join(groups["helps"]))
     if groups["hurts"]:
         parts.append("hurts: " + "; ".join(groups["hurts"]))
-    if groups["indistinguishable"]:
-        parts.append("indistinguishable from it: " + "; ".join(groups["indistinguishable"]))
+    if groups[NO_DIFFERENCE]:
+        parts.append(f"{NO_DIFFERENCE}: " + "; ".join(groups[NO_DIFFERENCE]))
     if groups["too few pairs"]:
         parts.append("too few paired seeds to tell: " + ", ".join(groups["too few pairs"]))
     if not parts:
         return f"Only the reference cell {report.reference} has results."
     return (
-        f"Against the reference {report.reference} (best {report.metric}, paired over seeds): "
+        f"Against the reference {report.reference} (final {report.metric}, paired over seeds): "
         + "; ".join(parts)
         + "."
     )

@@ -32,7 +32,8 @@ def config_diff(cfg: TrialConfig) -> list[tuple[str, Any, Any]]:
 
 def data_fingerprint(cfg: TrialConfig, warn: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Dataset, root, split, video counts and a hash of the index (paths, sizes, labels): two
-    runs with the same hash trained and tested on byte-for-byte the same list of files."""
+    runs with the same hash trained and tested on byte-for-byte the same list of files; and a hash
+    of the validation list the run selected on."""
     from mtsearch.data.datasets import index_for_config
 
     index = index_for_config(cfg, warn=warn)
@@ -41,9 +42,14 @@ def data_fingerprint(cfg: TrialConfig, warn: Callable[[str], None] | None = None
         for item in sorted(items, key=lambda i: i.name):
             size = item.path.stat().st_size if item.path.exists() else -1
             digest.update(f"{part}\t{item.name}\t{size}\t{item.label}\n".encode())
+    from mtsearch.data.splits import carve
+
+    val = sorted(item.name for item in carve(index, cfg.val_fraction, cfg.val_carving).val)
+    val_digest = hashlib.sha256("".join(f"{name}\n" for name in val).encode()).hexdigest()[:16]
     return {"dataset": index.dataset, "root": str(index.root), "split": index.split,
             "classes": index.num_classes, "train videos": len(index.train),
-            "test videos": len(index.test), "index sha256": digest.hexdigest()[:16]}
+            "test videos": len(index.test), "index sha256": digest.hexdigest()[:16],
+            "validation videos (carved from train)": len(val), "validation list sha256": val_digest}
 
 
 def environment(device: str | None) -> dict[str, str]:

@@ -16,7 +16,7 @@ from mtsearch.files import write_atomic
 from mtsearch.metrics import MAXIMISE, display_scale, title
 from mtsearch.metrics import label as metric_label
 from mtsearch.results.ablation import ablation, short_labels
-from mtsearch.results.report import Study, best_score, leaderboard, param_display_value
+from mtsearch.results.report import Study, best_score, final_score, leaderboard, param_display_value
 
 KEY_NAMES = {
     "loss.w_track": "w_track (w1, tracking loss weight)",
@@ -332,25 +332,25 @@ def parallel_coordinates(study: Study, path: Path) -> Path | None:
 
 
 def ablation_bars(study: Study, path: Path) -> Path | None:
-    """Per cell mean best metric with 95% CI whiskers and the seeds as dots; paired deltas beside."""
+    """Per cell mean final metric (as each run ended) with 95% CI whiskers and the seeds as dots; paired deltas beside."""
     report = ablation(study)
     cells = [c for c in report.cells if c.n > 0]
     if not cells:
         return None
-    scale, unit = display_scale(report.metric, [c.best.mean for c in cells])
+    scale, unit = display_scale(report.metric, [c.final.mean for c in cells])
     _, names = short_labels([c.cell for c in cells], report.factors)
     has_deltas = report.reference is not None and any(
-        c.delta_best and c.delta_best.n for c in cells
+        c.delta_final and c.delta_final.n for c in cells
     )
     fig = _new_figure(12 if has_deltas else 7.5, 5.2)
     axes = fig.subplots(1, 2, width_ratios=[3, 2]) if has_deltas else [fig.subplots()]
     ax = axes[0]
     xs = list(range(len(cells)))
     colors = ["#bbbbbb" if c.is_reference else "#4c72b0" for c in cells]
-    errs = [(c.best.half_width or 0.0) * scale for c in cells]
+    errs = [(c.final.half_width or 0.0) * scale for c in cells]
     bars = ax.bar(
         xs,
-        [c.best.mean * scale for c in cells],
+        [c.final.mean * scale for c in cells],
         yerr=errs,
         capsize=6,
         color=colors,
@@ -365,7 +365,7 @@ def ablation_bars(study: Study, path: Path) -> Path | None:
     ref = next((c for c in cells if c.is_reference), None)
     if ref is not None:
         ax.axhline(
-            ref.best.mean * scale,
+            ref.final.mean * scale,
             color="gray",
             linestyle="--",
             linewidth=1,
@@ -377,7 +377,7 @@ def ablation_bars(study: Study, path: Path) -> Path | None:
         [f"{n}\n(n={c.n}){' ref' if c.is_reference else ''}" for n, c in zip(names, cells)],
         fontsize=9,
     )
-    ax.set_ylabel(f"best {metric_label(report.metric, unit)}")
+    ax.set_ylabel(f"final {metric_label(report.metric, unit)}")
     ax.set_xlabel(", ".join(report.factors) if report.factors else "cell")
     ax.set_title("mean over seeds, whiskers: 95% CI (Student t), dots: seeds", fontsize=10)
     ax.grid(True, axis="y", alpha=0.3)
@@ -389,10 +389,10 @@ def ablation_bars(study: Study, path: Path) -> Path | None:
 
 
 def _seed_dots(ax: Any, study: Study, cells: list[Any], scale: float) -> None:
-    """Each completed run's best score as a dot over its cell's bar."""
+    """Each completed run's final score as a dot over its cell's bar."""
     cell_trials: dict[str, list[float]] = {}
     for trial in study.trials:
-        score = best_score(study, trial)
+        score = final_score(study, trial)
         if trial.get("status") == "completed" and score is not None:
             cell_trials.setdefault(str(trial.get("cell")), []).append(score)
     for x, cell in enumerate(cells):
@@ -403,19 +403,19 @@ def _seed_dots(ax: Any, study: Study, cells: list[Any], scale: float) -> None:
 
 def _delta_panel(ax: Any, report: Any, named: list[tuple[str, Any]], scale: float, unit: str) -> None:
     """Each cell's paired difference from the reference, coloured by its verdict."""
-    others = [(n, c) for n, c in named if not c.is_reference and c.delta_best and c.delta_best.n]
+    others = [(n, c) for n, c in named if not c.is_reference and c.delta_final and c.delta_final.n]
     verdict_color = {"helps": "#2a9d4b", "hurts": "#c0392b"}
     for i, (_name, cell) in enumerate(others):
-        d = cell.delta_best
+        d = cell.delta_final
         ax.errorbar([d.mean * scale], [i], xerr=[[(d.half_width or 0) * scale]] * 2 if d.half_width else None,
                     fmt="o", capsize=5, color=verdict_color.get(cell.verdict or "", "#555555"))
     ax.axvline(0, color="gray", linestyle="--", linewidth=1)
     ax.set_yticks(range(len(others)))
-    ax.set_yticklabels([f"{n} (pairs={c.delta_best.n})" for n, c in others], fontsize=9)
+    ax.set_yticklabels([f"{n} (pairs={c.delta_final.n})" for n, c in others], fontsize=9)
     ax.invert_yaxis()
-    ax.set_xlabel(f"Δ best {metric_label(report.metric, unit)} vs reference")
+    ax.set_xlabel(f"Δ final {metric_label(report.metric, unit)} vs reference")
     ax.set_title("paired difference vs reference (same seeds), 95% CI;\n"
-                 "green: helps, red: hurts, gray: indistinguishable", fontsize=10)
+                 "green: helps, red: hurts, gray: no significant difference", fontsize=10)
     ax.grid(True, axis="x", alpha=0.3)
 
 

@@ -15,10 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mtsearch.config import TrialConfig, branches_label
+from mtsearch.config import TrialConfig
 from mtsearch.distributions import factor_keys
 from mtsearch.errors import InvalidInput
 from mtsearch.metrics import MAXIMISE, Direction, direction
+from mtsearch.presets import branches_label
 from mtsearch.records import config_from_record, recorded_selection
 from mtsearch.results.store import EPOCHS_FILE, TRIALS_FILE, epoch_rows, is_ranked, trial_rows
 from mtsearch.space import SpaceSpec, load_study_space
@@ -64,13 +65,11 @@ class Study:
 
     @property
     def selection(self) -> str:
-        """The split that selected: `val`, or `test` (data.selection: test, or a study
-        recorded before validation splits existed)."""
-        for trial in self.trials:
-            config = trial.get("config")
-            if config:
-                return recorded_selection(config)
-        return "val"
+        """The split that selected: `val`, or `test` when any trial selected on the test split
+        (data.selection: test, or a study recorded before validation splits existed); every trial
+        is read, so a study whose trials disagree is flagged."""
+        selections = {recorded_selection(t["config"]) for t in self.trials if t.get("config")}
+        return "test" if "test" in selections else "val"
 
     @property
     def selection_note(self) -> str | None:

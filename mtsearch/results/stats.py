@@ -132,9 +132,13 @@ def paired_differences(
     return out
 
 
+NO_DIFFERENCE = "no significant difference"
+
+
 def paired_verdict(delta: Interval, mode: str) -> str:
-    """helps | hurts | indistinguishable | too few pairs: the paired interval must exclude zero,
-    on the side that is better for `mode` (max or min), before a cell is said to change anything."""
+    """helps | hurts | no significant difference | too few pairs: the paired interval must exclude
+    zero, on the side that is better for `mode` (max or min), before a cell is said to change
+    anything. An interval that holds zero says nothing about equivalence."""
     if delta.n < 2 or delta.low is None or delta.high is None:
         return "too few pairs"
     sign = direction(mode).sign
@@ -143,22 +147,32 @@ def paired_verdict(delta: Interval, mode: str) -> str:
         return "helps"
     if good_high < 0:
         return "hurts"
-    return "indistinguishable"
+    return NO_DIFFERENCE
 
 
-def paired_p_greater(differences: Iterable[float]) -> float | None:
-    """One-sided paired t-test p-value for mean > 0 (None with fewer than 2 pairs).
+def lattice_step(values: Iterable[float | None]) -> float | None:
+    """The smallest gap between distinct finite values: a metric that moves in steps (Hit@1 on N
+    videos moves by 1/N) shows its step here. None with fewer than two distinct values."""
+    xs = sorted({float(v) for v in values if v is not None and math.isfinite(float(v))})
+    gaps = [b - a for a, b in zip(xs, xs[1:]) if b - a > 1e-12]
+    return min(gaps) if gaps else None
 
-    All differences equal: p is 0 if they are positive and 1 otherwise (no spread to test)."""
+
+def paired_p_two_sided(differences: Iterable[float], sd_floor: float = 0.0) -> float | None:
+    """Two-sided paired t-test p-value for mean != 0 (None with fewer than 2 pairs).
+
+    The sd is never taken below `sd_floor`: differences of a stepped metric that happen to be all
+    equal (zero spread) are evidence of a step, not certainty. With no spread and no floor, p = 1."""
     xs = [float(d) for d in differences]
     n = len(xs)
     if n < 2:
         return None
     mean = math.fsum(xs) / n
-    sd = math.sqrt(math.fsum((x - mean) ** 2 for x in xs) / (n - 1))
+    sd = max(math.sqrt(math.fsum((x - mean) ** 2 for x in xs) / (n - 1)), sd_floor)
     if sd == 0:
-        return 0.0 if mean > 0 else 1.0
-    return 1.0 - t_cdf(mean / (sd / math.sqrt(n)), n - 1)
+        return 1.0
+    t = abs(mean) / (sd / math.sqrt(n))
+    return min(1.0, 2.0 * (1.0 - t_cdf(t, n - 1)))
 
 
 def holm(pvalues: Mapping[Any, float]) -> dict[Any, float]:

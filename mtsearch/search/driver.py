@@ -270,9 +270,12 @@ def _make_tuner(
 def _finish(live: Live, study_dir: Path, total: int | None = None) -> SearchOutcome:
     """After `tuner.fit()`: interrupted or done (`total` trials known, default the spec's); a
     finished study drops what Tune never knew."""
-    counts = live.store.counts()
     total = live.spec.total_trials if total is None else total
-    interrupted = counts["running"] > 0 or len(live.known_trials) < total
+    # a row Tune's restored state never knew (started as the disk filled, before Tune could save
+    # it) is not running: it would keep every later --resume "interrupted"; it is dropped below
+    running = [t for t, r in live.store.trials.items()
+               if r["status"] in (None, "running") and t in live.known_trials]
+    interrupted = bool(running) or len(live.known_trials) < total
     if not interrupted:
         orphans = set(live.store.trials) - live.known_trials
         if orphans:

@@ -183,7 +183,11 @@ def load_clips(cfg: TrialConfig, warn: Callable[[str], None]) -> tuple[Any, Any,
     from mtsearch.paths import frames_dir
 
     index = index_for_config(cfg, warn=warn)
-    split = carve(index, cfg.val_fraction)
+    split = carve(index, cfg.val_fraction, cfg.val_carving)
+    if split.unparsed:
+        warn(f"{len(split.unparsed)} training videos have names that do not parse into their group "
+             "(source video or gXX); each is its own group for the validation split "
+             "(mtsearch data check names them)")
     cache = FrameCache(frames_dir(cfg.data.cache_dir))
     fps, short, frames = cfg.data.fps, cfg.short_side, cfg.data.clip_frames
     train_items = usable_videos(split.train, cache, fps, short, warn)
