@@ -98,6 +98,20 @@ def _text(value: Any) -> str:
     return value
 
 
+def _optional_text(value: Any) -> str | None:
+    return None if value is None else _text(value)
+
+
+def _mirror_list(value: Any) -> tuple[str, ...]:
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)) or not all(isinstance(v, str) for v in items):
+        raise ValueError("expected a list of tensorboard, mlflow")
+    for item in items:
+        if item not in ("tensorboard", "mlflow"):
+            raise ValueError(f"must be tensorboard or mlflow{did_you_mean(item, ('tensorboard', 'mlflow'))}")
+    return tuple(dict.fromkeys(items))
+
+
 SETTINGS: dict[str, dict[str, SettingField]] = {
     "search": {
         "algorithm": SettingField("tpe", _text, one_of(ALGORITHMS)),
@@ -119,9 +133,24 @@ SETTINGS: dict[str, dict[str, SettingField]] = {
         "max_failures": SettingField(0, as_int, at_least(0)),  # the configuration's own failures
         "max_restarts": SettingField(3, as_int, at_least(0)),  # faults of the machine, apart
     },
-    # the checkpoints of the best K finished trials are kept; others' are deleted
-    "storage": {"keep_checkpoints": SettingField(3, as_int, at_least(0))},
+    # the checkpoints of the best K finished trials are kept; others' are deleted; `mirror` copies
+    # each epoch's rows live to TensorBoard and/or MLflow
+    "storage": {
+        "keep_checkpoints": SettingField(3, as_int, at_least(0)),
+        "mirror": SettingField((), _mirror_list, None),
+        "tensorboard_dir": SettingField(None, _optional_text, None),
+        "mlflow_uri": SettingField(None, _optional_text, None),
+    },
 }
+MIRRORS: tuple[str, ...] = ("tensorboard", "mlflow")
+
+
+@dataclass(frozen=True)
+class Storage:
+    keep_checkpoints: int = 3
+    mirror: tuple[str, ...] = ()
+    tensorboard_dir: str | None = None
+    mlflow_uri: str | None = None
 
 
 def _settings(
@@ -168,5 +197,14 @@ def read_failure(raw: Any, source: str) -> tuple[int, int]:
     return int(values["max_failures"]), int(values["max_restarts"])
 
 
-def read_keep_checkpoints(raw: Any, source: str) -> int:
-    return int(_settings(raw, "storage", source)["keep_checkpoints"])
+def read_storage(raw: Any, source: str) -> Storage:
+    """The storage section; a mirror needs its destination and its optional extra installed."""
+    values = _settings(raw, "storage", source)
+    where = {"tensorboard": "tensorboard_dir", "mlflow": "mlflow_uri"}
+    for mirror in values["mirror"]:
+        if values[where[mirror]] is None:
+            raise InvalidInput(source, f"storage.{where[mirror]}", f"is needed to mirror to {mirror}")
+        if importlib.util.find_spec(mirror) is None:
+            raise InvalidInput(source, "storage.mirror",
+                               f"{mirror} needs its extra: pip install 'mtsearch[{mirror}]'", mirror)
+    return Storage(**values)

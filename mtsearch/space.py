@@ -36,11 +36,12 @@ from mtsearch.settings import (
     Resources,
     SchedulerSettings,
     SearchSettings,
+    Storage,
     read_failure,
-    read_keep_checkpoints,
     read_resources,
     read_scheduler,
     read_search,
+    read_storage,
 )
 from mtsearch.values import as_int
 from mtsearch.yamlio import dump_yaml, read_yaml
@@ -73,6 +74,7 @@ class SpaceSpec:
     repeats: int = 1
     reference: dict[str, Any] | None = None
     keep_checkpoints: int = 3  # storage.keep_checkpoints: finished trials whose checkpoints stay
+    storage: Storage = field(default_factory=Storage)  # storage.*: retention and live mirrors
     max_restarts: int = 3  # failure.max_restarts: retries after faults of the machine
 
     # ---- derived --------------------------------------------------------------------------------
@@ -200,7 +202,9 @@ class SpaceSpec:
                 "max_trials_per_gpu": self.resources.max_trials_per_gpu,
             },
             "failure": {"max_failures": self.max_failures, "max_restarts": self.max_restarts},
-            "storage": {"keep_checkpoints": self.keep_checkpoints},
+            "storage": {"keep_checkpoints": self.keep_checkpoints,
+                        **({"mirror": list(self.storage.mirror), "tensorboard_dir": self.storage.tensorboard_dir,
+                            "mlflow_uri": self.storage.mlflow_uri} if self.storage.mirror else {})},
         }
         if self.is_ablation:
             del out["search"]["algorithm"], out["search"]["seed"], out["search"]["num_samples"]
@@ -298,7 +302,8 @@ def space_from_mapping(
     scheduler = read_scheduler(data.get("scheduler"), source, default_sched)
     resources = read_resources(data.get("resources"), source)
     max_failures, max_restarts = read_failure(data.get("failure"), source)
-    keep_checkpoints = read_keep_checkpoints(data.get("storage"), source)
+    storage = read_storage(data.get("storage"), source)
+    keep_checkpoints = storage.keep_checkpoints
 
     repeats = 1
     if kind == ABLATION:
@@ -314,6 +319,7 @@ def space_from_mapping(
         kind=kind, name=name, source=source, base=base, base_overrides=base_overrides,
         metric=metric, mode=mode, search=search, scheduler=scheduler, resources=resources,
         max_failures=max_failures, space=space, repeats=repeats, keep_checkpoints=keep_checkpoints,
+        storage=storage,
         max_restarts=max_restarts,
     )
     if kind == ABLATION and data.get("reference") is not None:

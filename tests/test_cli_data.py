@@ -143,7 +143,7 @@ def test_check_shows_val_counts_and_lists_each_part(tmp_path: Path, make_video) 
     _official_hmdb(root, make_video)
     result = mtsearch("data", "check", str(root), "--val-fraction", "0.25")
     assert result.returncode == 0, result.stderr
-    assert "val" in result.stdout and "whole source videos at a time" in result.stdout
+    assert "val" in result.stdout and "whole source videos that come closest to" in result.stdout
     parts = {}
     for part in ("train", "val", "test"):
         listed = mtsearch("data", "check", str(root), "--val-fraction", "0.25", "--show-split", part)
@@ -161,7 +161,8 @@ def test_check_shows_val_counts_and_lists_each_part(tmp_path: Path, make_video) 
 
 
 def test_check_keeps_ucf_groups_whole(tmp_path: Path, make_video) -> None:
-    """issue 12 on UCF-101's official layout: no gXX group is in both train and val."""
+    """UCF-101's official layout: no gXX group is in both train and val, and a group number is
+    validation in every class or in none."""
     root = tmp_path / "UCF-101"
     lists = root / "ucfTrainTestlist"
     lists.mkdir(parents=True)
@@ -178,12 +179,14 @@ def test_check_keeps_ucf_groups_whole(tmp_path: Path, make_video) -> None:
     (lists / "testlist01.txt").write_text("\r\n".join(test) + "\r\n")
     parts = {part: mtsearch("data", "check", str(root), "--show-split", part).stdout.split()
              for part in ("train", "val")}
-    # 14 training clips per class, 20% = 2.8: whole groups of 2 until met, so 2 groups (4 clips)
-    assert len(parts["val"]) == 8 and len(parts["train"]) == 20
+    # 7 group numbers of 4 clips (2 a class), 28 clips: the target 0.2 * 28 = 5.6 -> 6 lies between
+    # one number (4 clips) and two (8); the tie goes to the smaller, so one number in both classes
+    assert len(parts["val"]) == 4 and len(parts["train"]) == 24
+    assert len({name.rsplit("_g", 1)[1][:2] for name in parts["val"]}) == 1
 
     def groups(names: list[str]) -> set[str]:
         return {name.rsplit("_", 1)[0] for name in names}
 
     assert not groups(parts["train"]) & groups(parts["val"])
     table = mtsearch("data", "check", str(root))
-    assert table.returncode == 0 and "whole gXX groups at a time" in table.stdout
+    assert table.returncode == 0 and "whole gXX groups that come closest to" in table.stdout

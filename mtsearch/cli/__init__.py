@@ -113,6 +113,9 @@ def _result_commands(sub: Any) -> None:
     p.add_argument("--out", metavar="FILE", help="default: trials/NAME/best.yaml (the card: best.md)")
     p.add_argument("--from-confirm", action="store_true",
                    help="export the winner of `mtsearch confirm` instead of the search's top trial")
+    p.add_argument("--to", nargs=2, metavar=("TRACKER", "DEST"),
+                   help="the whole study to a tracker instead: `tensorboard DIR` or `mlflow URI` "
+                        "(sqlite:///mlflow.db, file:./mlruns or a server); again updates, never duplicates")
     p.set_defaults(handler="results:cmd_export")
 
     p = sub.add_parser("plot", help="PNG figures of a study")

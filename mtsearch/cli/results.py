@@ -121,6 +121,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     from mtsearch.results.stats import summarize
     from mtsearch.search.confirm import CONFIRM_DIR, read_race
 
+    if args.to:
+        return _export_to_tracker(args)
     study = report.load_study(args.study)
     out = Path(args.out) if args.out else study.path / "best.yaml"
     check_output_file(out, "--out")
@@ -202,4 +204,34 @@ def cmd_plot(args: argparse.Namespace) -> int:
         return 0
     for path in paths:
         console.print(str(path), markup=False, soft_wrap=True)
+    return 0
+
+
+TRACKERS = ("tensorboard", "mlflow")
+
+
+def _export_to_tracker(args: argparse.Namespace) -> int:
+    """`export --to tensorboard DIR` / `--to mlflow URI`: the whole study, every trial a run."""
+    tracker, dest = args.to
+    if tracker not in TRACKERS:
+        raise InvalidInput(None, "--to", f"must be one of {', '.join(TRACKERS)}", tracker)
+    if args.out or args.from_confirm or args.rank != 1:
+        raise InvalidInput(None, "--to", "exports the whole study; it takes no --out, --rank or --from-confirm")
+    if tracker == "tensorboard":
+        from mtsearch.files import check_output_dir
+        from mtsearch.results.tensorboard import export_tensorboard, require_tensorboard
+
+        require_tensorboard()
+        check_output_dir(Path(dest), "--to tensorboard")
+        done = export_tensorboard(report.load_study(args.study), dest)
+        print(f"exported {done.runs} trials to {done.root}; open it with: tensorboard --logdir {done.root}")
+        return 0
+    from mtsearch.results.mlflow_export import export_mlflow, require_mlflow
+    from mtsearch.search.confirm import CONFIRM_DIR, RACE_FILE, read_race
+
+    require_mlflow()
+    study = report.load_study(args.study)
+    exported = export_mlflow(study, dest, read_race(study.path), study.path / CONFIRM_DIR / RACE_FILE)
+    print(f"exported {len(exported.trial_runs)} trials to {dest} (experiment {study.name}, parent run "
+          f"{exported.parent_run_id}); open it with: mlflow ui --backend-store-uri {dest}")
     return 0

@@ -33,6 +33,7 @@ from mtsearch.errors import (
 )
 from mtsearch.files import write_atomic
 from mtsearch.records import accept_moved_modules
+from mtsearch.results.mirror import build_mirrors
 from mtsearch.results.store import StudyStore
 from mtsearch.search.cluster import connect_ray
 from mtsearch.search.footprint import shortfall_warning
@@ -117,6 +118,8 @@ def run_search(
         # trials finished before this driver are known, whatever Tune's restored state lists
         live.known_trials.update(t for t, r in store.trials.items() if r["status"] not in (None, "running"))
         LIVE[key] = live
+        live.mirrors = build_mirrors(spec.name, spec.metric, spec.mode, spec.storage, [
+            *spec.searched_keys, *(["cell"] if spec.is_ablation else [])], study_dir, say)
         if resume:
             unpark_optuna_trials(spec, study_dir)
         try:
@@ -130,7 +133,9 @@ def run_search(
             return _stop_on_storage(live, study_dir, disk)
     finally:
         if key is not None:
-            LIVE.pop(key, None)
+            live_study = LIVE.pop(key, None)
+            if live_study is not None and live_study.mirrors is not None:
+                live_study.mirrors.close()
         if started_ray:
             ray.shutdown()
         if lock_fd >= 0:

@@ -19,7 +19,7 @@ from ray import tune
 from mtsearch.distributions import expand_params
 from mtsearch.errors import StorageFull, storage_failure
 from mtsearch.metrics import direction
-from mtsearch.records import stamped
+from mtsearch.records import config_from_record, stamped
 from mtsearch.results.store import StudyStore, is_ranked
 from mtsearch.search.packing import TrialResources, larger_share
 from mtsearch.search.study import TUNE_DIR
@@ -60,6 +60,7 @@ class Live:
     larger_shares: dict[str, float] = field(default_factory=dict)  # trial -> share of its OOM retry
     segment_start: dict[str, float] = field(default_factory=dict)
     warned: set[str] = field(default_factory=set)
+    mirrors: Any = None  # results.mirror.Mirrors: storage.mirror's live copies, or None
 
 
 # Tune pickles its RunConfig (with the callbacks) into the experiment folder, so the callback holds
@@ -109,10 +110,12 @@ class StoreCallback(tune.Callback):
             _grant_larger_share(live, trial)
         elif status in ("diverged", "error"):
             live.store.upsert_trial(trial.trial_id, status=status, error=last_line(result.get("fit_error")))
+            _mirror_end(live, trial.trial_id)
         elif "epoch" in result and "loss" in result:
             live.store.add_epoch(trial.trial_id, result)
             live.store.upsert_trial(trial.trial_id, peak_mem_gib=result.get("peak_mem_gib"),
                                     device=result.get("device"))
+            _mirror_epoch(live, trial.trial_id, result)
         _touch_wall(live, trial.trial_id)
         publish(live)
 
@@ -126,6 +129,7 @@ class StoreCallback(tune.Callback):
             done = row["epochs_done"] or 0
             row["status"] = "completed" if done >= planned else "pruned"
             row["error"] = None
+            _mirror_end(live, trial.trial_id)
         _touch_wall(live, trial.trial_id, end=True)
         retain_checkpoints(live)
         publish(live)
@@ -139,6 +143,7 @@ class StoreCallback(tune.Callback):
         restarts = max(row.get("restarts") or 0, int(trial.run_metadata.num_failures) - 1)
         live.store.upsert_trial(trial.trial_id, status="error", error=_machine_fault(live, trial, final=True),
                                 machine_fault=True, restarts=restarts)
+        _mirror_end(live, trial.trial_id)
         _touch_wall(live, trial.trial_id, end=True)
         retain_checkpoints(live)
         publish(live)
@@ -161,6 +166,22 @@ class StoreCallback(tune.Callback):
             live.store.upsert_trial(trial.trial_id, status="running")
             _touch_wall(live, trial.trial_id, end=True)
             publish(live)
+
+
+def _mirror_epoch(live: Live, trial_id: str, result: dict[str, Any]) -> None:
+    """An epoch row to the study's live mirrors (storage.mirror), if it has any."""
+    if live.mirrors is None:
+        return
+    row = live.store.trials[trial_id]
+    config = config_from_record(json.loads(row["config"])) if row.get("config") else None
+    params = {k: row.get(k) for k in (*live.spec.searched_keys, *(["cell"] if live.spec.is_ablation else []))}
+    live.mirrors.epoch(trial_id, params, config, result)
+
+
+def _mirror_end(live: Live, trial_id: str) -> None:
+    if live.mirrors is not None:
+        row = live.store.trials.get(trial_id) or {}
+        live.mirrors.trial_end(trial_id, str(row.get("status")), row.get("error"))
 
 
 def _machine_fault(live: Live, trial: Any, final: bool) -> str:
