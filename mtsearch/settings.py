@@ -198,13 +198,22 @@ def read_failure(raw: Any, source: str) -> tuple[int, int]:
 
 
 def read_storage(raw: Any, source: str) -> Storage:
-    """The storage section; a mirror needs its destination and its optional extra installed."""
+    """The storage section; a mirror needs its destination."""
     values = _settings(raw, "storage", source)
     where = {"tensorboard": "tensorboard_dir", "mlflow": "mlflow_uri"}
     for mirror in values["mirror"]:
         if values[where[mirror]] is None:
             raise InvalidInput(source, f"storage.{where[mirror]}", f"is needed to mirror to {mirror}")
-        if importlib.util.find_spec(mirror) is None:
+    return Storage(**values)
+
+
+def check_mirror_extras(storage: Storage, source: str) -> None:
+    """Before a search starts (not when a recorded study is read): each mirror's extra is there."""
+    for mirror in storage.mirror:
+        try:
+            found = importlib.util.find_spec(mirror)
+        except ValueError:  # a module set to None in sys.modules: as good as missing
+            found = None
+        if found is None:
             raise InvalidInput(source, "storage.mirror",
                                f"{mirror} needs its extra: pip install 'mtsearch[{mirror}]'", mirror)
-    return Storage(**values)

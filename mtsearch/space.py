@@ -73,7 +73,6 @@ class SpaceSpec:
     space: dict[str, Distribution] = field(default_factory=dict)
     repeats: int = 1
     reference: dict[str, Any] | None = None
-    keep_checkpoints: int = 3  # storage.keep_checkpoints: finished trials whose checkpoints stay
     storage: Storage = field(default_factory=Storage)  # storage.*: retention and live mirrors
     max_restarts: int = 3  # failure.max_restarts: retries after faults of the machine
 
@@ -202,7 +201,7 @@ class SpaceSpec:
                 "max_trials_per_gpu": self.resources.max_trials_per_gpu,
             },
             "failure": {"max_failures": self.max_failures, "max_restarts": self.max_restarts},
-            "storage": {"keep_checkpoints": self.keep_checkpoints,
+            "storage": {"keep_checkpoints": self.storage.keep_checkpoints,
                         **({"mirror": list(self.storage.mirror), "tensorboard_dir": self.storage.tensorboard_dir,
                             "mlflow_uri": self.storage.mlflow_uri} if self.storage.mirror else {})},
         }
@@ -303,7 +302,6 @@ def space_from_mapping(
     resources = read_resources(data.get("resources"), source)
     max_failures, max_restarts = read_failure(data.get("failure"), source)
     storage = read_storage(data.get("storage"), source)
-    keep_checkpoints = storage.keep_checkpoints
 
     repeats = 1
     if kind == ABLATION:
@@ -318,8 +316,7 @@ def space_from_mapping(
     spec = SpaceSpec(
         kind=kind, name=name, source=source, base=base, base_overrides=base_overrides,
         metric=metric, mode=mode, search=search, scheduler=scheduler, resources=resources,
-        max_failures=max_failures, space=space, repeats=repeats, keep_checkpoints=keep_checkpoints,
-        storage=storage,
+        max_failures=max_failures, space=space, repeats=repeats, storage=storage,
         max_restarts=max_restarts,
     )
     if kind == ABLATION and data.get("reference") is not None:

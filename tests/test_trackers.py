@@ -172,3 +172,22 @@ def test_a_search_mirrors_its_rows_live_and_a_dead_server_only_warns(tmp_path: P
     warnings = [line for line in said if "mirror" in line]
     assert not outcome.interrupted and len(warnings) == 1 and "mlflow mirror failed" in warnings[0], said
     assert len(load_study(outcome.study_dir).trials) == 2
+
+
+def test_a_mirror_without_its_extra_is_refused_before_the_search(tmp_path: Path) -> None:
+    """`run` refuses a mirror whose extra is missing, before Ray or the study folder; reading a
+    study that mirrored (report, on a machine without the extra) still works."""
+    space = tmp_path / "m.yaml"
+    space.write_text("name: m\nbase: {optim.epochs: 1}\nspace: {loss.w_dir: {uniform: [0, 1]}}\n"
+                     "storage: {mirror: [mlflow], mlflow_uri: 'sqlite:///x.db'}\n")
+    code = ("import sys; sys.modules['mlflow'] = None\n"
+            "from mtsearch.cli import main\n"
+            f"sys.exit(main(['run', {str(space)!r}, '--trials-dir', {str(tmp_path / 'trials')!r}]))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert "storage.mirror" in lines[0] and "mtsearch[mlflow]" in lines[0]
+    assert not (tmp_path / "trials").exists()
+    from mtsearch.space import load_space
+
+    assert load_space(space).storage.mirror == ("mlflow",)

@@ -98,7 +98,7 @@ def _run(args: argparse.Namespace, kind: str) -> int:
     console.print(f"results: {outcome.study_dir} (trials.parquet, epochs.parquet, space.yaml"
                   + (", optuna.db)" if not spec.is_enumerated else ")"), markup=False, highlight=False)
     console.print(f"disk: {human_bytes(disk_usage(outcome.study_dir))} in {outcome.study_dir} "
-                  f"(checkpoints of the best {spec.keep_checkpoints} trials kept)",
+                  f"(checkpoints of the best {spec.storage.keep_checkpoints} trials kept)",
                   markup=False, highlight=False)
     finished = [r for r in progress.rows if r["status"] in ("completed", "pruned")]
     if progress.rows and not finished:

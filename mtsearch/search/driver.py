@@ -58,6 +58,7 @@ from mtsearch.search.tuning import (
     scheduler,
     unpark_optuna_trials,
 )
+from mtsearch.settings import check_mirror_extras
 from mtsearch.space import SpaceSpec
 
 
@@ -98,6 +99,7 @@ def run_search(
     say = log or (lambda msg: None)
     spec = _absolute_paths(spec)
     _set_tune_defaults()
+    check_mirror_extras(spec.storage, spec.source)
     # the cluster and its resources are checked before anything is written under trials/
     started_ray = connect_ray(address, num_cpus, say, connect_timeout)
     lock_fd, key = -1, None

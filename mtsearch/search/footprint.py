@@ -31,7 +31,7 @@ class Footprint:
 
 
 def study_footprint(spec: SpaceSpec, study_dir: Path, tune_dir: str = "tune") -> Footprint:
-    checkpoints = spec.keep_checkpoints + 2 * spec.search.max_concurrent
+    checkpoints = spec.storage.keep_checkpoints + 2 * spec.search.max_concurrent
     measured = [disk_usage(p) for p in (study_dir / tune_dir).glob("*/checkpoint_*") if p.is_dir()]
     if measured:
         return Footprint(max(measured), "measured", checkpoints)
@@ -51,7 +51,7 @@ def shortfall_warning(spec: SpaceSpec, study_dir: Path) -> str | None:
         return None
     return (f"only {human_bytes(free)} free under {study_dir}; the study may need {human_bytes(need.total)} "
             f"({need.checkpoints} checkpoints of {human_bytes(need.checkpoint_bytes)}, {need.how}: "
-            f"{spec.keep_checkpoints} kept + 2 per running trial); lower storage.keep_checkpoints or "
+            f"{spec.storage.keep_checkpoints} kept + 2 per running trial); lower storage.keep_checkpoints or "
             "search.max_concurrent, or free space")
 
 

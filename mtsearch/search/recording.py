@@ -259,7 +259,7 @@ def retain_checkpoints(live: Live) -> None:
     ranked = [tid for tid, row in finished.items()
               if row["status"] == "completed" and is_ranked(row["status"], scores[tid])]
     ranked.sort(key=lambda tid: direction(live.spec.mode).rank_key(scores[tid]))
-    kept = set(ranked[: live.spec.keep_checkpoints])
+    kept = set(ranked[: live.spec.storage.keep_checkpoints])
     for tid in finished:
         if tid not in kept:
             for folder in (live.store.study_dir / TUNE_DIR / tid).glob("checkpoint_*"):
