@@ -294,7 +294,10 @@ def space_from_mapping(
                            + did_you_mean(str(metric), OBJECTIVES), metric)
     mode = data.get("mode", default_mode(metric))
     if mode not in MODES:
-        raise InvalidInput(source, "mode", "must be min or max", mode)
+        optuna_words = {"maximize": "max", "maximise": "max", "minimize": "min", "minimise": "min"}
+        hint = (f"; did you mean {optuna_words[str(mode).lower()]!r}?" if str(mode).lower() in optuna_words
+                else did_you_mean(str(mode), MODES))
+        raise InvalidInput(source, "mode", "must be min or max" + hint, mode)
 
     search = read_search(data.get("search"), source, kind == ABLATION)
     default_sched = "asha" if kind == SEARCH and search.algorithm != "grid" else "none"

@@ -40,7 +40,7 @@ def test_synth_then_check(synth_dir: Path) -> None:
     assert len(list(synth_dir.rglob("*.avi"))) == 12
     result = mtsearch("data", "check", "--dataset", "synthetic", str(synth_dir))
     assert result.returncode == 0, result.stderr
-    assert "12 of 12 videos usable (train 9/9, test 3/3), 3 classes" in result.stdout
+    assert "12 of 12 videos usable (train 6/6, val 3/3, test 3/3), 3 classes" in result.stdout
     # at 10 fps the 1.3-1.9 s videos have 13-19 frames: all shorter than a 40-frame clip, still usable
     result = mtsearch("data", "check", "--dataset", "synthetic", str(synth_dir), "--fps", "10",
                       "--clip-frames", "40", "--decode")
@@ -96,7 +96,7 @@ def test_check_lists_damaged_videos_exits_0_while_some_usable(tmp_path: Path, ma
     assert "unreadable videos (2)" in result.stdout
     assert "clap/clap_b.avi: empty file" in result.stdout
     assert "wave/wave_a.avi:" in result.stdout
-    assert "3 of 5 videos usable (train 2/3, test 1/2)" in result.stdout
+    assert "3 of 5 videos usable (train 2/3, val 0/0, test 1/2)" in result.stdout
     assert "Traceback" not in result.stderr
 
 
@@ -115,7 +115,7 @@ def test_check_synthetic_without_root_builds_then_reuses_the_cached_set(tmp_path
     env = {"MTSEARCH_CACHE": str(tmp_path / "cache")}
     first = mtsearch("data", "check", "--dataset", "synthetic", env=env)
     assert first.returncode == 0, first.stderr
-    assert "240 of 240 videos usable (train 168/168, test 72/72), 6 classes" in first.stdout
+    assert "240 of 240 videos usable (train 132/132, val 36/36, test 72/72), 6 classes" in first.stdout
     built = tmp_path / "cache" / "synthetic" / f"v{VERSION}-seed0"
     assert str(built) in first.stdout
     stamp = (built / "synthetic.yaml").stat().st_mtime_ns

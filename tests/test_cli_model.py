@@ -67,3 +67,14 @@ def test_bad_branches_are_one_error_line_exit_2() -> None:
         assert result.returncode == 2
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: ") and "--branches" in lines[0]
+
+
+def test_plain_mtsearch_is_a_usage_error_and_ablate_takes_no_num_samples() -> None:
+    import subprocess
+    import sys
+
+    plain = subprocess.run([sys.executable, "-m", "mtsearch"], capture_output=True, text=True, timeout=60)
+    assert plain.returncode == 2 and "usage: mtsearch" in plain.stdout + plain.stderr
+    ablate = subprocess.run([sys.executable, "-m", "mtsearch", "ablate", "--help"], capture_output=True,
+                            text=True, timeout=60)
+    assert ablate.returncode == 0 and "--num-samples" not in ablate.stdout and "--repeats" in ablate.stdout

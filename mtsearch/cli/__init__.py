@@ -44,11 +44,12 @@ def _address_options(p: argparse.ArgumentParser) -> None:
                    help="give up on --address when no cluster answers within this time (default 30)")
 
 
-def _search_options(p: argparse.ArgumentParser) -> None:
+def _search_options(p: argparse.ArgumentParser, samples: bool = True) -> None:
     p.add_argument("--trials-dir", default="trials", help="where studies live (default: trials)")
     p.add_argument("--name", help="study name (overrides the file's `name`)")
-    p.add_argument("--num-samples", type=int, help="number of trials (overrides search.num_samples; "
-                   "with --resume, more than the study's extends it)")
+    if samples:  # a grid enumerates its trials: `ablate` takes --repeats instead
+        p.add_argument("--num-samples", type=int, help="number of trials (overrides search.num_samples; "
+                       "with --resume, more than the study's extends it)")
     p.add_argument("--max-concurrent", type=int, help="trials at once (overrides search.max_concurrent)")
     _address_options(p)
     p.add_argument("--data", metavar="ROOT", help="dataset root (overrides data.root)")
@@ -71,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("ablate", help="run a grid of configs x seeds")
     p.add_argument("space", metavar="GRID.yaml")
-    _search_options(p)
+    _search_options(p, samples=False)
     p.add_argument("--repeats", type=int, help="seeds per cell (overrides repeats; with --resume, "
                    "more than the study's adds seeds)")
     p.set_defaults(handler="run:cmd_ablate")
@@ -86,13 +87,15 @@ def _result_commands(sub: Any) -> None:
     """What reads a study: leaderboard, report, confirm, export, plot."""
     p = sub.add_parser("leaderboard", help="ranked table of a study's trials")
     p.add_argument("study", metavar="trials/NAME")
-    p.add_argument("--top", type=int, default=10)
-    p.add_argument("--format", choices=["table", "md", "csv", "json"], default="table")
+    p.add_argument("--top", type=int, default=10, help="rows to show (default 10)")
+    p.add_argument("--format", choices=["table", "md", "csv", "json"], default="table",
+                   help="table for people (default); md, csv, json for machines (raw fractions)")
     p.set_defaults(handler="results:cmd_leaderboard")
 
     p = sub.add_parser("report", help="ablation table: mean, 95%% CI, paired deltas")
     p.add_argument("study", metavar="trials/NAME")
-    p.add_argument("--format", choices=["table", "md", "csv", "json"], default="table")
+    p.add_argument("--format", choices=["table", "md", "csv", "json"], default="table",
+                   help="table for people (default); md, csv, json for machines (raw fractions)")
     p.set_defaults(handler="results:cmd_report")
 
     p = sub.add_parser("confirm", help="race a study's top configurations over seeds")
@@ -134,9 +137,9 @@ def _run_alone_commands(sub: Any) -> None:
     p.set_defaults(handler="train:cmd_train")
 
     p = sub.add_parser("model", help="the network stage by stage (like the thesis's Table 3.1)")
-    p.add_argument("--preset", default="thesis", help="thesis | small | tiny")
-    p.add_argument("--branches", default="cls,track,dir", help="e.g. cls,track")
-    p.add_argument("--num-classes", type=int, default=51)
+    p.add_argument("--preset", default="thesis", help="thesis | small | tiny (default thesis)")
+    p.add_argument("--branches", default="cls,track,dir", help="e.g. cls,track (default cls,track,dir)")
+    p.add_argument("--num-classes", type=int, default=51, help="default 51 (HMDB-51)")
     p.add_argument("--config", metavar="CONFIG.yaml", help="take preset, crop, clip and branches from a config")
     p.set_defaults(handler="model:cmd_model")
 
@@ -174,7 +177,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler = getattr(args, "handler", None)
     if handler is None:
         getattr(args, "_help", parser.print_help)()
-        return EXIT_INVALID if args.command else EXIT_OK
+        return EXIT_INVALID  # a command is missing: a usage error, as `mtsearch data` alone is
     module_name, func_name = handler.split(":")
     from mtsearch.errors import InvalidInput
 

@@ -50,12 +50,8 @@ def _size_mb(root: Path) -> float:
 
 def cmd_synth(args: argparse.Namespace) -> int:
     from mtsearch.data.datasets import load_index
-    from mtsearch.data.synthetic import (
-        CLASS_NAMES,
-        DEFAULT_CLASSES,
-        DEFAULT_VIDEOS_PER_CLASS,
-        write_synthetic,
-    )
+    from mtsearch.data.synthetic import DEFAULT_CLASSES, DEFAULT_VIDEOS_PER_CLASS, write_synthetic
+    from mtsearch.data.synthetic_video import MOTION_PAIRS
 
     classes = DEFAULT_CLASSES if args.classes is None else args.classes
     videos_per_class = (
@@ -71,8 +67,9 @@ def cmd_synth(args: argparse.Namespace) -> int:
     table = Table(title=f"synthetic set, seed {args.seed}, split 1")
     for column in ("id", "class", "time-reversal of", "train", "test"):
         table.add_column(column, justify="right" if column in ("id", "train", "test") else "left")
+    partners = {a: b for pair in MOTION_PAIRS for a, b in (pair, pair[::-1])}
     for label, name in enumerate(index.classes):
-        partner = CLASS_NAMES[CLASS_NAMES.index(name) ^ 1]
+        partner = partners.get(name, "itself")  # slide, spin, orbit, shake: their own reversal
         table.add_row(str(label), name, partner,
                       str(sum(v.label == label for v in index.train)),
                       str(sum(v.label == label for v in index.test)))
@@ -206,8 +203,11 @@ def cmd_check(args: argparse.Namespace) -> int:
                   f"({len(split.unparsed)}), each its own group for the validation split:[/] " + shown,
                   soft_wrap=True)
     how = "decoded in full" if args.decode else "headers, decoding where not conclusive"
+    in_val = [item.name in val_names for item in index.train]  # the table's train and val columns
+    val_usable = sum(c.usable for c, v in zip(train_checks, in_val) if v)
     out.print(f"{usable_train + usable_test} of {len(checks)} videos usable "
-              f"(train {usable_train}/{len(train_checks)}, test {usable_test}/{len(test_checks)}), "
+              f"(train {usable_train - val_usable}/{len(train_checks) - sum(in_val)}, "
+              f"val {val_usable}/{sum(in_val)}, test {usable_test}/{len(test_checks)}), "
               f"{len(index.classes)} classes; checked in {seconds:.1f} s ({how})",
               highlight=False, soft_wrap=True)
     if usable_train == 0 or usable_test == 0:

@@ -42,8 +42,8 @@ def _shape(shape: tuple[int, ...]) -> str:
 
 
 def _gmacs(macs: int) -> str:
-    gmacs = macs / 1e9
-    return f"{gmacs:.2f}" if gmacs >= 0.995 or gmacs == 0 else f"{gmacs:.3f}"
+    """One format for the whole column: two decimals (a stage under 0.005 GMACs reads 0.00)."""
+    return f"{macs / 1e9:.2f}"
 
 
 def cmd_model(args: argparse.Namespace) -> int:

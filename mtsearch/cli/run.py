@@ -45,10 +45,11 @@ def _run(args: argparse.Namespace, kind: str) -> int:
 
     spec = load_space(args.space, kind)
     repeats = getattr(args, "repeats", None)
-    spec = spec.with_cli(name=args.name, num_samples=args.num_samples, max_concurrent=args.max_concurrent,
+    num_samples = getattr(args, "num_samples", None)  # `run` only: a grid enumerates its trials
+    spec = spec.with_cli(name=args.name, num_samples=num_samples, max_concurrent=args.max_concurrent,
                          data_root=args.data, repeats=repeats)
     check_output_dir(Path(args.trials_dir) / spec.name, "--trials-dir")
-    if args.resume and args.num_samples is None and repeats is None:
+    if args.resume and num_samples is None and repeats is None:
         spec = with_study_count(spec, Path(args.trials_dir) / spec.name)
     _check_data_root(spec)
     console = Console()
@@ -126,7 +127,7 @@ def _resume_command(command: str, args: argparse.Namespace, name: str) -> str:
         parts += ["--address", args.address]
         if args.connect_timeout != 30.0:
             parts += ["--connect-timeout", f"{args.connect_timeout:g}"]
-    if args.num_samples is not None:
+    if getattr(args, "num_samples", None) is not None:
         parts += ["--num-samples", str(args.num_samples)]
     if getattr(args, "repeats", None) is not None:
         parts += ["--repeats", str(args.repeats)]
