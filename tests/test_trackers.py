@@ -92,6 +92,7 @@ def test_mlflow_holds_a_parent_and_one_child_per_trial(tmp_path: Path, capsys) -
     assert parent.data.tags["mtsearch.metric"] == "val_hit1" and parent.data.tags["mtsearch.mode"] == "max"
     assert parent.data.tags["mtsearch.selection"] == "val"
     assert [a.path for a in client.list_artifacts(parent.info.run_id)] == ["space.yaml"]
+    assert (tmp_path / "mlruns").is_dir()  # artifacts beside the sqlite database, not in the cwd
     children = {r.data.tags["mtsearch.trial_id"]: r for r in runs if r is not parent}
     status = {"completed": "FINISHED", "pruned": "KILLED", "error": "FAILED"}
     expected = _expected(study_dir)

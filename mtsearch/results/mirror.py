@@ -154,7 +154,7 @@ class MlflowSink:
         _reachable(uri)
         self.client = MlflowClient(tracking_uri=uri)
         self.study = study
-        self.experiment = study_experiment(self.client, study)
+        self.experiment = study_experiment(self.client, study, uri)
         self.parent = parent_run(self.client, self.experiment, study, {
             "metric": metric, "mode": mode, "path": str(Path(study_dir).resolve())}, study_dir / "space.yaml")
         self.runs: dict[str, str] = {}

@@ -54,7 +54,7 @@ def export_mlflow(study: Study, uri: str, race: Mapping[str, Any] | None = None,
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=uri)
-    experiment_id = study_experiment(client, study.name)
+    experiment_id = study_experiment(client, study.name, uri)
     parent = parent_run(client, experiment_id, study.name, {
         "metric": study.metric, "mode": study.mode, "selection": study.selection,
         "study_kind": "ablation" if study.is_ablation else "search", "path": str(study.path.resolve())},
@@ -70,10 +70,16 @@ def export_mlflow(study: Study, uri: str, race: Mapping[str, Any] | None = None,
     return MlflowExport(experiment_id, parent, runs)
 
 
-def study_experiment(client: Any, name: str) -> str:
-    """The MLflow experiment named after the study, made when there is none."""
+def study_experiment(client: Any, name: str, uri: str) -> str:
+    """The MLflow experiment named after the study, made when there is none. With a local sqlite
+    store its artifacts go beside the database (`mlruns/` there), not into the current folder."""
     experiment = client.get_experiment_by_name(name)
-    return experiment.experiment_id if experiment else client.create_experiment(name)
+    if experiment:
+        return experiment.experiment_id
+    location = None
+    if uri.startswith("sqlite:///"):
+        location = (Path(uri[len("sqlite:///"):]).parent / "mlruns").resolve().as_uri()
+    return client.create_experiment(name, artifact_location=location)
 
 
 def _find(client: Any, experiment_id: str, tags: Mapping[str, str]) -> str | None:
