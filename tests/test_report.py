@@ -303,9 +303,8 @@ def test_leaderboard_ranks_scored_trials_and_lists_failures_apart(tmp_path: Path
     board = report.leaderboard(study)
     assert [r["trial_id"] for r in board.rows] == ["a2", "a6", "a0", "a4", "a7", "a1", "a3"]
     assert [r["rank"] for r in board.rows] == list(range(1, 8))
-    assert board.rows[0]["val_hit1"] == 0.61 and board.rows[0]["final_val_hit1"] == pytest.approx(
-        0.59
-    )
+    # ranked by the final score (what Optuna was told); the best epoch is its own column
+    assert board.rows[0]["val_hit1"] == pytest.approx(0.59) and board.rows[0]["best_val_hit1"] == 0.61
     assert board.rows[0]["loss.w_track"] == 60.0
     assert board.rows[-1]["status"] == "pruned"
     assert [u["trial_id"] for u in board.unranked] == ["a5"]
@@ -344,11 +343,11 @@ def test_leaderboard_renderings(tmp_path: Path) -> None:
     parsed = json.loads(render.leaderboard_json(board))
     assert parsed["rows"][0]["trial_id"] == "a2" and parsed["metric"] == "val_hit1"
     lines = render.leaderboard_csv(board).splitlines()
-    assert lines[0].split(",")[:5] == ["rank", "trial_id", "status", "val_hit1", "final_val_hit1"]
+    assert lines[0].split(",")[:5] == ["rank", "trial_id", "status", "val_hit1", "best_val_hit1"]
     assert "loss.w_track" in lines[0] and len(lines) == 5
     md = render.leaderboard_markdown(board)
     assert (
-        "| rank | trial_id |" in md and "| 1 | a2 | completed | 61.0 | 59.0 |" in md
+        "| rank | trial_id |" in md and "| 1 | a2 | completed | 59.0 | 61.0 |" in md
     )  # percent points
 
 
@@ -505,3 +504,15 @@ def test_param_importances_too_few_or_missing(tmp_path: Path) -> None:
     assert imps.values == {} and "at least 4 completed trials (has 3)" in imps.reason
     none = write_search_study(tmp_path, name="nodb", optuna_db=False)
     assert "no Optuna study" in importance.param_importances(report.load_study(none)).reason
+
+
+def test_the_leaderboard_ranks_by_the_final_score_optuna_was_told(tmp_path: Path) -> None:
+    """A trial whose best epoch is higher but whose final epoch is lower ranks below the other:
+    the leaderboard, export's rank 1 and Optuna see one score."""
+    trials = [("b1", "completed", 10.0, 1.0, 0.70, 3), ("b2", "completed", 20.0, 2.0, 0.65, 3)]
+    study = report.load_study(write_search_study(tmp_path, trials=trials, optuna_db=False))
+    # epochs: best at epoch 2, and _epoch_rows ends each curve 0.02 below its best; push b1's end down
+    study.epochs["b1"][-1]["val_hit1"] = 0.40
+    board = report.leaderboard(study)
+    assert [r["trial_id"] for r in board.rows] == ["b2", "b1"]
+    assert board.rows[1]["best_val_hit1"] == pytest.approx(0.70) and board.rows[1]["val_hit1"] == pytest.approx(0.40)

@@ -73,7 +73,7 @@ def _json_text(data: Any) -> str:
 
 
 def leaderboard_columns(board: Leaderboard) -> list[str]:
-    cols = ["rank", "trial_id", "status", board.metric, f"final_{board.metric}", "test_hit1"]
+    cols = ["rank", "trial_id", "status", board.metric, f"best_{board.metric}", "test_hit1"]
     if any("cell" in r for r in board.rows):
         cols.append("cell")
     return cols + board.params + ["seed", "epochs_done", "best_epoch", "wall_s"]
@@ -82,9 +82,11 @@ def leaderboard_columns(board: Leaderboard) -> list[str]:
 def leaderboard_cells(board: Leaderboard) -> tuple[list[str], list[list[str]]]:
     """Header and rows of strings for tables (metric in percent when it is a hit rate)."""
     cols = leaderboard_columns(board)
-    metric_cols = (board.metric, f"final_{board.metric}", "test_hit1")
+    metric_cols = (board.metric, f"best_{board.metric}", "test_hit1")
     scale, unit = display_scale(board.metric, [r.get(board.metric) for r in board.rows])
     header = [f"{c} ({unit})" if unit and c in metric_cols else c for c in cols]
+    best = cols.index(f"best_{board.metric}")
+    header[best] += " optimistic"  # a maximum over epochs
     body = []
     for row in board.rows:
         line = []
@@ -105,7 +107,8 @@ def leaderboard_footer(board: Leaderboard) -> list[str]:
     order = direction(board.mode).extreme
     total = sum(board.counts.values())
     lines = [
-        f"{board.total_ranked} ranked of {total} trials ({counts}); ranked by {order} {board.metric}"
+        f"{board.total_ranked} ranked of {total} trials ({counts}); ranked by {order} {board.metric} at "
+        f"the last evaluated epoch (what Optuna was told); best_{board.metric} is the best epoch, optimistic"
     ]
     if board.selection_note:
         lines.append(board.selection_note)

@@ -151,16 +151,16 @@ def cmd_export(args: argparse.Namespace) -> int:
         source, trial = study, report.ranked_trial(study, args.rank)
         winner = None
         board = report.leaderboard(study)
-        what = (f"the best {study.metric} over epochs of rank {args.rank} of {board.total_ranked} ranked trials "
+        what = (f"the final {study.metric} (last evaluated epoch) of rank {args.rank} of {board.total_ranked} ranked trials "
                 f"in study {study.path} (one seed each)")
         flat = report.trial_config(study, trial).to_flat()
         winner = next((c for c in (race or {}).get("contenders", []) if _matches(flat, c["values"])), None)
     cfg = report.trial_config(source, trial)
-    score = report.fmt_number(report.best_score(source, trial))
+    score = report.fmt_number(report.final_score(source, trial))
     how = "--from-confirm" if args.from_confirm else f"--rank {args.rank}"
     header = (
         f"# exported by `mtsearch export {study.path} {how}`: trial {trial.get('trial_id')}, "
-        f"status {trial.get('status')}, best {study.metric} {score}\n"
+        f"status {trial.get('status')}, final {study.metric} {score}\n"
     )
     confirmed = summarize(winner["scores"].values()) if winner is not None else None
     card = render_card(source, trial, cfg, yaml_path=out, selected_by=what, confirmed=confirmed,

@@ -146,7 +146,7 @@ def _leaderboard(progress: Any, top: int) -> Table:
     table.add_column("#", justify="right")
     table.add_column("trial")
     table.add_column("status")
-    table.add_column(f"best {progress.metric}", justify="right")
+    table.add_column(f"{progress.metric}", justify="right")  # at the last evaluated epoch
     table.add_column("epochs", justify="right")
     for key in progress.searched_keys:
         table.add_column(key, justify="right")

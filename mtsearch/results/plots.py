@@ -16,7 +16,7 @@ from mtsearch.files import write_atomic
 from mtsearch.metrics import MAXIMISE, display_scale, title
 from mtsearch.metrics import label as metric_label
 from mtsearch.results.ablation import ablation, short_labels
-from mtsearch.results.report import Study, best_score, final_score, leaderboard, param_display_value
+from mtsearch.results.report import Study, final_score, leaderboard, param_display_value
 
 KEY_NAMES = {
     "loss.w_track": "w_track (w1, tracking loss weight)",
@@ -152,13 +152,14 @@ def _curve_legend(ax: Any, study: Study) -> None:
 def weights_scatter(
     study: Study, path: Path, x_key: str = "loss.w_track", y_key: str = "loss.w_dir"
 ) -> Path | None:
-    """w_track × w_dir on log axes, coloured by each trial's best metric; the best trial starred."""
+    """w_track × w_dir on log axes, coloured by each trial's final metric (the score it is ranked
+    by); the top trial starred."""
     points, failed = [], []
     for trial in study.trials:
         x, y = trial.get(x_key), trial.get(y_key)
         if not isinstance(x, (int, float)) or not isinstance(y, (int, float)) or x <= 0 or y <= 0:
             continue
-        score = best_score(study, trial)
+        score = final_score(study, trial)
         if score is None or trial.get("status") in ("error", "diverged"):
             failed.append((x, y))
         else:
@@ -191,7 +192,7 @@ def weights_scatter(
                 marker="o" if not pruned else "s",
                 label="pruned by ASHA (faded squares)" if pruned else "completed / running",
             )
-        fig.colorbar(sc, ax=ax, label=f"best {metric_label(study.metric, unit)}")
+        fig.colorbar(sc, ax=ax, label=f"final {metric_label(study.metric, unit)}")
         best = max(points, key=lambda p: study.direction.key(p[2]))
         ax.scatter(
             [best[0]],
@@ -268,7 +269,7 @@ def parallel_coordinates(study: Study, path: Path) -> Path | None:
 
     rows = []
     for trial in study.trials:
-        score = best_score(study, trial)
+        score = final_score(study, trial)
         if score is None or trial.get("status") in ("error", "diverged"):
             continue
         rows.append((trial, score))
@@ -318,10 +319,10 @@ def parallel_coordinates(study: Study, path: Path) -> Path | None:
     fig.colorbar(
         ScalarMappable(norm=norm, cmap=cmap if study.direction == MAXIMISE else cmap.reversed()),
         ax=ax,
-        label=f"best {metric_label(study.metric, unit)}",
+        label=f"final {metric_label(study.metric, unit)}",
     )
     ax.set_title(
-        f"{study.name}: searched keys against best {title(study.metric)}\n"
+        f"{study.name}: searched keys against final {title(study.metric)}\n"
         f"one line per scored trial ({len(rows)}), pruned trials faded",
         fontsize=10,
     )

@@ -166,7 +166,7 @@ class Leaderboard:
     metric: str
     mode: str
     params: list[str]
-    rows: list[dict[str, Any]]  # rank, trial_id, status, <metric>, final, <params...>, seed, ...
+    rows: list[dict[str, Any]]  # rank, trial_id, status, <metric> (final), best_<metric>, <params...>, ...
     unranked: list[dict[str, Any]]  # trial_id, status, error, epochs_done
     counts: dict[str, int]
     total_ranked: int
@@ -184,14 +184,16 @@ def param_display_value(value: Any) -> Any:
 
 
 def leaderboard(study: Study, top: int | None = None) -> Leaderboard:
-    """Trials ranked by the study metric (best per `mode`); ties keep trial order."""
+    """Trials ranked by the study metric at their last evaluated epoch (the score Optuna was told,
+    and the one `confirm` races on); ties keep trial order. The best epoch is a column of its own:
+    a maximum over evaluation noise, so optimistic."""
     counts: dict[str, int] = {}
     scored: list[tuple[float, int, dict[str, Any]]] = []
     unranked: list[dict[str, Any]] = []
     for order, trial in enumerate(study.trials):
         status = str(trial.get("status"))
         counts[status] = counts.get(status, 0) + 1
-        score = best_score(study, trial)
+        score = final_score(study, trial)
         if not is_ranked(status, score):
             unranked.append(
                 {
@@ -211,7 +213,7 @@ def leaderboard(study: Study, top: int | None = None) -> Leaderboard:
             "trial_id": str(trial.get("trial_id")),
             "status": trial.get("status"),
             study.metric: score,
-            f"final_{study.metric}": final_score(study, trial),
+            f"best_{study.metric}": best_score(study, trial),
             "test_hit1": trial.get("test_hit1"),
         }
         if trial.get("cell") is not None:

@@ -303,11 +303,10 @@ def _trial_error(trial: Any) -> str | None:
 
 
 def _score(spec: SpaceSpec, store: StudyStore, trial_id: str) -> float | None:
+    """The metric at the trial's last evaluated epoch so far: what Optuna and ASHA are told."""
     values = [r.get(spec.metric) for r in store.trial_epochs(trial_id)]
     values = [v for v in values if v is not None]
-    if not values:
-        return None
-    return direction(spec.mode).best(values)
+    return values[-1] if values else None
 
 
 def snapshot(live: Live) -> SearchProgress:
