@@ -154,3 +154,21 @@ def test_plot_prints_the_paths(capsys, grid_study: Path) -> None:
     paths = [Path(line) for line in out.splitlines()]
     assert code == 0 and [p.name for p in paths] == ["learning_curves.png", "ablation_bars.png"]
     assert all(p.parent == grid_study / "plots" and p.stat().st_size > 10_000 for p in paths)
+
+
+def test_a_100_column_leaderboard_never_breaks_an_id_or_a_status(tmp_path: Path) -> None:
+    from rich.console import Console
+    from test_report import write_search_study
+
+    from mtsearch.cli.results import _print_leaderboard
+    from mtsearch.results import report
+
+    trials = [(f"11cd87fb_{i:05d}", status, 10.0 + i, 1.0 + i, 0.5 + i / 100, 3)
+              for i, status in enumerate(["completed", "pruned", "completed"])]
+    board = report.leaderboard(report.load_study(write_search_study(tmp_path, trials=trials, optuna_db=False)))
+    console = Console(width=100, record=True, force_terminal=False)
+    _print_leaderboard(console, board)
+    text = console.export_text()
+    for row in board.rows:
+        assert row["trial_id"] in text and row["status"] in text, text
+    assert max(len(line) for line in text.splitlines()) <= 100

@@ -27,14 +27,20 @@ def _console() -> Any:
     return console
 
 
+WHOLE = ("rank", "trial_id", "status")  # never folded: a broken id or status misreads
+
+
 def _rich_table(
     title: str, header: Sequence[str], rows: Sequence[Sequence[str]], numeric: Sequence[bool]
 ) -> Any:
     from rich.table import Table
 
     table = Table(title=title, title_justify="left", header_style="bold")
-    for name, right in zip(header, numeric):
-        table.add_column(name, justify="right" if right else "left", overflow="fold")
+    for i, (name, right) in enumerate(zip(header, numeric)):
+        whole = name in WHOLE
+        width = max([len(name), *(len(str(r[i])) for r in rows)]) if whole else None
+        table.add_column(name, justify="right" if right else "left", overflow="fold", no_wrap=whole,
+                         min_width=width)
     for row in rows:
         table.add_row(*row)
     return table
