@@ -78,6 +78,8 @@ class GpuOutOfMemory(Exception):
 _STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO})
 _STORAGE_TEXTS = ("No space left on device", "Disk quota exceeded", "Read-only file system",
                   "Input/output error")
+# other libraries' words for the same faults: SQLite (Optuna's optuna.db) says this for ENOSPC
+_STORAGE_SYNONYMS = {"database or disk is full": "No space left on device"}
 
 
 class StorageFull(Exception):
@@ -118,6 +120,9 @@ def storage_failure(exc: BaseException) -> StorageFull | None:
         for reason in _STORAGE_TEXTS:
             if reason in text:
                 return StorageFull(getattr(current, "filename", None), reason)
+        for words, reason in _STORAGE_SYNONYMS.items():
+            if words in text:
+                return StorageFull(None, reason)
         current = current.__cause__ or current.__context__
     return None
 

@@ -253,3 +253,21 @@ def test_a_full_disk_stops_the_search_cleanly_and_resume_finishes_it(tmp_path: P
     assert len(keys) == len(set(keys)) == 16  # nothing lost, nothing doubled
     assert {(r["trial_id"], r["epoch"]) for r in before} <= set(keys)
     assert _optuna_states(study, "full") == ["COMPLETE"] * 4
+
+
+def test_sqlite_running_out_of_disk_is_a_storage_fault() -> None:
+    """Optuna's optuna.db says "database or disk is full" (wrapped in its own error, then in
+    Tune's): a full disk, which stops the study for --resume, not a traceback."""
+    import sqlite3
+
+    from mtsearch.errors import storage_failure
+
+    try:
+        try:
+            raise sqlite3.OperationalError("database or disk is full")
+        except sqlite3.OperationalError as inner:
+            raise RuntimeError("An exception is raised during the commit") from inner
+    except RuntimeError as exc:
+        disk = storage_failure(exc)
+    assert disk is not None and disk.render("mtsearch run x.yaml --resume").startswith("disk full")
+    assert storage_failure(RuntimeError("database is locked")) is None
