@@ -60,14 +60,18 @@ def config_version(record: Mapping[str, Any], source: str | Path = "<config>") -
 
 def upgrade_config(record: Mapping[str, Any], source: str | Path = "<config>") -> dict[str, Any]:
     """A recorded config as today's dotted keys, every era's meaning kept."""
-    version = config_version(record, source)
-    flat = flatten_keys(unstamped(record), source)
+    return _upgraded(flatten_keys(unstamped(record), source), config_version(record, source))
+
+
+def _upgraded(flat: dict[str, Any], version: int) -> dict[str, Any]:
+    """Dotted config keys of a record of `version`, one step per era since (a config, or a study's
+    base in its space.yaml)."""
     if version < VALIDATION:
         flat = {**flat, **TEST_PROTOCOL}
     if version < TRACKING_KEYS:
         flat = _with_thesis_tracking(flat)
-    if version < CLOSEST_SPLIT:
-        flat = {"data.val_carving": "greedy", **flat}
+    if version < CLOSEST_SPLIT and flat.get("data.val_carving") is None:
+        flat = {**flat, "data.val_carving": "greedy"}
     return flat
 
 
@@ -118,14 +122,7 @@ def upgrade_space(data: Any, source: str | Path) -> Any:
         version = RECORD_VERSION
     data = unstamped(data)
     if isinstance(base, Mapping):
-        flat = flatten_keys(base, source)
-        if version < VALIDATION:
-            flat = {**flat, **TEST_PROTOCOL}
-        if version < TRACKING_KEYS:
-            flat = _with_thesis_tracking(flat)
-        if version < CLOSEST_SPLIT and flat.get("data.val_carving") is None:
-            flat = {**flat, "data.val_carving": "greedy"}
-        data["base"] = flat
+        data["base"] = _upgraded(flatten_keys(base, source), version)
     return data
 
 

@@ -107,8 +107,8 @@ def _mirror_list(value: Any) -> tuple[str, ...]:
     if not isinstance(items, (list, tuple)) or not all(isinstance(v, str) for v in items):
         raise ValueError("expected a list of tensorboard, mlflow")
     for item in items:
-        if item not in ("tensorboard", "mlflow"):
-            raise ValueError(f"must be tensorboard or mlflow{did_you_mean(item, ('tensorboard', 'mlflow'))}")
+        if item not in MIRRORS:
+            raise ValueError(f"must be tensorboard or mlflow{did_you_mean(item, MIRRORS)}")
     return tuple(dict.fromkeys(items))
 
 

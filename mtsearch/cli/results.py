@@ -213,14 +213,13 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
-TRACKERS = ("tensorboard", "mlflow")
-
-
 def _export_to_tracker(args: argparse.Namespace) -> int:
     """`export --to tensorboard DIR` / `--to mlflow URI`: the whole study, every trial a run."""
     tracker, dest = args.to
-    if tracker not in TRACKERS:
-        raise InvalidInput(None, "--to", f"must be one of {', '.join(TRACKERS)}", tracker)
+    from mtsearch.settings import MIRRORS
+
+    if tracker not in MIRRORS:
+        raise InvalidInput(None, "--to", f"must be one of {', '.join(MIRRORS)}", tracker)
     if args.out or args.from_confirm or args.rank != 1:
         raise InvalidInput(None, "--to", "exports the whole study; it takes no --out, --rank or --from-confirm")
     if tracker == "tensorboard":
