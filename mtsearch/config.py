@@ -20,6 +20,10 @@ from mtsearch.presets import BRANCHES, PRESETS, Preset, normalize_branches, trac
 from mtsearch.values import as_float, as_int, at_least, non_negative, one_of, positive
 from mtsearch.yamlio import dump_yaml, read_yaml
 
+# the keys that change a tensor's shape: trials equal in all of them may train fused in one
+# process (train/fused.py) and share one memory probe (search/packing.py)
+SHAPE_KEYS: tuple[str, ...] = ("model.preset", "optim.batch_size", "data.crop", "data.clip_frames",
+                               "model.branches", "track.patch", "track.past_frames")
 # keys whose default (None) the preset decides: `resolved()` writes them out
 DERIVED_KEYS: tuple[str, ...] = (
     "data.crop", "track.patch", "data.short_side", "eval.batch_size", "optim.lr",

@@ -19,14 +19,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mtsearch.config import TrialConfig
+from mtsearch.config import SHAPE_KEYS, TrialConfig
 from mtsearch.distributions import expand_params, factor_keys
 from mtsearch.files import write_atomic
 from mtsearch.space import SpaceSpec
 
 # the keys that change a step's tensors; a range (`int`) is probed at its high end
-SHAPE_KEYS = ("model.preset", "optim.batch_size", "data.crop", "data.clip_frames",
-              "model.branches", "track.patch", "track.past_frames")
 MARGIN = 0.15  # on top of the measured peak: allocator growth over an epoch, an evaluation
 CONTEXT_GIB = 0.75  # per process and outside the allocator: CUDA context, cuBLAS/cuDNN handles
 PROBE_CLASSES = 101  # the classifier's width hardly matters; the largest standard dataset's

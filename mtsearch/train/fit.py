@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,7 +44,14 @@ from mtsearch.train.device import (
     seed_everything,
 )
 from mtsearch.train.evaluate import evaluate, evaluate_once, named
-from mtsearch.train.step import Diverged, OnBatch, build_training, step_lr_scheduler, train_epoch
+from mtsearch.train.step import (
+    Diverged,
+    OnBatch,
+    Training,
+    build_training,
+    step_lr_scheduler,
+    train_epoch,
+)
 
 OnEpoch = Callable[[dict[str, Any], "Path | None"], "bool | None"]
 
@@ -76,10 +84,38 @@ def fit(
 
     `log` gets progress notes, `warn` (default: `log`) the videos skipped as unreadable.
     """
+    say = log or (lambda msg: None)
+    run = prepare_run(cfg, out_dir, resume=resume, say=say, warn=warn or say)
+    return train_epochs(run, on_epoch=on_epoch, on_batch=on_batch, say=say)
+
+
+@dataclass
+class TrialRun:
+    """One trial between its epochs: built once by `prepare_run` (data, network, optimiser, the
+    checkpoint it resumes), then trained by `train_epochs`. `fit` runs one; `fused.fit_fused`
+    runs several side by side in one process."""
+
+    cfg: TrialConfig  # resolved, with a resumed run's recorded defaults
+    device: torch.device
+    ckpt_dir: Path | None
+    training: Training
+    train_set: Any
+    eval_set: Any  # what evaluations during training (ASHA, Optuna, best_epoch) see
+    test_set: Any  # met once, by the final weights
+    train_loader: Any
+    eval_loader: Any
+    history: list[dict[str, Any]]
+    start_epoch: int
+
+
+def prepare_run(
+    cfg: TrialConfig, out_dir: str | Path | None, *, resume: bool,
+    say: Callable[[str], None], warn: Callable[[str], None],
+) -> TrialRun:
+    """Everything a trial builds before its first epoch, in the order that fixes its random
+    state: the data, then the weights from `seed`, then a checkpoint's state over them."""
     from mtsearch.data.clips import make_loader
 
-    say = log or (lambda msg: None)
-    warn = warn or say
     ckpt_dir = Path(out_dir) / "checkpoint" if out_dir is not None else None
     ckpt_file = ckpt_dir / CHECKPOINT_FILE if ckpt_dir is not None else None
     state = read_checkpoint(ckpt_file) if resume and ckpt_file is not None and ckpt_file.exists() else None
@@ -89,16 +125,14 @@ def fit(
     device = pick_device(cfg.device)
     configure_torch(device, cfg.threads)
     train_set, val_set, test_set, num_classes = load_clips(cfg, warn)
-    # what evaluations during training (ASHA, Optuna, best_epoch) see; the test split once at the end
     eval_set = val_set if cfg.selection == "val" else test_set
 
     seed_everything(cfg.seed)
     training = build_training(cfg, num_classes, device, warn)
-    model, optimizer, scheduler, step = training.model, training.optimizer, training.scheduler, training.step
     history: list[dict[str, Any]] = []
     start_epoch = 1
     if state is not None:
-        restore(state, ckpt_file, cfg, model, optimizer, scheduler)
+        restore(state, ckpt_file, cfg, training.model, training.optimizer, training.scheduler)
         history = list(state["history"])
         start_epoch = state["epoch"] + 1
         say(f"resuming from epoch {state['epoch']} ({ckpt_dir})")
@@ -106,27 +140,49 @@ def fit(
     workers = loader_workers(cfg, device)
     train_loader = make_loader(train_set, cfg.optim.batch_size, True, workers, device, cfg.seed)
     eval_loader = make_loader(eval_set, cfg.eval_batch_size, False, workers, device, cfg.seed)
+    return TrialRun(cfg, device, ckpt_dir, training, train_set, eval_set, test_set,
+                    train_loader, eval_loader, history, start_epoch)
 
+
+def train_epochs(
+    run: TrialRun, *, on_epoch: OnEpoch | None, on_batch: OnBatch | None,
+    say: Callable[[str], None], warmup: AbstractContextManager[Any] | None = None,
+) -> FitResult:
+    """The epochs from `run.start_epoch` on: train, step the schedule, evaluate, checkpoint and
+    report each; stops early when `on_epoch` returns False or the loss is not finite.
+
+    `warmup` (fused slots on a GPU: a lock they share) is held through the epochs that compile,
+    autotune or capture something new (the first, the first evaluated one and the last), which
+    must not run in two threads at once.
+    """
+    cfg, device, ckpt_dir = run.cfg, run.device, run.ckpt_dir
+    model, optimizer, scheduler, step = (run.training.model, run.training.optimizer,
+                                         run.training.scheduler, run.training.step)
+    history = run.history
     status, error = "completed", None
-    for epoch in range(start_epoch, cfg.optim.epochs + 1):
-        seed_everything(cfg.seed * 100_003 + epoch)
-        train_set.set_epoch(epoch)
-        if model.track_trains_trunk != (epoch > cfg.track.warmup_epochs):
-            model.track_trains_trunk = epoch > cfg.track.warmup_epochs
-            step.forget_graph()  # a captured step would keep the warm-up's detached trunk
-        t0 = time.perf_counter()
-        try:
-            train_stats = train_epoch(step, model, train_loader, cfg, epoch, on_batch)
-        except Diverged as exc:
-            status, error = "diverged", str(exc)
-            say(f"epoch {epoch}: {error}")
-            break
-        step_lr_scheduler(scheduler, optimizer, train_stats["loss"])
+    evaluated = False
+    for epoch in range(run.start_epoch, cfg.optim.epochs + 1):
         do_eval = epoch % cfg.eval.every == 0 or epoch == cfg.optim.epochs
-        val = evaluate(model, eval_loader, cfg, device) if do_eval and len(eval_set) else {}
-        test = {}
-        if epoch == cfg.optim.epochs:  # the final weights meet the test split once
-            test = val if eval_set is test_set else evaluate_once(model, test_set, cfg, device)
+        new_work = epoch in (run.start_epoch, cfg.optim.epochs) or (do_eval and not evaluated)
+        evaluated = evaluated or do_eval
+        with (warmup if warmup is not None and new_work else nullcontext()):
+            seed_everything(cfg.seed * 100_003 + epoch)
+            run.train_set.set_epoch(epoch)
+            if model.track_trains_trunk != (epoch > cfg.track.warmup_epochs):
+                model.track_trains_trunk = epoch > cfg.track.warmup_epochs
+                step.forget_graph()  # a captured step would keep the warm-up's detached trunk
+            t0 = time.perf_counter()
+            try:
+                train_stats = train_epoch(step, model, run.train_loader, cfg, epoch, on_batch)
+            except Diverged as exc:
+                status, error = "diverged", str(exc)
+                say(f"epoch {epoch}: {error}")
+                break
+            step_lr_scheduler(scheduler, optimizer, train_stats["loss"])
+            val = evaluate(model, run.eval_loader, cfg, device) if do_eval and len(run.eval_set) else {}
+            test = {}
+            if epoch == cfg.optim.epochs:  # the final weights meet the test split once
+                test = val if run.eval_set is run.test_set else evaluate_once(model, run.test_set, cfg, device)
         metrics = _epoch_row(epoch, train_stats, val, test, optimizer, time.perf_counter() - t0)
         history.append(metrics)
         metrics = {**metrics, "peak_mem_gib": peak_memory_gib(device), "device": device_label(device)}
