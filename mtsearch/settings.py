@@ -24,6 +24,7 @@ class SearchSettings:
     num_samples: int = 16
     max_concurrent: int = 2
     seed: int = 0
+    seeds_per_trial: int = 1  # a sampled configuration trains this many seeds, fused; their mean scores
 
 
 @dataclass(frozen=True)
@@ -36,11 +37,17 @@ class SchedulerSettings:
 AUTO = "auto"
 
 
+def seeds_of(seed: int, count: int) -> list[int]:
+    """The seeds of one configuration under `search.seeds_per_trial: count`: seed .. seed + count - 1."""
+    return [seed + k for k in range(count)]
+
+
 @dataclass(frozen=True)
 class Resources:
     cpus_per_trial: float = 1.0
     gpus_per_trial: float | str = AUTO  # a fraction, whole GPUs, or AUTO: sized from memory
     max_trials_per_gpu: int = 8  # the cap on AUTO's packing (and on OOM retries' neighbours)
+    fuse: int | str = AUTO  # trials per process and step (train/fused.py): AUTO, 1 (off) or K
 
     @property
     def auto(self) -> bool:
@@ -92,6 +99,30 @@ def _gpu_share(v: float | str) -> str | None:
     return None
 
 
+def _fuse(value: Any) -> int | str:
+    """`auto` or a number of trials per process."""
+    if value == AUTO:
+        return AUTO
+    try:
+        return as_int(value)
+    except ValueError:
+        raise ValueError("expected auto, 1 (off) or a number of trials per process") from None
+
+
+def _fuse_count(value: int | str) -> str | None:
+    if value == AUTO:
+        return None
+    assert isinstance(value, int)
+    if value < 1:
+        return "must be auto, 1 (off) or a number of trials per process"
+    if value > 1:
+        # the trainer fuses (train/fused.py), but one Optuna trial and one ASHA decision per slot
+        # inside one Ray trial are not wired yet; a configuration's seeds are (seeds_per_trial)
+        return ("fusing independent trials in a search is not available yet; use auto or 1 "
+                "(search.seeds_per_trial: N trains a configuration's N seeds fused)")
+    return None
+
+
 def _text(value: Any) -> str:
     if not isinstance(value, str):
         raise ValueError("expected a string")
@@ -118,6 +149,7 @@ SETTINGS: dict[str, dict[str, SettingField]] = {
         "num_samples": SettingField(16, as_int, at_least(1)),
         "max_concurrent": SettingField(2, as_int, at_least(1)),
         "seed": SettingField(0, as_int, at_least(0)),
+        "seeds_per_trial": SettingField(1, as_int, at_least(1)),
     },
     "scheduler": {
         "type": SettingField("asha", _text, one_of(SCHEDULERS)),
@@ -128,6 +160,7 @@ SETTINGS: dict[str, dict[str, SettingField]] = {
         "cpus_per_trial": SettingField(1.0, as_float, positive),
         "gpus_per_trial": SettingField(AUTO, _gpus, _gpu_share),
         "max_trials_per_gpu": SettingField(8, as_int, at_least(1)),
+        "fuse": SettingField(AUTO, _fuse, _fuse_count),
     },
     "failure": {
         "max_failures": SettingField(0, as_int, at_least(0)),  # the configuration's own failures
@@ -176,6 +209,9 @@ def _settings(
 
 def read_search(raw: Any, source: str, ablation: bool) -> SearchSettings:
     allowed = ("max_concurrent",) if ablation else None  # a grid file enumerates its trials
+    if ablation and isinstance(raw, Mapping) and "seeds_per_trial" in raw:
+        raise InvalidInput(source, "search.seeds_per_trial", "a grid file repeats its cells over seeds "
+                           "with `repeats: N`")
     values = _settings(raw, "search", source, allowed, algorithm="grid" if ablation else "tpe")
     if values["algorithm"] == "cmaes" and importlib.util.find_spec("cmaes") is None:
         raise InvalidInput(source, "search.algorithm",

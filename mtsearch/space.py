@@ -189,6 +189,7 @@ class SpaceSpec:
                 "num_samples": self.total_trials if self.is_enumerated else self.search.num_samples,
                 "max_concurrent": self.search.max_concurrent,
                 "seed": self.search.seed,
+                "seeds_per_trial": self.search.seeds_per_trial,
             },
             "scheduler": {
                 "type": self.scheduler.type,
@@ -199,6 +200,7 @@ class SpaceSpec:
                 "cpus_per_trial": self.resources.cpus_per_trial,
                 "gpus_per_trial": self.resources.gpus_per_trial,
                 "max_trials_per_gpu": self.resources.max_trials_per_gpu,
+                "fuse": self.resources.fuse,
             },
             "failure": {"max_failures": self.max_failures, "max_restarts": self.max_restarts},
             "storage": {"keep_checkpoints": self.storage.keep_checkpoints,
@@ -206,7 +208,8 @@ class SpaceSpec:
                             "mlflow_uri": self.storage.mlflow_uri} if self.storage.mirror else {})},
         }
         if self.is_ablation:
-            del out["search"]["algorithm"], out["search"]["seed"], out["search"]["num_samples"]
+            for key in ("algorithm", "seed", "num_samples", "seeds_per_trial"):
+                del out["search"][key]
             out["grid"] = {k: [plain(v) for v in d.values] for k, d in self.space.items()}  # tied: lists
             out["repeats"] = self.repeats
             if self.reference is not None:
@@ -314,6 +317,9 @@ def space_from_mapping(
             raise InvalidInput(source, "grid.seed", "set either `repeats` (seeds 0..N-1) or a seed grid, not both")
     else:
         space = space_section(data.get("space"), source, search.algorithm)
+        if search.seeds_per_trial > 1 and "seed" in space:
+            raise InvalidInput(source, "space.seed", "set either search.seeds_per_trial (each configuration "
+                               "trains seeds base.seed .. base.seed + N - 1) or a searched seed, not both")
 
     check_space_values(space, base, source, "grid" if kind == ABLATION else "space")
     spec = SpaceSpec(

@@ -31,7 +31,7 @@ from mtsearch.space import space_from_mapping
 REPO = Path(__file__).resolve().parents[1]
 SPEC_TRIAL_COLUMNS = {"trial_id", "status", "error", "seed", "epochs_done", "best_epoch", "best_val_hit1",
                       "best_val_hit5", "test_hit1", "test_hit5", "wall_s", "peak_mem_gib", "gpu_share",
-                      "device", "restarts", "machine_fault", "config"}
+                      "device", "restarts", "machine_fault", "fuse_group", "fuse_k", "config"}
 SPEC_EPOCH_COLUMNS = ["trial_id", "epoch", "loss", "loss_cls", "loss_track", "loss_dir", "train_hit1", "val_hit1",
                       "val_hit5", "dir_acc", "lr", "epoch_s", "clips_per_s", "data_wait", "test_hit1",
                       "test_hit5", "track_feat_cos", "track_err_px", "track_gain", "cycle_gain"]

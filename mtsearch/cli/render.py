@@ -73,7 +73,10 @@ def _json_text(data: Any) -> str:
 
 
 def leaderboard_columns(board: Leaderboard) -> list[str]:
-    cols = ["rank", "trial_id", "status", board.metric, f"best_{board.metric}", "test_hit1"]
+    cols = ["rank", "trial_id", "status", board.metric]
+    if any("ci95" in r for r in board.rows):  # configurations of several seeds: their mean's interval
+        cols.append("ci95")
+    cols += [f"best_{board.metric}", "test_hit1"]
     if any("cell" in r for r in board.rows):
         cols.append("cell")
     return cols + board.params + ["seed", "epochs_done", "best_epoch", "wall_s"]
@@ -82,7 +85,7 @@ def leaderboard_columns(board: Leaderboard) -> list[str]:
 def leaderboard_cells(board: Leaderboard) -> tuple[list[str], list[list[str]]]:
     """Header and rows of strings for tables (metric in percent when it is a hit rate)."""
     cols = leaderboard_columns(board)
-    metric_cols = (board.metric, f"best_{board.metric}", "test_hit1")
+    metric_cols = (board.metric, "ci95", f"best_{board.metric}", "test_hit1")
     scale, unit = display_scale(board.metric, [r.get(board.metric) for r in board.rows])
     header = [f"{c} ({unit})" if unit and c in metric_cols else c for c in cols]
     best = cols.index(f"best_{board.metric}")

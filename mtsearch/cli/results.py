@@ -157,21 +157,28 @@ def cmd_export(args: argparse.Namespace) -> int:
         source, trial = study, report.ranked_trial(study, args.rank)
         winner = None
         board = report.leaderboard(study)
+        seeds = report.seeds_per_configuration(study)
+        each = f"the mean of {seeds} seeds each" if seeds > 1 else "one seed each"
         what = (f"the final {study.metric} (last evaluated epoch) of rank {args.rank} of {board.total_ranked} ranked trials "
-                f"in study {study.path} (one seed each)")
+                f"in study {study.path} ({each})")
         flat = report.trial_config(study, trial).to_flat()
         winner = next((c for c in (race or {}).get("contenders", []) if _matches(flat, c["values"])), None)
     cfg = report.trial_config(source, trial)
-    score = report.fmt_number(report.final_score(source, trial))
+    score = report.metric_text(study.metric, report.final_score(source, trial))
     how = "--from-confirm" if args.from_confirm else f"--rank {args.rank}"
     header = (
         f"# exported by `mtsearch export {study.path} {how}`: trial {trial.get('trial_id')}, "
         f"status {trial.get('status')}, final {study.metric} {score}\n"
     )
     confirmed = summarize(winner["scores"].values()) if winner is not None else None
+    group = report.seed_rows(source, trial)  # search.seeds_per_trial: the configuration's seeds
+    searched = summarize(report.final_score(source, t) for t in group) if len(group) > 1 else None
     card = render_card(source, trial, cfg, yaml_path=out, selected_by=what, confirmed=confirmed,
                        confirm_seeds=[int(s) for s in winner["scores"]] if winner is not None else None,
+                       searched=searched, searched_seeds=[int(t["seed"]) for t in group] if searched else None,
                        warn=lambda message: None)
+    if searched is not None and searched.mean is not None:
+        score = report.metric_text(study.metric, searched.mean) + f" (mean of {searched.n} seeds)"
     write_atomic(out, header + cfg.to_yaml())
     card_path = out.with_suffix(".md")
     write_atomic(card_path, card)

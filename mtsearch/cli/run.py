@@ -23,8 +23,8 @@ from rich.text import Text
 from mtsearch.cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
 from mtsearch.errors import InvalidInput
 from mtsearch.files import check_output_dir, disk_usage, human_bytes
-from mtsearch.metrics import direction
-from mtsearch.results.report import fmt_number
+from mtsearch.metrics import direction, display_scale
+from mtsearch.results.report import METRIC_DIGITS, fmt_number, metric_text
 from mtsearch.results.store import is_ranked
 from mtsearch.space import ABLATION, SEARCH
 
@@ -146,14 +146,16 @@ def _leaderboard(progress: Any, top: int) -> Table:
     table.add_column("#", justify="right")
     table.add_column("trial")
     table.add_column("status")
-    table.add_column(f"{progress.metric}", justify="right")  # at the last evaluated epoch
+    ranked = _ranked(progress)[:top]
+    scale, unit = display_scale(progress.metric, [row["score"] for row in ranked])
+    table.add_column(f"{progress.metric} ({unit})" if unit else progress.metric, justify="right")  # last evaluated
     table.add_column("epochs", justify="right")
     for key in progress.searched_keys:
         table.add_column(key, justify="right")
-    for rank, row in enumerate(_ranked(progress)[:top], 1):
+    for rank, row in enumerate(ranked, 1):
         status = row["status"] or "running"
         table.add_row(str(rank), row["trial_id"], Text(status, style=_STATUS_STYLE.get(status, "")),
-                      fmt_number(row["score"]), fmt_number(row.get("epochs_done")),
+                      fmt_number(row["score"], scale, digits=METRIC_DIGITS), fmt_number(row.get("epochs_done")),
                       *(fmt_number(row.get(k) if k != "seed" else row.get("seed")) for k in progress.searched_keys))
     return table
 
@@ -212,7 +214,7 @@ def _log_changes(progress: Any, seen: dict[str, tuple[Any, Any]], console: Conso
         what = "started" if row["status"] == "running" and not epochs else f"{row['status']} epoch {epochs}"
         console.print(
             f"[{finished}/{progress.total}] trial {row['trial_id']} {what}"
-            f" best {progress.metric}={fmt_number(row.get('score'))}"
+            f" {progress.metric}={metric_text(progress.metric, row.get('score'))}"
             + (f" error: {row['error']}" if row.get("error") else "") + f" ({params})",
             markup=False, highlight=False, soft_wrap=True,
         )

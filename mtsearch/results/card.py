@@ -81,6 +81,7 @@ def _git_commit() -> str | None:
 def render_card(
     study: Study, trial: Mapping[str, Any], cfg: TrialConfig, *, yaml_path: Path, selected_by: str,
     confirmed: Interval | None = None, confirm_seeds: list[int] | None = None,
+    searched: Interval | None = None, searched_seeds: list[int] | None = None,
     warn: Callable[[str], None] | None = None,
 ) -> str:
     """The card as Markdown."""
@@ -107,6 +108,11 @@ def render_card(
     test = trial.get(counterpart_on_test(metric))
     lines.append(f"- test split, final weights: {show(test)}" if test is not None
                  else "- test split: not evaluated (the run did not complete, or predates validation splits)")
+    if searched is not None and searched.mean is not None:  # search.seeds_per_trial: its own seeds
+        ci = (f" ± {searched.half_width * scale:.1f} (95% CI)" if searched.half_width is not None else "")
+        lines.append(f"- over the search's {searched.n} seeds of this configuration (`search.seeds_per_trial`, "
+                     f"final epoch, seeds {', '.join(map(str, searched_seeds or []))}): {show(searched.mean)}{ci}; "
+                     "what the search ranked by, so optimistic as the best of its configurations")
     if confirmed is not None and confirmed.mean is not None:
         ci = (f" ± {confirmed.half_width * scale:.1f} (95% CI)" if confirmed.half_width is not None else "")
         lines.append(f"- over {confirmed.n} fresh seeds (`mtsearch confirm`, final epoch, seeds "

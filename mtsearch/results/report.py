@@ -18,9 +18,10 @@ from typing import Any
 from mtsearch.config import TrialConfig
 from mtsearch.distributions import factor_keys
 from mtsearch.errors import InvalidInput
-from mtsearch.metrics import MAXIMISE, Direction, direction
+from mtsearch.metrics import MAXIMISE, Direction, direction, display_scale
 from mtsearch.presets import branches_label
 from mtsearch.records import config_from_record, recorded_selection
+from mtsearch.results.stats import summarize
 from mtsearch.results.store import EPOCHS_FILE, TRIALS_FILE, epoch_rows, is_ranked, trial_rows
 from mtsearch.space import SpaceSpec, load_study_space
 
@@ -186,65 +187,101 @@ def param_display_value(value: Any) -> Any:
 def leaderboard(study: Study, top: int | None = None) -> Leaderboard:
     """Trials ranked by the study metric at their last evaluated epoch (the score Optuna was told,
     and the one `confirm` races on); ties keep trial order. The best epoch is a column of its own:
-    a maximum over evaluation noise, so optimistic."""
+    a maximum over evaluation noise, so optimistic. With `search.seeds_per_trial` above 1 a row
+    is a configuration: its seeds' mean, with the half-width of its 95% interval (`ci95`)."""
     counts: dict[str, int] = {}
     scored: list[tuple[float, int, dict[str, Any]]] = []
     unranked: list[dict[str, Any]] = []
-    for order, trial in enumerate(study.trials):
-        status = str(trial.get("status"))
+    for order, entry in enumerate(_ranking_entries(study)):
+        status = str(entry.get("status"))
         counts[status] = counts.get(status, 0) + 1
-        score = final_score(study, trial)
+        score = entry["score"]
         if not is_ranked(status, score):
-            unranked.append(
-                {
-                    "trial_id": str(trial.get("trial_id")),
-                    "status": status,
-                    "error": trial.get("error"),
-                    "epochs_done": trial.get("epochs_done"),
-                }
-            )
+            unranked.append({"trial_id": str(entry.get("trial_id")), "status": status,
+                             "error": entry.get("error"), "epochs_done": entry.get("epochs_done")})
             continue
-        scored.append((score, order, trial))
+        scored.append((score, order, entry))
     scored.sort(key=lambda item: (study.direction.rank_key(item[0]), item[1]))
     rows = []
-    for rank, (score, _, trial) in enumerate(scored, start=1):
+    for rank, (score, _, entry) in enumerate(scored, start=1):
         row: dict[str, Any] = {
             "rank": rank,
-            "trial_id": str(trial.get("trial_id")),
-            "status": trial.get("status"),
+            "trial_id": str(entry.get("trial_id")),
+            "status": entry.get("status"),
             study.metric: score,
-            f"best_{study.metric}": best_score(study, trial),
-            "test_hit1": trial.get("test_hit1"),
+            **({"ci95": entry["ci95"]} if "ci95" in entry else {}),
+            f"best_{study.metric}": entry["best"],
+            "test_hit1": entry.get("test_hit1"),
         }
-        if trial.get("cell") is not None:
-            row["cell"] = trial["cell"]
+        if entry.get("cell") is not None:
+            row["cell"] = entry["cell"]
         for key in study.params:
-            row[key] = param_display_value(trial.get(key))
-        row.update(
-            {
-                "seed": trial.get("seed"),
-                "epochs_done": trial.get("epochs_done"),
-                "best_epoch": trial.get("best_epoch"),
-                "wall_s": trial.get("wall_s"),
-            }
-        )
+            row[key] = param_display_value(entry.get(key))
+        row.update({key: entry.get(key) for key in ("seed", "epochs_done", "best_epoch", "wall_s")})
         rows.append(row)
     total = len(rows)
     if top is not None:
         if top < 1:
             raise InvalidInput(None, "--top", "must be >= 1", top)
         rows = rows[:top]
-    return Leaderboard(
-        study=study.name,
-        metric=study.metric,
-        mode=study.mode,
-        params=study.params,
-        rows=rows,
-        unranked=unranked,
-        counts=counts,
-        total_ranked=total,
-        selection_note=study.selection_note,
-    )
+    return Leaderboard(study=study.name, metric=study.metric, mode=study.mode, params=study.params,
+                       rows=rows, unranked=unranked, counts=counts, total_ranked=total,
+                       selection_note=study.selection_note)
+
+
+def seeds_per_configuration(study: Study) -> int:
+    """`search.seeds_per_trial` of a search (1 for a grid file's study, whose seeds are cells)."""
+    return 1 if study.is_ablation else study.space.search.seeds_per_trial
+
+
+def _ranking_entries(study: Study) -> list[dict[str, Any]]:
+    """What the leaderboard ranks: each trial with its `score` and `best`, or, with seeds per
+    configuration, each configuration (its seeds' rows folded: mean scores, `ci95`, seeds a..b)."""
+    if seeds_per_configuration(study) <= 1:
+        return [{**t, "score": final_score(study, t), "best": best_score(study, t)} for t in study.trials]
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for trial in study.trials:
+        groups.setdefault(str(trial.get("fuse_group") or trial.get("trial_id")), []).append(trial)
+    entries = []
+    for group_id, seeds in groups.items():
+        seeds.sort(key=lambda t: t.get("seed") or 0)
+        finals = [final_score(study, t) for t in seeds]
+        failed = [t for t in seeds if t.get("status") in ("error", "diverged")]
+        first = failed[0] if failed else seeds[0]
+        entry = {**seeds[0], "trial_id": group_id, "status": first.get("status"), "error": first.get("error"),
+                 "score": _mean_of_all(finals), "best": _mean_of_all([best_score(study, t) for t in seeds]),
+                 "ci95": summarize(finals).half_width if None not in finals else None,
+                 "test_hit1": _mean_of_all([t.get("test_hit1") for t in seeds]),
+                 "seed": f"{seeds[0].get('seed')}..{seeds[-1].get('seed')}" if len(seeds) > 1 else seeds[0].get("seed")}
+        entries.append(entry)
+    return entries
+
+
+def _mean_of_all(values: list[Any]) -> float | None:
+    """The mean when every value is a finite number (every seed has it), else None."""
+    if not values or not all(_finite(v) for v in values):
+        return None
+    return sum(float(v) for v in values) / len(values)
+
+
+def seed_rows(study: Study, trial: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The rows of the configuration `trial` is a seed of (search.seeds_per_trial), by seed; just
+    `trial` when it was trained alone."""
+    group = trial.get("fuse_group")
+    if not group or seeds_per_configuration(study) <= 1:
+        return [dict(trial)]
+    return sorted((t for t in study.trials if t.get("fuse_group") == group), key=lambda t: t.get("seed") or 0)
+
+
+def trial_of(study: Study, trial_id: str) -> dict[str, Any]:
+    """A leaderboard row's trial: itself, or for a configuration of several seeds its first seed's
+    row (whose config, seed aside, is the configuration's)."""
+    rows = [t for t in study.trials if str(t.get("trial_id")) == trial_id]
+    rows = rows or sorted((t for t in study.trials if str(t.get("fuse_group")) == trial_id),
+                          key=lambda t: t.get("seed") or 0)
+    if not rows:
+        raise KeyError(trial_id)
+    return rows[0]
 
 
 def ranked_trial(study: Study, rank: int) -> dict[str, Any]:
@@ -266,8 +303,7 @@ def ranked_trial(study: Study, rank: int) -> dict[str, Any]:
             f"must be between 1 and {board.total_ranked} (the number of ranked trials)",
             rank,
         )
-    trial_id = board.rows[rank - 1]["trial_id"]
-    return next(t for t in study.trials if str(t.get("trial_id")) == trial_id)
+    return trial_of(study, board.rows[rank - 1]["trial_id"])
 
 
 def trial_config(study: Study, trial: Mapping[str, Any]) -> TrialConfig:
@@ -282,6 +318,12 @@ def trial_config(study: Study, trial: Mapping[str, Any]) -> TrialConfig:
 # ---- showing numbers (tables, the reading line, figures) ---------------------------------------
 
 METRIC_DIGITS = 3  # significant digits of a metric value that is not a percentage
+
+
+def metric_text(metric: str, value: Any) -> str:
+    """One metric value as people read it in a sentence: `30.6%` for a fraction, else a few digits."""
+    scale, unit = display_scale(metric, [value])
+    return fmt_number(value, scale, digits=METRIC_DIGITS) + (unit if value is not None else "")
 
 
 TRACKING_GAINS = ("track_gain", "cycle_gain")  # ground truth where it exists

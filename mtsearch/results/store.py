@@ -30,6 +30,10 @@ TRIAL_FIGURES: tuple[str, ...] = ("peak_mem_gib", "gpu_share", "device")
 # faults of the machine, which are not results: restarts from a checkpoint after a lost worker or
 # node, and whether such a fault ended the trial (status error; `--resume` reruns it)
 FAULT_COLUMNS: tuple[str, ...] = ("restarts", "machine_fault")
+# trials trained together in one process (train/fused.py): the Ray trial that ran them, and how
+# many it ran (null and 1 for a trial trained alone). With search.seeds_per_trial the group is one
+# sampled configuration, its trials are its seeds, and the group id is the Optuna trial's trial_id
+FUSE_COLUMNS: tuple[str, ...] = ("fuse_group", "fuse_k")
 # the final weights on the test split, once per trial; the final epoch row holds them too
 TEST_COLUMNS: tuple[str, ...] = TEST_METRICS
 _ARROW_TYPES = {"float": "float64", "int": "int64", "string": "string", "bool": "bool"}
@@ -57,7 +61,7 @@ class StudyStore:
             cols.append("cell")
         cols += [k for k in self.param_types if k != "seed"]
         cols += ["seed", "epochs_done", "best_epoch", "best_val_hit1", "best_val_hit5", *TEST_COLUMNS, "wall_s",
-                 *TRIAL_FIGURES, *FAULT_COLUMNS, "config"]
+                 *TRIAL_FIGURES, *FAULT_COLUMNS, *FUSE_COLUMNS, "config"]
         return cols
 
     def _trial_schema(self) -> Any:
@@ -70,6 +74,7 @@ class StudyStore:
             "test_hit1": pa.float64(), "test_hit5": pa.float64(),
             "peak_mem_gib": pa.float64(), "gpu_share": pa.float64(), "device": pa.string(),
             "restarts": pa.int64(), "machine_fault": pa.bool_(),
+            "fuse_group": pa.string(), "fuse_k": pa.int64(),
             "config": pa.string(),
         }
         for key, kind in self.param_types.items():
@@ -89,6 +94,8 @@ class StudyStore:
         """Create or update a trial row; unknown keys are ignored, `config` may be a dict."""
         row = self.trials.setdefault(trial_id, {c: None for c in self.trial_columns()})
         row["trial_id"] = trial_id
+        if row["fuse_k"] is None:
+            row["fuse_k"] = 1
         for key, value in values.items():
             if key == "config" and isinstance(value, Mapping):
                 value = json.dumps(value, sort_keys=False)
@@ -124,6 +131,14 @@ class StudyStore:
     def trial_epochs(self, trial_id: str) -> list[dict[str, Any]]:
         return sorted((r for (t, _), r in self.epochs.items() if t == trial_id), key=lambda r: r["epoch"])
 
+    def by_ray_trial(self) -> dict[str, list[dict[str, Any]]]:
+        """Rows by the Ray trial that ran them (the id Tune and Optuna know): a trial's own row,
+        or a fused configuration's seeds under their `fuse_group`."""
+        groups: dict[str, list[dict[str, Any]]] = {}
+        for trial_id, row in self.trials.items():
+            groups.setdefault(ray_trial_id(row, trial_id), []).append(row)
+        return groups
+
     def forget(self, trial_ids: Iterable[str]) -> None:
         """Drop trials (and their epochs) that the search no longer knows; see the module doc."""
         drop = set(trial_ids)
@@ -132,9 +147,10 @@ class StudyStore:
         self.epochs = {k: v for k, v in self.epochs.items() if k[0] not in drop}
 
     def counts(self) -> dict[str, int]:
+        """Trials by status, a fused configuration's seeds counted once (they share a status)."""
         counts = {s: 0 for s in STATUSES}
-        for row in self.trials.values():
-            counts[row["status"] or "running"] += 1
+        for rows in self.by_ray_trial().values():
+            counts[rows[0]["status"] or "running"] += 1
         return counts
 
     # ---- disk ---------------------------------------------------------------------------------
@@ -154,11 +170,17 @@ class StudyStore:
         if trials_path.exists():
             for row in load_trials(self.study_dir).to_pylist():
                 full = {c: row.get(c) for c in self.trial_columns()}
+                full["fuse_k"] = full["fuse_k"] or 1  # a study from before fusion: every trial alone
                 self.trials[row["trial_id"]] = full
         epochs_path = self.study_dir / EPOCHS_FILE
         if epochs_path.exists():
             for row in load_epochs(self.study_dir).to_pylist():
                 self.epochs[(row["trial_id"], int(row["epoch"]))] = row
+
+
+def ray_trial_id(row: Mapping[str, Any], trial_id: str | None = None) -> str:
+    """The Ray trial a row belongs to: its `fuse_group` when fused seeds share one, else itself."""
+    return str(row.get("fuse_group") or (trial_id if trial_id is not None else row["trial_id"]))
 
 
 def is_ranked(status: str | None, score: float | None) -> bool:

@@ -33,7 +33,14 @@ from mtsearch.errors import InvalidInput
 from mtsearch.files import check_output_dir, write_atomic
 from mtsearch.metrics import counterpart_on_test, direction, display_scale, worst_value
 from mtsearch.presets import branches_label
-from mtsearch.results.report import Study, final_score, leaderboard, load_study, trial_config
+from mtsearch.results.report import (
+    Study,
+    final_score,
+    leaderboard,
+    load_study,
+    trial_config,
+    trial_of,
+)
 from mtsearch.results.stats import (
     NO_DIFFERENCE,
     Interval,
@@ -172,7 +179,7 @@ def contenders(study: Study, top: int) -> list[Contender]:
     picked: list[Contender] = []
     seen: set[tuple[Any, ...]] = set()
     for row in board.rows:
-        trial = next(t for t in study.trials if str(t.get("trial_id")) == row["trial_id"])
+        trial = trial_of(study, row["trial_id"])
         flat = trial_config(study, trial).to_flat()
         values = {k: _plain(k, flat[k]) for k in study.params if k != "seed"}
         key = tuple(values.values())

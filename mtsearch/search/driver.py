@@ -34,7 +34,7 @@ from mtsearch.errors import (
 from mtsearch.files import write_atomic
 from mtsearch.records import accept_moved_modules
 from mtsearch.results.mirror import build_mirrors
-from mtsearch.results.store import StudyStore
+from mtsearch.results.store import StudyStore, ray_trial_id
 from mtsearch.search.cluster import connect_ray
 from mtsearch.search.footprint import shortfall_warning
 from mtsearch.search.packing import Probe, TrialResources, plan_resources
@@ -114,11 +114,13 @@ def run_search(
             say(f"warning: {shortfall}")
         resources = plan_resources(spec, study_dir, say, memory_probe)
         store = StudyStore(study_dir, spec.param_types(), with_cell=spec.is_ablation)
-        done_at_start = sum(1 for r in store.trials.values() if r["status"] not in (None, "running"))
+        done_at_start = sum(1 for rows in store.by_ray_trial().values()
+                            if rows[0]["status"] not in (None, "running"))
         live = Live(spec=spec, store=store, on_update=on_update, started=time.time(),
                      resumed=resume, done_at_start=done_at_start, log=say, resources=resources)
         # trials finished before this driver are known, whatever Tune's restored state lists
-        live.known_trials.update(t for t, r in store.trials.items() if r["status"] not in (None, "running"))
+        live.known_trials.update(ray_trial_id(r, t) for t, r in store.trials.items()
+                                 if r["status"] not in (None, "running"))
         LIVE[key] = live
         live.mirrors = build_mirrors(spec.name, spec.metric, spec.mode, spec.storage, [
             *spec.searched_keys, *(["cell"] if spec.is_ablation else [])], study_dir, say)
@@ -229,7 +231,8 @@ def _make_tuner(
     """
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, base=spec.base.to_dict(), metric=spec.metric, mode=spec.mode,
-                             max_failures=spec.max_failures, trainer=trainer),
+                             max_failures=spec.max_failures, trainer=trainer,
+                             seeds=spec.search.seeds_per_trial),
         resources,
     )
     tune_path = study_dir / TUNE_DIR
@@ -281,10 +284,10 @@ def _finish(live: Live, study_dir: Path, total: int | None = None) -> SearchOutc
     # a row Tune's restored state never knew (started as the disk filled, before Tune could save
     # it) is not running: it would keep every later --resume "interrupted"; it is dropped below
     running = [t for t, r in live.store.trials.items()
-               if r["status"] in (None, "running") and t in live.known_trials]
+               if r["status"] in (None, "running") and ray_trial_id(r, t) in live.known_trials]
     interrupted = bool(running) or len(live.known_trials) < total
     if not interrupted:
-        orphans = set(live.store.trials) - live.known_trials
+        orphans = {t for t, r in live.store.trials.items() if ray_trial_id(r, t) not in live.known_trials}
         if orphans:
             live.store.forget(orphans)
     park_optuna_trials(live.spec, study_dir, live.store, finished=not interrupted)
@@ -322,7 +325,7 @@ def _drop_work_dirs(study_dir: Path, store: StudyStore) -> None:
     """A finished trial's working copy duplicates its last Tune checkpoint: free the disk."""
     for trial_id, row in store.trials.items():
         if row["status"] not in (None, "running"):
-            shutil.rmtree(study_dir / TUNE_DIR / trial_id / "work", ignore_errors=True)
+            shutil.rmtree(study_dir / TUNE_DIR / ray_trial_id(row, trial_id) / "work", ignore_errors=True)
 
 
 def _check_resources(spec: SpaceSpec) -> None:

@@ -18,12 +18,13 @@ from ray import tune
 
 from mtsearch.distributions import expand_params
 from mtsearch.errors import StorageFull, storage_failure
-from mtsearch.metrics import direction
+from mtsearch.metrics import SLOTS_KEY, direction
 from mtsearch.records import config_from_record, stamped
 from mtsearch.results.store import StudyStore, is_ranked
 from mtsearch.search.packing import TrialResources, larger_share
 from mtsearch.search.study import TUNE_DIR
 from mtsearch.search.trainable import NOTES, OOM, STORAGE, Log, last_line, shorten
+from mtsearch.settings import seeds_of
 from mtsearch.space import SpaceSpec
 
 
@@ -80,7 +81,7 @@ class StoreCallback(tune.Callback):
         live = LIVE.get(self.live_key)
         if live is None and len(LIVE) == 1:  # restored from a study folder that has since moved
             live = next(iter(LIVE.values()))
-        if live is not None and trial is not None and trial.trial_id not in live.store.trials:
+        if live is not None and trial is not None and row_ids(live, trial.trial_id)[0] not in live.store.trials:
             _record_start(live, trial)
         return live
 
@@ -109,13 +110,16 @@ class StoreCallback(tune.Callback):
         if status == OOM:
             _grant_larger_share(live, trial)
         elif status in ("diverged", "error"):
-            live.store.upsert_trial(trial.trial_id, status=status, error=last_line(result.get("fit_error")))
-            _mirror_end(live, trial.trial_id)
+            for rid in row_ids(live, trial.trial_id):
+                live.store.upsert_trial(rid, status=status, error=last_line(result.get("fit_error")))
+                _mirror_end(live, rid)
         elif "epoch" in result and "loss" in result:
-            live.store.add_epoch(trial.trial_id, result)
-            live.store.upsert_trial(trial.trial_id, peak_mem_gib=result.get("peak_mem_gib"),
-                                    device=result.get("device"))
-            _mirror_epoch(live, trial.trial_id, result)
+            # fused seeds: each seed's own row (their mean went to Optuna and ASHA)
+            slots = result.get(SLOTS_KEY) or [result]
+            for rid, row in zip(row_ids(live, trial.trial_id), slots, strict=True):
+                live.store.add_epoch(rid, row)
+                live.store.upsert_trial(rid, peak_mem_gib=result.get("peak_mem_gib"), device=result.get("device"))
+                _mirror_epoch(live, rid, row)
         _touch_wall(live, trial.trial_id)
         publish(live)
 
@@ -123,13 +127,14 @@ class StoreCallback(tune.Callback):
         live = self._live(trial)
         if live is None:
             return
-        row = live.store.trials[trial.trial_id]
-        if row["status"] not in ("diverged", "error"):  # those were reported before the end
-            planned = json.loads(row["config"])["optim"]["epochs"] if row["config"] else live.spec.max_epochs
-            done = row["epochs_done"] or 0
-            row["status"] = "completed" if done >= planned else "pruned"
-            row["error"] = None
-            _mirror_end(live, trial.trial_id)
+        for rid in row_ids(live, trial.trial_id):
+            row = live.store.trials[rid]
+            if row["status"] not in ("diverged", "error"):  # those were reported before the end
+                planned = json.loads(row["config"])["optim"]["epochs"] if row["config"] else live.spec.max_epochs
+                done = row["epochs_done"] or 0
+                row["status"] = "completed" if done >= planned else "pruned"
+                row["error"] = None
+                _mirror_end(live, rid)
         _touch_wall(live, trial.trial_id, end=True)
         retain_checkpoints(live)
         publish(live)
@@ -139,11 +144,12 @@ class StoreCallback(tune.Callback):
         if live is None:
             return
         # the configuration's own failures end as results (run_trial): this is the machine's
-        row = live.store.trials.get(trial.trial_id) or {}
-        restarts = max(row.get("restarts") or 0, int(trial.run_metadata.num_failures) - 1)
-        live.store.upsert_trial(trial.trial_id, status="error", error=_machine_fault(live, trial, final=True),
-                                machine_fault=True, restarts=restarts)
-        _mirror_end(live, trial.trial_id)
+        error = _machine_fault(live, trial, final=True)
+        for rid in row_ids(live, trial.trial_id):
+            row = live.store.trials.get(rid) or {}
+            restarts = max(row.get("restarts") or 0, int(trial.run_metadata.num_failures) - 1)
+            live.store.upsert_trial(rid, status="error", error=error, machine_fault=True, restarts=restarts)
+            _mirror_end(live, rid)
         _touch_wall(live, trial.trial_id, end=True)
         retain_checkpoints(live)
         publish(live)
@@ -155,15 +161,16 @@ class StoreCallback(tune.Callback):
             trial.update_resources(live.resources.request(share))
             live.log(f"trial {trial.trial_id}: out of GPU memory; retrying from its last checkpoint "
                      f"with a GPU share of {share:g}")
-            if trial.trial_id in live.store.trials:
-                live.store.upsert_trial(trial.trial_id, gpu_share=share)
+            for rid in _known_rows(live, trial.trial_id):
+                live.store.upsert_trial(rid, gpu_share=share)
         elif live is not None:
             live.log(f"trial {trial.trial_id}: {_machine_fault(live, trial, final=False)}")
-            if trial.trial_id in live.store.trials:
-                restarts = live.store.trials[trial.trial_id]["restarts"] or 0
-                live.store.upsert_trial(trial.trial_id, restarts=restarts + 1)
-        if live is not None and trial.trial_id in live.store.trials:
-            live.store.upsert_trial(trial.trial_id, status="running")
+            for rid in _known_rows(live, trial.trial_id):
+                restarts = live.store.trials[rid]["restarts"] or 0
+                live.store.upsert_trial(rid, restarts=restarts + 1)
+        if live is not None and _known_rows(live, trial.trial_id):
+            for rid in _known_rows(live, trial.trial_id):
+                live.store.upsert_trial(rid, status="running")
             _touch_wall(live, trial.trial_id, end=True)
             publish(live)
 
@@ -188,7 +195,7 @@ def _machine_fault(live: Live, trial: Any, final: bool) -> str:
     """A fault of the machine in a few words: `worker killed (signal 9) after epoch 1`, then
     `; retried 3 times` when the restarts ran out, or what happens next when they did not."""
     text = _trial_error(trial) or ""
-    row = live.store.trials.get(trial.trial_id) or {}
+    row = live.store.trials.get(row_ids(live, trial.trial_id)[0]) or {}
     after = f" after epoch {row['epochs_done']}" if row.get("epochs_done") else " before its first epoch"
     what = _fault_words(text)
     restarts = max(0, int(trial.run_metadata.num_failures) - 1)
@@ -228,24 +235,43 @@ def _gpu_share(trial: Any) -> float:
     return float(trial.placement_group_factory.required_resources.get("GPU", 0.0))
 
 
+def row_ids(live: Live, trial_id: str) -> list[str]:
+    """The store rows of one Ray trial: itself, or one per seed (`search.seeds_per_trial`), named
+    `<trial>-s<seed>`."""
+    count = live.spec.search.seeds_per_trial
+    if count <= 1:
+        return [trial_id]
+    return [f"{trial_id}-s{seed}" for seed in seeds_of(live.spec.base.seed, count)]
+
+
+def _known_rows(live: Live, trial_id: str) -> list[str]:
+    return [rid for rid in row_ids(live, trial_id) if rid in live.store.trials]
+
+
 def _record_start(live: Live, trial: Any) -> None:
     flat = expand_params(trial.config)
     params = {k: flat[k] for k in live.spec.searched_keys if k in flat}
     cfg = live.spec.trial_config(flat)
-    values: dict[str, Any] = dict(params)
-    existing = live.store.trials.get(trial.trial_id)
-    if existing is None or existing["status"] in (None, "running", "error"):
-        values["status"] = "running"
-        values["error"] = None
-        values["machine_fault"] = None
-    if live.spec.is_ablation:
-        values["cell"] = live.spec.cell_of(trial.config)
-    values["seed"] = cfg.seed  # also a searched key in grids with repeats
-    values["gpu_share"] = _gpu_share(trial)
-    live.store.upsert_trial(trial.trial_id, config=stamped(cfg.resolved().to_dict()), **values)
-    row = live.store.trials[trial.trial_id]
-    if row["epochs_done"] is None:
-        row["epochs_done"] = 0
+    ids = row_ids(live, trial.trial_id)
+    seeds = seeds_of(cfg.seed, len(ids)) if len(ids) > 1 else [cfg.seed]  # also searched in repeated grids
+    for rid, seed in zip(ids, seeds, strict=True):
+        values: dict[str, Any] = dict(params)
+        existing = live.store.trials.get(rid)
+        if existing is None or existing["status"] in (None, "running", "error"):
+            values["status"] = "running"
+            values["error"] = None
+            values["machine_fault"] = None
+        if live.spec.is_ablation:
+            values["cell"] = live.spec.cell_of(trial.config)
+        if len(ids) > 1:
+            values.update(fuse_group=trial.trial_id, fuse_k=len(ids))
+        values["seed"] = seed
+        values["gpu_share"] = _gpu_share(trial)
+        seeded = cfg.with_overrides({"seed": seed}, "<seeds_per_trial>") if seed != cfg.seed else cfg
+        live.store.upsert_trial(rid, config=stamped(seeded.resolved().to_dict()), **values)
+        row = live.store.trials[rid]
+        if row["epochs_done"] is None:
+            row["epochs_done"] = 0
     live.segment_start[trial.trial_id] = time.time()
 
 
@@ -253,17 +279,29 @@ def retain_checkpoints(live: Live) -> None:
     """Bounded disk (`storage.keep_checkpoints`): of the finished trials, only the best K completed
     ones keep their checkpoints; pruned and failed ones keep none. Running and interrupted trials
     keep theirs (Tune keeps one each), so `--resume` always finds what it needs."""
-    finished = {tid: row for tid, row in live.store.trials.items()
-                if row["status"] not in (None, "running") and not row["machine_fault"]}
-    scores = {tid: _score(live.spec, live.store, tid) for tid in finished}
+    finished: dict[str, dict[str, Any]] = {}  # Ray trial (its checkpoint folder) -> a row of it
+    scores: dict[str, list[float | None]] = {}
+    for rid, row in live.store.trials.items():
+        if row["status"] not in (None, "running") and not row["machine_fault"]:
+            folder = row.get("fuse_group") or rid
+            finished.setdefault(folder, row)
+            scores.setdefault(folder, []).append(_score(live.spec, live.store, rid))
+    mean = {tid: _mean_or_none(values) for tid, values in scores.items()}
     ranked = [tid for tid, row in finished.items()
-              if row["status"] == "completed" and is_ranked(row["status"], scores[tid])]
-    ranked.sort(key=lambda tid: direction(live.spec.mode).rank_key(scores[tid]))
+              if row["status"] == "completed" and is_ranked(row["status"], mean[tid])]
+    ranked.sort(key=lambda tid: direction(live.spec.mode).rank_key(mean[tid]))
     kept = set(ranked[: live.spec.storage.keep_checkpoints])
     for tid in finished:
         if tid not in kept:
             for folder in (live.store.study_dir / TUNE_DIR / tid).glob("checkpoint_*"):
                 shutil.rmtree(folder, ignore_errors=True)
+
+
+def _mean_or_none(values: list[float | None]) -> float | None:
+    """A fused configuration's score: the mean of its seeds' (None unless every seed has one)."""
+    if not values or any(v is None for v in values):
+        return None
+    return sum(v for v in values if v is not None) / len(values)
 
 
 def _show_notes(live: Live, trial_id: str, notes: Any) -> None:
@@ -283,8 +321,9 @@ def _touch_wall(live: Live, trial_id: str, end: bool = False) -> None:
     start = live.segment_start.get(trial_id)
     if start is None:
         return
-    row = live.store.trials[trial_id]
-    row["wall_s"] = (row["wall_s"] or 0.0) + (now - start)
+    for rid in _known_rows(live, trial_id):
+        row = live.store.trials[rid]
+        row["wall_s"] = (row["wall_s"] or 0.0) + (now - start)
     if end:
         live.segment_start.pop(trial_id, None)
     else:
@@ -310,9 +349,10 @@ def _score(spec: SpaceSpec, store: StudyStore, trial_id: str) -> float | None:
 
 
 def snapshot(live: Live) -> SearchProgress:
-    rows = []
-    for tid, row in live.store.trials.items():
-        rows.append({**row, "score": _score(live.spec, live.store, tid)})
+    rows = []  # one per Ray trial: a fused configuration's seeds as one row, scored by their mean
+    for ray_id, group in live.store.by_ray_trial().items():
+        scores = [_score(live.spec, live.store, row["trial_id"]) for row in group]
+        rows.append({**group[0], "trial_id": ray_id, "score": _mean_or_none(scores)})
     return SearchProgress(
         name=live.spec.name, study_dir=live.store.study_dir, metric=live.spec.metric, mode=live.spec.mode,
         total=live.spec.total_trials, searched_keys=live.spec.searched_keys, counts=live.store.counts(),

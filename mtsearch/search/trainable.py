@@ -50,14 +50,21 @@ class Trainer(Protocol):
 Log = Callable[[str], None]
 
 
-def _default_trainer() -> Trainer:
+def _default_trainer(seeds: int = 1) -> Trainer:
+    """`fit`; with `search.seeds_per_trial` above 1, the configuration's seeds fused (`fit_seeds`)."""
+    if seeds > 1:
+        from functools import partial
+
+        from mtsearch.train.fused import fit_seeds
+
+        return partial(fit_seeds, seeds=seeds)
     from mtsearch.train import fit
 
     return fit
 
 
 def run_trial(config: dict[str, Any], *, base: dict[str, Any], metric: str, mode: str,
-              max_failures: int = 0, trainer: Trainer | None = None) -> None:
+              max_failures: int = 0, trainer: Trainer | None = None, seeds: int = 1) -> None:
     """Tune function trainable: train one config, reporting each epoch with its checkpoint.
 
     A failure of the configuration (an exception in training, out of memory on a whole GPU) is
@@ -67,7 +74,7 @@ def run_trial(config: dict[str, Any], *, base: dict[str, Any], metric: str, mode
     GPU share (reported first, so the retry gets a larger share) and a failing disk (reported
     first, so the driver stops the study).
     """
-    train = trainer or _default_trainer()
+    train = trainer or _default_trainer(seeds)
     cfg = TrialConfig.from_mapping(base, "<study base>").with_overrides(expand_params(config), "<trial>")
     last = {"objective": direction(mode).worst, "epoch": 0}
     notes: list[str] = []  # the trainer's log (skipped videos, resumes, retries), shown by the driver
@@ -90,7 +97,7 @@ def run_trial(config: dict[str, Any], *, base: dict[str, Any], metric: str, mode
         send({"epoch": last["epoch"], "fit_status": fit_status, **extra})
 
     failures = 0
-    work = _prepare_work_dir()
+    work = _prepare_work_dir(whole=seeds > 1)
     while True:
         try:
             result = train(cfg, work, on_epoch=on_epoch, resume=True, log=notes.append)
@@ -116,10 +123,11 @@ def run_trial(config: dict[str, Any], *, base: dict[str, Any], metric: str, mode
     shutil.rmtree(work, ignore_errors=True)
 
 
-def _prepare_work_dir() -> Path:
+def _prepare_work_dir(whole: bool = False) -> Path:
     """The trainer's folder, starting from Tune's last reported checkpoint: the source of truth,
     as the trainer may have saved an epoch that was never reported, and resuming from that would
-    skip its row. (A retry in the same worker goes on from the trainer's own checkpoint.)"""
+    skip its row. (A retry in the same worker goes on from the trainer's own checkpoint.)
+    `whole`: the checkpoint is the whole folder (fused seeds, a `seed<N>/checkpoint/` each)."""
     threads = max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))
     try:
         import torch
@@ -132,7 +140,7 @@ def _prepare_work_dir() -> Path:
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as ckpt_dir:
-            shutil.copytree(ckpt_dir, work / "checkpoint")
+            shutil.copytree(ckpt_dir, work if whole else work / "checkpoint")
     return work
 
 

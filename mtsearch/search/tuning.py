@@ -146,11 +146,10 @@ def scheduler(spec: SpaceSpec, earlier: StudyStore | None = None) -> Any:
                          reduction_factor=spec.scheduler.reduction_factor)
     if earlier is not None:
         sign = direction(spec.mode).sign  # ASHA records metric_op * value
-        for trial_id in earlier.trials:
-            epochs = sorted(earlier.trial_epochs(trial_id), key=lambda row: row["epoch"])
+        for trial_id, rows in earlier.by_ray_trial().items():
             for bracket in asha._brackets:
                 for milestone, recorded in bracket._rungs:
-                    value = objective_at(epochs, spec.metric, spec.mode, milestone)
+                    value = group_objective_at(earlier, rows, spec.metric, spec.mode, milestone)
                     if value is not None:
                         recorded[trial_id] = sign * value
     return asha
@@ -167,6 +166,16 @@ def objective_at(epochs: list[dict[str, Any]], metric: str, mode: str, milestone
         if row["epoch"] >= milestone:
             return value
     return None
+
+
+def group_objective_at(store: StudyStore, rows: list[dict[str, Any]], metric: str, mode: str,
+                       milestone: float) -> float | None:
+    """`objective_at` of a Ray trial: of its one row, or the mean over a fused configuration's
+    seeds (what it reported); None unless every seed got there."""
+    values = [objective_at(store.trial_epochs(row["trial_id"]), metric, mode, milestone) for row in rows]
+    if not values or any(v is None for v in values):
+        return None
+    return sum(v for v in values if v is not None) / len(values)
 
 
 def _open_study(spec: SpaceSpec, study_dir: Path) -> tuple[Any, Any] | None:
@@ -190,14 +199,15 @@ def park_optuna_trials(spec: SpaceSpec, study_dir: Path, store: StudyStore, fini
         return
     storage, study = opened
     states = optuna.trial.TrialState
+    groups = store.by_ray_trial()
     for trial in study.get_trials(deepcopy=False, states=(states.RUNNING,)):
-        row = store.trials.get(trial.user_attrs.get(TRIAL_ID_ATTR, ""))
+        rows = groups.get(trial.user_attrs.get(TRIAL_ID_ATTR, ""), [])
+        row = rows[0] if rows else None  # a fused configuration's seeds share their status
         status = row["status"] if row is not None else None
         if row is not None and (status in (None, "running") or row["machine_fault"]):
             storage.set_trial_state_values(trial._trial_id, states.WAITING)
         elif status == "completed":
-            epochs = store.trial_epochs(row["trial_id"])
-            value = objective_at(epochs, spec.metric, spec.mode, row["epochs_done"] or 0)
+            value = group_objective_at(store, rows, spec.metric, spec.mode, row["epochs_done"] or 0)
             if value is not None and math.isfinite(value):
                 storage.set_trial_state_values(trial._trial_id, states.COMPLETE, [value])
             else:

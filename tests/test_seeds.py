@@ -1,0 +1,117 @@
+"""`search.seeds_per_trial`: a sampled configuration trains N seeds fused in one Ray trial; Optuna
+and ASHA see their mean, each seed keeps its own rows, the leaderboard ranks configurations."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import optuna
+import pyarrow.parquet as pq
+import pytest
+
+from mtsearch.errors import InvalidInput
+from mtsearch.records import config_from_record
+from mtsearch.results.report import leaderboard, load_study, ranked_trial
+from mtsearch.search.driver import run_search
+from mtsearch.space import space_from_mapping
+from mtsearch.train import fit
+
+TIMING = {"epoch_s", "clips_per_s", "data_wait"}
+
+
+@pytest.fixture(scope="module")
+def small_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from mtsearch.data.synthetic import write_synthetic
+
+    root = tmp_path_factory.mktemp("synth")
+    write_synthetic(root / "set", classes=4, videos_per_class=5, seed=3, workers=1)
+    return root / "set"
+
+
+def _space(root: Path, cache: Path, **search: object) -> dict:
+    return {
+        "name": "seeds",
+        "base": {"data.root": str(root), "data.cache_dir": str(cache), "data.crop": 48, "data.clip_frames": 7,
+                 "track.frame_gap": 2, "track.past_frames": 3, "model.preset": "tiny", "optim.batch_size": 4,
+                 "optim.epochs": 2, "eval.every": 1, "device": "cpu", "seed": 3},
+        "search": {"algorithm": "random", "num_samples": 2, "max_concurrent": 2, "seed": 0, **search},
+        "scheduler": {"type": "none"},
+        "space": {"loss.w_dir": {"loguniform": [0.5, 20]}, "optim.lr": {"loguniform": [3e-4, 3e-3]}},
+    }
+
+
+def test_a_configuration_trains_its_seeds_fused_and_scores_their_mean(small_set: Path, tmp_path: Path):
+    spec = space_from_mapping(_space(small_set, tmp_path / "cache", seeds_per_trial=2), "seeds.yaml")
+    outcome = run_search(spec, tmp_path / "trials", num_cpus=2)
+    study_dir = tmp_path / "trials" / "seeds"
+    assert not outcome.interrupted
+    trials = pq.read_table(study_dir / "trials.parquet").to_pylist()
+    epochs = pq.read_table(study_dir / "epochs.parquet").to_pylist()
+    assert len(trials) == 4 and all(t["status"] == "completed" and t["fuse_k"] == 2 for t in trials)
+    groups: dict[str, list[dict]] = {}
+    for trial in trials:
+        groups.setdefault(trial["fuse_group"], []).append(trial)
+    assert len(groups) == 2
+    for group, seeds in groups.items():
+        assert sorted(t["seed"] for t in seeds) == [3, 4]
+        assert sorted(t["trial_id"] for t in seeds) == [f"{group}-s3", f"{group}-s4"]
+        assert seeds[0]["optim.lr"] == seeds[1]["optim.lr"] and seeds[0]["loss.w_dir"] == seeds[1]["loss.w_dir"]
+        assert {json.loads(t["config"])["seed"] for t in seeds} == {3, 4}
+
+    finals = {t["trial_id"]: [r["val_hit1"] for r in sorted(epochs, key=lambda r: r["epoch"])
+                              if r["trial_id"] == t["trial_id"]][-1] for t in trials}
+    storage = f"sqlite:///{study_dir / 'optuna.db'}"
+    optuna_trials = optuna.load_study(study_name="seeds", storage=storage).trials
+    assert len(optuna_trials) == 2
+    for ot in optuna_trials:
+        group = ot.user_attrs["trial_id"]
+        assert ot.state == optuna.trial.TrialState.COMPLETE
+        assert ot.value == pytest.approx(sum(finals[f"{group}-s{s}"] for s in (3, 4)) / 2)
+
+    study = load_study(study_dir)
+    board = leaderboard(study)
+    assert board.total_ranked == 2 and {r["trial_id"] for r in board.rows} == set(groups)
+    for row in board.rows:
+        mean = sum(finals[f"{row['trial_id']}-s{s}"] for s in (3, 4)) / 2
+        assert row["val_hit1"] == pytest.approx(mean) and row["seed"] == "3..4" and "ci95" in row
+    assert ranked_trial(study, 1)["trial_id"] == f"{board.rows[0]['trial_id']}-s3"
+
+    # a seed trained fused in the search is the same run as that seed trained alone
+    seed_row = next(t for t in trials if t["seed"] == 4)
+    alone = fit(config_from_record(json.loads(seed_row["config"])), tmp_path / "alone")
+    mine = sorted((r for r in epochs if r["trial_id"] == seed_row["trial_id"]), key=lambda r: r["epoch"])
+    assert len(mine) == len(alone.history) == 2
+    for row, expected in zip(mine, alone.history, strict=True):
+        for key, value in expected.items():
+            if key not in TIMING and isinstance(value, float):
+                assert row[key] == pytest.approx(value, rel=1e-5, abs=1e-7), key
+
+
+@pytest.mark.parametrize("change, key", [
+    ({"space": {"seed": {"choice": [0, 1]}}}, "space.seed"),
+    ({"resources": {"fuse": 2}}, "resources.fuse"),
+    ({"resources": {"fuse": "sometimes"}}, "resources.fuse"),
+    ({"search": {"seeds_per_trial": 0}}, "search.seeds_per_trial"),
+])
+def test_seed_and_fuse_settings_are_checked(change: dict, key: str, tmp_path: Path):
+    data = _space(tmp_path, tmp_path / "cache", seeds_per_trial=2)
+    for section, values in change.items():
+        data[section] = {**data.get(section, {}), **values}
+    with pytest.raises(InvalidInput, match=key.replace(".", r"\.")):
+        space_from_mapping(data, "seeds.yaml")
+
+
+def test_a_grid_file_repeats_seeds_with_repeats(tmp_path: Path):
+    data = {"name": "g", "grid": {"loss.w_dir": [1, 2]}, "search": {"seeds_per_trial": 2}}
+    with pytest.raises(InvalidInput, match="repeats"):
+        space_from_mapping(data, "g.yaml", "ablation")
+
+
+def test_fuse_auto_and_one_are_accepted_and_written_out(tmp_path: Path):
+    for value in ("auto", 1):
+        data = _space(tmp_path, tmp_path / "cache")
+        data["resources"] = {"fuse": value}
+        spec = space_from_mapping(data, "s.yaml")
+        assert spec.to_dict()["resources"]["fuse"] == value
+        assert spec.to_dict()["search"]["seeds_per_trial"] == 1
