@@ -156,6 +156,16 @@ def display_scale(name: str, values: Iterable[Any]) -> tuple[float, str]:
     return 1.0, ""
 
 
+def stored_unit(name: str) -> str | None:
+    """What a stored value of `name` is measured in, for files' column notes: fractions stay
+    fractions in Parquet, CSV and JSON (tables show them in percent)."""
+    bare = name.removeprefix("best_").removeprefix("final_")
+    metric = METRICS.get(bare)
+    if metric is None or not metric.unit:
+        return None
+    return "fraction (0..1)" if metric.unit == FRACTION else metric.unit
+
+
 def label(name: str, unit: str = "") -> str:
     """An axis label: the metric's words and the unit it is shown in (`validation hit@1 (%)`)."""
     metric = METRICS.get(name)

@@ -181,7 +181,7 @@ class SpaceSpec:
         """The study as run, every default written out; `load_space` reads it back unchanged."""
         out: dict[str, Any] = {
             "name": self.name,
-            "base": self.base.to_dict(),
+            "base": self.filled_base().to_dict(),
             "metric": self.metric,
             "mode": self.mode,
             "search": {
@@ -208,8 +208,7 @@ class SpaceSpec:
                             "mlflow_uri": self.storage.mlflow_uri} if self.storage.mirror else {})},
         }
         if self.is_ablation:
-            for key in ("algorithm", "seed", "num_samples", "seeds_per_trial"):
-                del out["search"][key]
+            out["search"] = {"max_concurrent": out["search"]["max_concurrent"]}  # a grid enumerates its trials
             out["grid"] = {k: [plain(v) for v in d.values] for k, d in self.space.items()}  # tied: lists
             out["repeats"] = self.repeats
             if self.reference is not None:
@@ -217,6 +216,22 @@ class SpaceSpec:
         else:
             out["space"] = {k: {d.kind: [plain(v) for v in d.values]} for k, d in self.space.items()}
         return out
+
+    def filled_base(self) -> TrialConfig:
+        """The base with every default the preset resolves written out where no searched key
+        changes it (a searched preset leaves crop and lr to each trial); `threads` stays unset:
+        each trial takes it from `cpus_per_trial`, which a resume may change."""
+        unset = [key for key, value in self.base.to_flat().items() if value is None and key != "threads"]
+        variants = [self.base.resolved().to_flat()]
+        for factor, dist in self.space.items():
+            for value in dist.values:
+                try:
+                    variants.append(self.trial_config({factor: value}).resolved().to_flat())
+                except InvalidInput:  # a value the base cannot take alone (checked per trial)
+                    continue
+        filled = {key: variants[0][key] for key in unset if variants[0].get(key) is not None
+                  and len({repr(variant.get(key)) for variant in variants}) == 1}
+        return self.base.with_overrides(filled, self.source) if filled else self.base
 
     def to_yaml(self) -> str:
         return dump_yaml(stamped(self.to_dict()))
@@ -318,8 +333,8 @@ def space_from_mapping(
     else:
         space = space_section(data.get("space"), source, search.algorithm)
         if search.seeds_per_trial > 1 and "seed" in space:
-            raise InvalidInput(source, "space.seed", "set either search.seeds_per_trial (each configuration "
-                               "trains seeds base.seed .. base.seed + N - 1) or a searched seed, not both")
+            raise InvalidInput(source, "space.seed", "set search.seeds_per_trial (seeds base.seed .. base.seed"
+                               " + N - 1) or a searched seed, not both")
 
     check_space_values(space, base, source, "grid" if kind == ABLATION else "space")
     spec = SpaceSpec(

@@ -57,6 +57,10 @@ def test_leaderboard_json_csv_md(capsys, search_study: Path) -> None:
 
     _, out, _ = run_cli(capsys, "leaderboard", str(search_study), "--format", "md")
     assert out.splitlines()[2].startswith("| rank | trial_id | status |")
+    # a column equal on every row (the seed) is left out of the table and named once under it
+    header = out.splitlines()[2]
+    same = next(line for line in out.splitlines() if line.startswith("the same on every row:"))
+    assert "| seed |" not in header and "seed 0" in same and "test_hit1 (%) none" in same
 
 
 def test_missing_study_is_one_error_line_exit_2(tmp_path: Path) -> None:

@@ -104,7 +104,7 @@ def _check_export(parent: Path) -> None:
     card = export()
     for part in ("Selected by the final val_hit1 (last evaluated epoch) of rank 1", "| `loss.w_track` | 20.0 | 25.0 |",
                  "- best epoch: 80.", "% at epoch 2", "over 3 fresh seeds", "## Learning curve",
-                 "| 1 | 1 | ", "- mtsearch: ", "- torch: ", "- index sha256: ", "## Reproduce",
+                 "| 1 | 1.000 | ", "- mtsearch: ", "- torch: ", "- index sha256: ", "## Reproduce",
                  f"mtsearch train {parent / 'best.yaml'}"):
         assert part in card, part
     card = export("--from-confirm")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from test_report import TWO_BY_TWO, write_grid_study, write_search_study
 
-from mtsearch.results import plots, report
+from mtsearch.results import parallel_plot, plots, report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -75,6 +75,17 @@ def test_study_without_epochs_skips_curves_with_a_warning(tmp_path: Path) -> Non
 )
 def test_parallel_axis_positions(tmp_path: Path, values: list, expected: list[float]) -> None:
     study = report.load_study(write_search_study(tmp_path, optuna_db=False))
-    positions, ticks = plots._axis_positions(study, "some.key", values)
+    positions, ticks = parallel_plot._axis_positions(study, "some.key", values)
     assert positions == pytest.approx(expected)
     assert ticks
+    if isinstance(values[0], float):  # a log axis: the ends and the decades between, no made-up midpoint
+        assert sorted(text for _, text in ticks) == ["1", "10", "100"]
+
+
+def test_parallel_ticks_are_round_values_of_the_axis(tmp_path: Path) -> None:
+    study = report.load_study(write_search_study(tmp_path, optuna_db=False))
+    _, ticks = parallel_plot._axis_positions(study, "some.key", [0.13, 0.47, 0.71])
+    inner = sorted(float(text) for at, text in ticks if 0 < at < 1)
+    assert inner == [0.2, 0.4, 0.6]  # round steps strictly inside the range, 1-2-5 spaced
+    for at, text in ticks:
+        assert at == pytest.approx((float(text) - 0.13) / (0.71 - 0.13), abs=1e-2)

@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from mtsearch.errors import InvalidInput
+from mtsearch.results.store import load_epochs
 from mtsearch.search.driver import run_search
 from mtsearch.space import space_from_mapping
 
@@ -189,7 +190,7 @@ def test_resume_after_kill_9(tmp_path: Path, ray_address: str) -> None:
         time.sleep(0.3)
         if epochs_path.exists() and records(logs):
             last: dict[str, int] = {}
-            for row in pq.read_table(epochs_path).to_pylist():
+            for row in load_epochs(epochs_path.parent).to_pylist():  # retries a read racing a rewrite
                 last[row["trial_id"]] = max(last.get(row["trial_id"], 0), row["epoch"])
             if 2 in last.values():
                 break
@@ -302,6 +303,9 @@ def test_grid_statuses_columns_and_local_ray(tmp_path: Path) -> None:
     assert {w: r["status"] for w, r in rows.items()} == {5.0: "completed", 20.0: "completed", 50.0: "error",
                                                         80.0: "diverged"}
     assert "boom: w_track=50.0 is cursed" in rows[50.0]["error"]
+    # the error column: the last line, and where the whole traceback is
+    full = rows[50.0]["error"].split("(full text: ")[1].rstrip(")")
+    assert "Traceback" in (study / full).read_text() and "ValueError" in (study / full).read_text()
     assert rows[80.0]["error"] == "loss is nan at epoch 2" and rows[80.0]["epochs_done"] == 1
     assert rows[20.0]["epochs_done"] == 3 and rows[20.0]["best_epoch"] == 3 and rows[20.0]["wall_s"] > 0
     assert rows[20.0]["cell"] == "loss.w_track=20" and rows[20.0]["best_val_hit1"] == pytest.approx(1.0)

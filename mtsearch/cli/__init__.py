@@ -55,6 +55,9 @@ def _search_options(p: argparse.ArgumentParser, samples: bool = True) -> None:
     p.add_argument("--data", metavar="ROOT", help="dataset root (overrides data.root)")
     p.add_argument("--quiet", action="store_true", help="plain log lines instead of the live display")
     p.add_argument("--resume", action="store_true", help="continue an interrupted or existing study")
+    p.add_argument("--dry-run", action="store_true", help="check the file and print the resolved space, the "
+                   "trial count, the network shapes, the resources and the disk it would use; train and "
+                   "write nothing")
 
 
 def build_parser() -> argparse.ArgumentParser:

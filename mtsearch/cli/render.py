@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from typing import Any
 
-from mtsearch.metrics import direction, display_scale
+from mtsearch.metrics import direction, display_scale, stored_unit
 from mtsearch.results.ablation import AblationReport, ablation_scale, level_text, short_labels
 from mtsearch.results.importance import Importances
 from mtsearch.results.report import METRIC_DIGITS, Leaderboard, fmt_number
@@ -83,13 +83,15 @@ def leaderboard_columns(board: Leaderboard) -> list[str]:
 
 
 def leaderboard_cells(board: Leaderboard) -> tuple[list[str], list[list[str]]]:
-    """Header and rows of strings for tables (metric in percent when it is a hit rate)."""
+    """Header and rows of strings for tables (metric in percent when it is a hit rate); the
+    numbers of a searched key's column share one number of decimals."""
     cols = leaderboard_columns(board)
     metric_cols = (board.metric, "ci95", f"best_{board.metric}", "test_hit1")
     scale, unit = display_scale(board.metric, [r.get(board.metric) for r in board.rows])
     header = [f"{c} ({unit})" if unit and c in metric_cols else c for c in cols]
     best = cols.index(f"best_{board.metric}")
     header[best] += " optimistic"  # a maximum over epochs
+    decimals = {c: column_decimals([r.get(c) for r in board.rows]) for c in board.params}
     body = []
     for row in board.rows:
         line = []
@@ -99,9 +101,31 @@ def leaderboard_cells(board: Leaderboard) -> tuple[list[str], list[list[str]]]:
             elif c == "wall_s":
                 line.append(fmt_number(row.get(c), decimals=1))
             else:
-                line.append(fmt_number(row.get(c)))
+                line.append(fmt_number(row.get(c), decimals=decimals.get(c)))
         body.append(line)
     return header, body
+
+
+def column_decimals(values: Sequence[Any], significant: int = 3, most: int = 3) -> int | None:
+    """Decimals that show a float column's smallest value to `significant` digits (at most
+    `most`), so every number of the column has the same format; None for a column of no floats."""
+    floats = [abs(v) for v in values if isinstance(v, float) and math.isfinite(v)]
+    if not floats:
+        return None
+    smallest = min((v for v in floats if v > 0), default=1.0)
+    return max(0, min(most, significant - 1 - math.floor(math.log10(smallest))))
+
+
+def drop_constant_columns(header: list[str], body: list[list[str]], keep: int
+                          ) -> tuple[list[str], list[list[str]], list[str]]:
+    """Columns after the first `keep` whose cells are equal on every row (of two or more) go,
+    and come back as `name value` notes to print once under the table."""
+    if len(body) < 2:
+        return header, body, []
+    constant = [i for i in range(keep, len(header)) if len({row[i] for row in body}) == 1]
+    notes = [f"{header[i]} {body[0][i]}" if body[0][i] != "–" else f"{header[i]} none" for i in constant]
+    kept = [i for i in range(len(header)) if i not in constant]
+    return [header[i] for i in kept], [[row[i] for i in kept] for row in body], notes
 
 
 def leaderboard_footer(board: Leaderboard) -> list[str]:
@@ -124,10 +148,19 @@ def leaderboard_footer(board: Leaderboard) -> list[str]:
 
 
 def leaderboard_markdown(board: Leaderboard) -> str:
-    header, body = leaderboard_cells(board)
+    header, body, same = drop_constant_columns(*leaderboard_cells(board), keep=LEADING)
     text = f"**{board.study}**: trials ranked by {board.metric} ({board.mode})\n\n"
     text += markdown_table(header, body, numeric_columns(body, len(header)))
-    return text + "\n" + "\n".join(f"{line}  " for line in leaderboard_footer(board)) + "\n"
+    lines = ([same_line(same)] if same else []) + leaderboard_footer(board)
+    return text + "\n" + "\n".join(f"{line}  " for line in lines) + "\n"
+
+
+LEADING = 4  # rank, trial id, status and the metric: always shown
+
+
+def same_line(notes: Sequence[str]) -> str:
+    """The columns a table left out because every row has the same value."""
+    return "the same on every row: " + ", ".join(notes)
 
 
 def leaderboard_csv(board: Leaderboard) -> str:
@@ -142,7 +175,11 @@ def leaderboard_csv(board: Leaderboard) -> str:
 
 
 def leaderboard_json(board: Leaderboard) -> str:
-    return _json_text(asdict(board))
+    """The leaderboard's data, raw values; `units` says what each metric key is in."""
+    data = asdict(board)
+    keys = {key for row in board.rows for key in row}
+    data["units"] = {key: unit for key in sorted(keys) if (unit := stored_unit(key))}
+    return _json_text(data)
 
 
 # ---- search report: the leaderboard plus importances ---------------------------------------------

@@ -47,10 +47,10 @@ def _rich_table(
 
 
 def _print_leaderboard(console: Any, board: report.Leaderboard) -> None:
-    header, rows = render.leaderboard_cells(board)
+    header, rows, same = render.drop_constant_columns(*render.leaderboard_cells(board), keep=render.LEADING)
     title = f"{board.study}: top {len(rows)} by {board.metric} ({board.mode})"
     console.print(_rich_table(title, header, rows, render.numeric_columns(rows, len(header))))
-    for line in render.leaderboard_footer(board):
+    for line in ([render.same_line(same)] if same else []) + render.leaderboard_footer(board):
         console.print(line, markup=False)
 
 

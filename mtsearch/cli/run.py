@@ -21,6 +21,7 @@ from rich.table import Table
 from rich.text import Text
 
 from mtsearch.cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
+from mtsearch.cli.render import column_decimals
 from mtsearch.errors import InvalidInput
 from mtsearch.files import check_output_dir, disk_usage, human_bytes
 from mtsearch.metrics import direction, display_scale
@@ -54,9 +55,20 @@ def _run(args: argparse.Namespace, kind: str) -> int:
     _check_data_root(spec)
     console = Console()
     err = Console(stderr=True)
+    from mtsearch.data.synthetic import builtin_set_ready
     from mtsearch.search.preflight import check_fps
 
-    check_fps(spec)
+    builtin_pending = spec.base.data.root is None and not builtin_set_ready(spec.base.data.cache_dir)
+    if not (args.dry_run and builtin_pending):  # a dry run writes nothing, the built-in set included
+        check_fps(spec)
+    if args.dry_run:
+        from mtsearch.cli.dry_run import dry_run
+
+        if builtin_pending:
+            err.print("note: the built-in synthetic set is not built yet; the first run writes it "
+                      "(about a minute), so data.fps was not checked against its videos", markup=False)
+        return dry_run(spec, Path(args.trials_dir), lambda line: console.print(line, markup=False,
+                                                                              highlight=False, soft_wrap=True))
     command = "ablate" if kind == ABLATION else "run"
     resume_cmd = _resume_command(command, args, spec.name)
 
@@ -152,11 +164,12 @@ def _leaderboard(progress: Any, top: int) -> Table:
     table.add_column("epochs", justify="right")
     for key in progress.searched_keys:
         table.add_column(key, justify="right")
+    decimals = {k: column_decimals([row.get(k) for row in ranked]) for k in progress.searched_keys}
     for rank, row in enumerate(ranked, 1):
         status = row["status"] or "running"
         table.add_row(str(rank), row["trial_id"], Text(status, style=_STATUS_STYLE.get(status, "")),
                       fmt_number(row["score"], scale, digits=METRIC_DIGITS), fmt_number(row.get("epochs_done")),
-                      *(fmt_number(row.get(k) if k != "seed" else row.get("seed")) for k in progress.searched_keys))
+                      *(fmt_number(row.get(k), decimals=decimals[k]) for k in progress.searched_keys))
     return table
 
 

@@ -201,6 +201,17 @@ def _publish(tmp: Path, target: Path, replace: bool) -> bool:
     return True
 
 
+def builtin_set(cache_dir: str | os.PathLike[str] | None = None, seed: int = 0) -> Path:
+    """Where the default synthetic set lives (built or not)."""
+    from mtsearch.paths import synthetic_dir
+
+    return synthetic_dir(cache_dir) / f"v{VERSION}-seed{seed}"
+
+
+def builtin_set_ready(cache_dir: str | os.PathLike[str] | None = None, seed: int = 0) -> bool:
+    return (builtin_set(cache_dir, seed) / INFO_FILE).exists()
+
+
 def ensure_synthetic(
     cache_dir: str | os.PathLike[str] | None = None,
     seed: int = 0,
@@ -213,12 +224,10 @@ def ensure_synthetic(
     wait, and the build is renamed into place only when complete (a crashed build leaves no
     half set). Where file locks are unavailable the first finished build wins.
     """
-    from mtsearch.paths import synthetic_dir
-
-    parent = synthetic_dir(cache_dir)
-    target = parent / f"v{VERSION}-seed{seed}"
+    target = builtin_set(cache_dir, seed)
     if (target / INFO_FILE).exists():
         return target
+    parent = target.parent
     parent.mkdir(parents=True, exist_ok=True)
     with _file_lock(parent / f".{target.name}.lock"):
         if (target / INFO_FILE).exists():  # another process built it while we waited

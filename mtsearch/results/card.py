@@ -119,10 +119,10 @@ def render_card(
                      f"{', '.join(map(str, confirm_seeds or []))}): {show(confirmed.mean)}{ci}")
     else:
         lines.append("- not confirmed over seeds: run `mtsearch confirm` for a mean and a confidence interval")
-    lines += ["", "## Learning curve", "", "| epoch | " + " | ".join(CURVE_COLUMNS) + " |",
+    lines += ["", "## Learning curve", "", "| epoch | " + " | ".join(_curve_header(c) for c in CURVE_COLUMNS) + " |",
               "|---|" + "---|" * len(CURVE_COLUMNS)]
     for row in curve:
-        cells = [fmt_number(row.get(c)) if row.get(c) is not None else "—" for c in CURVE_COLUMNS]
+        cells = [_curve_cell(c, row.get(c)) for c in CURVE_COLUMNS]
         lines.append(f"| {row['epoch']} | " + " | ".join(cells) + " |")
     lines += ["", "## Environment", "", *[f"- {k}: {v}" for k, v in environment(trial.get("device")).items()]]
     lines += ["", "## Data", ""]
@@ -134,7 +134,32 @@ def render_card(
     return "\n".join(lines)
 
 
+def _curve_header(column: str) -> str:
+    unit = display_scale(column, [0.5])[1]
+    return f"{column} ({unit})" if unit else column
+
+
+def _curve_cell(column: str, value: Any) -> str:
+    """A learning-curve value: hit rates and accuracies in percent with one decimal, as the tables."""
+    if value is None:
+        return "—"
+    scale = display_scale(column, [0.5])[0]  # the unit is the column's, whatever this value is
+    return fmt_number(value, scale, decimals=1 if scale == 100.0 else 3)
+
+
 def _value(value: Any) -> str:
+    """A config value as YAML writes it (null, true, [a, b]), floats to 4 significant digits."""
     if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(map(str, value)) + "]"
-    return f"`{value}`" if isinstance(value, str) else str(value)
+        return "[" + ", ".join(_plain(v) for v in value) + "]"
+    return f"`{value}`" if isinstance(value, str) else _plain(value)
+
+
+def _plain(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        text = format(value, ".4g")
+        return text + ".0" if text.lstrip("-").isdigit() else text  # YAML's 25.0, not 25
+    return str(value)

@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from mtsearch.files import write_atomic
-from mtsearch.metrics import MAXIMISE, display_scale, title
+from mtsearch.metrics import display_scale, title
 from mtsearch.metrics import label as metric_label
 from mtsearch.results.ablation import ablation, short_labels
-from mtsearch.results.report import Study, final_score, leaderboard, param_display_value
+from mtsearch.results.report import Study, final_score, leaderboard
 
 KEY_NAMES = {
     "loss.w_track": "w_track (w1, tracking loss weight)",
@@ -113,7 +113,8 @@ def learning_curves(study: Study, path: Path) -> Path | None:
 
 
 def _curve_colors(study: Study, trial_ids: list[str], rank: dict[str, int]) -> dict[str, Any]:
-    """A colour per trial: by cell in a grid, by rank (best brightest) in a search."""
+    """A colour per trial: by cell in a grid, by rank in a search (#1 the darkest, the most visible
+    on white; the weakest pale)."""
     import matplotlib as mpl
 
     if study.is_ablation:
@@ -124,7 +125,7 @@ def _curve_colors(study: Study, trial_ids: list[str], rank: dict[str, int]) -> d
     cmap = mpl.colormaps["viridis"]
     n = max(1, len(rank) - 1)
     return {
-        tid: (cmap(0.9 - 0.8 * (rank[tid] - 1) / n) if tid in rank else (0.5, 0.5, 0.5, 1.0))
+        tid: (cmap(0.05 + 0.8 * (rank[tid] - 1) / n) if tid in rank else (0.5, 0.5, 0.5, 1.0))
         for tid in trial_ids
     }
 
@@ -220,112 +221,6 @@ def weights_scatter(
     ax.set_title(f"{study.name}: loss weights searched ({len(points) + len(failed)} trials)")
     ax.grid(True, which="both", alpha=0.25)
     ax.legend(fontsize=8, loc="best")
-    return _save(fig, path)
-
-
-def _axis_positions(
-    study: Study, key: str, values: list[Any]
-) -> tuple[list[float | None], list[tuple[float, str]]]:
-    """Values of one key mapped to [0, 1] and the tick (position, label) pairs for that axis."""
-    numeric = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
-    if numeric and len(numeric) == len([v for v in values if v is not None]):
-        log = _is_log_key(study, key, numeric)
-        tf = (lambda v: math.log10(v)) if log else (lambda v: float(v))
-        lo, hi = min(tf(v) for v in numeric), max(tf(v) for v in numeric)
-        span = hi - lo or 1.0
-        pos = [None if v is None else (tf(v) - lo) / span for v in values]
-        ticks = (
-            [(0.0, f"{min(numeric):.3g}"), (1.0, f"{max(numeric):.3g}")]
-            if hi > lo
-            else [(0.0, f"{numeric[0]:.3g}")]
-        )
-        if log and hi > lo:
-            ticks.append((0.5, f"{10 ** ((lo + hi) / 2):.3g}"))
-        return pos, ticks
-    cats = sorted({str(v) for v in values if v is not None})
-    step = 1.0 / max(1, len(cats) - 1)
-    where = {c: i * step for i, c in enumerate(cats)}
-    return [None if v is None else where[str(v)] for v in values], [(where[c], c) for c in cats]
-
-
-def _axis_label(study: Study, key: str, values: list[Any]) -> str:
-    """A searched key's axis label: its short name, and whether the axis is logarithmic."""
-    numeric = [v for v in values if isinstance(v, (int, float))]
-    return KEY_NAMES.get(key, key).split(" (")[0] + ("\n(log scale)" if _is_log_key(study, key, numeric) else "")
-
-
-def _draw_axes(ax: Any, ticks: list[list[tuple[float, str]]]) -> None:
-    """The vertical axes of a parallel-coordinates plot, with their tick labels."""
-    for j, tk in enumerate(ticks):
-        ax.axvline(j, color="black", linewidth=0.8)
-        for y, text in tk:
-            ax.text(j + 0.04, y, text, fontsize=8, va="center", ha="left",
-                    bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.7, "pad": 1})
-
-
-def parallel_coordinates(study: Study, path: Path) -> Path | None:
-    """One vertical axis per searched key plus the metric; each trial a line coloured by its score."""
-    import matplotlib as mpl
-
-    rows = []
-    for trial in study.trials:
-        score = final_score(study, trial)
-        if score is None or trial.get("status") in ("error", "diverged"):
-            continue
-        rows.append((trial, score))
-    if not rows or not study.params:
-        return None
-    scale, unit = display_scale(study.metric, [s for _, s in rows])
-    keys = list(study.params)
-    columns: list[list[float | None]] = []
-    ticks: list[list[tuple[float, str]]] = []
-    for key in keys:
-        pos, tk = _axis_positions(study, key, [param_display_value(t.get(key)) for t, _ in rows])
-        columns.append(pos)
-        ticks.append(tk)
-    pos, tk = _axis_positions(study, study.metric, [s * scale for _, s in rows])
-    columns.append(pos)
-    ticks.append(tk)
-    labels = [_axis_label(study, k, [t.get(k) for t, _ in rows]) for k in keys]
-    labels.append(metric_label(study.metric, unit))
-
-    fig = _new_figure(max(7.0, 2.0 * len(labels) + 2), 5.5)
-    ax = fig.subplots()
-    cmap = mpl.colormaps["viridis"]
-    scores = [s for _, s in rows]
-    lo, hi = min(scores), max(scores)
-    order = sorted(range(len(rows)), key=lambda i: study.direction.key(scores[i]))
-    for i in order:  # best drawn last, on top
-        trial, score = rows[i]
-        frac = 0.5 if hi == lo else (score - lo) / (hi - lo)
-        frac = frac if study.direction == MAXIMISE else 1 - frac
-        ys = [columns[j][i] for j in range(len(labels))]
-        xs = [j for j, y in enumerate(ys) if y is not None]
-        pruned = trial.get("status") == "pruned"
-        ax.plot(xs, [ys[j] for j in xs], color=cmap(frac), alpha=0.3 if pruned else 0.9,
-                linewidth=1.0 if pruned else 1.8, marker="o", markersize=3)
-    _draw_axes(ax, ticks)
-    ax.set_xticks(range(len(labels)))
-    ax.set_xticklabels(labels, fontsize=9)
-    ax.set_yticks([])
-    ax.set_xlim(-0.2, len(labels) - 0.6)
-    ax.set_ylim(-0.06, 1.06)
-    for side in ("top", "right", "left"):
-        ax.spines[side].set_visible(False)
-    from matplotlib.cm import ScalarMappable
-    from matplotlib.colors import Normalize
-
-    norm = Normalize(vmin=lo * scale, vmax=hi * scale if hi > lo else lo * scale + 1e-9)
-    fig.colorbar(
-        ScalarMappable(norm=norm, cmap=cmap if study.direction == MAXIMISE else cmap.reversed()),
-        ax=ax,
-        label=f"final {metric_label(study.metric, unit)}",
-    )
-    ax.set_title(
-        f"{study.name}: searched keys against final {title(study.metric)}\n"
-        f"one line per scored trial ({len(rows)}), pruned trials faded",
-        fontsize=10,
-    )
     return _save(fig, path)
 
 
@@ -438,5 +333,9 @@ def make_plots(
         if "loss.w_track" in study.params and "loss.w_dir" in study.params:
             written.append(weights_scatter(study, out_dir / "weights_scatter.png"))
         if study.params:
+            from mtsearch.results.parallel_plot import (
+                parallel_coordinates,  # it uses this module's helpers
+            )
+
             written.append(parallel_coordinates(study, out_dir / "parallel_coordinates.png"))
     return [p for p in written if p is not None]

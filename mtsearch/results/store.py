@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from mtsearch.files import atomic_output
-from mtsearch.metrics import EPOCH_METRICS, TEST_METRICS, best_epoch
+from mtsearch.metrics import EPOCH_METRICS, TEST_METRICS, best_epoch, stored_unit
 
 TRIALS_FILE = "trials.parquet"
 EPOCHS_FILE = "epochs.parquet"
@@ -80,14 +80,14 @@ class StudyStore:
         for key, kind in self.param_types.items():
             if key != "seed":
                 types[key] = pa.type_for_alias(_ARROW_TYPES[kind])
-        return pa.schema([(c, types[c]) for c in self.trial_columns()])
+        return pa.schema([_field(c, types[c]) for c in self.trial_columns()])
 
     @staticmethod
     def _epoch_schema() -> Any:
         import pyarrow as pa
 
         return pa.schema([("trial_id", pa.string()), ("epoch", pa.int64())]
-                         + [(c, pa.float64()) for c in EPOCH_METRICS])
+                         + [_field(c, pa.float64()) for c in EPOCH_METRICS])
 
     # ---- updates ------------------------------------------------------------------------------
     def upsert_trial(self, trial_id: str, **values: Any) -> dict[str, Any]:
@@ -232,6 +232,14 @@ def epoch_rows(study_dir: str | Path) -> list[dict[str, Any]]:
 
 
 # ---- helpers -------------------------------------------------------------------------------------
+
+def _field(name: str, kind: Any) -> Any:
+    """A column, with its unit in the field's metadata (`unit: fraction (0..1)` for hit rates)."""
+    import pyarrow as pa
+
+    unit = stored_unit(name)
+    return pa.field(name, kind, metadata={"unit": unit} if unit else None)
+
 
 def _write_table(table: Any, path: Path) -> None:
     import pyarrow.parquet as pq

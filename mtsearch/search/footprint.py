@@ -35,8 +35,10 @@ def study_footprint(spec: SpaceSpec, study_dir: Path, tune_dir: str = "tune") ->
     measured = [disk_usage(p) for p in (study_dir / tune_dir).glob("*/checkpoint_*") if p.is_dir()]
     if measured:
         return Footprint(max(measured), "measured", checkpoints)
-    params = max(_parameters(cfg) for cfg in _model_variants(spec))
-    return Footprint(params * _BYTES_PER_PARAMETER, f"from {params / 1e6:.1f} M parameters", checkpoints)
+    params = max(parameter_count(cfg) for cfg in _model_variants(spec))
+    seeds = 1 if spec.is_ablation else spec.search.seeds_per_trial  # a trial's checkpoint holds each seed's
+    how = f"from {params / 1e6:.1f} M parameters" + (f" × {seeds} seeds" if seeds > 1 else "")
+    return Footprint(params * _BYTES_PER_PARAMETER * seeds, how, checkpoints)
 
 
 def shortfall_warning(spec: SpaceSpec, study_dir: Path) -> str | None:
@@ -68,7 +70,7 @@ def _model_variants(spec: SpaceSpec) -> list[TrialConfig]:
     return variants
 
 
-def _parameters(cfg: TrialConfig) -> int:
+def parameter_count(cfg: TrialConfig) -> int:
     """The network's parameter count, built on the meta device (no memory, no arithmetic)."""
     import torch
 

@@ -18,6 +18,7 @@ from ray import tune
 
 from mtsearch.distributions import expand_params
 from mtsearch.errors import StorageFull, storage_failure
+from mtsearch.files import write_atomic
 from mtsearch.metrics import SLOTS_KEY, direction
 from mtsearch.records import config_from_record, stamped
 from mtsearch.results.store import StudyStore, is_ranked
@@ -110,8 +111,10 @@ class StoreCallback(tune.Callback):
         if status == OOM:
             _grant_larger_share(live, trial)
         elif status in ("diverged", "error"):
+            text = result.get("fit_traceback") or result.get("fit_error")
             for rid in row_ids(live, trial.trial_id):
-                live.store.upsert_trial(rid, status=status, error=last_line(result.get("fit_error")))
+                live.store.upsert_trial(rid, status=status,
+                                        error=_error_cell(live, rid, result.get("fit_error"), text))
                 _mirror_end(live, rid)
         elif "epoch" in result and "loss" in result:
             # fused seeds: each seed's own row (their mean went to Optuna and ASHA)
@@ -144,8 +147,10 @@ class StoreCallback(tune.Callback):
         if live is None:
             return
         # the configuration's own failures end as results (run_trial): this is the machine's
-        error = _machine_fault(live, trial, final=True)
+        fault = _machine_fault(live, trial, final=True)
+        text = _trial_error(trial)
         for rid in row_ids(live, trial.trial_id):
+            error = _error_cell(live, rid, fault, text)
             row = live.store.trials.get(rid) or {}
             restarts = max(row.get("restarts") or 0, int(trial.run_metadata.num_failures) - 1)
             live.store.upsert_trial(rid, status="error", error=error, machine_fault=True, restarts=restarts)
@@ -189,6 +194,24 @@ def _mirror_end(live: Live, trial_id: str) -> None:
     if live.mirrors is not None:
         row = live.store.trials.get(trial_id) or {}
         live.mirrors.trial_end(trial_id, str(row.get("status")), row.get("error"))
+
+
+ERRORS_DIR = "errors"  # in the study folder: each failed trial's full error text, <trial>.txt
+
+
+def _error_cell(live: Live, row_id: str, line: Any, text: Any) -> str | None:
+    """The `error` column: the error's last line and, where there is more to read, the file
+    under the study folder that holds its whole text (a traceback, Ray's report)."""
+    short = last_line(line)
+    full = str(text or "").strip()
+    if not full or full == (short or ""):
+        return short
+    relative = f"{ERRORS_DIR}/{row_id}.txt"
+    try:
+        write_atomic(live.store.study_dir / relative, full + "\n")
+    except OSError:  # the line alone: the search goes on
+        return short
+    return f"{short} (full text: {relative})" if short else f"see {relative}"
 
 
 def _machine_fault(live: Live, trial: Any, final: bool) -> str:

@@ -114,7 +114,7 @@ def run_trial(config: dict[str, Any], *, base: dict[str, Any], metric: str, mode
             message = str(GpuOutOfMemory(share, last_line(exc) or "")) if is_out_of_memory(exc) \
                 else error_line(exc)
             if failures >= max_failures:
-                final("error", fit_error=message)
+                final("error", fit_error=message, fit_traceback=_traceback_text(exc))
                 return
             failures += 1
             notes.append(f"failed: {message}; retry {failures} of {max_failures} from its last checkpoint")
@@ -160,7 +160,14 @@ def shorten(text: str, limit: int = 300) -> str:
 
 
 def last_line(text: Any) -> str | None:
+    """The last non-blank line, cut at a word boundary within 500 characters."""
     if text is None:
         return None
     lines = [ln.strip() for ln in str(text).splitlines() if ln.strip()]
-    return lines[-1][:500] if lines else None
+    return shorten(lines[-1], 500) if lines else None
+
+
+def _traceback_text(exc: BaseException) -> str:
+    import traceback
+
+    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))

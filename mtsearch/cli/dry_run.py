@@ -1,0 +1,81 @@
+"""`mtsearch run SPACE --dry-run` (and `ablate`): what a study would do, checked and printed,
+with nothing trained, started or written (no Ray, no study folder, no built-in set)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from mtsearch.errors import free_bytes
+from mtsearch.files import human_bytes
+from mtsearch.space import SpaceSpec
+
+
+def dry_run(spec: SpaceSpec, trials_dir: Path, say: Any) -> int:
+    """Print the resolved space, the trials, the network shapes, the resources and the disk."""
+    from mtsearch.search.footprint import study_footprint
+    from mtsearch.search.packing import shape_label, spec_shapes
+
+    study_dir = trials_dir / spec.name
+    say(f"# {spec.source}, as `mtsearch {'ablate' if spec.is_ablation else 'run'}` would run it "
+        f"(defaults filled in; nothing was trained or written)")
+    say(spec.to_yaml().rstrip())
+    say("")
+    say(f"study folder: {study_dir}" + (" (exists: --resume continues it)" if study_dir.exists() else ""))
+    seeds = 1 if spec.is_ablation else spec.search.seeds_per_trial
+    what = (f"{spec.total_trials} trials" if spec.is_enumerated
+            else f"{spec.total_trials} sampled trials ({spec.search.algorithm})")
+    if seeds > 1:
+        what += f", each {seeds} seeds fused: {spec.total_trials * seeds} training runs"
+    say(f"trials: {what}, {spec.search.max_concurrent} at a time, up to {spec.max_epochs} epochs each"
+        + (f"; ASHA stops weak ones from epoch {spec.scheduler.grace_period}"
+           if spec.scheduler.type == "asha" else ""))
+    shapes = spec_shapes(spec)
+    say(f"network shapes: {len(shapes)}: " + "; ".join(
+        f"{shape_label(cfg)} ({_millions(cfg)} M parameters)" for cfg in shapes.values()))
+    say(f"resources: {_gpu_choice(spec)}")
+    say(f"fusion: {_fuse_choice(spec, seeds)}")
+    need = study_footprint(spec, study_dir)
+    free = free_bytes(study_dir if study_dir.exists() else _existing_parent(study_dir))
+    say(f"disk: up to {human_bytes(need.total)} of checkpoints ({need.checkpoints} of "
+        f"{human_bytes(need.checkpoint_bytes)}, {need.how}: {spec.storage.keep_checkpoints} kept + 2 per "
+        f"running trial)" + (f"; {human_bytes(free)} free" if free is not None else ""))
+    return 0
+
+
+def _millions(cfg: Any) -> str:
+    from mtsearch.search.footprint import parameter_count
+
+    return f"{parameter_count(cfg) / 1e6:.2f}"
+
+
+def _gpu_choice(spec: SpaceSpec) -> str:
+    """What `gpus_per_trial` will be, as far as this machine can tell without starting anything."""
+    cpus = f"{spec.resources.cpus_per_trial:g} CPU{'s' if spec.resources.cpus_per_trial != 1 else ''} per trial"
+    if not spec.resources.auto:
+        return f"{cpus}, {spec.resources.gpus_per_trial:g} GPU per trial (as set)"
+    if spec.base.device == "cpu":
+        return f"{cpus}, on the CPU (base.device: cpu)"
+    import torch
+
+    if not torch.cuda.is_available():
+        return f"{cpus}; gpus_per_trial auto: no GPU on this machine, so trials run on the CPU " \
+               "(on a cluster, the driver decides from Ray's GPUs)"
+    return (f"{cpus}; gpus_per_trial auto: each network shape's memory peak is measured on one GPU "
+            f"before the first trial, and trials are packed by it (at most "
+            f"{spec.resources.max_trials_per_gpu} per GPU)")
+
+
+def _fuse_choice(spec: SpaceSpec, seeds: int) -> str:
+    fuse = spec.resources.fuse
+    text = "off (resources.fuse: 1)" if fuse == 1 else \
+        "auto: independent trials run one per process (the search does not fuse them yet)"
+    if seeds > 1:
+        text += f"; each trial's {seeds} seeds train fused in one process"
+    return text
+
+
+def _existing_parent(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
