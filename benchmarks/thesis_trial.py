@@ -10,10 +10,15 @@ output), as the trainer runs them:
   speed (torch.compile where the trainer compiles, cuDNN autotuning, graph capture, workers).
 It then projects a thesis trial: HMDB-51 split 1, 100 epochs of 3,570 training clips, and an
 evaluation of 11,200 clips every `eval.every` epochs of spaces/thesis-hmdb51.yaml (and after the
-last), plus the warm-up. The last lines are
+last), plus the warm-up. With `--fuse K` (default 4 on CUDA, 2 on a CPU) it measures K trials
+fused in one process (`train/fused.py`): their aggregate training clips/s over epochs 2..E, and
+K evaluations at once, against one trial in the same run; a fused trial's minutes are the
+trial's training and evaluation minutes divided by those gains, plus its own warm-up. The last
+lines are
 
     end_to_end_vs_step: <loop clips/s / bare step clips/s>x
     thesis_trial_minutes: <N>
+    fused_thesis_trial_minutes: <N>   (minutes per trial when K trials run fused)
 
     python benchmarks/thesis_trial.py      # as the trainer runs (CUDA graph); --eager without
 """
@@ -88,6 +93,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, help="timed bare steps per block (default 20; CPU 3)")
     parser.add_argument("--threads", type=int, help="CPU threads (default: every core)")
     parser.add_argument("--data", help="synthetic set to use: reused if there, else written")
+    parser.add_argument("--fuse", type=int, help="trials fused for the last line (default 4; CPU 2; 1: skip)")
     args = parser.parse_args()
 
     cuda = torch.cuda.is_available()
@@ -140,7 +146,72 @@ def main() -> None:
         f"({eval_min:.1f} min; eval.every {every} from {SPACE.name}) + warm-up ({warmup_min:.1f} min)"
     )
     print(f"end_to_end_vs_step: {loop_cps / bare.clips_per_s:.2f}x")
-    print(f"thesis_trial_minutes: {train_min + eval_min + warmup_min:.1f}")
+    print(f"thesis_trial_minutes: {train_min + eval_min + warmup_min:.1f}", flush=True)
+    fuse = args.fuse or (4 if cuda else 2)
+    if fuse > 1:
+        train_gain, eval_gain = measure_fused(cfg, device, fuse, args.epochs)
+        print(f"fused: {fuse} trials in one process: training {train_gain:.2f}x and evaluation "
+              f"{eval_gain:.2f}x the clips/s of one trial")
+        print(f"fused_thesis_trial_minutes: {train_min / train_gain + eval_min / eval_gain + warmup_min:.1f}")
+
+
+def measure_fused(cfg: TrialConfig, device: torch.device, fuse: int, epochs: int) -> tuple[float, float]:
+    """(training gain, evaluation gain) of `fuse` trials fused in one process over one trial,
+    both measured here: training as the aggregate clips/s of epochs 2..E (`fit_fused`, no
+    evaluation), evaluation as `fuse` evaluations on their own threads at once."""
+    from mtsearch.train.fused import fit_fused
+
+    def training_rate(count: int) -> float:
+        ends: list[list[float]] = [[] for _ in range(count)]
+        cfgs = [cfg.with_overrides({"seed": k, "optim.epochs": epochs, "eval.every": 10_000,
+                                    "optim.lr": 2e-4 * (1 + k / 4)}, "<bench>") for k in range(count)]
+
+        def after(k: int):
+            def on_epoch(row: dict, _: object) -> None:
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                ends[k].append(time.perf_counter())
+            return on_epoch
+
+        fit_fused(cfgs, [None] * count, on_epoch=[after(k) for k in range(count)])
+        clips = sum(len(slot) - 1 for slot in ends) * _clips_per_epoch(cfg)
+        return clips / (max(slot[-1] for slot in ends) - min(slot[0] for slot in ends))
+
+    def evaluation_rate(count: int) -> float:
+        from concurrent.futures import ThreadPoolExecutor
+
+        from mtsearch.data.clips import make_loader
+        from mtsearch.train import build_training, evaluate, load_clips, loader_workers
+
+        _, _, test_set, num_classes = load_clips(cfg, print)
+        models = [build_training(cfg, num_classes, device, print).model for _ in range(count)]
+        loaders = [make_loader(test_set, cfg.eval_batch_size, False, loader_workers(cfg, device), device, 0)
+                   for _ in range(count)]
+        share = max(1, threads // count)  # each slot its share of the cores, as fit_fused gives
+
+        def one(k: int) -> None:
+            torch.set_num_threads(share)
+            evaluate(models[k], loaders[k], cfg, device)
+
+        with ThreadPoolExecutor(count) as pool:
+            list(pool.map(one, range(count)))  # warm-up (and compilation where the trainer compiles)
+            start = time.perf_counter()
+            list(pool.map(one, range(count)))
+        return count * len(test_set) / (time.perf_counter() - start)
+
+    threads = torch.get_num_threads()
+    one_train, one_eval = training_rate(1), evaluation_rate(1)
+    train_gain, eval_gain = training_rate(fuse) / one_train, evaluation_rate(fuse) / one_eval
+    torch.set_num_threads(threads)
+    return train_gain, eval_gain
+
+
+def _clips_per_epoch(cfg: TrialConfig) -> int:
+    """Training clips of one epoch (make_loader drops a lone last clip)."""
+    from mtsearch.train import load_clips
+
+    count = len(load_clips(cfg, lambda message: None)[0])
+    return count - (count % cfg.optim.batch_size == 1)
 
 
 if __name__ == "__main__":

@@ -141,7 +141,9 @@ def test_a_worker_killed_past_its_restarts_is_an_error_that_resume_reruns(tmp_pa
         killer.join()
     (row,) = pq.read_table(outcome.study_dir / "trials.parquet").to_pylist()
     assert row["status"] == "error"
-    assert row["error"] == "worker process died (killed or crashed) after epoch 1; retried 0 times"
+    assert row["error"] == ("worker process died (killed or crashed) after epoch 1; retried 0 times"
+                            f" (full text: errors/{row['trial_id']}.txt)")
+    assert (outcome.study_dir / "errors" / f"{row['trial_id']}.txt").read_text().strip()  # Ray's report
     assert outcome.machine_failed == [row["trial_id"]]
     assert _optuna_states(outcome.study_dir, "restarts") == ["WAITING"]  # not a FAIL: not the config's
 
@@ -167,7 +169,10 @@ def test_a_failing_configuration_is_a_result_retried_only_within_max_failures(tm
                          trainable_fn=make_fit(logs, 0.1, fail_w_below=5.0))
     rows = {r["loss.w_track"]: r for r in pq.read_table(outcome.study_dir / "trials.parquet").to_pylist()}
     assert rows[12.0]["status"] == "completed"
-    assert (rows[2.0]["status"], rows[2.0]["error"]) == ("error", "ValueError: boom: w_track=2 is cursed")
+    cursed = rows[2.0]
+    assert (cursed["status"], cursed["error"]) == (
+        "error", f"ValueError: boom: w_track=2 is cursed (full text: errors/{cursed['trial_id']}.txt)")
+    assert "Traceback" in (outcome.study_dir / "errors" / f"{cursed['trial_id']}.txt").read_text()
     attempts = [json.loads(line) for line in (logs / "starts.jsonl").read_text().splitlines()]
     assert len(attempts) == 3  # the cursed config: once and one retry (max_failures 1)
     assert not outcome.machine_failed
