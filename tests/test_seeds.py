@@ -115,3 +115,13 @@ def test_fuse_auto_and_one_are_accepted_and_written_out(tmp_path: Path):
         spec = space_from_mapping(data, "s.yaml")
         assert spec.to_dict()["resources"]["fuse"] == value
         assert spec.to_dict()["search"]["seeds_per_trial"] == 1
+
+
+def test_a_search_says_what_it_fuses(tmp_path: Path):
+    from mtsearch.search.packing import fusion_note
+
+    plain = space_from_mapping(_space(tmp_path, tmp_path / "cache"), "s.yaml")
+    seeded = space_from_mapping(_space(tmp_path, tmp_path / "cache", seeds_per_trial=3), "s.yaml")
+    assert fusion_note(plain, on_gpus=False) is None  # a CPU search of one seed a trial fuses nothing
+    assert "3 seeds train fused" in fusion_note(seeded, on_gpus=False)
+    assert "not fused yet" in fusion_note(plain, on_gpus=True)

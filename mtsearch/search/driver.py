@@ -37,7 +37,7 @@ from mtsearch.results.mirror import build_mirrors
 from mtsearch.results.store import StudyStore, ray_trial_id
 from mtsearch.search.cluster import connect_ray
 from mtsearch.search.footprint import shortfall_warning
-from mtsearch.search.packing import Probe, TrialResources, plan_resources
+from mtsearch.search.packing import Probe, TrialResources, fusion_note, plan_resources
 from mtsearch.search.recording import (
     LIVE,
     Live,
@@ -113,6 +113,9 @@ def run_search(
         if shortfall:
             say(f"warning: {shortfall}")
         resources = plan_resources(spec, study_dir, say, memory_probe)
+        fusion = fusion_note(spec, bool(resources.shares) or resources.fixed > 0)
+        if fusion:
+            say(fusion)
         store = StudyStore(study_dir, spec.param_types(), with_cell=spec.is_ablation)
         done_at_start = sum(1 for rows in store.by_ray_trial().values()
                             if rows[0]["status"] not in (None, "running"))

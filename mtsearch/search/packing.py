@@ -212,6 +212,19 @@ class TrialResources:
         return self.request(self.share(config))
 
 
+def fusion_note(spec: SpaceSpec, on_gpus: bool) -> str | None:
+    """The line a search starts with about fusion, when there is something to say: what it fuses
+    and why (silent for a CPU search of one seed per trial, which fuses nothing)."""
+    seeds = 1 if spec.is_ablation else spec.search.seeds_per_trial
+    parts = []
+    if seeds > 1:
+        parts.append(f"each trial's {seeds} seeds train fused in one process (search.seeds_per_trial)")
+    if on_gpus:
+        parts.append("independent trials are not fused yet: they share GPUs as separate processes "
+                     "(resources.fuse: auto)")
+    return "fusion: " + "; ".join(parts) if parts else None
+
+
 def plan_resources(
     spec: SpaceSpec, study_dir: Path, say: Callable[[str], None], probe: Probe | None = None
 ) -> TrialResources:

@@ -152,8 +152,8 @@ def train_epochs(
     report each; stops early when `on_epoch` returns False or the loss is not finite.
 
     `warmup` (fused slots on a GPU: a lock they share) is held through the epochs that compile,
-    autotune or capture something new (the first, the first evaluated one and the last), which
-    must not run in two threads at once.
+    autotune or capture something new (the first, the first evaluated one, the one where the
+    tracking warm-up ends and the last), which must not run in two threads at once.
     """
     cfg, device, ckpt_dir = run.cfg, run.device, run.ckpt_dir
     model, optimizer, scheduler, step = (run.training.model, run.training.optimizer,
@@ -163,7 +163,8 @@ def train_epochs(
     evaluated = False
     for epoch in range(run.start_epoch, cfg.optim.epochs + 1):
         do_eval = epoch % cfg.eval.every == 0 or epoch == cfg.optim.epochs
-        new_work = epoch in (run.start_epoch, cfg.optim.epochs) or (do_eval and not evaluated)
+        flips = model.track_trains_trunk != (epoch > cfg.track.warmup_epochs)  # a new step to capture
+        new_work = epoch in (run.start_epoch, cfg.optim.epochs) or (do_eval and not evaluated) or flips
         evaluated = evaluated or do_eval
         with (warmup if warmup is not None and new_work else nullcontext()):
             seed_everything(cfg.seed * 100_003 + epoch)
