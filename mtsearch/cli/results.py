@@ -31,25 +31,56 @@ WHOLE = ("rank", "trial_id", "status")  # never folded: a broken id or status mi
 
 
 def _rich_table(
-    title: str, header: Sequence[str], rows: Sequence[Sequence[str]], numeric: Sequence[bool]
+    title: str, header: Sequence[str], rows: Sequence[Sequence[str]], numeric: Sequence[bool],
+    width: int | None = None,
 ) -> Any:
+    from rich import box
     from rich.table import Table
 
-    table = Table(title=title, title_justify="left", header_style="bold")
+    if width is None:  # boxed, cells wrap their words (the ablation report)
+        table = Table(title=title, title_justify="left", header_style="bold")
+    else:  # light rules and no outer edge: a dozen columns of numbers fit 80-100 columns whole
+        table = Table(title=title, title_justify="left", header_style="bold", box=box.SIMPLE_HEAD,
+                      show_edge=False, pad_edge=False, collapse_padding=True)
+    fixed = _column_widths(header, rows, numeric, width)
     for i, (name, right) in enumerate(zip(header, numeric)):
         whole = name in WHOLE
-        width = max([len(name), *(len(str(r[i])) for r in rows)]) if whole else None
         table.add_column(name, justify="right" if right else "left", overflow="fold", no_wrap=whole,
-                         min_width=width)
+                         min_width=max([len(name), *(len(str(r[i])) for r in rows)]) if whole else None,
+                         width=fixed[i])
     for row in rows:
         table.add_row(*row)
     return table
 
 
+def _column_widths(header: Sequence[str], rows: Sequence[Sequence[str]], numeric: Sequence[bool],
+                   width: int | None) -> list[int | None]:
+    """Fixed widths for the number columns when the table is wider than the terminal: each at
+    least its numbers (ids, statuses and numbers never break across lines), the spare columns
+    given to their headers in order; the headers fold. None everywhere when it fits."""
+    cells = [max([len(name) if name in WHOLE else 0, *(len(str(r[i])) for r in rows)])
+             for i, name in enumerate(header)]
+    natural = sum(max(len(name), c) for name, c in zip(header, cells)) + 2 * (len(header) - 1)
+    if width is None or natural <= width:
+        return [None] * len(header)
+    squeezed = [i for i, name in enumerate(header) if numeric[i] and name not in WHOLE]
+    widths: list[int | None] = [None] * len(header)
+    for i in squeezed:
+        widths[i] = max(cells[i], 4)
+    spare = width - 1 - 2 * (len(header) - 1) - sum(
+        widths[i] if widths[i] is not None else max(len(header[i]), cells[i]) for i in range(len(header)))
+    for i in squeezed:
+        extra = min(max(spare, 0), len(header[i]) - (widths[i] or 0))
+        if extra > 0:
+            widths[i] = (widths[i] or 0) + extra
+            spare -= extra
+    return widths
+
+
 def _print_leaderboard(console: Any, board: report.Leaderboard) -> None:
     header, rows, same = render.drop_constant_columns(*render.leaderboard_cells(board), keep=render.LEADING)
     title = f"{board.study}: top {len(rows)} by {board.metric} ({board.mode})"
-    console.print(_rich_table(title, header, rows, render.numeric_columns(rows, len(header))))
+    console.print(_rich_table(title, header, rows, render.numeric_columns(rows, len(header)), console.width))
     for line in ([render.same_line(same)] if same else []) + render.leaderboard_footer(board):
         console.print(line, markup=False)
 
