@@ -125,3 +125,20 @@ def test_a_search_says_what_it_fuses(tmp_path: Path):
     assert fusion_note(plain, on_gpus=False) is None  # a CPU search of one seed a trial fuses nothing
     assert "3 seeds train fused" in fusion_note(seeded, on_gpus=False)
     assert "not fused yet" in fusion_note(plain, on_gpus=True)
+
+
+def test_a_seed_that_diverges_ends_its_configuration_and_no_other(small_set: Path, tmp_path: Path):
+    data = _space(small_set, tmp_path / "cache", seeds_per_trial=2)
+    data["search"] = {"algorithm": "grid", "max_concurrent": 2, "seeds_per_trial": 2}
+    # l_track is negative (l_sim); a float32-overflowing weight turns the loss into -inf
+    data["space"] = {"loss.w_track": {"grid": [0.25, 1e39]}}
+    outcome = run_search(space_from_mapping(data, "seeds.yaml"), tmp_path / "trials", num_cpus=2)
+    assert not outcome.interrupted
+    trials = pq.read_table(outcome.study_dir / "trials.parquet").to_pylist()
+    status = {(t["loss.w_track"], t["seed"]): t["status"] for t in trials}
+    assert status == {(0.25, 3): "completed", (0.25, 4): "completed",
+                      (1e39, 3): "diverged", (1e39, 4): "diverged"}
+    bad = [t for t in trials if t["loss.w_track"] == 1e39]
+    assert all(t["error"].startswith("seed 3: non-finite loss") for t in bad)
+    board = leaderboard(load_study(outcome.study_dir))
+    assert board.total_ranked == 1 and [u["status"] for u in board.unranked] == ["diverged"]
