@@ -118,8 +118,10 @@ class StoreCallback(tune.Callback):
                 _mirror_end(live, rid)
         elif "epoch" in result and "loss" in result:
             # fused seeds: each seed's own row (their mean went to Optuna and ASHA)
-            slots = result.get(SLOTS_KEY) or [result]
-            for rid, row in zip(row_ids(live, trial.trial_id), slots, strict=True):
+            slots = result.get(SLOTS_KEY)
+            pairs = ([(seed_row_id(trial.trial_id, row["seed"]), row) for row in slots] if slots
+                     else [(trial.trial_id, result)])
+            for rid, row in pairs:
                 live.store.add_epoch(rid, row)
                 live.store.upsert_trial(rid, peak_mem_gib=result.get("peak_mem_gib"), device=result.get("device"))
                 _mirror_epoch(live, rid, row)
@@ -264,7 +266,11 @@ def row_ids(live: Live, trial_id: str) -> list[str]:
     count = live.spec.search.seeds_per_trial
     if count <= 1:
         return [trial_id]
-    return [f"{trial_id}-s{seed}" for seed in seeds_of(live.spec.base.seed, count)]
+    return [seed_row_id(trial_id, seed) for seed in seeds_of(live.spec.base.seed, count)]
+
+
+def seed_row_id(trial_id: str, seed: int) -> str:
+    return f"{trial_id}-s{seed}"
 
 
 def _known_rows(live: Live, trial_id: str) -> list[str]:
