@@ -33,7 +33,6 @@ def worker(args: argparse.Namespace) -> None:
     from train_step import trial_config
 
     from mtsearch.train import load_clips, peak_memory_gib
-    from mtsearch.train.fused import fit_fused
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     precision = "bf16g" if device.type == "cuda" else "fp32"
@@ -52,6 +51,20 @@ def worker(args: argparse.Namespace) -> None:
     cfgs = [cfg.with_overrides({"eval.every": 10_000}, "<bench>") for cfg in cfgs]
     train_set = load_clips(cfgs[0], lambda message: None)[0]  # fills the frame cache
     per_epoch = len(train_set) - (len(train_set) % args.batch_size == 1)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    torch.set_num_threads(args.cores)
+    clips, seconds = timed_fused_epochs(cfgs, per_epoch, device, cores=args.cores)
+    print(json.dumps({"count": len(cfgs), "clips": clips, "seconds": seconds,
+                      "aggregate": clips / seconds, "peak_gib": peak_memory_gib(device)}))
+
+
+def timed_fused_epochs(cfgs: list, per_epoch: int, device: torch.device,
+                       cores: int | None = None) -> tuple[int, float]:
+    """Train `cfgs` fused (`fit_fused`, no checkpoints); (training clips, seconds) of every slot's
+    epochs 2..E, which lie between the first end of an epoch 1 and the last end of an epoch."""
+    from mtsearch.train.fused import fit_fused
+
     ends: list[list[float]] = [[] for _ in cfgs]
 
     def after_epoch(k: int):
@@ -61,19 +74,13 @@ def worker(args: argparse.Namespace) -> None:
             ends[k].append(time.perf_counter())
         return on_epoch
 
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    torch.set_num_threads(args.cores)
     results = fit_fused(cfgs, [None] * len(cfgs), on_epoch=[after_epoch(k) for k in range(len(cfgs))],
-                        cores=args.cores)
+                        cores=cores)
     failed = [r for r in results if isinstance(r, BaseException)]
     if failed:
         raise failed[0]
-    # every slot's epochs 2..E lie between the first end of an epoch 1 and the last end
     clips = sum(len(slot) - 1 for slot in ends) * per_epoch
-    seconds = max(slot[-1] for slot in ends) - min(slot[0] for slot in ends)
-    print(json.dumps({"count": len(cfgs), "clips": clips, "seconds": seconds,
-                      "aggregate": clips / seconds, "peak_gib": peak_memory_gib(device)}))
+    return clips, max(slot[-1] for slot in ends) - min(slot[0] for slot in ends)
 
 
 def main() -> None:

@@ -159,23 +159,13 @@ def measure_fused(cfg: TrialConfig, device: torch.device, fuse: int, epochs: int
     """(training gain, evaluation gain) of `fuse` trials fused in one process over one trial,
     both measured here: training as the aggregate clips/s of epochs 2..E (`fit_fused`, no
     evaluation), evaluation as `fuse` evaluations on their own threads at once."""
-    from mtsearch.train.fused import fit_fused
-
     def training_rate(count: int) -> float:
-        ends: list[list[float]] = [[] for _ in range(count)]
+        from fusion import timed_fused_epochs
+
         cfgs = [cfg.with_overrides({"seed": k, "optim.epochs": epochs, "eval.every": 10_000,
                                     "optim.lr": 2e-4 * (1 + k / 4)}, "<bench>") for k in range(count)]
-
-        def after(k: int):
-            def on_epoch(row: dict, _: object) -> None:
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                ends[k].append(time.perf_counter())
-            return on_epoch
-
-        fit_fused(cfgs, [None] * count, on_epoch=[after(k) for k in range(count)])
-        clips = sum(len(slot) - 1 for slot in ends) * _clips_per_epoch(cfg)
-        return clips / (max(slot[-1] for slot in ends) - min(slot[0] for slot in ends))
+        clips, seconds = timed_fused_epochs(cfgs, _clips_per_epoch(cfg), device)
+        return clips / seconds
 
     def evaluation_rate(count: int) -> float:
         from concurrent.futures import ThreadPoolExecutor

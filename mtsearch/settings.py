@@ -78,14 +78,19 @@ def _more_than_one(v: float) -> str | None:
     return None if v > 1 else "must be > 1"
 
 
-def _gpus(value: Any) -> float | str:
-    """`auto` or a number of GPUs."""
-    if value == AUTO:
-        return AUTO
-    try:
-        return as_float(value)
-    except ValueError:
-        raise ValueError("expected a number of GPUs or auto") from None
+def _auto_or(coerce: Callable[[Any], Any], expected: str) -> Callable[[Any], Any]:
+    """A coercion that lets `auto` through and reads anything else with `coerce`."""
+    def read(value: Any) -> Any:
+        if value == AUTO:
+            return AUTO
+        try:
+            return coerce(value)
+        except ValueError:
+            raise ValueError(f"expected {expected}") from None
+    return read
+
+
+_gpus = _auto_or(as_float, "a number of GPUs or auto")
 
 
 def _gpu_share(v: float | str) -> str | None:
@@ -99,14 +104,7 @@ def _gpu_share(v: float | str) -> str | None:
     return None
 
 
-def _fuse(value: Any) -> int | str:
-    """`auto` or a number of trials per process."""
-    if value == AUTO:
-        return AUTO
-    try:
-        return as_int(value)
-    except ValueError:
-        raise ValueError("expected auto, 1 (off) or a number of trials per process") from None
+_fuse = _auto_or(as_int, "auto, 1 (off) or a number of trials per process")
 
 
 def _fuse_count(value: int | str) -> str | None:

@@ -124,6 +124,16 @@ def builtin_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("builtin-cache")
 
 
+@pytest.fixture(scope="session")
+def small_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small synthetic set (4 classes x 5 videos) the trainer tests share; read-only for them."""
+    from mtsearch.data.synthetic import write_synthetic
+
+    root = tmp_path_factory.mktemp("synth")
+    write_synthetic(root / "set", classes=4, videos_per_class=5, seed=3, workers=1)
+    return root / "set"
+
+
 @pytest.fixture(scope="module")
 def ray_address() -> Iterator[str]:
     """A Ray head on 127.0.0.1 per test module (4 logical CPUs: stand-in trials mostly sleep),

@@ -23,15 +23,6 @@ SLOTS = (
 )
 
 
-@pytest.fixture(scope="module")
-def small_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from mtsearch.data.synthetic import write_synthetic
-
-    root = tmp_path_factory.mktemp("synth")
-    write_synthetic(root / "set", classes=4, videos_per_class=5, seed=3, workers=1)
-    return root / "set"
-
-
 def slot_config(root: Path, cache: Path, **overrides) -> TrialConfig:
     base = {
         "data.root": str(root), "data.cache_dir": str(cache), "data.crop": 48, "data.clip_frames": 7,

@@ -17,15 +17,6 @@ from mtsearch.train import fit, hit_at_k
 TIMING = {"epoch_s", "clips_per_s", "data_wait"}
 
 
-@pytest.fixture(scope="module")
-def small_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from mtsearch.data.synthetic import write_synthetic
-
-    root = tmp_path_factory.mktemp("synth")
-    write_synthetic(root / "set", classes=4, videos_per_class=5, seed=3, workers=1)
-    return root / "set"
-
-
 def small_config(root: Path, cache: Path, **overrides) -> TrialConfig:
     base = {
         "data.root": str(root),
