@@ -133,3 +133,54 @@ def test_a_seed_that_diverges_ends_its_configuration_and_no_other(small_set: Pat
     assert all(t["error"].startswith("seed 3: non-finite loss") for t in bad)
     board = leaderboard(load_study(outcome.study_dir))
     assert board.total_ranked == 1 and [u["status"] for u in board.unranked] == ["diverged"]
+
+
+@pytest.mark.slow
+def test_kill_9_then_resume_continues_every_seed_from_its_checkpoint(small_set: Path, tmp_path: Path,
+                                                                       ray_address: str):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import yaml
+
+    from mtsearch.results.store import load_epochs
+
+    data = _space(small_set, tmp_path / "cache", seeds_per_trial=2)
+    data["base"] = {**data["base"], "optim.epochs": 30, "eval.every": 10}  # long enough to be killed
+    space = tmp_path / "seeds.yaml"
+    space.write_text(yaml.safe_dump(data))
+    cmd = [sys.executable, "-m", "mtsearch", "run", str(space), "--trials-dir", str(tmp_path / "trials"),
+           "--address", ray_address, "--quiet"]
+    study = tmp_path / "trials" / "seeds"
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline:  # kill once a seed has reported its third epoch
+        time.sleep(0.3)
+        if (study / "epochs.parquet").exists() and any(
+                r["epoch"] >= 3 for r in load_epochs(study).to_pylist()):
+            break
+    else:
+        proc.kill()
+        raise AssertionError(proc.communicate()[1])
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+
+    again = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "seed 3: resuming from epoch" in again.stderr and "seed 4: resuming from epoch" in again.stderr, \
+        again.stdout + again.stderr
+    trials = pq.read_table(study / "trials.parquet").to_pylist()
+    assert len(trials) == 4 and all(t["status"] == "completed" and t["epochs_done"] == 30 for t in trials)
+    epochs = pq.read_table(study / "epochs.parquet").to_pylist()
+    keys = [(r["trial_id"], r["epoch"]) for r in epochs]
+    assert len(keys) == len(set(keys)) == 4 * 30
+    # a seed interrupted and resumed is the run it would have been without the kill
+    seed_row = trials[0]
+    alone = fit(config_from_record(json.loads(seed_row["config"])), tmp_path / "alone")
+    mine = sorted((r for r in epochs if r["trial_id"] == seed_row["trial_id"]), key=lambda r: r["epoch"])
+    for row, expected in zip(mine, alone.history, strict=True):
+        for key in ("loss", "loss_cls", "val_hit1", "train_hit1"):
+            assert row[key] == pytest.approx(expected[key], rel=1e-5, abs=1e-7), (row["epoch"], key)
