@@ -435,3 +435,9 @@ def _check_cross_fields(cfg: TrialConfig, source: str | Path) -> None:
     if cfg.short_side < cfg.crop:
         raise InvalidInput(source, "data.short_side", f"must be >= data.crop ({cfg.crop})",
                            cfg.short_side)
+
+
+def shape_key(cfg: TrialConfig) -> tuple[Any, ...]:
+    """A config's values of SHAPE_KEYS, resolved: equal keys, equal tensor shapes."""
+    flat = cfg.resolved().to_flat()
+    return tuple(flat[key] for key in SHAPE_KEYS)

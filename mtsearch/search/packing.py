@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mtsearch.config import SHAPE_KEYS, TrialConfig
+from mtsearch.config import SHAPE_KEYS, TrialConfig, shape_key
 from mtsearch.distributions import expand_params, factor_keys
 from mtsearch.files import write_atomic
 from mtsearch.space import SpaceSpec
@@ -61,11 +61,6 @@ class Packing:
         if self.limit:
             text += f" (capped by {self.limit}: {self.trials_per_gpu})"
         return text
-
-
-def shape_key(cfg: TrialConfig) -> tuple[Any, ...]:
-    flat = cfg.resolved().to_flat()
-    return tuple(flat[key] for key in SHAPE_KEYS)
 
 
 def shape_label(cfg: TrialConfig) -> str:

@@ -26,19 +26,13 @@ from typing import Any
 
 import torch
 
-from mtsearch.config import SHAPE_KEYS, TrialConfig
+from mtsearch.config import SHAPE_KEYS, TrialConfig, shape_key
 from mtsearch.errors import InvalidInput
 from mtsearch.metrics import SLOTS_KEY
 from mtsearch.settings import seeds_of
 from mtsearch.train.checkpoint import checkpoint_history
 from mtsearch.train.fit import FitResult, OnEpoch, TrialRun, prepare_run, train_epochs
 from mtsearch.train.step import OnBatch
-
-
-def shape_signature(cfg: TrialConfig) -> tuple[Any, ...]:
-    """What must be equal for two trials to be fused: every shape-changing key, resolved."""
-    flat = cfg.resolved().to_flat()
-    return (*(repr(flat.get(key)) for key in SHAPE_KEYS), cfg.device)
 
 
 def slot_threads(slots: int, cores: int) -> int:
@@ -69,10 +63,11 @@ def fit_fused(
         raise ValueError("one output folder per fused trial")
     if not cfgs:
         return []
-    reference = shape_signature(cfgs[0])
+    reference = (*shape_key(cfgs[0]), cfgs[0].device)
     for index, cfg in enumerate(cfgs[1:], start=1):
-        if shape_signature(cfg) != reference:
-            differing = [key for key, a, b in zip(SHAPE_KEYS, reference, shape_signature(cfg)) if a != b]
+        mine = (*shape_key(cfg), cfg.device)
+        if mine != reference:
+            differing = [key for key, a, b in zip((*SHAPE_KEYS, "device"), reference, mine) if a != b]
             raise InvalidInput(None, differing[0],
                                f"fused trial {index} has another network shape than trial 0")
     slots = len(cfgs)
