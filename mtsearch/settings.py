@@ -113,11 +113,6 @@ def _fuse_count(value: int | str) -> str | None:
     assert isinstance(value, int)
     if value < 1:
         return "must be auto, 1 (off) or a number of trials per process"
-    if value > 1:
-        # the trainer fuses (train/fused.py), but one Optuna trial and one ASHA decision per slot
-        # inside one Ray trial are not wired yet; a configuration's seeds are (seeds_per_trial)
-        return ("fusing independent trials in a search is not available yet; use auto or 1 "
-                "(search.seeds_per_trial: N trains a configuration's N seeds fused)")
     return None
 
 
@@ -251,3 +246,16 @@ def check_mirror_extras(storage: Storage, source: str) -> None:
         if found is None:
             raise InvalidInput(source, "storage.mirror",
                                f"{mirror} needs its extra: pip install 'mtsearch[{mirror}]'", mirror)
+
+
+def check_seeds_per_trial(search: SearchSettings, resources: Resources, space: Mapping[str, Any],
+                          source: str) -> None:
+    """A configuration's N seeds are base.seed .. base.seed + N - 1, trained fused in one process."""
+    if search.seeds_per_trial <= 1:
+        return
+    if "seed" in space:
+        raise InvalidInput(source, "space.seed", "set search.seeds_per_trial (seeds base.seed .. base.seed"
+                           " + N - 1) or a searched seed, not both")
+    if isinstance(resources.fuse, int) and resources.fuse > 1:
+        raise InvalidInput(source, "resources.fuse", "a configuration's seeds already train fused "
+                           "(search.seeds_per_trial): use auto or 1 with it", resources.fuse)

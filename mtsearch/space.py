@@ -37,6 +37,7 @@ from mtsearch.settings import (
     SchedulerSettings,
     SearchSettings,
     Storage,
+    check_seeds_per_trial,
     read_failure,
     read_resources,
     read_scheduler,
@@ -332,9 +333,7 @@ def space_from_mapping(
             raise InvalidInput(source, "grid.seed", "set either `repeats` (seeds 0..N-1) or a seed grid, not both")
     else:
         space = space_section(data.get("space"), source, search.algorithm)
-        if search.seeds_per_trial > 1 and "seed" in space:
-            raise InvalidInput(source, "space.seed", "set search.seeds_per_trial (seeds base.seed .. base.seed"
-                               " + N - 1) or a searched seed, not both")
+        check_seeds_per_trial(search, resources, space, source)
 
     check_space_values(space, base, source, "grid" if kind == ABLATION else "space")
     spec = SpaceSpec(

@@ -115,7 +115,10 @@ def test_a_search_says_what_it_fuses(tmp_path: Path):
     seeded = space_from_mapping(_space(tmp_path, tmp_path / "cache", seeds_per_trial=3), "s.yaml")
     assert fusion_note(plain, on_gpus=False) is None  # a CPU search of one seed a trial fuses nothing
     assert "3 seeds train fused" in fusion_note(seeded, on_gpus=False)
-    assert "not fused yet" in fusion_note(plain, on_gpus=True)
+    assert "its own process" in fusion_note(plain, on_gpus=True)  # auto fuses nothing until measured
+    data = _space(tmp_path, tmp_path / "cache")
+    data["resources"] = {"fuse": 4}
+    assert "up to 4 at a time in one process" in fusion_note(space_from_mapping(data, "s.yaml"), on_gpus=False)
 
 
 def test_a_seed_that_diverges_ends_its_configuration_and_no_other(small_set: Path, tmp_path: Path):

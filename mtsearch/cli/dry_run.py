@@ -68,8 +68,13 @@ def _gpu_choice(spec: SpaceSpec) -> str:
 
 def _fuse_choice(spec: SpaceSpec, seeds: int) -> str:
     fuse = spec.resources.fuse
-    text = "off (resources.fuse: 1)" if fuse == 1 else \
-        "auto: independent trials run one per process (the search does not fuse them yet)"
+    if fuse == 1:
+        text = "off (resources.fuse: 1)"
+    elif isinstance(fuse, int):
+        text = (f"trials of one network shape train up to {fuse} at a time in one process "
+                "(resources.fuse), each still its own trial")
+    else:
+        text = "auto: independent trials run one per process (fusion is not measured to pay here yet)"
     if seeds > 1:
         text += f"; each trial's {seeds} seeds train fused in one process"
     return text

@@ -37,7 +37,14 @@ from mtsearch.results.mirror import build_mirrors
 from mtsearch.results.store import StudyStore, ray_trial_id
 from mtsearch.search.cluster import connect_ray
 from mtsearch.search.footprint import shortfall_warning
-from mtsearch.search.packing import Probe, TrialResources, fusion_note, plan_resources
+from mtsearch.search.fusion import hosted_trainer
+from mtsearch.search.packing import (
+    Probe,
+    TrialResources,
+    fused_per_process,
+    fusion_note,
+    plan_resources,
+)
 from mtsearch.search.recording import (
     LIVE,
     Live,
@@ -116,11 +123,13 @@ def run_search(
         fusion = fusion_note(spec, bool(resources.shares) or resources.fixed > 0)
         if fusion:
             say(fusion)
+        trainable_fn, fuse_k = hosted_trainer(fused_per_process(spec), trainable_fn)
         store = StudyStore(study_dir, spec.param_types(), with_cell=spec.is_ablation)
         done_at_start = sum(1 for rows in store.by_ray_trial().values()
                             if rows[0]["status"] not in (None, "running"))
         live = Live(spec=spec, store=store, on_update=on_update, started=time.time(),
-                     resumed=resume, done_at_start=done_at_start, log=say, resources=resources)
+                     resumed=resume, done_at_start=done_at_start, log=say, resources=resources,
+                     fuse_k=fuse_k)
         # trials finished before this driver are known, whatever Tune's restored state lists
         live.known_trials.update(ray_trial_id(r, t) for t, r in store.trials.items()
                                  if r["status"] not in (None, "running"))

@@ -207,16 +207,31 @@ class TrialResources:
         return self.request(self.share(config))
 
 
+def fused_per_process(spec: SpaceSpec) -> int:
+    """K, the trials of one shape that train side by side in one process (`resources.fuse`).
+
+    `auto` is 1: on a CPU, fused slots measured slower than the same trials as separate
+    processes (benchmarks/fusion.py against benchmarks/packing.py, docs/packing.md), and on a GPU
+    the fused step is not measured yet. A configuration's seeds fuse on their own (seeds_per_trial).
+    """
+    fuse = spec.resources.fuse
+    return fuse if isinstance(fuse, int) else 1
+
+
 def fusion_note(spec: SpaceSpec, on_gpus: bool) -> str | None:
     """The line a search starts with about fusion, when there is something to say: what it fuses
     and why (silent for a CPU search of one seed per trial, which fuses nothing)."""
     seeds = 1 if spec.is_ablation else spec.search.seeds_per_trial
+    fuse = fused_per_process(spec)
     parts = []
     if seeds > 1:
         parts.append(f"each trial's {seeds} seeds train fused in one process (search.seeds_per_trial)")
-    if on_gpus:
-        parts.append("independent trials are not fused yet: they share GPUs as separate processes "
-                     "(resources.fuse: auto)")
+    if fuse > 1:
+        parts.append(f"trials of one network shape train up to {fuse} at a time in one process, "
+                     "each still its own trial (resources.fuse)")
+    elif on_gpus:
+        parts.append("each trial trains in its own process; GPUs are shared by measured memory "
+                     "(resources.fuse: auto fuses nothing until the fused step is measured on a GPU)")
     return "fusion: " + "; ".join(parts) if parts else None
 
 

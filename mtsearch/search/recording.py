@@ -63,6 +63,7 @@ class Live:
     segment_start: dict[str, float] = field(default_factory=dict)
     warned: set[str] = field(default_factory=set)
     mirrors: Any = None  # results.mirror.Mirrors: storage.mirror's live copies, or None
+    fuse_k: int = 1  # resources.fuse: trials of a shape training side by side in one process
 
 
 # Tune pickles its RunConfig (with the callbacks) into the experiment folder, so the callback holds
@@ -294,6 +295,8 @@ def _record_start(live: Live, trial: Any) -> None:
             values["cell"] = live.spec.cell_of(trial.config)
         if len(ids) > 1:
             values.update(fuse_group=trial.trial_id, fuse_k=len(ids))
+        elif live.fuse_k > 1:
+            values.update(fuse_k=live.fuse_k)
         values["seed"] = seed
         values["gpu_share"] = _gpu_share(trial)
         seeded = cfg.with_overrides({"seed": seed}, "<seeds_per_trial>") if seed != cfg.seed else cfg

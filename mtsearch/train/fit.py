@@ -147,6 +147,7 @@ def prepare_run(
 def train_epochs(
     run: TrialRun, *, on_epoch: OnEpoch | None, on_batch: OnBatch | None,
     say: Callable[[str], None], warmup: AbstractContextManager[Any] | None = None,
+    global_rng: AbstractContextManager[Any] | None = None,
 ) -> FitResult:
     """The epochs from `run.start_epoch` on: train, step the schedule, evaluate, checkpoint and
     report each; stops early when `on_epoch` returns False or the loss is not finite.
@@ -154,6 +155,8 @@ def train_epochs(
     `warmup` (fused slots on a GPU: a lock they share) is held through the epochs that compile,
     autotune or capture something new (the first, the first evaluated one, the one where the
     tracking warm-up ends and the last), which must not run in two threads at once.
+    `global_rng` (slots that others join while they train) is held while the epoch reseeds the
+    global RNG, which a joining slot's initial weights draw from.
     """
     cfg, device, ckpt_dir = run.cfg, run.device, run.ckpt_dir
     model, optimizer, scheduler, step = (run.training.model, run.training.optimizer,
@@ -167,7 +170,8 @@ def train_epochs(
         new_work = epoch in (run.start_epoch, cfg.optim.epochs) or (do_eval and not evaluated) or flips
         evaluated = evaluated or do_eval
         with (warmup if warmup is not None and new_work else nullcontext()):
-            seed_everything(cfg.seed * 100_003 + epoch)
+            with global_rng if global_rng is not None else nullcontext():
+                seed_everything(cfg.seed * 100_003 + epoch)
             run.train_set.set_epoch(epoch)
             if model.track_trains_trunk != (epoch > cfg.track.warmup_epochs):
                 model.track_trains_trunk = epoch > cfg.track.warmup_epochs

@@ -1,0 +1,166 @@
+"""Fusing independent trials of a search (`resources.fuse: K`): the Ray side of `train/slots.py`.
+
+Each Tune trial stays one trial, so its Optuna trial, ASHA decisions, rows, checkpoint and
+`--resume` are those of an unfused trial. Only its training moves: the trial becomes a proxy
+(`HostedTrainer`, the trainer `run_trial` calls) that asks a per-node, per-GPU, per-shape fusion
+host for a slot, then relays each epoch (its row and checkpoint) to Tune and asks for the next.
+The host trains up to K slots in one process (`SlotHost`); a slot trains an epoch only when its
+proxy asks, so a trial ASHA stops has trained no further than what ASHA saw, and its place goes
+to the next trial of the shape once the host finds the proxy gone.
+
+The registry that places slots is an actor of the driver and the hosts are its own, so the
+whole arrangement ends with the driver, even on kill -9. The proxy keeps its reservation (CPUs,
+GPU share); hosts reserve nothing, and give each slot its proxy's CPUs as torch threads.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray import tune
+
+from mtsearch.config import TrialConfig, shape_key
+from mtsearch.train.slots import SlotEvent, SlotHost
+
+RESERVATION_S = 300.0  # a place reserved for a proxy that never joined is free again after this
+
+
+def _owner_alive(owner: Any, timeout: float) -> bool:
+    """False once the proxy's actor is gone (ASHA stopped it, or it failed); a busy one is alive."""
+    try:
+        ray.get(owner.__ray_ready__.remote(), timeout=timeout)
+    except ray.exceptions.GetTimeoutError:
+        return True
+    except ray.exceptions.RayActorError:
+        return False
+    return True
+
+
+@ray.remote(num_cpus=0, max_concurrency=1000)
+class FusionHost:
+    """One process training up to `capacity` slots of one network shape on one node (and GPU)."""
+
+    def __init__(self, gpu_ids: list[str]):
+        if gpu_ids:  # the proxies' GPU: this actor reserves none, so Ray would hide it
+            os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(gpu_ids)
+        self.slots = SlotHost()
+        self.reserved: dict[str, float] = {}
+        self.lock = threading.Lock()
+
+    def reserve(self, key: str, capacity: int) -> bool:
+        """Hold a place for `key` if fewer than `capacity` slots train or are promised here."""
+        with self.lock:
+            now = time.monotonic()
+            self.reserved = {k: t for k, t in self.reserved.items() if now - t < RESERVATION_S}
+            taken = set(self.slots.training()) | set(self.reserved)
+            if key not in taken and len(taken) >= capacity:  # a stopped trial's slot may be waiting
+                self.slots.prune(lambda alive: not alive(quick=True))
+                taken = set(self.slots.training()) | set(self.reserved)
+            if key not in taken and len(taken) >= capacity:
+                return False
+            self.reserved[key] = now
+            return True
+
+    def join(self, key: str, cfg: TrialConfig, out_dir: str | None, resume: bool, threads: int,
+             owner: Any) -> None:
+        with self.lock:
+            self.reserved.pop(key, None)
+            self.slots.join(key, cfg, out_dir, resume=resume, threads=threads,
+                            alive=_Owner(owner) if owner is not None else None)
+
+    def next(self, key: str) -> SlotEvent:
+        event = self.slots.next(key)
+        if event.error is not None:
+            try:
+                pickle.loads(pickle.dumps(event.error))
+            except Exception:  # noqa: BLE001 - an exception that cannot cross processes as itself
+                event.error = RuntimeError(f"{type(event.error).__name__}: {event.error}")
+        return event
+
+    def leave(self, key: str) -> None:
+        self.slots.leave(key)
+
+
+class _Owner:
+    """Whether a slot's proxy still exists: patient in the slot's own wait, quick in a placement."""
+
+    def __init__(self, handle: Any):
+        self.handle = handle
+
+    def __call__(self, quick: bool = False) -> bool:
+        return _owner_alive(self.handle, timeout=0.5 if quick else 10.0)
+
+
+@ray.remote(num_cpus=0)
+class FusionRegistry:
+    """Places each proxy in a host of its node, GPU and shape with a free place, else a new one."""
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self.hosts: dict[tuple[str, tuple[str, ...], str], list[Any]] = {}
+
+    def place(self, node_id: str, gpu_ids: list[str], shape: str, key: str) -> tuple[Any, int]:
+        hosts = self.hosts.setdefault((node_id, tuple(gpu_ids), shape), [])
+        for index, host in enumerate(list(hosts)):
+            try:
+                if ray.get(host.reserve.remote(key, self.capacity)):
+                    return host, index
+            except ray.exceptions.RayActorError:  # a host that died: its slots' proxies retry
+                hosts.remove(host)
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        host = FusionHost.options(
+            scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False)).remote(list(gpu_ids))
+        ray.get(host.reserve.remote(key, self.capacity))
+        hosts.append(host)
+        return host, len(hosts) - 1
+
+
+def hosted_trainer(capacity: int, trainer: Any) -> tuple[Any, int]:
+    """The trainer of a search fusing `capacity` trials a process, and that K: a `HostedTrainer`
+    with the registry of this driver (it, and the hosts it starts, end with the driver); or the
+    given trainer (a caller's own never fuses), and 1."""
+    if trainer is not None or capacity <= 1:
+        return trainer, 1
+    return HostedTrainer(FusionRegistry.remote(capacity), capacity), capacity
+
+
+@dataclass(frozen=True)
+class HostedTrainer:
+    """The trainer of a fused search's trial (the `Trainer` protocol of `trainable.py`): trains
+    `cfg` in a slot of a fusion host and relays its epochs, so to `run_trial` it is `fit`."""
+
+    registry: Any
+    capacity: int
+
+    def __call__(self, cfg: TrialConfig, out_dir: str | Path | None = None, *, on_epoch: Any = None,
+                 resume: bool = True, log: Any = None) -> Any:
+        say = log or (lambda line: None)
+        context = ray.get_runtime_context()
+        key = tune.get_context().get_trial_id()
+        threads = max(1, int(context.get_assigned_resources().get("CPU", 1)))
+        gpus = [str(g) for g in ray.get_gpu_ids()]
+        shape = repr((*shape_key(cfg), cfg.device))
+        host, _ = ray.get(self.registry.place.remote(context.get_node_id(), gpus, shape, key))
+        ray.get(host.join.remote(key, cfg, str(out_dir) if out_dir is not None else None, resume,
+                                 threads, context.current_actor))
+        while True:
+            event: SlotEvent = ray.get(host.next.remote(key))
+            for line in event.notes:
+                say(line)
+            if event.kind == "end":
+                if event.error is not None:
+                    if event.error_trace:
+                        event.error.add_note(f"in the fusion host:\n{event.error_trace}")
+                    raise event.error
+                return event.result
+            ckpt = Path(event.ckpt_dir) if event.ckpt_dir is not None else None
+            if on_epoch is not None and on_epoch(event.metrics, ckpt) is False:
+                host.leave.remote(key)

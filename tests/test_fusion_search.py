@@ -1,0 +1,143 @@
+"""`resources.fuse: K` in a search (search/fusion.py): trials of one shape train side by side in
+one process, and each is still its own trial: its own rows (equal to its unfused run), ASHA
+decision, Optuna trial, failure and checkpoint."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import optuna
+import pyarrow.parquet as pq
+import pytest
+from test_seeds import TIMING, _space
+
+from mtsearch.records import config_from_record
+from mtsearch.search.driver import run_search
+from mtsearch.space import space_from_mapping
+from mtsearch.train import fit
+
+
+def _fused_space(root: Path, cache: Path, fuse: int = 2) -> dict:
+    data = _space(root, cache)
+    data["name"] = "fused"
+    data["base"] = {**data["base"], "optim.epochs": 4}
+    data["search"] = {"algorithm": "random", "num_samples": 6, "max_concurrent": 2, "seed": 0}
+    # the training loss differs from trial to trial from the first epoch: ASHA stops some
+    data["metric"], data["mode"] = "loss", "min"
+    data["scheduler"] = {"type": "asha", "grace_period": 1, "reduction_factor": 2}
+    data["resources"] = {"cpus_per_trial": 1, "fuse": fuse}
+    return data
+
+
+def _epochs_of(epochs: list[dict], trial_id: str) -> list[dict]:
+    return sorted((r for r in epochs if r["trial_id"] == trial_id), key=lambda r: r["epoch"])
+
+
+def test_fused_trials_are_each_their_own_trial(small_set: Path, tmp_path: Path):
+    spec = space_from_mapping(_fused_space(small_set, tmp_path / "cache"), "fused.yaml")
+    lines: list[str] = []
+    outcome = run_search(spec, tmp_path / "trials", num_cpus=2, log=lines.append)
+    assert not outcome.interrupted
+    assert any("up to 2 at a time in one process" in line for line in lines), lines
+    study_dir = outcome.study_dir
+    trials = pq.read_table(study_dir / "trials.parquet").to_pylist()
+    epochs = pq.read_table(study_dir / "epochs.parquet").to_pylist()
+    assert len(trials) == 6 and all(t["fuse_k"] == 2 and t["fuse_group"] is None for t in trials)
+    status = {t["trial_id"]: t["status"] for t in trials}
+    assert set(status.values()) == {"completed", "pruned"}, status  # ASHA stopped some slots, not all
+
+    # Optuna: one trial per slot, ended as its slot ended
+    storage = f"sqlite:///{study_dir / 'optuna.db'}"
+    states = {ot.user_attrs["trial_id"]: ot.state for ot in optuna.load_study(study_name="fused", storage=storage).trials}
+    expected = {"completed": optuna.trial.TrialState.COMPLETE, "pruned": optuna.trial.TrialState.PRUNED}
+    assert states == {tid: expected[s] for tid, s in status.items()}
+
+    # every slot's rows are its unfused run's, a pruned one's up to where ASHA stopped it
+    for trial in trials:
+        mine = _epochs_of(epochs, trial["trial_id"])
+        assert len(mine) == trial["epochs_done"] == (4 if trial["status"] == "completed" else len(mine))
+        alone = fit(config_from_record(json.loads(trial["config"])), tmp_path / "alone" / trial["trial_id"])
+        for row, expected_row in zip(mine, alone.history, strict=False):
+            for key, value in expected_row.items():
+                if key not in TIMING and isinstance(value, float):
+                    assert row[key] == pytest.approx(value, rel=1e-5, abs=1e-7), (trial["trial_id"], key)
+
+
+def test_a_fused_slot_that_diverges_touches_no_other(small_set: Path, tmp_path: Path):
+    data = _fused_space(small_set, tmp_path / "cache")
+    data["search"] = {"algorithm": "grid", "max_concurrent": 2}
+    data["scheduler"] = {"type": "none"}
+    # l_track is negative (l_sim); a float32-overflowing weight turns the loss into -inf
+    data["space"] = {"loss.w_track": {"grid": [0.25, 1e39, 0.5]}}
+    outcome = run_search(space_from_mapping(data, "fused.yaml"), tmp_path / "trials", num_cpus=2)
+    assert not outcome.interrupted
+    trials = pq.read_table(outcome.study_dir / "trials.parquet").to_pylist()
+    assert {t["loss.w_track"]: t["status"] for t in trials} == {0.25: "completed", 1e39: "diverged",
+                                                                  0.5: "completed"}
+    assert all(t["epochs_done"] == 4 for t in trials if t["status"] == "completed")
+    bad = next(t for t in trials if t["status"] == "diverged")
+    assert bad["error"].startswith("non-finite loss"), bad["error"]
+    epochs = pq.read_table(outcome.study_dir / "epochs.parquet").to_pylist()
+    good = next(t for t in trials if t["loss.w_track"] == 0.25)
+    alone = fit(config_from_record(json.loads(good["config"])), tmp_path / "alone")
+    assert [r["loss"] for r in _epochs_of(epochs, good["trial_id"])] == pytest.approx(
+        [r["loss"] for r in alone.history], rel=1e-5)
+
+
+def test_fuse_with_seeds_per_trial_is_refused(tmp_path: Path):
+    from mtsearch.errors import InvalidInput
+
+    data = _fused_space(tmp_path, tmp_path / "cache")
+    data["search"]["seeds_per_trial"] = 2
+    with pytest.raises(InvalidInput, match=r"resources\.fuse"):
+        space_from_mapping(data, "fused.yaml")
+
+
+@pytest.mark.slow
+def test_kill_9_then_resume_continues_every_fused_slot(small_set: Path, tmp_path: Path, ray_address: str):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import yaml
+
+    from mtsearch.results.store import load_epochs
+
+    data = _fused_space(small_set, tmp_path / "cache")
+    data["base"] = {**data["base"], "optim.epochs": 30, "eval.every": 10}  # long enough to be killed
+    data["search"]["num_samples"] = 2
+    data["scheduler"] = {"type": "none"}
+    space = tmp_path / "fused.yaml"
+    space.write_text(yaml.safe_dump(data))
+    cmd = [sys.executable, "-m", "mtsearch", "run", str(space), "--trials-dir", str(tmp_path / "trials"),
+           "--address", ray_address, "--quiet"]
+    study = tmp_path / "trials" / "fused"
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline:  # kill once both slots have reported their third epoch
+        time.sleep(0.3)
+        if (study / "epochs.parquet").exists():
+            rows = load_epochs(study).to_pylist()
+            if len({r["trial_id"] for r in rows if r["epoch"] >= 3}) == 2:
+                break
+    else:
+        proc.kill()
+        raise AssertionError(proc.communicate()[1])
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+
+    again = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert again.stderr.count("resuming from epoch") == 2, again.stdout + again.stderr
+    trials = pq.read_table(study / "trials.parquet").to_pylist()
+    assert len(trials) == 2 and all(t["status"] == "completed" and t["epochs_done"] == 30 for t in trials)
+    epochs = pq.read_table(study / "epochs.parquet").to_pylist()
+    keys = [(r["trial_id"], r["epoch"]) for r in epochs]
+    assert len(keys) == len(set(keys)) == 2 * 30
+    for trial in trials:  # a slot interrupted and resumed is the run it would have been
+        alone = fit(config_from_record(json.loads(trial["config"])), tmp_path / "alone" / trial["trial_id"])
+        for row, expected in zip(_epochs_of(epochs, trial["trial_id"]), alone.history, strict=True):
+            for key in ("loss", "loss_cls", "val_hit1", "train_hit1"):
+                assert row[key] == pytest.approx(expected[key], rel=1e-5, abs=1e-7), (row["epoch"], key)
