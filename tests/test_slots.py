@@ -123,3 +123,16 @@ def test_a_slot_that_fails_hands_over_its_exception(small_set: Path, tmp_path: P
     assert type(end.error).__name__ in end.error_trace
     with pytest.raises(KeyError):
         host.next("a")
+
+
+def test_a_slot_joined_again_resumes_once_the_old_one_has_ended(small_set: Path, tmp_path: Path):
+    cfg = slot_config(small_set, tmp_path / "cache", **SLOTS[0])
+    host = SlotHost()
+    host.join("a", cfg, tmp_path / "a", threads=1)
+    assert host.next("a").metrics["epoch"] == 1
+    host.join("a", cfg, tmp_path / "a", threads=1)  # its owner restarted (a new worker, the same trial)
+    assert host.training() == ["a"]
+    epochs, end = _drain(host, "a")
+    assert [e.metrics["epoch"] for e in epochs] == [2, 3, 4, 5]
+    assert end.result.status == "completed" and any("resuming from epoch 1" in n for n in epochs[0].notes)
+    assert [row["epoch"] for row in checkpoint_history(tmp_path / "a" / "checkpoint")] == [1, 2, 3, 4, 5]

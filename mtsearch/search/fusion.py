@@ -70,10 +70,10 @@ class FusionHost:
 
     def join(self, key: str, cfg: TrialConfig, out_dir: str | None, resume: bool, threads: int,
              owner: Any) -> None:
+        self.slots.join(key, cfg, out_dir, resume=resume, threads=threads,
+                        alive=_Owner(owner) if owner is not None else None)
         with self.lock:
             self.reserved.pop(key, None)
-            self.slots.join(key, cfg, out_dir, resume=resume, threads=threads,
-                            alive=_Owner(owner) if owner is not None else None)
 
     def next(self, key: str) -> SlotEvent:
         event = self.slots.next(key)

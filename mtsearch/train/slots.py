@@ -55,6 +55,7 @@ class _Slot:
         self.waiting = False  # an epoch is done: waiting for the owner to ask for the next
         self.notes: list[str] = []
         self.lock = threading.Lock()
+        self.thread: threading.Thread | None = None
 
     def note(self, line: str) -> None:
         with self.lock:
@@ -100,13 +101,18 @@ class SlotHost:
         """Start training `cfg` (checkpoints in `out_dir/checkpoint/`) in a slot named `key`; a slot
         of that name still training (its owner's earlier attempt) is told to leave first."""
         with self._lock:
-            old = self._slots.get(key)
-            if old is not None:
-                old.leaving = True
-                old.proceed.set()
-            slot = self._slots[key] = _Slot(alive)
-        threading.Thread(target=self._train, args=(key, slot, cfg, out_dir, resume, threads),
-                         name=f"slot-{key}", daemon=True).start()
+            old = self._slots.pop(key, None)
+        if old is not None:  # it may still write its folder: the new one starts once it has ended
+            old.leaving = True
+            old.proceed.set()
+            if old.thread is not None:
+                old.thread.join()
+        slot = _Slot(alive)
+        slot.thread = threading.Thread(target=self._train, args=(key, slot, cfg, out_dir, resume, threads),
+                                       name=f"slot-{key}", daemon=True)
+        with self._lock:
+            self._slots[key] = slot
+        slot.thread.start()
 
     def next(self, key: str) -> SlotEvent:
         """The slot's next event, once it has it; asking again means the owner has seen the last
