@@ -141,3 +141,42 @@ def test_kill_9_then_resume_continues_every_fused_slot(small_set: Path, tmp_path
         for row, expected in zip(_epochs_of(epochs, trial["trial_id"]), alone.history, strict=True):
             for key in ("loss", "loss_cls", "val_hit1", "train_hit1"):
                 assert row[key] == pytest.approx(expected[key], rel=1e-5, abs=1e-7), (row["epoch"], key)
+
+
+@pytest.mark.slow
+def test_a_fusion_host_that_dies_is_a_fault_of_the_machine_and_its_trials_restart(small_set: Path,
+                                                                                   tmp_path: Path):
+    import os
+    import signal
+    import subprocess
+    import threading
+    import time
+
+    data = _fused_space(small_set, tmp_path / "cache")
+    data["base"] = {**data["base"], "optim.epochs": 15, "eval.every": 5}
+    data["search"]["num_samples"] = 2
+    data["scheduler"] = {"type": "none"}
+    epochs_file = tmp_path / "trials" / "fused" / "epochs.parquet"
+    killed: list[str] = []
+
+    def kill_the_host() -> None:  # once each trial has trained a few epochs in it
+        deadline = time.time() + 300
+        while time.time() < deadline and not killed:
+            time.sleep(0.3)
+            if epochs_file.exists() and pq.read_table(epochs_file).num_rows >= 4:
+                killed.extend(subprocess.run(["pgrep", "-f", "ray::FusionHost"], capture_output=True,
+                                             text=True).stdout.split())
+                for pid in killed:
+                    os.kill(int(pid), signal.SIGKILL)
+
+    threading.Thread(target=kill_the_host, daemon=True).start()
+    lines: list[str] = []
+    outcome = run_search(space_from_mapping(data, "fused.yaml"), tmp_path / "trials", num_cpus=2,
+                         log=lines.append)
+    assert killed, "the fusion host was never seen"
+    assert not outcome.interrupted
+    trials = pq.read_table(outcome.study_dir / "trials.parquet").to_pylist()
+    assert all(t["status"] == "completed" and t["epochs_done"] == 15 and t["restarts"] == 1 for t in trials)
+    assert sum("restarting from its last checkpoint" in line for line in lines) == 2, lines
+    keys = [(r["trial_id"], r["epoch"]) for r in pq.read_table(epochs_file).to_pylist()]
+    assert len(keys) == len(set(keys)) == 2 * 15

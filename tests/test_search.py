@@ -217,6 +217,46 @@ def test_resume_after_kill_9(tmp_path: Path, ray_address: str) -> None:
     assert not [t for t in study.trials if t.state.name == "RUNNING"]
 
 
+@pytest.mark.slow
+def test_resume_mends_a_checkpoint_tune_deleted_after_its_last_state_save(tmp_path: Path,
+                                                                         ray_address: str) -> None:
+    """Tune keeps one checkpoint a trial and saves its state every 2 s: a kill between the two
+    leaves a state that names a deleted folder, while the trial's newer checkpoint is there."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    script = tmp_path / "driver.py"
+    script.write_text(DRIVER.format(tests=str(Path(__file__).parent), trials=str(tmp_path / "trials"),
+                                    address=ray_address, logs=str(logs)).replace('"num_samples": 6', '"num_samples": 2'))
+    study = tmp_path / "trials" / "resume"
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline:  # kill once both trials are past epoch 2 of 5
+        time.sleep(0.3)
+        if (study / "epochs.parquet").exists():
+            rows = load_epochs(study).to_pylist()
+            if len({r["trial_id"] for r in rows if r["epoch"] >= 2}) == 2:
+                break
+    else:
+        proc.kill()
+        raise AssertionError(proc.communicate()[0])
+    time.sleep(3)  # past a save of Tune's state, which names each trial's checkpoint
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    for trial_dir in (study / "tune").iterdir():  # as if Tune had replaced each by a newer one
+        for folder in sorted(trial_dir.glob("checkpoint_*")):
+            index = int(folder.name.split("_")[1])
+            folder.rename(folder.with_name(f"checkpoint_{index + 1:06d}"))
+
+    again = subprocess.run([sys.executable, str(script), "--resume"], capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and "finished" in again.stdout, again.stdout + again.stderr
+    trials = pq.read_table(study / "trials.parquet").to_pylist()
+    assert [t["status"] for t in trials] == ["completed"] * 2, trials
+    keys = [(r["trial_id"], r["epoch"]) for r in pq.read_table(study / "epochs.parquet").to_pylist()]
+    assert len(keys) == len(set(keys)) == 2 * 5
+    assert all(r["start_epoch"] > 1 for r in records(logs)), "a trial started over"
+
+
 TINY_SPACE = """\
 name: tiny
 base: {{model.preset: tiny, optim.epochs: {epochs}, eval.every: 1, device: cpu, data.cache_dir: {cache}}}

@@ -54,7 +54,7 @@ from mtsearch.search.recording import (
     retain_checkpoints,
     snapshot,
 )
-from mtsearch.search.study import SPACE_FILE, TUNE_DIR, open_study, release
+from mtsearch.search.study import SPACE_FILE, TUNE_DIR, mend_tune_checkpoints, open_study, release
 from mtsearch.search.trainable import Log, Trainer, last_line, run_trial
 from mtsearch.search.tuning import (
     OBJECTIVE,
@@ -256,6 +256,8 @@ def _make_tuner(
         live = LIVE.get(live_key)
         rerun = live is not None and bool(_machine_failed(live))
         accept_moved_modules()  # a study interrupted under the flat layout pickled its old paths
+        for trial_id in mend_tune_checkpoints(tune_path):
+            say(f"trial {trial_id}: Tune's saved state named a deleted checkpoint; resuming from its newest")
         return tune.Tuner.restore(str(tune_path), trainable, resume_unfinished=True, resume_errored=rerun)
     if tune_path.exists() and fresh:  # an interrupted start that never saved Tune's state
         shutil.rmtree(tune_path)

@@ -151,16 +151,20 @@ class HostedTrainer:
         host, _ = ray.get(self.registry.place.remote(context.get_node_id(), gpus, shape, key))
         ray.get(host.join.remote(key, cfg, str(out_dir) if out_dir is not None else None, resume,
                                  threads, context.current_actor))
-        while True:
-            event: SlotEvent = ray.get(host.next.remote(key))
-            for line in event.notes:
-                say(line)
-            if event.kind == "end":
-                if event.error is not None:
-                    if event.error_trace:
-                        event.error.add_note(f"in the fusion host:\n{event.error_trace}")
-                    raise event.error
-                return event.result
-            ckpt = Path(event.ckpt_dir) if event.ckpt_dir is not None else None
-            if on_epoch is not None and on_epoch(event.metrics, ckpt) is False:
-                host.leave.remote(key)
+        try:
+            while True:
+                event: SlotEvent = ray.get(host.next.remote(key))
+                for line in event.notes:
+                    say(line)
+                if event.kind == "end":
+                    if event.error is not None:
+                        if event.error_trace:
+                            event.error.add_note(f"in the fusion host:\n{event.error_trace}")
+                        raise event.error
+                    return event.result
+                ckpt = Path(event.ckpt_dir) if event.ckpt_dir is not None else None
+                if on_epoch is not None and on_epoch(event.metrics, ckpt) is False:
+                    host.leave.remote(key)
+        except BaseException:  # the slot must not wait for a proxy that stopped asking
+            host.leave.remote(key)
+            raise

@@ -75,3 +75,43 @@ def release(fd: int) -> None:
         fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)
+
+
+def mend_tune_checkpoints(tune_dir: Path) -> list[str]:
+    """Before `--resume`: a trial whose saved Tune state names a checkpoint folder that is gone
+    gets its newest kept checkpoint copied there; returns those trials' ids.
+
+    Tune keeps one checkpoint a trial, deleting the older one as a newer one is reported, and saves
+    its state every 2 s: a kill in between leaves the state naming the deleted folder, and Tune
+    would fail that trial on every resume. The newer checkpoint is one Tune had received, so the
+    trial goes on from it. Best effort: a state this code cannot read is left to Tune.
+    """
+    import json
+    import shutil
+
+    import ray.cloudpickle as pickle
+
+    mended = []
+    for state_file in sorted(tune_dir.glob("experiment_state-*.json")):
+        try:
+            trials = json.loads(state_file.read_text())["trial_data"]
+        except (OSError, ValueError, KeyError):
+            continue
+        for _, run_state in trials:
+            try:
+                manager = json.loads(run_state)["checkpoint_manager"]
+                if manager.get("_type") != "CLOUDPICKLE_FALLBACK":
+                    continue
+                latest = pickle.loads(bytes.fromhex(manager["value"])).latest_checkpoint_result
+            except Exception:  # noqa: BLE001 - another Tune's format: nothing to mend here
+                continue
+            if latest is None or latest.checkpoint is None:
+                continue
+            named = Path(latest.checkpoint.path)
+            if named.exists() or not named.parent.is_dir():
+                continue
+            kept = sorted(p for p in named.parent.glob("checkpoint_*") if p.is_dir())
+            if kept:
+                shutil.copytree(kept[-1], named)
+                mended.append(named.parent.name)
+    return mended

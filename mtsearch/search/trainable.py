@@ -103,6 +103,8 @@ def run_trial(config: dict[str, Any], *, base: dict[str, Any], metric: str, mode
             result = train(cfg, work, on_epoch=on_epoch, resume=True, log=notes.append)
             break
         except Exception as exc:  # noqa: BLE001 - sorted below into the machine's and the config's
+            if isinstance(exc, ray.exceptions.RayActorError):  # the fusion host training it died
+                raise
             disk = storage_failure(exc)
             if disk is not None:
                 final(STORAGE, fit_error=str(disk), storage_path=disk.path, storage_reason=disk.reason)
