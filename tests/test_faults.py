@@ -257,7 +257,8 @@ def test_a_full_disk_stops_the_search_cleanly_and_resume_finishes_it(tmp_path: P
     keys = _epoch_keys(study)
     assert len(keys) == len(set(keys)) == 16  # nothing lost, nothing doubled
     assert {(r["trial_id"], r["epoch"]) for r in before} <= set(keys)
-    assert _optuna_states(study, "full") == ["COMPLETE"] * 4
+    states = _optuna_states(study, "full")  # a trial lost before Tune saved it ends FAIL, and a new
+    assert states.count("COMPLETE") == 4 and set(states) <= {"COMPLETE", "FAIL"}, states  # one ran
 
 
 def test_sqlite_running_out_of_disk_is_a_storage_fault() -> None:

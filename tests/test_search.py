@@ -257,6 +257,50 @@ def test_resume_mends_a_checkpoint_tune_deleted_after_its_last_state_save(tmp_pa
     assert all(r["start_epoch"] > 1 for r in records(logs)), "a trial started over"
 
 
+@pytest.mark.slow
+def test_resume_samples_anew_the_trials_tune_never_saved(tmp_path: Path, ray_address: str) -> None:
+    """A trial started just before a kill can be in trials.parquet but not in Tune's saved state
+    (the disk filled, or the kill came first): Tune's restored searcher counts it as sampled, so
+    without help the study would never reach its count."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    script = tmp_path / "driver.py"
+    script.write_text(DRIVER.format(tests=str(Path(__file__).parent), trials=str(tmp_path / "trials"),
+                                    address=ray_address, logs=str(logs)).replace('"num_samples": 6', '"num_samples": 3'))
+    study = tmp_path / "trials" / "resume"
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline:  # kill once two trials are past epoch 2 of 5
+        time.sleep(0.3)
+        if (study / "epochs.parquet").exists():
+            rows = load_epochs(study).to_pylist()
+            if len({r["trial_id"] for r in rows if r["epoch"] >= 2}) == 2:
+                break
+    else:
+        proc.kill()
+        raise AssertionError(proc.communicate()[0])
+    time.sleep(3)  # past a save of Tune's state
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    (state_file,) = (study / "tune").glob("experiment_state-*.json")
+    state = json.loads(state_file.read_text())
+    lost = json.loads(state["trial_data"][-1][0])["trial_id"]
+    state["trial_data"] = state["trial_data"][:-1]  # as if Tune had not saved that trial yet
+    state_file.write_text(json.dumps(state))
+
+    again = subprocess.run([sys.executable, str(script), "--resume"], capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and "finished" in again.stdout, again.stdout + again.stderr
+    trials = pq.read_table(study / "trials.parquet").to_pylist()
+    assert len(trials) == 3 and all(t["status"] == "completed" for t in trials), trials
+    assert lost not in {t["trial_id"] for t in trials}  # its row was a trial that never ran on
+    keys = [(r["trial_id"], r["epoch"]) for r in pq.read_table(study / "epochs.parquet").to_pylist()]
+    assert len(keys) == len(set(keys)) == 3 * 5
+    optuna_study = optuna.load_study(study_name="resume", storage=f"sqlite:///{study / 'optuna.db'}")
+    states = sorted(t.state.name for t in optuna_study.trials)
+    assert states.count("COMPLETE") == 3 and set(states) <= {"COMPLETE", "FAIL"}, states
+
+
 TINY_SPACE = """\
 name: tiny
 base: {{model.preset: tiny, optim.epochs: {epochs}, eval.every: 1, device: cpu, data.cache_dir: {cache}}}

@@ -169,6 +169,18 @@ def _drive(
         tuner = _make_tuner(spec, study_dir, key, resume, trainable_fn, resources, say)
         publish(live)
         tuner.fit()
+        outcome = _finish(live, study_dir)
+        lost = _lost_trials(live) if resume and outcome.interrupted else 0
+        if not lost:
+            return outcome
+        # trials started as the driver died, before Tune saved them: Tune's restored searcher
+        # counts them as sampled, so they would never run; new samples take their places
+        say(f"{lost} trial(s) started before the interruption were never saved by Tune: "
+            f"sampling {lost} new one(s) in their place")
+        tuner = _make_tuner(spec, study_dir, key, False, trainable_fn, resources, say, fresh=False,
+                            extend_from=spec.with_count(spec.total_trials - lost), store=store)
+        publish(live)
+        tuner.fit()
         return _finish(live, study_dir)
     # an extension or a race's round: finish what the study started, then run what is missing
     # as a new Tune experiment in the same folder, sharing Optuna's history and ASHA's rungs
@@ -310,6 +322,18 @@ def _finish(live: Live, study_dir: Path, total: int | None = None) -> SearchOutc
     _drop_work_dirs(study_dir, live.store)
     return SearchOutcome(study_dir=study_dir, interrupted=interrupted, progress=snapshot(live),
                          machine_failed=_machine_failed(live))
+
+
+def _lost_trials(live: Live) -> int:
+    """How many trials a resumed search lacks because Tune never saved them (rows it never knew,
+    nothing running): 0 for grids, whose points Tune's own state lists."""
+    if live.spec.is_enumerated:
+        return 0
+    rows = live.store.trials
+    if any(r["status"] in (None, "running") and ray_trial_id(r, t) in live.known_trials for t, r in rows.items()):
+        return 0
+    unknown = {ray_trial_id(r, t) for t, r in rows.items() if ray_trial_id(r, t) not in live.known_trials}
+    return min(len(unknown), live.spec.total_trials - len(live.known_trials))
 
 
 def _machine_failed(live: Live) -> list[str]:
