@@ -59,6 +59,8 @@ wait "$DATA_PID"; tail -1 "$OUT/data.txt"
 step thesis_trial 260 python3 benchmarks/thesis_trial.py --data /tmp/synth
 # issue 21: fused trials (K slots in one process, one CUDA stream each) against one trial alone
 step fusion 200 python3 benchmarks/fusion.py --presets small,thesis --counts 1,4,8 --epochs 3 --data /tmp/synth
+# issue 21: how far a fused slot is from its unfused run on the GPU (reduction order, bf16)
+step fused_exactness 90 python3 benchmarks/fused_exactness.py --data /tmp/synth
 # issue 10: trials per GPU, and what `auto` would choose
 step packing_thesis 140 python3 benchmarks/packing.py --presets thesis --counts 1,2,4,8 --data /tmp/synth
 step packing_small 80 python3 benchmarks/packing.py --presets small --counts 1,4,8,16 --data /tmp/synth
@@ -80,4 +82,4 @@ step memory_probe 45 python3 benchmarks/memory_probe.py
 step train_step_eager_tracker 45 python3 benchmarks/train_step.py --presets thesis \
   --masks "cls cls+track+dir" --cuda-graph --precisions bf16g --loop-masks "" --steps 15 --eager-tracker
 step gpu_check 120 python3 benchmarks/gpu_check.py
-grep -h "fusion_gain\|packing_gain\|branches_cost\|thesis_trial_minutes\|end_to_end_vs_step\|memory_probe:\|gpu_check:" "$OUT"/*.txt
+grep -h "fusion_gain\|fused_vs_alone\|packing_gain\|branches_cost\|thesis_trial_minutes\|end_to_end_vs_step\|memory_probe:\|gpu_check:" "$OUT"/*.txt
