@@ -113,7 +113,10 @@ def test_a_search_says_what_it_fuses(tmp_path: Path):
 
     plain = space_from_mapping(_space(tmp_path, tmp_path / "cache"), "s.yaml")
     seeded = space_from_mapping(_space(tmp_path, tmp_path / "cache", seeds_per_trial=3), "s.yaml")
-    assert fusion_note(plain, on_gpus=False) is None  # a CPU search of one seed a trial fuses nothing
+    assert "one trial per process" in fusion_note(plain, on_gpus=False)  # auto on a CPU: why it does not fuse
+    off = _space(tmp_path, tmp_path / "cache")
+    off["resources"] = {"fuse": 1}
+    assert fusion_note(space_from_mapping(off, "s.yaml"), on_gpus=False) is None  # asked for none
     assert "3 seeds train fused" in fusion_note(seeded, on_gpus=False)
     assert "its own process" in fusion_note(plain, on_gpus=True)  # auto fuses nothing until measured
     data = _space(tmp_path, tmp_path / "cache")

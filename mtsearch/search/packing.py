@@ -219,8 +219,8 @@ def fused_per_process(spec: SpaceSpec) -> int:
 
 
 def fusion_note(spec: SpaceSpec, on_gpus: bool) -> str | None:
-    """The line a search starts with about fusion, when there is something to say: what it fuses
-    and why (silent for a CPU search of one seed per trial, which fuses nothing)."""
+    """The line a search starts with about fusion: what it fuses and why (silent where
+    `resources.fuse: 1` asked for none)."""
     seeds = 1 if spec.is_ablation else spec.search.seeds_per_trial
     fuse = fused_per_process(spec)
     parts = []
@@ -232,6 +232,9 @@ def fusion_note(spec: SpaceSpec, on_gpus: bool) -> str | None:
     elif on_gpus:
         parts.append("each trial trains in its own process; GPUs are shared by measured memory "
                      "(resources.fuse: auto fuses nothing until the fused step is measured on a GPU)")
+    elif spec.resources.fuse != 1 and seeds == 1:
+        parts.append("auto, one trial per process: on a CPU, fused trials train no faster than "
+                     "separate ones (docs/packing.md)")
     return "fusion: " + "; ".join(parts) if parts else None
 
 
