@@ -233,8 +233,7 @@ def fusion_note(spec: SpaceSpec, on_gpus: bool) -> str | None:
         parts.append("each trial trains in its own process; GPUs are shared by measured memory "
                      "(resources.fuse: auto fuses nothing until the fused step is measured on a GPU)")
     elif spec.resources.fuse != 1 and seeds == 1:
-        parts.append("auto, one trial per process: on a CPU, fused trials train no faster than "
-                     "separate ones (docs/packing.md)")
+        parts.append("auto, one trial per process (fused trials gain nothing on a CPU)")
     return "fusion: " + "; ".join(parts) if parts else None
 
 
