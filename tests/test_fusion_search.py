@@ -10,6 +10,7 @@ from pathlib import Path
 import optuna
 import pyarrow.parquet as pq
 import pytest
+from kill9 import kill_9_when, trials_at
 from test_seeds import TIMING, _space
 
 from mtsearch.records import config_from_record
@@ -96,14 +97,11 @@ def test_fuse_with_seeds_per_trial_is_refused(tmp_path: Path):
 
 @pytest.mark.slow
 def test_kill_9_then_resume_continues_every_fused_slot(small_set: Path, tmp_path: Path, ray_address: str):
-    import signal
     import subprocess
     import sys
-    import time
 
     import yaml
 
-    from mtsearch.results.store import load_epochs
 
     data = _fused_space(small_set, tmp_path / "cache")
     data["base"] = {**data["base"], "optim.epochs": 30, "eval.every": 10}  # long enough to be killed
@@ -114,19 +112,7 @@ def test_kill_9_then_resume_continues_every_fused_slot(small_set: Path, tmp_path
     cmd = [sys.executable, "-m", "mtsearch", "run", str(space), "--trials-dir", str(tmp_path / "trials"),
            "--address", ray_address, "--quiet"]
     study = tmp_path / "trials" / "fused"
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 300
-    while time.time() < deadline:  # kill once both slots have reported their third epoch
-        time.sleep(0.3)
-        if (study / "epochs.parquet").exists():
-            rows = load_epochs(study).to_pylist()
-            if len({r["trial_id"] for r in rows if r["epoch"] >= 3}) == 2:
-                break
-    else:
-        proc.kill()
-        raise AssertionError(proc.communicate()[1])
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
+    kill_9_when(cmd, study, lambda rows: trials_at(rows, 3) == 2)  # both slots at their third epoch
 
     again = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stdout + again.stderr

@@ -23,9 +23,9 @@ from typing import Any
 import optuna
 import pyarrow.parquet as pq
 import pytest
+from kill9 import kill_9_when, trials_at
 
 from mtsearch.errors import InvalidInput
-from mtsearch.results.store import load_epochs
 from mtsearch.search.driver import run_search
 from mtsearch.space import space_from_mapping
 
@@ -183,23 +183,14 @@ def test_resume_after_kill_9(tmp_path: Path, ray_address: str) -> None:
     script.write_text(DRIVER.format(tests=str(Path(__file__).parent), trials=str(tmp_path / "trials"),
                                     address=ray_address, logs=str(logs)))
     epochs_path = tmp_path / "trials" / "resume" / "epochs.parquet"
-    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
-    deadline = time.time() + 120
-    while time.time() < deadline:  # kill once a trial finished and another is at epoch 2 of 5
-        time.sleep(0.3)
-        if epochs_path.exists() and records(logs):
-            last: dict[str, int] = {}
-            for row in load_epochs(epochs_path.parent).to_pylist():  # retries a read racing a rewrite
-                last[row["trial_id"]] = max(last.get(row["trial_id"], 0), row["epoch"])
-            if 2 in last.values():
-                break
-    else:
-        proc.kill()
-        raise AssertionError(proc.communicate()[0])
-    time.sleep(3)  # past a save of Tune's experiment state (every 2 s); epochs take 2 s
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
+    def ready(rows: list[dict[str, Any]]) -> bool:  # a trial finished and another is at epoch 2 of 5
+        last: dict[str, int] = {}
+        for row in rows:
+            last[row["trial_id"]] = max(last.get(row["trial_id"], 0), row["epoch"])
+        return bool(records(logs)) and 2 in last.values()
+
+    # settle: past a save of Tune's experiment state (every 2 s); epochs take 2 s
+    kill_9_when([sys.executable, str(script)], epochs_path.parent, ready, settle_s=3, timeout_s=120)
     before = pq.read_table(epochs_path).num_rows
 
     again = subprocess.run([sys.executable, str(script), "--resume"], capture_output=True, text=True, timeout=300)
@@ -228,21 +219,9 @@ def test_resume_mends_a_checkpoint_tune_deleted_after_its_last_state_save(tmp_pa
     script.write_text(DRIVER.format(tests=str(Path(__file__).parent), trials=str(tmp_path / "trials"),
                                     address=ray_address, logs=str(logs)).replace('"num_samples": 6', '"num_samples": 2'))
     study = tmp_path / "trials" / "resume"
-    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
-    deadline = time.time() + 120
-    while time.time() < deadline:  # kill once both trials are past epoch 2 of 5
-        time.sleep(0.3)
-        if (study / "epochs.parquet").exists():
-            rows = load_epochs(study).to_pylist()
-            if len({r["trial_id"] for r in rows if r["epoch"] >= 2}) == 2:
-                break
-    else:
-        proc.kill()
-        raise AssertionError(proc.communicate()[0])
-    time.sleep(3)  # past a save of Tune's state, which names each trial's checkpoint
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
+    # kill once both trials are past epoch 2 of 5, and past a save of Tune's state, which names each trial's checkpoint
+    kill_9_when([sys.executable, str(script)], study, lambda rows: trials_at(rows, 2) == 2, settle_s=3,
+                timeout_s=120)
     for trial_dir in (study / "tune").iterdir():  # as if Tune had replaced each by a newer one
         for folder in sorted(trial_dir.glob("checkpoint_*")):
             index = int(folder.name.split("_")[1])
@@ -268,21 +247,9 @@ def test_resume_samples_anew_the_trials_tune_never_saved(tmp_path: Path, ray_add
     script.write_text(DRIVER.format(tests=str(Path(__file__).parent), trials=str(tmp_path / "trials"),
                                     address=ray_address, logs=str(logs)).replace('"num_samples": 6', '"num_samples": 3'))
     study = tmp_path / "trials" / "resume"
-    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
-    deadline = time.time() + 120
-    while time.time() < deadline:  # kill once two trials are past epoch 2 of 5
-        time.sleep(0.3)
-        if (study / "epochs.parquet").exists():
-            rows = load_epochs(study).to_pylist()
-            if len({r["trial_id"] for r in rows if r["epoch"] >= 2}) == 2:
-                break
-    else:
-        proc.kill()
-        raise AssertionError(proc.communicate()[0])
-    time.sleep(3)  # past a save of Tune's state
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
+    # kill once both trials are past epoch 2 of 5, and past a save of Tune's state
+    kill_9_when([sys.executable, str(script)], study, lambda rows: trials_at(rows, 2) == 2, settle_s=3,
+                timeout_s=120)
     (state_file,) = (study / "tune").glob("experiment_state-*.json")
     state = json.loads(state_file.read_text())
     lost = json.loads(state["trial_data"][-1][0])["trial_id"]

@@ -9,6 +9,7 @@ from pathlib import Path
 import optuna
 import pyarrow.parquet as pq
 import pytest
+from kill9 import kill_9_when, trials_at
 
 from mtsearch.errors import InvalidInput
 from mtsearch.records import config_from_record
@@ -144,14 +145,11 @@ def test_a_seed_that_diverges_ends_its_configuration_and_no_other(small_set: Pat
 @pytest.mark.slow
 def test_kill_9_then_resume_continues_every_seed_from_its_checkpoint(small_set: Path, tmp_path: Path,
                                                                        ray_address: str):
-    import signal
     import subprocess
     import sys
-    import time
 
     import yaml
 
-    from mtsearch.results.store import load_epochs
 
     data = _space(small_set, tmp_path / "cache", seeds_per_trial=2)
     data["base"] = {**data["base"], "optim.epochs": 30, "eval.every": 10}  # long enough to be killed
@@ -160,19 +158,7 @@ def test_kill_9_then_resume_continues_every_seed_from_its_checkpoint(small_set: 
     cmd = [sys.executable, "-m", "mtsearch", "run", str(space), "--trials-dir", str(tmp_path / "trials"),
            "--address", ray_address, "--quiet"]
     study = tmp_path / "trials" / "seeds"
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 300
-    while time.time() < deadline:  # kill once a seed has reported its third epoch
-        time.sleep(0.3)
-        if (study / "epochs.parquet").exists() and any(
-                r["epoch"] >= 3 for r in load_epochs(study).to_pylist()):
-            break
-    else:
-        proc.kill()
-        raise AssertionError(proc.communicate()[1])
-    time.sleep(1.0)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
+    kill_9_when(cmd, study, lambda rows: trials_at(rows, 3) >= 1, settle_s=1.0)  # a seed at its third epoch
 
     again = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stdout + again.stderr
