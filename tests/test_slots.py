@@ -22,14 +22,12 @@ fit_module = importlib.import_module("mtsearch.train.fit")  # the module (the pa
 
 def _drain(host: SlotHost, key: str, stop_after: int | None = None) -> tuple[list[SlotEvent], SlotEvent]:
     """The owner's side: take every epoch (leaving after `stop_after` of them), then the end."""
-    epochs = []
+    epochs: list[SlotEvent] = []
     while True:
-        event = host.next(key)
+        event = host.next(key, stop=stop_after is not None and len(epochs) == stop_after)
         if event.kind == "end":
             return epochs, event
         epochs.append(event)
-        if stop_after is not None and len(epochs) == stop_after:
-            host.leave(key)
 
 
 def test_slots_joined_at_any_time_reproduce_their_unfused_runs(small_set: Path, tmp_path: Path,
@@ -118,6 +116,7 @@ def test_a_slot_that_fails_hands_over_its_exception(small_set: Path, tmp_path: P
     host = SlotHost()
     host.join("a", slot_config(small_set, tmp_path / "cache", **{"data.root": str(tmp_path / "none")}),
               tmp_path / "a", threads=1)
+    time.sleep(1.0)  # it fails before its owner first asks: the end waits for the owner
     end = host.next("a")
     assert end.kind == "end" and end.result is None and end.error is not None
     assert type(end.error).__name__ in end.error_trace

@@ -168,9 +168,10 @@ def _drive(
     if extend_from is None and points is None:
         tuner = _make_tuner(spec, study_dir, key, resume, trainable_fn, resources, say)
         publish(live)
-        tuner.fit()
+        grid = tuner.fit()
         outcome = _finish(live, study_dir)
-        lost = _lost_trials(live) if resume and outcome.interrupted else 0
+        ran_out = grid.num_terminated + grid.num_errors == len(grid)  # not stopped by a Ctrl-C
+        lost = _lost_trials(live) if resume and outcome.interrupted and ran_out else 0
         if not lost:
             return outcome
         # trials started as the driver died, before Tune saved them: Tune's restored searcher
@@ -269,7 +270,7 @@ def _make_tuner(
         rerun = live is not None and bool(_machine_failed(live))
         accept_moved_modules()  # a study interrupted under the flat layout pickled its old paths
         for trial_id in mend_tune_checkpoints(tune_path):
-            say(f"trial {trial_id}: Tune's saved state named a deleted checkpoint; resuming from its newest")
+            say(f"trial {trial_id}: Tune's saved state named a deleted checkpoint; resuming from the one it kept")
         return tune.Tuner.restore(str(tune_path), trainable, resume_unfinished=True, resume_errored=rerun)
     if tune_path.exists() and fresh:  # an interrupted start that never saved Tune's state
         shutil.rmtree(tune_path)

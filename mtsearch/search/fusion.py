@@ -27,6 +27,7 @@ import ray
 from ray import tune
 
 from mtsearch.config import TrialConfig, shape_key
+from mtsearch.search.trainable import prepare_work_dir
 from mtsearch.train.slots import SlotEvent, SlotHost
 
 RESERVATION_S = 300.0  # a place reserved for a proxy that never joined is free again after this
@@ -36,8 +37,8 @@ def _owner_alive(owner: Any, timeout: float) -> bool:
     """False once the proxy's actor is gone (ASHA stopped it, or it failed); a busy one is alive."""
     try:
         ray.get(owner.__ray_ready__.remote(), timeout=timeout)
-    except ray.exceptions.GetTimeoutError:
-        return True
+    except (ray.exceptions.GetTimeoutError, ray.exceptions.ActorUnavailableError):
+        return True  # busy, or out of reach for a moment
     except ray.exceptions.RayActorError:
         return False
     return True
@@ -48,8 +49,9 @@ class FusionHost:
     """One process training up to `capacity` slots of one network shape on one node (and GPU)."""
 
     def __init__(self, gpu_ids: list[str]):
-        if gpu_ids:  # the proxies' GPU: this actor reserves none, so Ray would hide it
-            os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(gpu_ids)
+        # the proxies' GPUs, and none for CPU trials: this actor reserves none, and Ray leaves
+        # the variable alone for actors without GPUs
+        os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(gpu_ids)
         self.slots = SlotHost()
         self.reserved: dict[str, float] = {}
         self.lock = threading.Lock()
@@ -75,8 +77,8 @@ class FusionHost:
         with self.lock:
             self.reserved.pop(key, None)
 
-    def next(self, key: str) -> SlotEvent:
-        event = self.slots.next(key)
+    def next(self, key: str, stop: bool = False) -> SlotEvent:
+        event = self.slots.next(key, stop)
         if event.error is not None:
             try:
                 pickle.loads(pickle.dumps(event.error))
@@ -86,6 +88,9 @@ class FusionHost:
 
     def leave(self, key: str) -> None:
         self.slots.leave(key)
+
+    def retire(self, key: str) -> bool:
+        return self.slots.retire(key)
 
 
 class _Owner:
@@ -105,12 +110,14 @@ class FusionRegistry:
     def __init__(self, capacity: int):
         self.capacity = capacity
         self.hosts: dict[tuple[str, tuple[str, ...], str], list[Any]] = {}
+        self.placed: dict[str, Any] = {}  # trial -> the host of its last placement
 
     def place(self, node_id: str, gpu_ids: list[str], shape: str, key: str) -> tuple[Any, int]:
         hosts = self.hosts.setdefault((node_id, tuple(gpu_ids), shape), [])
         for index, host in enumerate(list(hosts)):
             try:
                 if ray.get(host.reserve.remote(key, self.capacity)):
+                    self.placed[key] = host
                     return host, index
             except ray.exceptions.RayActorError:  # a host that died: its slots' proxies retry
                 hosts.remove(host)
@@ -120,7 +127,12 @@ class FusionRegistry:
             scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False)).remote(list(gpu_ids))
         ray.get(host.reserve.remote(key, self.capacity))
         hosts.append(host)
+        self.placed[key] = host
         return host, len(hosts) - 1
+
+    def host_of(self, key: str) -> Any:
+        """Where trial `key` was last placed (None: never), whatever became of it since."""
+        return self.placed.get(key)
 
 
 def hosted_trainer(capacity: int, trainer: Any) -> tuple[Any, int]:
@@ -130,6 +142,18 @@ def hosted_trainer(capacity: int, trainer: Any) -> tuple[Any, int]:
     if trainer is not None or capacity <= 1:
         return trainer, 1
     return HostedTrainer(FusionRegistry.remote(capacity), capacity), capacity
+
+
+def _retire_earlier_attempt(registry: Any, key: str) -> bool:
+    """A trial Tune restarts (its worker died mid-epoch) may find its earlier slot still training:
+    stop it and wait for it; whether there was one."""
+    old = ray.get(registry.host_of.remote(key))
+    if old is None:
+        return False
+    try:
+        return bool(ray.get(old.retire.remote(key)))
+    except ray.exceptions.RayActorError:  # that host is gone, and its slots with it
+        return False
 
 
 @dataclass(frozen=True)
@@ -148,12 +172,17 @@ class HostedTrainer:
         threads = max(1, int(context.get_assigned_resources().get("CPU", 1)))
         gpus = [str(g) for g in ray.get_gpu_ids()]
         shape = repr((*shape_key(cfg), cfg.device))
+        if _retire_earlier_attempt(self.registry, key) and out_dir is not None:
+            # the earlier attempt's slot may have saved an epoch Tune never got: start again from
+            # Tune's last checkpoint, as run_trial did before that slot had stopped
+            out_dir = prepare_work_dir()
         host, _ = ray.get(self.registry.place.remote(context.get_node_id(), gpus, shape, key))
         ray.get(host.join.remote(key, cfg, str(out_dir) if out_dir is not None else None, resume,
                                  threads, context.current_actor))
+        stop = False
         try:
             while True:
-                event: SlotEvent = ray.get(host.next.remote(key))
+                event: SlotEvent = ray.get(host.next.remote(key, stop))
                 for line in event.notes:
                     say(line)
                 if event.kind == "end":
@@ -163,8 +192,7 @@ class HostedTrainer:
                         raise event.error
                     return event.result
                 ckpt = Path(event.ckpt_dir) if event.ckpt_dir is not None else None
-                if on_epoch is not None and on_epoch(event.metrics, ckpt) is False:
-                    host.leave.remote(key)
+                stop = on_epoch is not None and on_epoch(event.metrics, ckpt) is False
         except BaseException:  # the slot must not wait for a proxy that stopped asking
             host.leave.remote(key)
             raise

@@ -79,20 +79,20 @@ def release(fd: int) -> None:
 
 def mend_tune_checkpoints(tune_dir: Path) -> list[str]:
     """Before `--resume`: a trial whose saved Tune state names a checkpoint folder that is gone
-    gets its newest kept checkpoint copied there; returns those trials' ids.
+    gets the checkpoint Tune kept for it copied there; returns those trials' ids.
 
     Tune keeps one checkpoint a trial, deleting the older one as a newer one is reported, and saves
     its state every 2 s: a kill in between leaves the state naming the deleted folder, and Tune
-    would fail that trial on every resume. The newer checkpoint is one Tune had received, so the
-    trial goes on from it. Best effort: a state this code cannot read is left to Tune.
+    would fail that trial on every resume. The kept checkpoint is a newer one Tune had received,
+    so the trial goes on from it. Best effort: a state this code cannot read is left to Tune.
     """
     import json
     import shutil
 
     import ray.cloudpickle as pickle
 
-    mended = []
-    for state_file in sorted(tune_dir.glob("experiment_state-*.json")):
+    mended: list[str] = []
+    for state_file in sorted(tune_dir.glob("experiment_state-*.json"))[-1:]:  # the one Tune restores
         try:
             trials = json.loads(state_file.read_text())["trial_data"]
         except (OSError, ValueError, KeyError):
@@ -110,8 +110,12 @@ def mend_tune_checkpoints(tune_dir: Path) -> list[str]:
             named = Path(latest.checkpoint.path)
             if named.exists() or not named.parent.is_dir():
                 continue
+            # the oldest kept is the one Tune registered (a newer one may be a half-written report)
             kept = sorted(p for p in named.parent.glob("checkpoint_*") if p.is_dir())
-            if kept:
-                shutil.copytree(kept[-1], named)
-                mended.append(named.parent.name)
+            try:
+                if kept:
+                    shutil.copytree(kept[0], named)
+                    mended.append(named.parent.name)
+            except OSError:
+                shutil.rmtree(named, ignore_errors=True)
     return mended

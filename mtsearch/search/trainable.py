@@ -97,7 +97,7 @@ def run_trial(config: dict[str, Any], *, base: dict[str, Any], metric: str, mode
         send({"epoch": last["epoch"], "fit_status": fit_status, **extra})
 
     failures = 0
-    work = _prepare_work_dir(whole=seeds > 1)
+    work = prepare_work_dir(whole=seeds > 1)
     while True:
         try:
             result = train(cfg, work, on_epoch=on_epoch, resume=True, log=notes.append)
@@ -125,7 +125,7 @@ def run_trial(config: dict[str, Any], *, base: dict[str, Any], metric: str, mode
     shutil.rmtree(work, ignore_errors=True)
 
 
-def _prepare_work_dir(whole: bool = False) -> Path:
+def prepare_work_dir(whole: bool = False) -> Path:
     """The trainer's folder, starting from Tune's last reported checkpoint: the source of truth,
     as the trainer may have saved an epoch that was never reported, and resuming from that would
     skip its row. (A retry in the same worker goes on from the trainer's own checkpoint.)

@@ -111,9 +111,11 @@ class TrialRun:
 def prepare_run(
     cfg: TrialConfig, out_dir: str | Path | None, *, resume: bool,
     say: Callable[[str], None], warn: Callable[[str], None],
+    global_rng: AbstractContextManager[Any] | None = None,
 ) -> TrialRun:
     """Everything a trial builds before its first epoch, in the order that fixes its random
-    state: the data, then the weights from `seed`, then a checkpoint's state over them."""
+    state: the data, then the weights from `seed`, then a checkpoint's state over them.
+    `global_rng` (slots that join others training) is held from seeding to the restored state."""
     from mtsearch.data.clips import make_loader
 
     ckpt_dir = Path(out_dir) / "checkpoint" if out_dir is not None else None
@@ -127,15 +129,16 @@ def prepare_run(
     train_set, val_set, test_set, num_classes = load_clips(cfg, warn)
     eval_set = val_set if cfg.selection == "val" else test_set
 
-    seed_everything(cfg.seed)
-    training = build_training(cfg, num_classes, device, warn)
-    history: list[dict[str, Any]] = []
-    start_epoch = 1
-    if state is not None:
-        restore(state, ckpt_file, cfg, training.model, training.optimizer, training.scheduler)
-        history = list(state["history"])
-        start_epoch = state["epoch"] + 1
-        say(f"resuming from epoch {state['epoch']} ({ckpt_dir})")
+    with global_rng if global_rng is not None else nullcontext():
+        seed_everything(cfg.seed)
+        training = build_training(cfg, num_classes, device, warn)
+        history: list[dict[str, Any]] = []
+        start_epoch = 1
+        if state is not None:
+            restore(state, ckpt_file, cfg, training.model, training.optimizer, training.scheduler)
+            history = list(state["history"])
+            start_epoch = state["epoch"] + 1
+            say(f"resuming from epoch {state['epoch']} ({ckpt_dir})")
 
     workers = loader_workers(cfg, device)
     train_loader = make_loader(train_set, cfg.optim.batch_size, True, workers, device, cfg.seed)

@@ -14,6 +14,7 @@ slot at a time, as initial weights come from the global RNG) and the same `train
 
 from __future__ import annotations
 
+import gc
 import queue
 import threading
 import traceback
@@ -53,6 +54,8 @@ class _Slot:
         self.alive = alive
         self.handed_epoch = False  # the last event handed over was an epoch (next() acknowledges it)
         self.waiting = False  # an epoch is done: waiting for the owner to ask for the next
+        self.ended = False  # trains no more; kept until its owner has taken the end event
+        self.orphaned = False  # its owner is gone: nobody takes the end event
         self.notes: list[str] = []
         self.lock = threading.Lock()
         self.thread: threading.Thread | None = None
@@ -73,8 +76,10 @@ class _Slot:
                                   ckpt_dir=str(ckpt_dir) if ckpt_dir is not None else None,
                                   notes=self.drained()))
         while not self.proceed.wait(ALIVE_EVERY_S):
-            if self.leaving or (self.alive is not None and not self.alive()):
-                self.leaving = True
+            if self.leaving:
+                break
+            if self.alive is not None and not self.alive():
+                self.leaving = self.orphaned = True
                 break
         self.waiting = False
         self.proceed.clear()
@@ -100,13 +105,7 @@ class SlotHost:
              threads: int = 1, alive: Callable[[], bool] | None = None) -> None:
         """Start training `cfg` (checkpoints in `out_dir/checkpoint/`) in a slot named `key`; a slot
         of that name still training (its owner's earlier attempt) is told to leave first."""
-        with self._lock:
-            old = self._slots.pop(key, None)
-        if old is not None:  # it may still write its folder: the new one starts once it has ended
-            old.leaving = True
-            old.proceed.set()
-            if old.thread is not None:
-                old.thread.join()
+        self.retire(key)  # it may still write its folder: the new one starts once it has ended
         slot = _Slot(alive)
         slot.thread = threading.Thread(target=self._train, args=(key, slot, cfg, out_dir, resume, threads),
                                        name=f"slot-{key}", daemon=True)
@@ -114,18 +113,37 @@ class SlotHost:
             self._slots[key] = slot
         slot.thread.start()
 
-    def next(self, key: str) -> SlotEvent:
+    def next(self, key: str, stop: bool = False) -> SlotEvent:
         """The slot's next event, once it has it; asking again means the owner has seen the last
-        epoch, and lets the slot train the next."""
+        epoch, and lets the slot train the next (with `stop`, end instead: its end event)."""
         with self._lock:
             slot = self._slots.get(key)
         if slot is None:
             raise KeyError(f"no slot {key!r} trains here")
+        if stop:
+            slot.leaving = True
         if slot.handed_epoch:
             slot.proceed.set()
         event = slot.events.get()
         slot.handed_epoch = event.kind == "epoch"
+        if event.kind == "end":
+            with self._lock:
+                if self._slots.get(key) is slot:
+                    del self._slots[key]
         return event
+
+    def retire(self, key: str) -> bool:
+        """Stop the slot `key` (its owner is a new attempt of the same trial) and wait until it has
+        ended; whether there was one still training."""
+        with self._lock:
+            old = self._slots.pop(key, None)
+        if old is None or old.ended:
+            return False
+        old.leaving = True
+        old.proceed.set()
+        if old.thread is not None:
+            old.thread.join()
+        return True
 
     def leave(self, key: str) -> None:
         """The owner wants no more epochs: the slot stops at the end of the one it is training."""
@@ -138,7 +156,7 @@ class SlotHost:
     def training(self) -> list[str]:
         """The keys of the slots still training (not those told to leave)."""
         with self._lock:
-            return [key for key, slot in self._slots.items() if not slot.leaving]
+            return [key for key, slot in self._slots.items() if not (slot.leaving or slot.ended)]
 
     def prune(self, gone: Callable[[Callable[..., bool]], bool]) -> None:
         """Tell the slots waiting for an owner that `gone(alive)` finds gone to leave now, rather
@@ -149,7 +167,7 @@ class SlotHost:
         for slot in waiting:
             assert slot.alive is not None
             if gone(slot.alive):
-                slot.leaving = True
+                slot.leaving = slot.orphaned = True
                 slot.proceed.set()
 
     def _train(self, key: str, slot: _Slot, cfg: TrialConfig, out_dir: str | Path | None,
@@ -157,8 +175,8 @@ class SlotHost:
         event = SlotEvent("end")
         try:
             torch.set_num_threads(threads)
-            with self._build:
-                run = prepare_run(cfg, out_dir, resume=resume, say=slot.note, warn=slot.note)
+            run = prepare_run(cfg, out_dir, resume=resume, say=slot.note, warn=slot.note,
+                              global_rng=self._build)
             torch.set_num_threads(threads)  # this thread's share, whatever the config pinned
             on_gpu = run.device.type == "cuda"
             stream = torch.cuda.Stream(run.device) if on_gpu else None
@@ -166,13 +184,24 @@ class SlotHost:
                 event.result = train_epochs(run, on_epoch=slot.on_epoch, on_batch=None, say=slot.note,
                                             warmup=self._warmup if on_gpu else None,
                                             global_rng=self._build)
+            del run, stream
         except BaseException as exc:  # noqa: BLE001 - handed to the owner, who sorts it
-            event.error = exc
             event.error_trace = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+            event.error = exc.with_traceback(None)  # its frames would keep the slot's network alive
         finally:
             event.notes = slot.drained()
+            slot.ended = True
             slot.events.put(event)
-            with self._lock:
-                if self._slots.get(key) is slot:
-                    del self._slots[key]
+            if slot.orphaned:
+                with self._lock:
+                    if self._slots.get(key) is slot:
+                        del self._slots[key]
+            _free_memory()
+
+
+def _free_memory() -> None:
+    """A slot that ends gives its memory back to the host's other slots and to the GPU's."""
+    gc.collect()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
 
