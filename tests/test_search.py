@@ -208,20 +208,27 @@ def test_resume_after_kill_9(tmp_path: Path, ray_address: str) -> None:
     assert not [t for t in study.trials if t.state.name == "RUNNING"]
 
 
+def _killed_at_epoch_2(tmp_path: Path, ray_address: str, trials: int) -> tuple[Path, Path, Path]:
+    """The DRIVER study of `trials` trials, killed -9 once two are past epoch 2 of 5 and after a
+    save of Tune's state (which names each trial's checkpoint): (logs, driver script, study)."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    script = tmp_path / "driver.py"
+    script.write_text(DRIVER.format(tests=str(Path(__file__).parent), trials=str(tmp_path / "trials"),
+                                    address=ray_address, logs=str(logs)).replace('"num_samples": 6',
+                                                                                 f'"num_samples": {trials}'))
+    study = tmp_path / "trials" / "resume"
+    kill_9_when([sys.executable, str(script)], study, lambda rows: trials_at(rows, 2) == 2, settle_s=3,
+                timeout_s=120)
+    return logs, script, study
+
+
 @pytest.mark.slow
 def test_resume_mends_a_checkpoint_tune_deleted_after_its_last_state_save(tmp_path: Path,
                                                                          ray_address: str) -> None:
     """Tune keeps one checkpoint a trial and saves its state every 2 s: a kill between the two
     leaves a state that names a deleted folder, while the trial's newer checkpoint is there."""
-    logs = tmp_path / "logs"
-    logs.mkdir()
-    script = tmp_path / "driver.py"
-    script.write_text(DRIVER.format(tests=str(Path(__file__).parent), trials=str(tmp_path / "trials"),
-                                    address=ray_address, logs=str(logs)).replace('"num_samples": 6', '"num_samples": 2'))
-    study = tmp_path / "trials" / "resume"
-    # kill once both trials are past epoch 2 of 5, and past a save of Tune's state, which names each trial's checkpoint
-    kill_9_when([sys.executable, str(script)], study, lambda rows: trials_at(rows, 2) == 2, settle_s=3,
-                timeout_s=120)
+    logs, script, study = _killed_at_epoch_2(tmp_path, ray_address, trials=2)
     for trial_dir in (study / "tune").iterdir():  # as if Tune had replaced each by a newer one
         for folder in sorted(trial_dir.glob("checkpoint_*")):
             index = int(folder.name.split("_")[1])
@@ -241,15 +248,7 @@ def test_resume_samples_anew_the_trials_tune_never_saved(tmp_path: Path, ray_add
     """A trial started just before a kill can be in trials.parquet but not in Tune's saved state
     (the disk filled, or the kill came first): Tune's restored searcher counts it as sampled, so
     without help the study would never reach its count."""
-    logs = tmp_path / "logs"
-    logs.mkdir()
-    script = tmp_path / "driver.py"
-    script.write_text(DRIVER.format(tests=str(Path(__file__).parent), trials=str(tmp_path / "trials"),
-                                    address=ray_address, logs=str(logs)).replace('"num_samples": 6', '"num_samples": 3'))
-    study = tmp_path / "trials" / "resume"
-    # kill once both trials are past epoch 2 of 5, and past a save of Tune's state
-    kill_9_when([sys.executable, str(script)], study, lambda rows: trials_at(rows, 2) == 2, settle_s=3,
-                timeout_s=120)
+    logs, script, study = _killed_at_epoch_2(tmp_path, ray_address, trials=3)
     (state_file,) = (study / "tune").glob("experiment_state-*.json")
     state = json.loads(state_file.read_text())
     lost = json.loads(state["trial_data"][-1][0])["trial_id"]
