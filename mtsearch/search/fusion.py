@@ -112,13 +112,13 @@ class FusionRegistry:
         self.hosts: dict[tuple[str, tuple[str, ...], str], list[Any]] = {}
         self.placed: dict[str, Any] = {}  # trial -> the host of its last placement
 
-    def place(self, node_id: str, gpu_ids: list[str], shape: str, key: str) -> tuple[Any, int]:
+    def place(self, node_id: str, gpu_ids: list[str], shape: str, key: str) -> Any:
         hosts = self.hosts.setdefault((node_id, tuple(gpu_ids), shape), [])
-        for index, host in enumerate(list(hosts)):
+        for host in list(hosts):
             try:
                 if ray.get(host.reserve.remote(key, self.capacity)):
                     self.placed[key] = host
-                    return host, index
+                    return host
             except ray.exceptions.RayActorError:  # a host that died: its slots' proxies retry
                 hosts.remove(host)
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -128,7 +128,7 @@ class FusionRegistry:
         ray.get(host.reserve.remote(key, self.capacity))
         hosts.append(host)
         self.placed[key] = host
-        return host, len(hosts) - 1
+        return host
 
     def host_of(self, key: str) -> Any:
         """Where trial `key` was last placed (None: never), whatever became of it since."""
@@ -141,7 +141,7 @@ def hosted_trainer(capacity: int, trainer: Any) -> tuple[Any, int]:
     given trainer (a caller's own never fuses), and 1."""
     if trainer is not None or capacity <= 1:
         return trainer, 1
-    return HostedTrainer(FusionRegistry.remote(capacity), capacity), capacity
+    return HostedTrainer(FusionRegistry.remote(capacity)), capacity
 
 
 def _retire_earlier_attempt(registry: Any, key: str) -> bool:
@@ -162,7 +162,6 @@ class HostedTrainer:
     `cfg` in a slot of a fusion host and relays its epochs, so to `run_trial` it is `fit`."""
 
     registry: Any
-    capacity: int
 
     def __call__(self, cfg: TrialConfig, out_dir: str | Path | None = None, *, on_epoch: Any = None,
                  resume: bool = True, log: Any = None) -> Any:
@@ -176,7 +175,7 @@ class HostedTrainer:
             # the earlier attempt's slot may have saved an epoch Tune never got: start again from
             # Tune's last checkpoint, as run_trial did before that slot had stopped
             out_dir = prepare_work_dir()
-        host, _ = ray.get(self.registry.place.remote(context.get_node_id(), gpus, shape, key))
+        host = ray.get(self.registry.place.remote(context.get_node_id(), gpus, shape, key))
         ray.get(host.join.remote(key, cfg, str(out_dir) if out_dir is not None else None, resume,
                                  threads, context.current_actor))
         stop = False
