@@ -263,3 +263,18 @@ def test_interrupted_study_resumes_after_a_move(tmp_path: Path, era_cache: Path,
         assert config["data"].get("selection", "test") == "test"
     ostudy = optuna.load_study(study_name="legacy", storage=f"sqlite:///{study / 'optuna.db'}")
     assert [t.state.name for t in ostudy.trials] == ["COMPLETE", "COMPLETE"]
+
+
+def test_a_searcher_pickled_before_adoption_existed_still_suggests(tmp_path: Path) -> None:
+    """A study interrupted under an earlier version restores a searcher whose pickled state has
+    no `adopting` table: it must go on sampling, and adopt nothing."""
+    from mtsearch.search.tuning import optuna_searcher
+    from mtsearch.space import space_from_mapping
+
+    spec = space_from_mapping({"name": "old", "search": {"algorithm": "random", "num_samples": 2},
+                               "space": {"loss.w_track": {"uniform": [1, 40]}}}, "old.yaml", "search")
+    searcher = optuna_searcher(spec, tmp_path)
+    del searcher.__dict__["adopting"]  # as unpickled from the earlier version's state
+    assert searcher.next_adopted() is None
+    params = searcher.suggest("0a1b2c3d")
+    assert params is not None and 1 <= params["loss.w_track"] <= 40

@@ -256,9 +256,34 @@ def test_a_full_disk_stops_the_search_cleanly_and_resume_finishes_it(tmp_path: P
     assert [r["status"] for r in rows] == ["completed"] * 4, rows
     keys = _epoch_keys(study)
     assert len(keys) == len(set(keys)) == 16  # nothing lost, nothing doubled
-    assert {(r["trial_id"], r["epoch"]) for r in before} <= set(keys)
-    states = _optuna_states(study, "full")  # a trial lost before Tune saved it ends FAIL, and a new
-    assert states.count("COMPLETE") == 4 and set(states) <= {"COMPLETE", "FAIL"}, states  # one ran
+    assert {(r["trial_id"], r["epoch"]) for r in before} <= set(keys), again.stdout + again.stderr
+    # a trial sampled as the disk filled, before any row of it was written, ends FAIL (a new one
+    # takes its place); one with rows runs again under its own id, into its own Optuna trial
+    states = _optuna_states(study, "full")
+    assert states.count("COMPLETE") == 4 and set(states) <= {"COMPLETE", "FAIL"}, states
+
+
+def test_tune_state_cut_short_is_set_aside_down_to_a_whole_one(tmp_path: Path) -> None:
+    """Tune writes its state in place: a session's files cut short by a full disk go, newest
+    first, until the newest left is whole (JSON, and pickles that reach their STOP)."""
+    import pickle
+
+    from mtsearch.search.study import drop_broken_tune_state
+
+    def session(stamp: str, state: str, generator: bytes, searcher: bytes) -> None:
+        (tmp_path / f"experiment_state-{stamp}.json").write_text(state)
+        (tmp_path / f"search_gen_state-{stamp}.json").write_bytes(generator)
+        (tmp_path / f"searcher-state-{stamp}.pkl").write_bytes(searcher)
+
+    whole = pickle.dumps({"counter": 3, "trials": list(range(50))})
+    session("2026-01-01_00-00-00", '{"trial_data": []}', whole, whole)
+    session("2026-01-01_00-00-05", '{"trial_data": []}', whole, whole[:-9])  # its searcher cut short
+    session("2026-01-01_00-00-09", '{"trial_data": [["{\\"tri', whole, whole)  # its state cut short
+    assert drop_broken_tune_state(tmp_path) == ["2026-01-01_00-00-09", "2026-01-01_00-00-05"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "experiment_state-2026-01-01_00-00-00.json", "search_gen_state-2026-01-01_00-00-00.json",
+        "searcher-state-2026-01-01_00-00-00.pkl"]
+    assert drop_broken_tune_state(tmp_path) == []  # a whole state stays
 
 
 def test_sqlite_running_out_of_disk_is_a_storage_fault() -> None:

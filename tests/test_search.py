@@ -244,27 +244,59 @@ def test_resume_mends_a_checkpoint_tune_deleted_after_its_last_state_save(tmp_pa
 
 
 @pytest.mark.slow
-def test_resume_samples_anew_the_trials_tune_never_saved(tmp_path: Path, ray_address: str) -> None:
+def test_resume_restarts_under_their_own_ids_the_trials_tune_never_saved(tmp_path: Path,
+                                                                        ray_address: str) -> None:
     """A trial started just before a kill can be in trials.parquet but not in Tune's saved state
     (the disk filled, or the kill came first): Tune's restored searcher counts it as sampled, so
-    without help the study would never reach its count."""
+    without help the study would never reach its count. It runs again under its own id: its rows
+    and its Optuna trial are kept, nothing is sampled in its place."""
     logs, script, study = _killed_at_epoch_2(tmp_path, ray_address, trials=3)
     (state_file,) = (study / "tune").glob("experiment_state-*.json")
     state = json.loads(state_file.read_text())
     lost = json.loads(state["trial_data"][-1][0])["trial_id"]
     state["trial_data"] = state["trial_data"][:-1]  # as if Tune had not saved that trial yet
     state_file.write_text(json.dumps(state))
+    before = {(r["trial_id"], r["epoch"]): r for r in pq.read_table(study / "epochs.parquet").to_pylist()}
+    lost_row = next(t for t in pq.read_table(study / "trials.parquet").to_pylist() if t["trial_id"] == lost)
+    assert any(tid == lost for tid, _ in before), "the lost trial had no epoch yet: nothing to keep"
 
     again = subprocess.run([sys.executable, str(script), "--resume"], capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "finished" in again.stdout, again.stdout + again.stderr
-    trials = pq.read_table(study / "trials.parquet").to_pylist()
-    assert len(trials) == 3 and all(t["status"] == "completed" for t in trials), trials
-    assert lost not in {t["trial_id"] for t in trials}  # its row was a trial that never ran on
-    keys = [(r["trial_id"], r["epoch"]) for r in pq.read_table(study / "epochs.parquet").to_pylist()]
-    assert len(keys) == len(set(keys)) == 3 * 5
+    assert "already reported" not in again.stderr  # its epochs reach Optuna again, quietly
+    trials = {t["trial_id"]: t for t in pq.read_table(study / "trials.parquet").to_pylist()}
+    assert len(trials) == 3 and all(t["status"] == "completed" for t in trials.values()), trials
+    assert trials[lost]["loss.w_track"] == lost_row["loss.w_track"]  # the same configuration
+    after = {(r["trial_id"], r["epoch"]): r for r in pq.read_table(study / "epochs.parquet").to_pylist()}
+    assert len(after) == 3 * 5 and set(before) <= set(after)
+    starts = sorted((r for r in records(logs) if r["w"] == lost_row["loss.w_track"]), key=lambda r: r["t0"])
+    assert starts[-1]["start_epoch"] == 1  # Tune had no checkpoint of it: from its first epoch
     optuna_study = optuna.load_study(study_name="resume", storage=f"sqlite:///{study / 'optuna.db'}")
-    states = sorted(t.state.name for t in optuna_study.trials)
-    assert states.count("COMPLETE") == 3 and set(states) <= {"COMPLETE", "FAIL"}, states
+    assert sorted(t.state.name for t in optuna_study.trials) == ["COMPLETE"] * 3
+    (adopted,) = [t for t in optuna_study.trials if t.user_attrs.get("trial_id") == lost]
+    assert adopted.value == pytest.approx(max(r["val_hit1"] for (tid, _), r in after.items() if tid == lost))
+
+
+@pytest.mark.slow
+def test_resume_after_tune_state_cut_short_keeps_every_row(tmp_path: Path, ray_address: str) -> None:
+    """A full disk can cut Tune's experiment state short as Tune writes it in place; Tune would
+    then silently start a new experiment. The driver sets the broken state aside and resumes
+    from the study's own records: every trial under its own id, nothing sampled in its place."""
+    logs, script, study = _killed_at_epoch_2(tmp_path, ray_address, trials=3)
+    (state_file,) = (study / "tune").glob("experiment_state-*.json")
+    text = state_file.read_text()
+    state_file.write_text(text[: len(text) // 2])
+    before = {(r["trial_id"], r["epoch"]) for r in pq.read_table(study / "epochs.parquet").to_pylist()}
+    started = {t["trial_id"]: t["loss.w_track"] for t in pq.read_table(study / "trials.parquet").to_pylist()}
+
+    again = subprocess.run([sys.executable, str(script), "--resume"], capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and "finished" in again.stdout, again.stdout + again.stderr
+    trials = {t["trial_id"]: t for t in pq.read_table(study / "trials.parquet").to_pylist()}
+    assert len(trials) == 3 and all(t["status"] == "completed" for t in trials.values()), trials
+    assert all(trials[tid]["loss.w_track"] == w for tid, w in started.items())
+    after = [(r["trial_id"], r["epoch"]) for r in pq.read_table(study / "epochs.parquet").to_pylist()]
+    assert len(after) == len(set(after)) == 3 * 5 and before <= set(after)
+    optuna_study = optuna.load_study(study_name="resume", storage=f"sqlite:///{study / 'optuna.db'}")
+    assert sorted(t.state.name for t in optuna_study.trials) == ["COMPLETE"] * 3
 
 
 TINY_SPACE = """\

@@ -54,15 +54,25 @@ from mtsearch.search.recording import (
     retain_checkpoints,
     snapshot,
 )
-from mtsearch.search.study import SPACE_FILE, TUNE_DIR, mend_tune_checkpoints, open_study, release
+from mtsearch.search.study import (
+    SPACE_FILE,
+    TUNE_DIR,
+    drop_broken_tune_state,
+    mend_tune_checkpoints,
+    open_study,
+    release,
+)
 from mtsearch.search.trainable import Log, Trainer, last_line, run_trial
 from mtsearch.search.tuning import (
     OBJECTIVE,
+    LostTrialsFirst,
+    adoptable_trials,
     optuna_db_at,
     optuna_searcher,
     param_space,
     park_optuna_trials,
     scheduler,
+    search_algorithm,
     unpark_optuna_trials,
 )
 from mtsearch.settings import check_mirror_extras
@@ -166,23 +176,20 @@ def _drive(
     """Tune's part of `run_search`: the study, its resumed part, its extension or a race's round."""
     store = live.store
     if extend_from is None and points is None:
-        tuner = _make_tuner(spec, study_dir, key, resume, trainable_fn, resources, say)
-        publish(live)
-        grid = tuner.fit()
-        outcome = _finish(live, study_dir)
-        ran_out = grid.num_terminated + grid.num_errors == len(grid)  # not stopped by a Ctrl-C
-        lost = _lost_trials(live) if resume and outcome.interrupted and ran_out else 0
-        if not lost:
-            return outcome
-        # trials started as the driver died, before Tune saved them: Tune's restored searcher
-        # counts them as sampled, so they would never run; new samples take their places
-        say(f"{lost} trial(s) started before the interruption were never saved by Tune: "
-            f"sampling {lost} new one(s) in their place")
-        tuner = _make_tuner(spec, study_dir, key, False, trainable_fn, resources, say, fresh=False,
-                            extend_from=spec.with_count(spec.total_trials - lost), store=store)
-        publish(live)
-        tuner.fit()
-        return _finish(live, study_dir)
+        restorable = resume and _tune_state_left(study_dir / TUNE_DIR, say)
+        outcome = None
+        if restorable or not (resume and store.trials) or spec.is_enumerated:
+            tuner = _make_tuner(spec, study_dir, key, resume, trainable_fn, resources, say)
+            publish(live)
+            grid = tuner.fit()
+            outcome = _finish(live, study_dir)
+            ran_out = grid.num_terminated + grid.num_errors == len(grid)  # not stopped by a Ctrl-C
+            if not (resume and outcome.interrupted and ran_out):
+                return outcome
+        else:
+            say(f"resuming {study_dir} from its own records (Tune's saved state is gone)")
+        return _run_missing(live, spec, study_dir, key, trainable_fn, resources, say) or outcome \
+            or _finish(live, study_dir)
     # an extension or a race's round: finish what the study started, then run what is missing
     # as a new Tune experiment in the same folder, sharing Optuna's history and ASHA's rungs
     recorded = spec.with_count(extend_from) if extend_from is not None else spec
@@ -245,7 +252,7 @@ def _trial_dirname(trial: Any) -> str:
 def _make_tuner(
     spec: SpaceSpec, study_dir: Path, live_key: str, resume: bool, trainer: Trainer | None,
     resources: TrialResources, say: Log, *, fresh: bool = True, extend_from: SpaceSpec | None = None,
-    store: StudyStore | None = None,
+    store: StudyStore | None = None, adopt: dict[str, int] | None = None,
 ) -> tune.Tuner:
     """Tune's state restored from `study_dir/tune` on resume, else a new Tuner for the study.
     Each trial's resources are a function of its config (its network's GPU share).
@@ -253,6 +260,7 @@ def _make_tuner(
     `fresh=False` keeps the trials folder of earlier experiments (an extension, a race's round).
     With `extend_from` (the study as it was) the new Tuner runs only the trials it lacks: the
     extra samples, or a grid's new seeds; `store` holds the earlier trials for ASHA's rungs.
+    `adopt`: lost trials that run first under their own ids (`adoptable_trials`).
     """
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, base=spec.base.to_dict(), metric=spec.metric, mode=spec.mode,
@@ -278,16 +286,18 @@ def _make_tuner(
     if extend_from is not None:
         samples = 1 if spec.is_enumerated else spec.total_trials - extend_from.total_trials
         seeds = range(extend_from.repeats, spec.repeats) if spec.is_ablation else None
+    search = None if spec.is_enumerated else search_algorithm(optuna_searcher(
+        spec, study_dir, extend_from.total_trials if extend_from is not None else 0, adopt),
+        spec.search.max_concurrent)
     return tune.Tuner(
         trainable,
         param_space=param_space(spec, seeds) if spec.is_enumerated else None,  # a search's: its searcher's
         tune_config=tune.TuneConfig(
             metric=OBJECTIVE, mode=spec.mode,
-            search_alg=None if spec.is_enumerated else optuna_searcher(
-                spec, study_dir, extend_from.total_trials if extend_from is not None else 0),
-            scheduler=scheduler(spec, store),
+            search_alg=search,
+            scheduler=scheduler(spec, store, adopt or ()),
             num_samples=samples,
-            max_concurrent_trials=spec.search.max_concurrent,
+            max_concurrent_trials=None if isinstance(search, LostTrialsFirst) else spec.search.max_concurrent,
             reuse_actors=False,
             trial_dirname_creator=_trial_dirname,
         ),
@@ -325,16 +335,54 @@ def _finish(live: Live, study_dir: Path, total: int | None = None) -> SearchOutc
                          machine_failed=_machine_failed(live))
 
 
-def _lost_trials(live: Live) -> int:
-    """How many trials a resumed search lacks because Tune never saved them (rows it never knew,
-    nothing running): 0 for grids, whose points Tune's own state lists."""
-    if live.spec.is_enumerated:
-        return 0
+def _tune_state_left(tune_dir: Path, say: Log) -> bool:
+    """Whether Tune has a saved state to restore, once the sessions a full disk cut short are gone."""
+    for session in drop_broken_tune_state(tune_dir):
+        say(f"Tune's state saved at {session} was cut short (a full disk): set aside")
+    return tune.Tuner.can_restore(str(tune_dir))
+
+
+def _run_missing(
+    live: Live, spec: SpaceSpec, study_dir: Path, key: str, trainer: Trainer | None,
+    resources: TrialResources, say: Log,
+) -> SearchOutcome | None:
+    """A resumed search whose Tune run ended short of the study's count: trials Tune never knew
+    (started as the driver died, before Tune saved them, or its saved state lost) would never run.
+    Each that has an open Optuna trial runs again from its first epoch under its own id (its rows
+    and Optuna trial kept); new samples make up the rest. None when nothing is missing."""
     rows = live.store.trials
-    if any(r["status"] in (None, "running") and ray_trial_id(r, t) in live.known_trials for t, r in rows.items()):
-        return 0
-    unknown = {ray_trial_id(r, t) for t, r in rows.items() if ray_trial_id(r, t) not in live.known_trials}
-    return min(len(unknown), live.spec.total_trials - len(live.known_trials))
+    missing = spec.total_trials - len(live.known_trials)
+    if spec.is_enumerated or missing <= 0 or any(
+            r["status"] in (None, "running") and ray_trial_id(r, t) in live.known_trials for t, r in rows.items()):
+        return None
+    unpark_optuna_trials(spec, study_dir)  # what the store does not adopt ends FAIL (_finish)
+    lost = _lost_trials(live)[:missing]
+    adopt = adoptable_trials(spec, study_dir, lost)
+    for trial_id in adopt:
+        _drop_trial_files(study_dir / TUNE_DIR / trial_id)
+    say(f"{missing} trial(s) missing from Tune's saved state: restarting {len(adopt)} from their "
+        f"first epoch (their rows kept), sampling {missing - len(adopt)} new")
+    tuner = _make_tuner(spec, study_dir, key, False, trainer, resources, say, fresh=False,
+                        extend_from=spec.with_count(spec.total_trials - missing), store=live.store, adopt=adopt)
+    publish(live)
+    tuner.fit()
+    return _finish(live, study_dir)
+
+
+def _lost_trials(live: Live) -> list[str]:
+    """The Ray trials with rows that Tune does not know, those with the most epochs first."""
+    done: dict[str, int] = {}
+    for t, r in live.store.trials.items():
+        ray_id = ray_trial_id(r, t)
+        if ray_id not in live.known_trials:
+            done[ray_id] = max(done.get(ray_id, 0), r["epochs_done"] or 0)
+    return sorted(done, key=lambda ray_id: (-done[ray_id], ray_id))
+
+
+def _drop_trial_files(trial_dir: Path) -> None:
+    """A lost trial starts again: its checkpoints and working copy, which Tune never knew, go."""
+    for folder in (*trial_dir.glob("checkpoint_*"), trial_dir / "work"):
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _machine_failed(live: Live) -> list[str]:

@@ -119,3 +119,44 @@ def mend_tune_checkpoints(tune_dir: Path) -> list[str]:
             except OSError:
                 shutil.rmtree(named, ignore_errors=True)
     return mended
+
+
+def drop_broken_tune_state(tune_dir: Path) -> list[str]:
+    """Before `--resume`: the newest saved Tune session whose files a full disk cut short is
+    dropped (its experiment state, generator and searcher state); returns those sessions.
+
+    Tune writes these files in place, and on one it cannot read it silently starts a new
+    experiment; with it gone, Tune restores the session before, or the driver resumes from the
+    study's own records when none is left.
+    """
+    dropped: list[str] = []
+    while True:
+        states = sorted(tune_dir.glob("experiment_state-*.json"))
+        if not states:
+            return dropped
+        session = states[-1].name.removeprefix("experiment_state-").removesuffix(".json")
+        files = [tune_dir / f"{kind}-{session}.{ext}" for kind, ext in
+                 (("experiment_state", "json"), ("search_gen_state", "json"), ("searcher-state", "pkl"))]
+        if all(_whole(f) for f in files if f.exists()):
+            return dropped
+        for f in files:
+            f.unlink(missing_ok=True)
+        dropped.append(session)
+
+
+def _whole(path: Path) -> bool:
+    """A JSON document or a pickle (Tune names some pickles .json) that ends where its format
+    says it ends."""
+    import json
+    import pickletools
+
+    try:
+        data = path.read_bytes()
+        if data[:1] == b"\x80":  # pickle protocol 2 and later
+            for _ in pickletools.genops(data):  # raises on a pickle cut short
+                pass
+        else:
+            json.loads(data)
+    except (OSError, ValueError, UnicodeDecodeError):
+        return False
+    return True

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,7 +17,9 @@ from typing import Any
 
 import optuna
 from ray import tune
+from ray.tune.experiment import Trial
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.search import ConcurrencyLimiter, SearchGenerator
 from ray.tune.search.optuna import OptunaSearch
 
 from mtsearch.metrics import direction
@@ -31,9 +34,24 @@ TRIAL_ID_ATTR = "trial_id"  # the Optuna trial's user attribute naming its row i
 class PruneAwareOptunaSearch(OptunaSearch):
     """Tells Optuna PRUNED (not COMPLETE with a low score) for trials the scheduler stopped, FAIL
     for the configuration's own failures, and nothing for faults of the machine: those trials stay
-    open for `--resume` (`park_optuna_trials`). Each Optuna trial carries its Tune `trial_id`."""
+    open for `--resume` (`park_optuna_trials`). Each Optuna trial carries its Tune `trial_id`.
+
+    `adopt` (Tune trial id -> Optuna trial id): trials Tune lost (started, never saved in its
+    state) whose Optuna trials wait for them; suggested under those ids (`LostTrialsFirst`), they
+    get their own Optuna trials' parameters back and report to them."""
+
+    def __init__(self, *args: Any, adopt: dict[str, int] | None = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.adopting = dict(adopt or {})
+
+    def next_adopted(self) -> str | None:
+        return next(iter(getattr(self, "adopting", {})), None)
 
     def suggest(self, trial_id: str) -> dict | None:
+        # a searcher pickled by an earlier version (a resumed study) has no `adopting`
+        adopted = getattr(self, "adopting", {}).pop(trial_id, None)
+        if adopted is not None and trial_id not in self._ot_trials:
+            self._ot_trials[trial_id] = optuna.trial.Trial(self._ot_study, adopted)
         params = super().suggest(trial_id)
         ot_trial = self._ot_trials.get(trial_id)
         if ot_trial is not None:
@@ -49,7 +67,9 @@ class PruneAwareOptunaSearch(OptunaSearch):
         ot_trial = self._ot_trials[trial_id]
         value = result.get(OBJECTIVE)
         if value is not None and math.isfinite(value):
-            ot_trial.report(value, int(result.get("epoch", result.get("training_iteration", 0))))
+            with warnings.catch_warnings():  # an adopted trial reports its lost epochs again
+                warnings.filterwarnings("ignore", message=".*is already reported")
+                ot_trial.report(value, int(result.get("epoch", result.get("training_iteration", 0))))
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if error:  # only faults of the machine end a trial in error (run_trial reports the rest)
@@ -73,9 +93,56 @@ class PruneAwareOptunaSearch(OptunaSearch):
         self._completed_trials.add(trial_id)
 
 
-def optuna_searcher(spec: SpaceSpec, study_dir: Path, earlier: int = 0) -> Any:
+class LostTrialsFirst(SearchGenerator):
+    """Tune's search generator, whose first trials take the ids of the trials Tune lost that the
+    searcher adopts: their rows, trial folders and Optuna trials carry on under the same id."""
+
+    def create_trial_if_possible(self, experiment_spec: dict) -> Trial | None:
+        searcher = self.searcher
+        while not isinstance(searcher, PruneAwareOptunaSearch):
+            searcher = searcher.searcher  # through the ConcurrencyLimiter
+        wanted = searcher.next_adopted()
+        if wanted is None:
+            return super().create_trial_if_possible(experiment_spec)
+        own = Trial.__dict__["generate_id"]
+        Trial.generate_id = classmethod(lambda cls: wanted)  # type: ignore[method-assign,assignment]
+        try:  # Tune draws the id before asking the searcher; only Tune's own loop runs meanwhile
+            return super().create_trial_if_possible(experiment_spec)
+        finally:
+            Trial.generate_id = own  # type: ignore[method-assign]
+
+
+def search_algorithm(searcher: PruneAwareOptunaSearch, max_concurrent: int | None) -> Any:
+    """What Tune's `search_alg` gets: the searcher, or with trials to adopt, `LostTrialsFirst`
+    over it (Tune then leaves the concurrency limit to us)."""
+    if not searcher.adopting:
+        return searcher
+    return LostTrialsFirst(ConcurrencyLimiter(searcher, max_concurrent) if max_concurrent else searcher)
+
+
+def adoptable_trials(spec: SpaceSpec, study_dir: Path, trial_ids: Iterable[str]) -> dict[str, int]:
+    """Of the Tune trials `trial_ids`, those whose Optuna trial is still open (waiting or running),
+    set running: Tune trial id -> Optuna trial id."""
+    opened = _open_study(spec, study_dir)
+    if opened is None:
+        return {}
+    storage, study = opened
+    wanted, states = set(trial_ids), optuna.trial.TrialState
+    found: dict[str, int] = {}
+    for trial in study.get_trials(deepcopy=False, states=(states.WAITING, states.RUNNING)):
+        tid = trial.user_attrs.get(TRIAL_ID_ATTR)
+        if tid in wanted and tid not in found:
+            if trial.state == states.WAITING:
+                storage.set_trial_state_values(trial._trial_id, states.RUNNING)
+            found[tid] = trial._trial_id
+    return found
+
+
+def optuna_searcher(spec: SpaceSpec, study_dir: Path, earlier: int = 0,
+                    adopt: dict[str, int] | None = None) -> PruneAwareOptunaSearch:
     """The study's sampler on its `optuna.db`. An extension (`earlier` trials already there)
-    seeds it with seed + earlier: the same seed would draw the first trials' random points again."""
+    seeds it with seed + earlier: the same seed would draw the first trials' random points again.
+    `adopt`: lost trials that take back their Optuna trials (`PruneAwareOptunaSearch`)."""
     seed = spec.search.seed + earlier
     if spec.search.algorithm == "random":
         sampler = optuna.samplers.RandomSampler(seed=seed)
@@ -88,7 +155,7 @@ def optuna_searcher(spec: SpaceSpec, study_dir: Path, earlier: int = 0) -> Any:
     # it, the one a `--resume` restores included, can still sample: a searcher state that a full
     # disk kept Tune from writing left the restored searcher without a space
     return PruneAwareOptunaSearch(space=param_space(spec), metric=OBJECTIVE, mode=spec.mode,
-                                  sampler=sampler, study_name=spec.name, storage=storage)
+                                  sampler=sampler, study_name=spec.name, storage=storage, adopt=adopt)
 
 
 def _db_url(study_dir: Path) -> str:
@@ -138,8 +205,9 @@ def param_space(spec: SpaceSpec, seeds: Iterable[int] | None = None) -> dict[str
     return space
 
 
-def scheduler(spec: SpaceSpec, earlier: StudyStore | None = None) -> Any:
-    """ASHA on epochs (or none); with `earlier`, its rungs hold those trials' values already."""
+def scheduler(spec: SpaceSpec, earlier: StudyStore | None = None, rerun: Iterable[str] = ()) -> Any:
+    """ASHA on epochs (or none); with `earlier`, its rungs hold those trials' values already,
+    but for the Ray trials in `rerun` (lost trials run again, which meet each rung anew)."""
     if spec.scheduler.type != "asha":
         return FIFOScheduler()
     asha = ASHAScheduler(time_attr="epoch", max_t=spec.max_epochs, grace_period=spec.scheduler.grace_period,
@@ -147,6 +215,8 @@ def scheduler(spec: SpaceSpec, earlier: StudyStore | None = None) -> Any:
     if earlier is not None:
         sign = direction(spec.mode).sign  # ASHA records metric_op * value
         for trial_id, rows in earlier.by_ray_trial().items():
+            if trial_id in rerun:
+                continue
             for bracket in asha._brackets:
                 for milestone, recorded in bracket._rungs:
                     value = group_objective_at(earlier, rows, spec.metric, spec.mode, milestone)
