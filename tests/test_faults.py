@@ -286,6 +286,26 @@ def test_tune_state_cut_short_is_set_aside_down_to_a_whole_one(tmp_path: Path) -
     assert drop_broken_tune_state(tmp_path) == []  # a whole state stays
 
 
+def test_a_lost_trial_goes_on_from_its_newest_checkpoint_with_rows(tmp_path: Path) -> None:
+    """Tune numbers a trial's checkpoints from 0, one per epoch: checkpoint_000002 is epoch 3. A
+    newer one than the trial's rows may be half written, and would skip rows never recorded."""
+    from mtsearch.search.study import ADOPTED_CHECKPOINT, set_aside_checkpoint
+
+    for index in range(4):
+        (tmp_path / f"checkpoint_{index:06d}").mkdir()
+        (tmp_path / f"checkpoint_{index:06d}" / "epoch").write_text(str(index + 1))
+    (tmp_path / "work").mkdir()
+    assert set_aside_checkpoint(tmp_path, epochs_done=3) == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == [ADOPTED_CHECKPOINT]
+    assert (tmp_path / ADOPTED_CHECKPOINT / "epoch").read_text() == "3"
+    # lost again before a newer checkpoint: the one set aside stays; none older than a row: 0
+    assert set_aside_checkpoint(tmp_path, epochs_done=3) == 0
+    assert (tmp_path / ADOPTED_CHECKPOINT / "epoch").read_text() == "3"
+    (tmp_path / "checkpoint_000000").mkdir()
+    assert set_aside_checkpoint(tmp_path, epochs_done=0) == 0
+    assert not (tmp_path / "checkpoint_000000").exists()
+
+
 def test_sqlite_running_out_of_disk_is_a_storage_fault() -> None:
     """Optuna's optuna.db says "database or disk is full" (wrapped in its own error, then in
     Tune's): a full disk, which stops the study for --resume, not a traceback."""

@@ -248,8 +248,8 @@ def test_resume_restarts_under_their_own_ids_the_trials_tune_never_saved(tmp_pat
                                                                         ray_address: str) -> None:
     """A trial started just before a kill can be in trials.parquet but not in Tune's saved state
     (the disk filled, or the kill came first): Tune's restored searcher counts it as sampled, so
-    without help the study would never reach its count. It runs again under its own id: its rows
-    and its Optuna trial are kept, nothing is sampled in its place."""
+    without help the study would never reach its count. It goes on under its own id from its own
+    checkpoint: its rows and its Optuna trial are kept, nothing is sampled in its place."""
     logs, script, study = _killed_at_epoch_2(tmp_path, ray_address, trials=3)
     (state_file,) = (study / "tune").glob("experiment_state-*.json")
     state = json.loads(state_file.read_text())
@@ -269,7 +269,7 @@ def test_resume_restarts_under_their_own_ids_the_trials_tune_never_saved(tmp_pat
     after = {(r["trial_id"], r["epoch"]): r for r in pq.read_table(study / "epochs.parquet").to_pylist()}
     assert len(after) == 3 * 5 and set(before) <= set(after)
     starts = sorted((r for r in records(logs) if r["w"] == lost_row["loss.w_track"]), key=lambda r: r["t0"])
-    assert starts[-1]["start_epoch"] == 1  # Tune had no checkpoint of it: from its first epoch
+    assert 1 < starts[-1]["start_epoch"] <= lost_row["epochs_done"] + 1  # on from a checkpoint it has rows for
     optuna_study = optuna.load_study(study_name="resume", storage=f"sqlite:///{study / 'optuna.db'}")
     assert sorted(t.state.name for t in optuna_study.trials) == ["COMPLETE"] * 3
     (adopted,) = [t for t in optuna_study.trials if t.user_attrs.get("trial_id") == lost]
@@ -280,7 +280,7 @@ def test_resume_restarts_under_their_own_ids_the_trials_tune_never_saved(tmp_pat
 def test_resume_after_tune_state_cut_short_keeps_every_row(tmp_path: Path, ray_address: str) -> None:
     """A full disk can cut Tune's experiment state short as Tune writes it in place; Tune would
     then silently start a new experiment. The driver sets the broken state aside and resumes
-    from the study's own records: every trial under its own id, nothing sampled in its place."""
+    from the study's own records: every trial under its own id from its own checkpoint."""
     logs, script, study = _killed_at_epoch_2(tmp_path, ray_address, trials=3)
     (state_file,) = (study / "tune").glob("experiment_state-*.json")
     text = state_file.read_text()
@@ -295,6 +295,8 @@ def test_resume_after_tune_state_cut_short_keeps_every_row(tmp_path: Path, ray_a
     assert all(trials[tid]["loss.w_track"] == w for tid, w in started.items())
     after = [(r["trial_id"], r["epoch"]) for r in pq.read_table(study / "epochs.parquet").to_pylist()]
     assert len(after) == len(set(after)) == 3 * 5 and before <= set(after)
+    went_on = {r["w"]: r["start_epoch"] for r in sorted(records(logs), key=lambda r: r["t0"])}
+    assert all(went_on[w] > 1 for w in started.values()), went_on  # each from its own checkpoint
     optuna_study = optuna.load_study(study_name="resume", storage=f"sqlite:///{study / 'optuna.db'}")
     assert sorted(t.state.name for t in optuna_study.trials) == ["COMPLETE"] * 3
 

@@ -55,12 +55,14 @@ from mtsearch.search.recording import (
     snapshot,
 )
 from mtsearch.search.study import (
+    ADOPTED_CHECKPOINT,
     SPACE_FILE,
     TUNE_DIR,
     drop_broken_tune_state,
     mend_tune_checkpoints,
     open_study,
     release,
+    set_aside_checkpoint,
 )
 from mtsearch.search.trainable import Log, Trainer, last_line, run_trial
 from mtsearch.search.tuning import (
@@ -295,7 +297,7 @@ def _make_tuner(
         tune_config=tune.TuneConfig(
             metric=OBJECTIVE, mode=spec.mode,
             search_alg=search,
-            scheduler=scheduler(spec, store, adopt or ()),
+            scheduler=scheduler(spec, store),
             num_samples=samples,
             max_concurrent_trials=None if isinstance(search, LostTrialsFirst) else spec.search.max_concurrent,
             reuse_actors=False,
@@ -348,20 +350,26 @@ def _run_missing(
 ) -> SearchOutcome | None:
     """A resumed search whose Tune run ended short of the study's count: trials Tune never knew
     (started as the driver died, before Tune saved them, or its saved state lost) would never run.
-    Each that has an open Optuna trial runs again from its first epoch under its own id (its rows
-    and Optuna trial kept); new samples make up the rest. None when nothing is missing."""
+    Each that has an open Optuna trial goes on under its own id, into its rows and Optuna trial,
+    from the newest checkpoint of an epoch it has rows for; new samples make up the rest. None
+    when nothing is missing."""
     rows = live.store.trials
     missing = spec.total_trials - len(live.known_trials)
     if spec.is_enumerated or missing <= 0 or any(
             r["status"] in (None, "running") and ray_trial_id(r, t) in live.known_trials for t, r in rows.items()):
         return None
     unpark_optuna_trials(spec, study_dir)  # what the store does not adopt ends FAIL (_finish)
-    lost = _lost_trials(live)[:missing]
-    adopt = adoptable_trials(spec, study_dir, lost)
+    lost = _lost_trials(live)
+    adopt = adoptable_trials(spec, study_dir, list(lost)[:missing])
     for trial_id in adopt:
-        _drop_trial_files(study_dir / TUNE_DIR / trial_id)
-    say(f"{missing} trial(s) missing from Tune's saved state: restarting {len(adopt)} from their "
-        f"first epoch (their rows kept), sampling {missing - len(adopt)} new")
+        epoch = set_aside_checkpoint(study_dir / TUNE_DIR / trial_id, lost[trial_id])
+        earlier = (study_dir / TUNE_DIR / trial_id / ADOPTED_CHECKPOINT).is_dir()
+        say(f"trial {trial_id}: missing from Tune's saved state; going on from " + (
+            f"its checkpoint of epoch {epoch}" if epoch else
+            "the checkpoint set aside for it before" if earlier else "its first epoch"))
+    if missing > len(adopt):
+        say(f"{missing - len(adopt)} trial(s) missing from Tune's saved state left nothing to go on from "
+            "(no rows, or no open Optuna trial): sampling new ones")
     tuner = _make_tuner(spec, study_dir, key, False, trainer, resources, say, fresh=False,
                         extend_from=spec.with_count(spec.total_trials - missing), store=live.store, adopt=adopt)
     publish(live)
@@ -369,20 +377,15 @@ def _run_missing(
     return _finish(live, study_dir)
 
 
-def _lost_trials(live: Live) -> list[str]:
-    """The Ray trials with rows that Tune does not know, those with the most epochs first."""
+def _lost_trials(live: Live) -> dict[str, int]:
+    """The Ray trials with rows that Tune does not know, and the epochs each has rows for (its
+    seeds' least), those with the most first."""
     done: dict[str, int] = {}
     for t, r in live.store.trials.items():
         ray_id = ray_trial_id(r, t)
         if ray_id not in live.known_trials:
-            done[ray_id] = max(done.get(ray_id, 0), r["epochs_done"] or 0)
-    return sorted(done, key=lambda ray_id: (-done[ray_id], ray_id))
-
-
-def _drop_trial_files(trial_dir: Path) -> None:
-    """A lost trial starts again: its checkpoints and working copy, which Tune never knew, go."""
-    for folder in (*trial_dir.glob("checkpoint_*"), trial_dir / "work"):
-        shutil.rmtree(folder, ignore_errors=True)
+            done[ray_id] = min(done.get(ray_id, r["epochs_done"] or 0), r["epochs_done"] or 0)
+    return {ray_id: done[ray_id] for ray_id in sorted(done, key=lambda ray_id: (-done[ray_id], ray_id))}
 
 
 def _machine_failed(live: Live) -> list[str]:
@@ -412,7 +415,8 @@ def _drop_work_dirs(study_dir: Path, store: StudyStore) -> None:
     """A finished trial's working copy duplicates its last Tune checkpoint: free the disk."""
     for trial_id, row in store.trials.items():
         if row["status"] not in (None, "running"):
-            shutil.rmtree(study_dir / TUNE_DIR / ray_trial_id(row, trial_id) / "work", ignore_errors=True)
+            for folder in ("work", ADOPTED_CHECKPOINT):
+                shutil.rmtree(study_dir / TUNE_DIR / ray_trial_id(row, trial_id) / folder, ignore_errors=True)
 
 
 def _check_resources(spec: SpaceSpec) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from mtsearch.space import SpaceSpec, load_study_space
 LOCK_FILE = ".lock"
 SPACE_FILE = "space.yaml"
 TUNE_DIR = "tune"  # Ray Tune's state (what --resume restores) and its kept checkpoints
+ADOPTED_CHECKPOINT = "adopted_checkpoint"  # in a trial's Tune folder: where a trial Tune lost goes on from
 
 
 def study_dir_for(spec: SpaceSpec, trials_dir: str | Path) -> Path:
@@ -160,3 +162,25 @@ def _whole(path: Path) -> bool:
     except (OSError, ValueError, UnicodeDecodeError):
         return False
     return True
+
+
+def set_aside_checkpoint(trial_dir: Path, epochs_done: int) -> int:
+    """A trial Tune lost (started, never in its saved state) goes on from the newest checkpoint
+    Tune stored for it whose epoch has its row: that folder becomes `ADOPTED_CHECKPOINT`, the
+    other checkpoints and the working copy go. Returns its epoch, 0 when there is none.
+
+    Tune numbers a trial's checkpoints from 0, one per reported epoch; a newer one than the rows
+    may be half written by a full disk, and going on from it would skip rows never recorded.
+    """
+    kept = 0
+    folders = [(int(f.name.split("_")[1]), f) for f in trial_dir.glob("checkpoint_*")
+               if f.is_dir() and f.name.split("_")[1].isdigit()]
+    for index, folder in sorted(folders, reverse=True):
+        if not kept and index + 1 <= epochs_done:
+            shutil.rmtree(trial_dir / ADOPTED_CHECKPOINT, ignore_errors=True)
+            folder.rename(trial_dir / ADOPTED_CHECKPOINT)
+            kept = index + 1
+        else:
+            shutil.rmtree(folder, ignore_errors=True)
+    shutil.rmtree(trial_dir / "work", ignore_errors=True)
+    return kept

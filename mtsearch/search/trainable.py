@@ -20,6 +20,7 @@ from mtsearch.config import TrialConfig
 from mtsearch.distributions import expand_params
 from mtsearch.errors import GpuOutOfMemory, is_out_of_memory, storage_failure
 from mtsearch.metrics import direction
+from mtsearch.search.study import ADOPTED_CHECKPOINT
 from mtsearch.search.tuning import OBJECTIVE
 
 NOTES = "trainer_notes"  # report key carrying the trainer's log lines to the driver
@@ -140,9 +141,15 @@ def prepare_work_dir(whole: bool = False) -> Path:
     work = Path(tune.get_context().get_trial_dir()) / "work"
     shutil.rmtree(work, ignore_errors=True)
     checkpoint = tune.get_checkpoint()
+    # a trial Tune lost goes on from the checkpoint the driver set aside in its folder on the
+    # study's storage (set_aside_checkpoint), until Tune has one of its own
+    adopted = Path(tune.get_context().get_storage().trial_fs_path) / ADOPTED_CHECKPOINT
     if checkpoint is not None:
+        shutil.rmtree(adopted, ignore_errors=True)
         with checkpoint.as_directory() as ckpt_dir:
             shutil.copytree(ckpt_dir, work if whole else work / "checkpoint")
+    elif adopted.is_dir():
+        shutil.copytree(adopted, work if whole else work / "checkpoint")
     return work
 
 

@@ -205,9 +205,8 @@ def param_space(spec: SpaceSpec, seeds: Iterable[int] | None = None) -> dict[str
     return space
 
 
-def scheduler(spec: SpaceSpec, earlier: StudyStore | None = None, rerun: Iterable[str] = ()) -> Any:
-    """ASHA on epochs (or none); with `earlier`, its rungs hold those trials' values already,
-    but for the Ray trials in `rerun` (lost trials run again, which meet each rung anew)."""
+def scheduler(spec: SpaceSpec, earlier: StudyStore | None = None) -> Any:
+    """ASHA on epochs (or none); with `earlier`, its rungs hold those trials' values already."""
     if spec.scheduler.type != "asha":
         return FIFOScheduler()
     asha = ASHAScheduler(time_attr="epoch", max_t=spec.max_epochs, grace_period=spec.scheduler.grace_period,
@@ -215,8 +214,6 @@ def scheduler(spec: SpaceSpec, earlier: StudyStore | None = None, rerun: Iterabl
     if earlier is not None:
         sign = direction(spec.mode).sign  # ASHA records metric_op * value
         for trial_id, rows in earlier.by_ray_trial().items():
-            if trial_id in rerun:
-                continue
             for bracket in asha._brackets:
                 for milestone, recorded in bracket._rungs:
                     value = group_objective_at(earlier, rows, spec.metric, spec.mode, milestone)
