@@ -304,6 +304,14 @@ def test_a_lost_trial_goes_on_from_its_newest_checkpoint_with_rows(tmp_path: Pat
     (tmp_path / "checkpoint_000000").mkdir()
     assert set_aside_checkpoint(tmp_path, epochs_done=0) == 0
     assert not (tmp_path / "checkpoint_000000").exists()
+    # a trial that went on so is a new Tune trial, numbering from 0 again: the label says the epoch
+    from ray import tune
+
+    for index, epoch in ((0, 4), (1, 5)):
+        (tmp_path / f"checkpoint_{index:06d}").mkdir()
+        tune.Checkpoint.from_directory(str(tmp_path / f"checkpoint_{index:06d}")).set_metadata({"epoch": epoch})
+    assert set_aside_checkpoint(tmp_path, epochs_done=4) == 4
+    assert tune.Checkpoint.from_directory(str(tmp_path / ADOPTED_CHECKPOINT)).get_metadata() == {"epoch": 4}
 
 
 def test_sqlite_running_out_of_disk_is_a_storage_fault() -> None:

@@ -380,11 +380,8 @@ def _run_missing(
 def _lost_trials(live: Live) -> dict[str, int]:
     """The Ray trials with rows that Tune does not know, and the epochs each has rows for (its
     seeds' least), those with the most first."""
-    done: dict[str, int] = {}
-    for t, r in live.store.trials.items():
-        ray_id = ray_trial_id(r, t)
-        if ray_id not in live.known_trials:
-            done[ray_id] = min(done.get(ray_id, r["epochs_done"] or 0), r["epochs_done"] or 0)
+    done = {ray_id: min(r["epochs_done"] or 0 for r in rows)
+            for ray_id, rows in live.store.by_ray_trial().items() if ray_id not in live.known_trials}
     return {ray_id: done[ray_id] for ray_id in sorted(done, key=lambda ray_id: (-done[ray_id], ray_id))}
 
 

@@ -89,7 +89,6 @@ def mend_tune_checkpoints(tune_dir: Path) -> list[str]:
     so the trial goes on from it. Best effort: a state this code cannot read is left to Tune.
     """
     import json
-    import shutil
 
     import ray.cloudpickle as pickle
 
@@ -169,18 +168,30 @@ def set_aside_checkpoint(trial_dir: Path, epochs_done: int) -> int:
     Tune stored for it whose epoch has its row: that folder becomes `ADOPTED_CHECKPOINT`, the
     other checkpoints and the working copy go. Returns its epoch, 0 when there is none.
 
-    Tune numbers a trial's checkpoints from 0, one per reported epoch; a newer one than the rows
-    may be half written by a full disk, and going on from it would skip rows never recorded.
+    A newer checkpoint than the rows may be half written by a full disk, and going on from it
+    would skip rows never recorded.
     """
     kept = 0
-    folders = [(int(f.name.split("_")[1]), f) for f in trial_dir.glob("checkpoint_*")
+    folders = [(_checkpoint_epoch(f), f) for f in trial_dir.glob("checkpoint_*")
                if f.is_dir() and f.name.split("_")[1].isdigit()]
-    for index, folder in sorted(folders, reverse=True):
-        if not kept and index + 1 <= epochs_done:
+    for epoch, folder in sorted(folders, key=lambda pair: pair[0], reverse=True):
+        if not kept and 0 < epoch <= epochs_done:
             shutil.rmtree(trial_dir / ADOPTED_CHECKPOINT, ignore_errors=True)
             folder.rename(trial_dir / ADOPTED_CHECKPOINT)
-            kept = index + 1
+            kept = epoch
         else:
             shutil.rmtree(folder, ignore_errors=True)
     shutil.rmtree(trial_dir / "work", ignore_errors=True)
     return kept
+
+
+def _checkpoint_epoch(folder: Path) -> int:
+    """The epoch a Tune checkpoint holds: as the trainable labelled it, else (a study from before
+    those labels) by Tune's numbering, one checkpoint per epoch from 0 (0: unreadable)."""
+    from ray import tune
+
+    try:
+        epoch = tune.Checkpoint.from_directory(str(folder)).get_metadata().get("epoch")
+    except (OSError, ValueError):  # a label half written by a full disk
+        return 0
+    return int(epoch) if epoch is not None else int(folder.name.split("_")[1]) + 1

@@ -92,7 +92,11 @@ def run_trial(config: dict[str, Any], *, base: dict[str, Any], metric: str, mode
         if value is not None and math.isfinite(value):
             last["objective"] = float(value)
         last["epoch"] = int(metrics["epoch"])
-        send(metrics, tune.Checkpoint.from_directory(str(ckpt_dir)) if ckpt_dir is not None else None)
+        checkpoint = None
+        if ckpt_dir is not None:
+            checkpoint = tune.Checkpoint.from_directory(str(ckpt_dir))
+            checkpoint.set_metadata({"epoch": last["epoch"]})  # what set_aside_checkpoint reads
+        send(metrics, checkpoint)
 
     def final(fit_status: str, **extra: Any) -> None:
         send({"epoch": last["epoch"], "fit_status": fit_status, **extra})

@@ -121,19 +121,15 @@ def search_algorithm(searcher: PruneAwareOptunaSearch, max_concurrent: int | Non
 
 
 def adoptable_trials(spec: SpaceSpec, study_dir: Path, trial_ids: Iterable[str]) -> dict[str, int]:
-    """Of the Tune trials `trial_ids`, those whose Optuna trial is still open (waiting or running),
-    set running: Tune trial id -> Optuna trial id."""
+    """Of the Tune trials `trial_ids`, those whose Optuna trial is running (after
+    `unpark_optuna_trials`): Tune trial id -> Optuna trial id."""
     opened = _open_study(spec, study_dir)
     if opened is None:
         return {}
-    storage, study = opened
-    wanted, states = set(trial_ids), optuna.trial.TrialState
-    found: dict[str, int] = {}
-    for trial in study.get_trials(deepcopy=False, states=(states.WAITING, states.RUNNING)):
+    wanted, found = set(trial_ids), {}
+    for trial in opened[1].get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         tid = trial.user_attrs.get(TRIAL_ID_ATTR)
         if tid in wanted and tid not in found:
-            if trial.state == states.WAITING:
-                storage.set_trial_state_values(trial._trial_id, states.RUNNING)
             found[tid] = trial._trial_id
     return found
 
