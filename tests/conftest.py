@@ -134,10 +134,11 @@ def small_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root / "set"
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def ray_address() -> Iterator[str]:
-    """A Ray head on 127.0.0.1 per test module (4 logical CPUs: stand-in trials mostly sleep),
-    reached through `address=`, which also covers `--address`; stopped afterwards."""
+    """A Ray head on 127.0.0.1 for the session (4 logical CPUs: stand-in trials mostly sleep),
+    reached through `address=`, which also covers `--address`; stopped afterwards. One head for
+    every module: starting one takes 5-10 s, and a test leaves nothing on it (its driver ends)."""
     from ray_head import ray_head
 
     with ray_head(num_cpus=4, num_gpus=0) as address:

@@ -14,6 +14,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+# `ray start` run by this Python: the `ray` script on PATH may be another environment's, or absent
+# where the tests run from a virtual environment that is not activated.
+RAY_CLI = [sys.executable, "-m", "ray.scripts.scripts"]
+
 
 def _free_port() -> int:
     with socket.socket() as sock:
@@ -32,7 +36,7 @@ def ray_head(num_cpus: int, num_gpus: int) -> Iterator[str]:
     temp_dir = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths have a length limit
     log = open(Path(temp_dir) / "head.log", "w")
     proc = subprocess.Popen(
-        ["ray", "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1",
+        [*RAY_CLI, "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1",
          f"--num-cpus={num_cpus}", f"--num-gpus={num_gpus}", "--include-dashboard=false",
          f"--temp-dir={temp_dir}", "--block"],
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True,

@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from ray_head import _free_port
+from ray_head import RAY_CLI, _free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 SPACE = ROOT / "spaces" / "weights.yaml"
@@ -92,7 +92,7 @@ def token_head(token: str) -> Iterator[str]:
     log = open(Path(temp_dir) / "head.log", "w")
     with_token = _env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token)
     proc = subprocess.Popen(
-        ["ray", "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1", "--num-cpus=1",
+        [*RAY_CLI, "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1", "--num-cpus=1",
          "--num-gpus=0", "--include-dashboard=false", f"--temp-dir={temp_dir}", "--block"],
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=with_token,
     )

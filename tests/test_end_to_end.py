@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from figures import assert_same_rows
 
 GRID = """\
 name: e2e
@@ -84,9 +85,4 @@ def test_grid_report_export_train_round_trip(tmp_path: Path) -> None:
     assert train.returncode == 0, train.stdout + train.stderr
     got = pq.read_table(tmp_path / "rerun" / "metrics.parquet").to_pylist()
     assert len(got) == 2
-    for want, have in zip(expected, got, strict=True):
-        for key in METRICS:
-            if want[key] is None:
-                assert have[key] is None, key
-            else:
-                assert have[key] == pytest.approx(want[key], rel=1e-4, abs=1e-6), key
+    assert_same_rows(got, expected, keys=METRICS, rel=1e-4, abs=1e-6, where="export then train")

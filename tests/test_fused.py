@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from figures import TIMING, same_figure
 
 from mtsearch.config import TrialConfig
 from mtsearch.errors import InvalidInput
@@ -14,7 +15,6 @@ from mtsearch.train.checkpoint import CHECKPOINT_FILE
 from mtsearch.train.fit import FitResult
 from mtsearch.train.fused import fit_fused
 
-TIMING = {"epoch_s", "clips_per_s", "data_wait"}
 # 16 training videos at batch 4: 4 steps an epoch, so 5 epochs are the contract's 20 steps
 SLOTS = (
     {"loss.w_track": 0.25, "optim.lr": 1e-3, "seed": 5, "data.fps": 30},
@@ -47,10 +47,7 @@ def _assert_same_run(fused: FitResult, alone: FitResult, fused_dir: Path, alone_
     for row_f, row_a in zip(_rows(fused.history), _rows(alone.history), strict=True):
         assert row_f.keys() == row_a.keys()
         for key, value in row_a.items():
-            if isinstance(value, float):
-                assert row_f[key] == pytest.approx(value, rel=1e-4, abs=1e-7), key
-            else:
-                assert row_f[key] == value, key
+            assert same_figure(row_f[key], value, rel=1e-4, abs=1e-7), (key, row_f[key], value)
     weights_f, weights_a = _state(fused_dir), _state(alone_dir)
     assert weights_f.keys() == weights_a.keys()
     for name, tensor in weights_a.items():  # weights, BatchNorm running statistics, counters

@@ -164,13 +164,15 @@ from test_search import make_fit
 from mtsearch.search.driver import run_search
 from mtsearch.space import space_from_mapping
 spec = space_from_mapping({{"name": "resume", "base": {{"optim.epochs": 5}},
-    "search": {{"algorithm": "tpe", "num_samples": 6, "max_concurrent": 2}},
+    "search": {{"algorithm": "tpe", "num_samples": 4, "max_concurrent": 2}},
     "scheduler": {{"type": "none"}}, "storage": {{"keep_checkpoints": 2}},
     "space": {{"loss.w_track": {{"uniform": [1, 40]}}}}}}, "resume.yaml")
 import ray.cloudpickle
 ray.cloudpickle.register_pickle_by_value(sys.modules["test_search"])
-out = run_search(spec, {trials!r}, resume="--resume" in sys.argv, address={address!r},
-                 trainable_fn=make_fit(Path({logs!r}), 2.0))
+# 2 s epochs until the kill (Tune saves its state every 2 s); the resume need not wait as long
+resume = "--resume" in sys.argv
+out = run_search(spec, {trials!r}, resume=resume, address={address!r},
+                 trainable_fn=make_fit(Path({logs!r}), 0.4 if resume else 2.0))
 print("interrupted" if out.interrupted else "finished", flush=True)
 """
 
@@ -196,10 +198,10 @@ def test_resume_after_kill_9(tmp_path: Path, ray_address: str) -> None:
     again = subprocess.run([sys.executable, str(script), "--resume"], capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "finished" in again.stdout, again.stdout + again.stderr
     trials = pq.read_table(tmp_path / "trials" / "resume" / "trials.parquet").to_pylist()
-    assert len(trials) == 6 and all(t["status"] == "completed" for t in trials), trials
+    assert len(trials) == 4 and all(t["status"] == "completed" for t in trials), trials
     epochs = pq.read_table(epochs_path).to_pylist()
     keys = [(r["trial_id"], r["epoch"]) for r in epochs]
-    assert len(keys) == len(set(keys)) == 6 * 5 and len(epochs) >= before
+    assert len(keys) == len(set(keys)) == 4 * 5 and len(epochs) >= before
     assert not list((tmp_path / "trials" / "resume" / "tune").glob("*/work"))  # working copies freed
     assert any(r["start_epoch"] > 1 for r in records(logs)), "no trial continued from its checkpoint"
     kept = {p.parent.name for p in (tmp_path / "trials" / "resume" / "tune").glob("*/checkpoint_*")}
@@ -208,27 +210,45 @@ def test_resume_after_kill_9(tmp_path: Path, ray_address: str) -> None:
     assert not [t for t in study.trials if t.state.name == "RUNNING"]
 
 
-def _killed_at_epoch_2(tmp_path: Path, ray_address: str, trials: int) -> tuple[Path, Path, Path]:
-    """The DRIVER study of `trials` trials, killed -9 once two are past epoch 2 of 5 and after a
-    save of Tune's state (which names each trial's checkpoint): (logs, driver script, study)."""
-    logs = tmp_path / "logs"
+@pytest.fixture(scope="module")
+def killed_at_epoch_2(tmp_path_factory: pytest.TempPathFactory,
+                      ray_address: str) -> Callable[[], tuple[Path, Path, Path]]:
+    """The DRIVER study of 3 trials, killed -9 once two are past epoch 2 of 5 and after a save of
+    Tune's state (which names each trial's checkpoint); the third has not started.
+
+    The kill happens once for the module: each call puts the killed study (and the stand-in's
+    logs) back as it was, at the same paths, and returns (logs, driver script, study)."""
+    import shutil
+
+    work, pristine = tmp_path_factory.mktemp("killed"), tmp_path_factory.mktemp("killed-pristine")
+    logs, study = work / "logs", work / "trials" / "resume"
     logs.mkdir()
-    script = tmp_path / "driver.py"
-    script.write_text(DRIVER.format(tests=str(Path(__file__).parent), trials=str(tmp_path / "trials"),
-                                    address=ray_address, logs=str(logs)).replace('"num_samples": 6',
-                                                                                 f'"num_samples": {trials}'))
-    study = tmp_path / "trials" / "resume"
+    script = work / "driver.py"
+    script.write_text(DRIVER.format(tests=str(Path(__file__).parent), trials=str(work / "trials"),
+                                    address=ray_address, logs=str(logs)).replace('"num_samples": 4',
+                                                                                 '"num_samples": 3'))
     kill_9_when([sys.executable, str(script)], study, lambda rows: trials_at(rows, 2) == 2, settle_s=3,
                 timeout_s=120)
-    return logs, script, study
+    for name in ("logs", "trials"):
+        shutil.copytree(work / name, pristine / name, symlinks=True)
+
+    def restore() -> tuple[Path, Path, Path]:
+        for name in ("logs", "trials"):
+            shutil.rmtree(work / name)
+            shutil.copytree(pristine / name, work / name, symlinks=True)
+        return logs, script, study
+
+    return restore
 
 
 @pytest.mark.slow
-def test_resume_mends_a_checkpoint_tune_deleted_after_its_last_state_save(tmp_path: Path,
-                                                                         ray_address: str) -> None:
+def test_resume_mends_a_checkpoint_tune_deleted_after_its_last_state_save(
+        killed_at_epoch_2: Callable[[], tuple[Path, Path, Path]]) -> None:
     """Tune keeps one checkpoint a trial and saves its state every 2 s: a kill between the two
     leaves a state that names a deleted folder, while the trial's newer checkpoint is there."""
-    logs, script, study = _killed_at_epoch_2(tmp_path, ray_address, trials=2)
+    logs, script, study = killed_at_epoch_2()
+    started = {t["loss.w_track"] for t in pq.read_table(study / "trials.parquet").to_pylist()}
+    assert len(started) == 2
     for trial_dir in (study / "tune").iterdir():  # as if Tune had replaced each by a newer one
         for folder in sorted(trial_dir.glob("checkpoint_*")):
             index = int(folder.name.split("_")[1])
@@ -237,20 +257,21 @@ def test_resume_mends_a_checkpoint_tune_deleted_after_its_last_state_save(tmp_pa
     again = subprocess.run([sys.executable, str(script), "--resume"], capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "finished" in again.stdout, again.stdout + again.stderr
     trials = pq.read_table(study / "trials.parquet").to_pylist()
-    assert [t["status"] for t in trials] == ["completed"] * 2, trials
+    assert [t["status"] for t in trials] == ["completed"] * 3, trials
     keys = [(r["trial_id"], r["epoch"]) for r in pq.read_table(study / "epochs.parquet").to_pylist()]
-    assert len(keys) == len(set(keys)) == 2 * 5
-    assert all(r["start_epoch"] > 1 for r in records(logs)), "a trial started over"
+    assert len(keys) == len(set(keys)) == 3 * 5
+    went_on = {r["w"]: r["start_epoch"] for r in records(logs)}
+    assert all(went_on[w] > 1 for w in started), went_on  # neither started over
 
 
 @pytest.mark.slow
-def test_resume_restarts_under_their_own_ids_the_trials_tune_never_saved(tmp_path: Path,
-                                                                        ray_address: str) -> None:
+def test_resume_restarts_under_their_own_ids_the_trials_tune_never_saved(
+        killed_at_epoch_2: Callable[[], tuple[Path, Path, Path]]) -> None:
     """A trial started just before a kill can be in trials.parquet but not in Tune's saved state
     (the disk filled, or the kill came first): Tune's restored searcher counts it as sampled, so
     without help the study would never reach its count. It goes on under its own id from its own
     checkpoint: its rows and its Optuna trial are kept, nothing is sampled in its place."""
-    logs, script, study = _killed_at_epoch_2(tmp_path, ray_address, trials=3)
+    logs, script, study = killed_at_epoch_2()
     (state_file,) = (study / "tune").glob("experiment_state-*.json")
     state = json.loads(state_file.read_text())
     lost = json.loads(state["trial_data"][-1][0])["trial_id"]
@@ -277,11 +298,12 @@ def test_resume_restarts_under_their_own_ids_the_trials_tune_never_saved(tmp_pat
 
 
 @pytest.mark.slow
-def test_resume_after_tune_state_cut_short_keeps_every_row(tmp_path: Path, ray_address: str) -> None:
+def test_resume_after_tune_state_cut_short_keeps_every_row(
+        killed_at_epoch_2: Callable[[], tuple[Path, Path, Path]]) -> None:
     """A full disk can cut Tune's experiment state short as Tune writes it in place; Tune would
     then silently start a new experiment. The driver sets the broken state aside and resumes
     from the study's own records: every trial under its own id from its own checkpoint."""
-    logs, script, study = _killed_at_epoch_2(tmp_path, ray_address, trials=3)
+    logs, script, study = killed_at_epoch_2()
     (state_file,) = (study / "tune").glob("experiment_state-*.json")
     text = state_file.read_text()
     state_file.write_text(text[: len(text) // 2])
@@ -303,7 +325,9 @@ def test_resume_after_tune_state_cut_short_keeps_every_row(tmp_path: Path, ray_a
 
 TINY_SPACE = """\
 name: tiny
-base: {{model.preset: tiny, optim.epochs: {epochs}, eval.every: 1, device: cpu, data.cache_dir: {cache}}}
+base: {{model.preset: tiny, optim.epochs: {epochs}, eval.every: 1, device: cpu, data.cache_dir: {cache},
+        data.root: {root}, data.crop: 48, data.clip_frames: 7, track.frame_gap: 2, track.past_frames: 3,
+        optim.batch_size: 4}}
 search: {{algorithm: tpe, num_samples: 2, max_concurrent: 2, seed: 0}}
 scheduler: {{type: none}}
 space:
@@ -312,24 +336,27 @@ space:
 """
 
 
+EPOCHS = 12  # on the small set an epoch takes about half a second: still running when interrupted
+
+
 @pytest.mark.slow
-def test_cli_real_trainer_interrupt_and_resume(tmp_path: Path, ray_address: str, builtin_cache: Path) -> None:
-    """`mtsearch run` end to end with the real trainer: Ctrl-C -> exit 130 + resume command -> --resume."""
-    cache = str(builtin_cache)
+def test_cli_real_trainer_interrupt_and_resume(tmp_path: Path, ray_address: str, small_set: Path) -> None:
+    """`mtsearch run` end to end with the real trainer: Ctrl-C -> exit 130 + resume command -> --resume.
+
+    On the small set, not the built-in one: the same code path at a seventh of the clips."""
     space = tmp_path / "tiny.yaml"
-    space.write_text(TINY_SPACE.format(epochs=2, cache=cache))
+    space.write_text(TINY_SPACE.format(epochs=EPOCHS, cache=tmp_path / "cache", root=small_set))
     cmd = [sys.executable, "-m", "mtsearch", "run", str(space), "--trials-dir", str(tmp_path / "trials"),
            "--address", ray_address, "--quiet"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     epochs_path = tmp_path / "trials" / "tiny" / "epochs.parquet"
     deadline = time.time() + 400
     while time.time() < deadline and proc.poll() is None:
-        time.sleep(1)
+        time.sleep(0.2)
         if epochs_path.exists() and pq.read_table(epochs_path).num_rows >= 1:
             break
     assert proc.poll() is None, proc.communicate()
-    time.sleep(2.5)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signal.SIGINT)  # at the first epoch of 12, an epoch a few tenths of a second
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, out + err
     assert "resume with: mtsearch run" in err and "--resume" in err, err
@@ -339,12 +366,12 @@ def test_cli_real_trainer_interrupt_and_resume(tmp_path: Path, ray_address: str,
     assert "results:" in done.stdout
     trials = pq.read_table(tmp_path / "trials" / "tiny" / "trials.parquet").to_pylist()
     assert len(trials) == 2 and all(t["status"] == "completed" for t in trials), trials
-    assert all(t["best_val_hit1"] is not None and t["epochs_done"] == 2 for t in trials)
+    assert all(t["best_val_hit1"] is not None and t["epochs_done"] == EPOCHS for t in trials)
     # what each trial ran on (issue 10): the real trainer's device and peak RSS, the driver's share
     assert all(t["device"] == "cpu" and t["peak_mem_gib"] > 0 and t["gpu_share"] == 0 for t in trials)
     epochs = pq.read_table(epochs_path).to_pylist()
     keys = [(r["trial_id"], r["epoch"]) for r in epochs]
-    assert len(keys) == len(set(keys)) == 4
+    assert len(keys) == len(set(keys)) == 2 * EPOCHS
     assert all(r["loss"] is not None and r["val_hit1"] is not None for r in epochs)
 
     # issue 11 with the real trainer: race the two over two fresh seeds, then export the card
@@ -356,7 +383,7 @@ def test_cli_real_trainer_interrupt_and_resume(tmp_path: Path, ray_address: str,
     assert "no significant difference" in race.stdout or "scores higher" in race.stdout
     child = pq.read_table(tmp_path / "trials" / "tiny" / "confirm" / "trials.parquet").to_pylist()
     assert sorted(t["seed"] for t in child) == [1000, 1000, 1001, 1001]
-    assert all(t["status"] == "completed" and t["epochs_done"] == 2 for t in child)
+    assert all(t["status"] == "completed" and t["epochs_done"] == EPOCHS for t in child)
     export = subprocess.run([sys.executable, "-m", "mtsearch", "export", study, "--from-confirm"],
                             capture_output=True, text=True, timeout=120)
     assert export.returncode == 0, export.stderr

@@ -9,6 +9,7 @@ from pathlib import Path
 import optuna
 import pyarrow.parquet as pq
 import pytest
+from figures import assert_same_rows
 from kill9 import kill_9_when, trials_at
 
 from mtsearch.errors import InvalidInput
@@ -17,8 +18,6 @@ from mtsearch.results.report import leaderboard, load_study, ranked_trial
 from mtsearch.search.driver import run_search
 from mtsearch.space import space_from_mapping
 from mtsearch.train import fit
-
-TIMING = {"epoch_s", "clips_per_s", "data_wait"}
 
 
 def _space(root: Path, cache: Path, **search: object) -> dict:
@@ -74,10 +73,7 @@ def test_a_configuration_trains_its_seeds_fused_and_scores_their_mean(small_set:
     alone = fit(config_from_record(json.loads(seed_row["config"])), tmp_path / "alone")
     mine = sorted((r for r in epochs if r["trial_id"] == seed_row["trial_id"]), key=lambda r: r["epoch"])
     assert len(mine) == len(alone.history) == 2
-    for row, expected in zip(mine, alone.history, strict=True):
-        for key, value in expected.items():
-            if key not in TIMING and isinstance(value, float):
-                assert row[key] == pytest.approx(value, rel=1e-5, abs=1e-7), key
+    assert_same_rows(mine, alone.history, rel=1e-5, abs=1e-7, where=seed_row["trial_id"])
 
 
 @pytest.mark.parametrize("change, key", [
@@ -152,7 +148,7 @@ def test_kill_9_then_resume_continues_every_seed_from_its_checkpoint(small_set: 
 
 
     data = _space(small_set, tmp_path / "cache", seeds_per_trial=2)
-    data["base"] = {**data["base"], "optim.epochs": 30, "eval.every": 10}  # long enough to be killed
+    data["base"] = {**data["base"], "optim.epochs": 12, "eval.every": 4}  # long enough to be killed
     space = tmp_path / "seeds.yaml"
     space.write_text(yaml.safe_dump(data))
     cmd = [sys.executable, "-m", "mtsearch", "run", str(space), "--trials-dir", str(tmp_path / "trials"),
@@ -165,14 +161,13 @@ def test_kill_9_then_resume_continues_every_seed_from_its_checkpoint(small_set: 
     assert "seed 3: resuming from epoch" in again.stderr and "seed 4: resuming from epoch" in again.stderr, \
         again.stdout + again.stderr
     trials = pq.read_table(study / "trials.parquet").to_pylist()
-    assert len(trials) == 4 and all(t["status"] == "completed" and t["epochs_done"] == 30 for t in trials)
+    assert len(trials) == 4 and all(t["status"] == "completed" and t["epochs_done"] == 12 for t in trials)
     epochs = pq.read_table(study / "epochs.parquet").to_pylist()
     keys = [(r["trial_id"], r["epoch"]) for r in epochs]
-    assert len(keys) == len(set(keys)) == 4 * 30
+    assert len(keys) == len(set(keys)) == 4 * 12
     # a seed interrupted and resumed is the run it would have been without the kill
     seed_row = trials[0]
     alone = fit(config_from_record(json.loads(seed_row["config"])), tmp_path / "alone")
     mine = sorted((r for r in epochs if r["trial_id"] == seed_row["trial_id"]), key=lambda r: r["epoch"])
-    for row, expected in zip(mine, alone.history, strict=True):
-        for key in ("loss", "loss_cls", "val_hit1", "train_hit1"):
-            assert row[key] == pytest.approx(expected[key], rel=1e-5, abs=1e-7), (row["epoch"], key)
+    assert_same_rows(mine, alone.history, keys=("loss", "loss_cls", "val_hit1", "train_hit1"),
+                     rel=1e-5, abs=1e-7, where=seed_row["trial_id"])

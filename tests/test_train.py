@@ -8,13 +8,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from figures import TIMING, same_figure
 
 from mtsearch.config import TrialConfig
 from mtsearch.errors import InvalidInput
 from mtsearch.metrics import EPOCH_COLUMNS, best_epoch
 from mtsearch.train import fit, hit_at_k
-
-TIMING = {"epoch_s", "clips_per_s", "data_wait"}
 
 
 def small_config(root: Path, cache: Path, **overrides) -> TrialConfig:
@@ -100,7 +99,7 @@ def test_resume_reproduces_an_uninterrupted_run(small_set: Path, tmp_path: Path)
     for row_a, row_b in zip(a, b, strict=True):
         assert row_a.keys() == row_b.keys()
         for key in (k for k in row_a if not (k.startswith("test_") and row_a is not a[-1])):
-            assert row_a[key] == pytest.approx(row_b[key], rel=1e-5, abs=1e-6), key
+            assert same_figure(row_a[key], row_b[key], rel=1e-5, abs=1e-6), (key, row_a[key], row_b[key])
 
 
 def test_resume_refuses_a_changed_config(small_set: Path, tmp_path: Path):

@@ -58,6 +58,7 @@ from mtsearch.search.study import (
     ADOPTED_CHECKPOINT,
     SPACE_FILE,
     TUNE_DIR,
+    check_study,
     drop_broken_tune_state,
     mend_tune_checkpoints,
     open_study,
@@ -119,6 +120,7 @@ def run_search(
     spec = _absolute_paths(spec)
     _set_tune_defaults()
     check_mirror_extras(spec.storage, spec.source)
+    check_study(spec, Path(trials_dir).resolve(), resume)  # refused in a moment, before any cluster
     # the cluster and its resources are checked before anything is written under trials/
     started_ray = connect_ray(address, num_cpus, say, connect_timeout)
     lock_fd, key = -1, None

@@ -36,7 +36,6 @@ def open_study(
     keeps selecting on the test split). The last value is the study's count
     when `spec` raises it (an extension), else None.
     """
-    extend_from = None
     study_dir = study_dir_for(spec, trials_dir)
     existed = study_dir.exists() and any(study_dir.iterdir())
     study_dir.mkdir(parents=True, exist_ok=True)
@@ -44,32 +43,64 @@ def open_study(
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        refusal = _in_use(fd, study_dir)
         os.close(fd)
-        raise InvalidInput(study_dir, None, f"study is in use by another mtsearch driver (pid {holder}); "
-                           "wait for it to finish or choose another --name") from None
+        raise refusal from None
     try:
-        if existed and not resume:
-            raise InvalidInput(study_dir, None, "study already exists; add --resume to continue it "
-                               "or pick a new --name")
-        if existed and (study_dir / SPACE_FILE).exists():
-            saved = load_study_space(study_dir)
-            spec = replace(spec, base=adopt_recorded(spec.base, saved.base))
-            if spec.count < saved.count:
-                raise InvalidInput(None, spec.count_flag, f"the study {study_dir} already has "
-                                   f"{saved.count}; give {saved.count} or more to extend it", spec.count)
-            extend_from = saved.count if spec.count > saved.count else None
-            if saved.identity() != spec.identity():
-                changed = [k for k in spec.identity() if saved.identity().get(k) != spec.identity().get(k)]
-                raise InvalidInput(spec.source, ", ".join(changed) or None,
-                                   f"differs from the study's {study_dir / SPACE_FILE}; a resumed study keeps "
-                                   "its space: restore the file or pick a new --name")
+        spec, extend_from = _reopened(spec, study_dir, existed, resume)
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
     except BaseException:
         os.close(fd)
         raise
     return spec, study_dir, fd, not existed, extend_from
+
+
+def check_study(spec: SpaceSpec, trials_dir: Path, resume: bool) -> None:
+    """`open_study`'s refusals, writing nothing: run before a cluster is started or joined, so
+    that a study that exists, is in use or has another space is refused at once."""
+    study_dir = study_dir_for(spec, trials_dir)
+    if not (study_dir.is_dir() and any(study_dir.iterdir())):
+        return
+    lock = study_dir / LOCK_FILE
+    if lock.is_file():
+        fd = os.open(lock, os.O_RDONLY)
+        try:
+            try:  # shared: it fails only while a driver holds the study
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise _in_use(fd, study_dir) from None
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+    _reopened(spec, study_dir, True, resume)
+
+
+def _in_use(fd: int, study_dir: Path) -> InvalidInput:
+    holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+    return InvalidInput(study_dir, None, f"study is in use by another mtsearch driver (pid {holder}); "
+                        "wait for it to finish or choose another --name")
+
+
+def _reopened(spec: SpaceSpec, study_dir: Path, existed: bool, resume: bool) -> tuple[SpaceSpec, int | None]:
+    """The spec a reopened study runs (its recorded values adopted) and its count before an
+    extension; refuses a clobber, a smaller count and a changed space."""
+    if existed and not resume:
+        raise InvalidInput(study_dir, None, "study already exists; add --resume to continue it "
+                           "or pick a new --name")
+    if not (existed and (study_dir / SPACE_FILE).exists()):
+        return spec, None
+    saved = load_study_space(study_dir)
+    spec = replace(spec, base=adopt_recorded(spec.base, saved.base))
+    if spec.count < saved.count:
+        raise InvalidInput(None, spec.count_flag, f"the study {study_dir} already has "
+                           f"{saved.count}; give {saved.count} or more to extend it", spec.count)
+    if saved.identity() != spec.identity():
+        changed = [k for k in spec.identity() if saved.identity().get(k) != spec.identity().get(k)]
+        raise InvalidInput(spec.source, ", ".join(changed) or None,
+                           f"differs from the study's {study_dir / SPACE_FILE}; a resumed study keeps "
+                           "its space: restore the file or pick a new --name")
+    return spec, (saved.count if spec.count > saved.count else None)
 
 
 def release(fd: int) -> None:
