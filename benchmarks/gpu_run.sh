@@ -3,9 +3,9 @@
 # about 9 minutes on a fresh H100/H200 (the first torch.compile of the thesis model takes ~2 min),
 # most important first, each step capped so the whole stays inside BUDGET_S seconds. MPS=1 adds
 # packing under NVIDIA MPS (about 3 minutes, which the steps after it then lack).
-# The device machine has torch but no PyAV: put its wheel in .whl/ first (python3 -m pip download
-# --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux_2_28_x86_64 -d .whl av)
-# and carry .whl. Outputs go to $OUT (default /tmp/gpu-out); each step runs even if one before failed.
+# The device machine has torch but no PyAV or simplejpeg: put their wheels in .whl/ first
+# (python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --platform
+# manylinux_2_28_x86_64 -d .whl av simplejpeg) and carry .whl. Outputs go to $OUT (default /tmp/gpu-out); each step runs even if one before failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/gpu-out}
@@ -20,7 +20,7 @@ else
 fi
 export PYTHONUNBUFFERED=1 MTSEARCH_CACHE=/tmp/mtsearch-cache
 nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm --format=csv | tee "$OUT/gpu.txt"
-python3 -c "import torch, av; print('torch', torch.__version__, 'av', av.__version__)" | tee -a "$OUT/gpu.txt"
+python3 -c "import torch, av, simplejpeg; print('torch', torch.__version__, 'av', av.__version__, 'simplejpeg', simplejpeg.__version__)" | tee -a "$OUT/gpu.txt"
 
 # the synthetic set and its frame caches (thesis and small geometry), written while the GPU compiles
 (cd benchmarks && python3 - <<'EOF' >"$OUT/data.txt" 2>&1

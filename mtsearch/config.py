@@ -9,15 +9,21 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, get_type_hints
 
 from mtsearch.errors import InvalidInput, did_you_mean
+from mtsearch.key_checks import (
+    CACHE_FORMATS,
+    CHECKS,
+    CLIPS_VIEWS,
+    SOURCE_FPS,
+    VAL_CARVINGS,
+)
 from mtsearch.presets import BRANCHES, PRESETS, Preset, normalize_branches, tracking_defaults
-from mtsearch.values import as_float, as_int, at_least, non_negative, one_of, positive
+from mtsearch.values import as_float, as_int
 from mtsearch.yamlio import dump_yaml, read_yaml
 
 # the keys that change a tensor's shape: trials equal in all of them may train fused in one
@@ -27,15 +33,20 @@ SHAPE_KEYS: tuple[str, ...] = ("model.preset", "optim.batch_size", "data.crop", 
 # keys whose default (None) the preset decides: `resolved()` writes them out
 DERIVED_KEYS: tuple[str, ...] = (
     "data.crop", "track.patch", "data.short_side", "eval.batch_size", "optim.lr",
-    "data.val_fraction", "data.selection", "data.val_carving", "loss.w_track", "loss.sim_weight", "track.temperature",
+    "data.val_fraction", "data.selection", "data.val_carving", "data.fps", "data.flip",
+    "data.cache_format", "eval.views", "eval.val_views", "loss.w_track", "loss.sim_weight",
+    "track.temperature",
     "track.localizer", "track.target_patch", "track.center_features", "track.patch_select",
     "track.crop_grad", "track.projection",
 )
 VAL_FRACTION, SELECTION = 0.2, "val"  # the honest protocol's defaults
-VAL_CARVINGS: tuple[str, ...] = ("closest", "greedy")  # data/splits.py; greedy: records before v6
 # keys that change how a trial computes, not what: a resumed run or study may change them
 EXECUTION_KEYS: tuple[str, ...] = ("eval.batch_size", "cuda_graph", "compile")
-DATASETS: tuple[str, ...] = ("synthetic", "hmdb51", "ucf101", "list")
+# datasets whose videos come at many rates (Kinetics: 24-30 from YouTube) or a low one (SSv2: 12):
+# data.fps defaults to each video's own rate there
+SOURCE_RATE_DATASETS: tuple[str, ...] = ("kinetics", "ssv2")
+# the test protocol papers use per dataset (eval.views): K temporal clips x N spatial crops
+DATASET_VIEWS: dict[str, str] = {"kinetics": "10x3", "ssv2": "2x3"}
 
 
 @dataclass(frozen=True)
@@ -43,7 +54,7 @@ class DataConfig:
     dataset: str = "synthetic"
     root: str | None = None  # None: the built-in synthetic set in the cache folder
     split: int = 1
-    fps: float = 30.0
+    fps: float | str | None = None  # frames per second, or `source`; None: 30 (kinetics, ssv2: source)
     clip_frames: int = 13  # s
     crop: int | None = None  # None: the preset's (thesis 240)
     short_side: int | None = None  # resize before cropping; None: crop * 256/240 (TimeCycle)
@@ -52,6 +63,9 @@ class DataConfig:
     val_fraction: float | None = None  # validation videos carved from training; None: 0.2
     selection: str | None = None  # what evaluations in training use: val | test (thesis); None: val
     val_carving: str | None = None  # closest | greedy (how records before v6 carved); None: closest
+    flip: str | None = None  # on | off | swap (mirrored classes swap labels); None: on (ssv2: swap)
+    cache_format: str | None = None  # jpeg | raw; None: jpeg (records before v7: raw)
+    cache_quality: int = 90  # JPEG quality of cached frames
 
 
 @dataclass(frozen=True)
@@ -101,6 +115,8 @@ class OptimConfig:
 class EvalConfig:
     every: int = 2
     batch_size: int | None = None  # None: 4 x optim.batch_size (forward only; results do not depend on it)
+    views: str | None = None  # the test protocol: clips | KxN; None: clips (kinetics 10x3, ssv2 2x3)
+    val_views: str | None = None  # evaluations during training; None: eval.views (kinetics, ssv2: 1x1)
 
 
 @dataclass(frozen=True)
@@ -164,6 +180,40 @@ class TrialConfig:
         return self.data.val_carving if self.data.val_carving is not None else VAL_CARVINGS[0]
 
     @property
+    def fps(self) -> float | None:
+        """The frame rate clips are read at; None: the videos' own (`data.fps: source`)."""
+        fps = self.data.fps
+        if fps is None:
+            fps = SOURCE_FPS if self.data.dataset in SOURCE_RATE_DATASETS else 30.0
+        return None if fps == SOURCE_FPS else float(fps)
+
+    @property
+    def cache_format(self) -> str:
+        """How the frame cache stores the frames clips are read from (lossy jpeg changes them)."""
+        return self.data.cache_format if self.data.cache_format is not None else CACHE_FORMATS[0]
+
+    @property
+    def flip(self) -> str:
+        if self.data.flip is not None:
+            return self.data.flip
+        return "swap" if self.data.dataset == "ssv2" else "on"
+
+    @property
+    def views(self) -> str:
+        """The test split's protocol (`clips` or `KxN`)."""
+        return self.eval.views if self.eval.views is not None else DATASET_VIEWS.get(self.data.dataset, CLIPS_VIEWS)
+
+    @property
+    def val_views(self) -> str:
+        """The protocol of the validation split's evaluations during training: one centre clip on
+        the datasets papers test with many views (their cost is paid every `eval.every` epochs)."""
+        if self.eval.val_views is not None:
+            return self.eval.val_views
+        if self.eval.views is None and self.data.dataset in DATASET_VIEWS:
+            return "1x1"
+        return self.views
+
+    @property
     def val_fraction(self) -> float:
         return self.data.val_fraction if self.data.val_fraction is not None else VAL_FRACTION
 
@@ -196,7 +246,8 @@ class TrialConfig:
                   "data.short_side": self.short_side, "eval.batch_size": self.eval_batch_size,
                   "optim.lr": self.lr, "data.val_fraction": self.val_fraction,
                   "data.selection": self.selection, "data.val_carving": self.val_carving,
-                  **self.tracking}
+                  "data.fps": SOURCE_FPS if self.fps is None else self.fps, "data.flip": self.flip,
+                  "data.cache_format": self.cache_format, "eval.views": self.views, "eval.val_views": self.val_views, **self.tracking}
         assert set(values) == set(DERIVED_KEYS)
         return self.with_overrides(values)
 
@@ -300,68 +351,13 @@ def column_type(key: str) -> str:
     """A key's value type as a table column: bool, int, float or string (branch masks: labels)."""
     if key == "model.branches":
         return "string"
+    if key == "data.fps":
+        return "float"  # a searched rate is a number (`source` is a base value only)
     typ = _type_of(key)
     for base, kind in ((bool, "bool"), (int, "int"), (float, "float")):
         if typ is base or typ == base | None:
             return kind
     return "string"
-
-
-def _multiple_of_8(v: int | None) -> str | None:
-    if v is None:
-        return None
-    if v < 16 or v % 8:
-        return "must be a multiple of 8 and at least 16 (the trunk's stride is 8)"
-    return None
-
-
-def _device(v: str) -> str | None:
-    return None if re.fullmatch(r"auto|cpu|cuda(:\d+)?", v) else "must be auto, cpu, cuda or cuda:N"
-
-
-def _betas(v: tuple[float, float]) -> str | None:
-    return None if all(0 <= b < 1 for b in v) else "each beta must be in [0, 1)"
-
-
-_CHECKS: dict[str, Callable[[Any], str | None]] = {
-    "data.dataset": one_of(DATASETS),
-    "data.split": lambda v: None if v in (1, 2, 3) else "must be 1, 2 or 3",
-    "data.fps": positive,
-    "data.clip_frames": at_least(1),
-    "data.crop": _multiple_of_8,
-    "data.short_side": at_least(8),
-    "data.workers": at_least(0),
-    "data.val_fraction": lambda v: None if 0 <= v < 1 else "must be in [0, 1)",
-    "data.selection": one_of(("val", "test")),
-    "data.val_carving": one_of(VAL_CARVINGS),
-    "model.preset": one_of(list(PRESETS)),
-    "track.frame_gap": at_least(1),
-    "track.past_frames": at_least(1),
-    "track.patch": _multiple_of_8,
-    "track.temperature": positive,
-    "track.warmup_epochs": at_least(0),
-    "track.localizer": one_of(("conv", "softargmax")),
-    "track.target_patch": one_of(("encode", "crop")),
-    "track.patch_select": one_of(("uniform", "motion")),
-    "track.cycle_loss": one_of(("grid", "walk")),
-    "track.projection": one_of(("relu", "linear")),
-    "loss.sim_weight": non_negative,
-    "loss.w_track": non_negative,
-    "loss.w_dir": non_negative,
-    "loss.track_lambda": non_negative,
-    "optim.lr": positive,
-    "optim.betas": _betas,
-    "optim.weight_decay": non_negative,
-    "optim.batch_size": at_least(1),
-    "optim.epochs": at_least(1),
-    "optim.plateau_patience": at_least(0),
-    "optim.grad_clip": non_negative,
-    "eval.every": at_least(1),
-    "eval.batch_size": at_least(1),
-    "seed": at_least(0),
-    "device": _device,
-    "threads": at_least(1),
-}
 
 
 def _coerce(key: str, raw: Any, source: str | Path) -> Any:
@@ -377,6 +373,8 @@ def _coerce(key: str, raw: Any, source: str | Path) -> Any:
             if not isinstance(raw, bool):
                 raise ValueError("expected true or false")
             value = raw
+        elif key == "data.fps":
+            value = SOURCE_FPS if raw == SOURCE_FPS else as_float(raw)
         elif key == "optim.betas":
             if not isinstance(raw, (list, tuple)) or len(raw) != 2:
                 raise ValueError("expected two numbers [beta1, beta2]")
@@ -395,7 +393,7 @@ def _coerce(key: str, raw: Any, source: str | Path) -> Any:
             raise ValueError(f"unsupported type {text}")
     except ValueError as exc:
         raise InvalidInput(source, key, str(exc), raw) from None
-    check = _CHECKS.get(key)
+    check = CHECKS.get(key)
     problem = check(value) if check and value is not None else None
     if problem:
         raise InvalidInput(source, key, problem, raw)

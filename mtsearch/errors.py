@@ -87,23 +87,38 @@ class StorageFull(Exception):
 
     `path` is what was being written; `reason` the system's words (`No space left on device`)."""
 
-    def __init__(self, path: str | Path | None, reason: str):
+    def __init__(self, path: str | Path | None, reason: str, key: str | None = None,
+                 needed: int | None = None, free: int | None = None):
         self.path = str(path) if path else ""
         self.reason = reason
-        self.free: int | None = None  # bytes free when the driver stopped (before it freed any)
-        super().__init__(f"{reason} writing {self.path}" if self.path else reason)
+        self.key = key or ""  # the setting that chose the disk (`data.cache_dir`), if one did
+        self.needed = needed  # bytes the failed write needed, where known
+        self.free: int | None = free  # bytes free when it failed (or the driver stopped)
+        super().__init__(self.render(None) if key else f"{reason} writing {self.path}" if self.path else reason)
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.path or None, self.reason))
+        return (type(self), (self.path or None, self.reason, self.key or None, self.needed, self.free))
 
-    def render(self, resume: str) -> str:
-        """The one `error:` line: what failed, the free space left, and how to go on."""
+    def render(self, resume: str | None) -> str:
+        """The one `error:` line: what failed, the space needed and free, and how to go on."""
         what = "disk full" if "space" in self.reason or "quota" in self.reason else self.reason.lower()
-        where = f" writing {self.path}" if self.path else ""
         free = self.free if self.free is not None else free_bytes(self.path) if self.path else None
-        room = f" ({free / 1e6:.0f} MB free)" if free is not None else ""
-        fix = "free space" if what == "disk full" else "fix the disk"
-        return f"{what}{where}{room}; {fix}, then: {resume}"
+        sizes = [f"needs {_megabytes(self.needed)}" if self.needed is not None else "",
+                 f"{_megabytes(free)} free" if free is not None else ""]
+        room = f" ({', '.join(s for s in sizes if s)})" if any(sizes) else ""
+        if self.key:
+            text = f"{what} on {self.key} {self.path}{room}; free space there or set {self.key} to a larger disk"
+        else:
+            where = f" writing {self.path}" if self.path else ""
+            text = f"{what}{where}{room}; {'free space' if what == 'disk full' else 'fix the disk'}"
+        return f"{text}, then: {resume}" if resume else text
+
+
+def _megabytes(count: int) -> str:
+    """MB to one decimal, to three below 0.1 MB (a frame cache entry can need a few kB), GB above 100 MB."""
+    if count >= 1e8:
+        return f"{count / 1e9:.2f} GB"
+    return f"{count / 1e6:.1f} MB" if count >= 1e5 else f"{count / 1e6:.3f} MB"
 
 
 def storage_failure(exc: BaseException) -> StorageFull | None:

@@ -13,6 +13,8 @@ Eras (RECORD_VERSION is the current one):
   4  the tracking keys (loss.sim_weight, track.temperature, ...), not yet stamped
   5  stamped records; the validation split taken greedily (whole groups until the target)
   6  the validation split that comes closest to its target (data.val_carving: closest)
+  7  compressed frame cache: clips read from JPEG frames (data.cache_format: jpeg); before, raw;
+     data.flip, eval.views and eval.val_views: before, on / clips / clips
 Preset-decided values (DERIVED_KEYS left unset) are a moving default rather than an era: a resumed
 run or study keeps the values it recorded (`adopt_recorded`), as when tiny's learning rate changed.
 """
@@ -27,9 +29,13 @@ from mtsearch.config import DERIVED_KEYS, ModelConfig, TrialConfig, flatten_keys
 from mtsearch.errors import InvalidInput
 from mtsearch.presets import PRESETS, THESIS_TRACKING, thesis_temperature
 
-RECORD_VERSION = 6
+RECORD_VERSION = 7
 VERSION_KEY = "record_version"
-FAST_PATH, VALIDATION, TRACKING_KEYS, CLOSEST_SPLIT = 2, 3, 4, 6  # the first version of each era
+FAST_PATH, VALIDATION, TRACKING_KEYS, CLOSEST_SPLIT, JPEG_CACHE = 2, 3, 4, 6, 7  # the first version of each era
+# what a run did before the JPEG cache: exact decoded frames, flipped training clips keeping their
+# class, the thesis's averaged clips for every evaluation
+BEFORE_VIEWS: dict[str, Any] = {"data.cache_format": "raw", "data.flip": "on", "eval.views": "clips",
+                                "eval.val_views": "clips"}
 # what a run recorded before validation splits did: it evaluated and selected on the test split
 TEST_PROTOCOL: dict[str, Any] = {"data.selection": "test", "data.val_fraction": 0.0}
 
@@ -72,6 +78,8 @@ def _upgraded(flat: dict[str, Any], version: int) -> dict[str, Any]:
         flat = _with_thesis_tracking(flat)
     if version < CLOSEST_SPLIT and flat.get("data.val_carving") is None:
         flat = {**flat, "data.val_carving": "greedy"}
+    if version < JPEG_CACHE:
+        flat = {**BEFORE_VIEWS, **flat}  # what its trainer did before the keys existed
     return flat
 
 

@@ -158,7 +158,7 @@ def test_test_clip_count(
     item = Item(make_video(tmp_path / "v.avi", num_frames=frames, size=(48, 64)), 0, "v.avi")
     clips = TestClips([item], cache, 30, 48, clip_frames, 32)
     assert len(clips) == expected == -(-frames // clip_frames)
-    assert clips.clips == [(0, start) for start in range(0, frames, clip_frames)]
+    assert clips.clips == [(0, start, None) for start in range(0, frames, clip_frames)]
 
 
 def test_test_clips_cover_videos_with_centre_crop_and_padded_tail(
@@ -166,7 +166,7 @@ def test_test_clips_cover_videos_with_centre_crop_and_padded_tail(
 ) -> None:
     clips = TestClips(videos, cache, fps=30, short_side=48, clip_frames=13, crop=32)
     assert clips.num_videos == 5 and len(clips) == 3 + 1 + 1 + 1 + 4
-    assert [v for _, v in clips.clips] == [0, 13, 26, 0, 0, 0, 0, 13, 26, 39]
+    assert [v for _, v, _ in clips.clips] == [0, 13, 26, 0, 0, 0, 0, 13, 26, 39]
     frames = np.asarray(cache.get(videos[0].path, 30, 48))  # (30, 48, 64, 3)
     last, label, video = clips[2]  # frames 26..29 looped
     assert (label, video) == (videos[0].label, 0)
@@ -252,4 +252,4 @@ def test_test_loader_keeps_every_clip_in_order(videos: list[Item], cache: FrameC
     clips = TestClips(videos, cache, 30, 48, 13, 32)
     loader = make_loader(clips, batch_size=4, shuffle=False, workers=0, device="cpu", seed=0)
     seen = [int(v) for _, _, video in loader for v in video]
-    assert seen == [v for v, _ in clips.clips]
+    assert seen == [v for v, *_ in clips.clips]

@@ -7,6 +7,7 @@ w_track = 20) plus a seed-dependent wobble, so the race's outcome is known in ad
 from __future__ import annotations
 
 import json
+import random
 import subprocess
 import sys
 from collections.abc import Callable
@@ -19,7 +20,7 @@ import yaml
 from mtsearch.errors import InvalidInput
 from mtsearch.results.ablation import ablation
 from mtsearch.results.report import Study, leaderboard, load_study
-from mtsearch.results.stats import holm, lattice_step, paired_p_two_sided
+from mtsearch.results.stats import holm, lattice_step, paired_p_two_sided, summarize
 from mtsearch.search.confirm import SEED_BASE, Contender, Race, eliminate, race, read_scores
 from mtsearch.search.driver import run_search
 from mtsearch.space import space_from_mapping
@@ -80,7 +81,8 @@ def test_racing_drops_clearly_worse_configurations_early(tmp_path: Path, ray_add
                                                                   for s in seeds)
     assert any("dropped, #1 scores better (racing decision, adjusted p = " in line for line in said)
     assert result.verdict().startswith("config #1 scores higher than #")
-    assert " points, n = 3)" in result.verdict()
+    assert " points, adjusted for the race's pairs and looks (this pair at " in result.verdict()
+    assert result.verdict().endswith("%), n = 3)")
     # the child study is an ordinary grid study: report and leaderboard read it
     child = load_study(parent / "confirm")
     report = ablation(child)
@@ -109,6 +111,9 @@ def _check_export(parent: Path) -> None:
         assert part in card, part
     card = export("--from-confirm")
     assert "`mtsearch confirm` on" in card and "search rank #1 won" in card
+    assert " seed-runs spent): search rank #1 won" in card
+    saved = json.loads((parent / "confirm" / "race.json").read_text())
+    assert (saved["seed_runs"], saved["seed_runs_max"]) == (9, 3 * 5)  # dropped after 3 of 5 seeds
     exported = yaml.safe_load((parent / "best.yaml").read_text())
     assert exported["seed"] == SEED_BASE and exported["loss"]["w_track"] == 20.0
 
@@ -118,11 +123,17 @@ def test_a_close_race_spends_every_seed_and_says_so(tmp_path: Path, ray_address:
     logs.mkdir()
     fit = make_fit(logs, wobble=0.4)  # the wobble drowns the 0.3 gap
     parent = _parent(tmp_path, ray_address, fit)
-    result = race(parent, top=2, seeds=3, address=ray_address, trainable_fn=fit)
+    said: list[str] = []
+    result = race(parent, top=2, seeds=3, first_test=3, log=said.append, address=ray_address, trainable_fn=fit)
     assert all(len(c.scores) == 3 for c in result.contenders)
-    assert result.verdict().startswith("no significant difference between #1 and #2 (95% CI ")
-    assert result.verdict().endswith(", n = 3)")
+    assert said[0].startswith("a fixed-n comparison: --seeds 3 = --first-test, so the race tests once"), said
+    verdict = result.verdict()
+    assert verdict.startswith("no significant difference between #1 and #2 (95% CI "), verdict
+    assert "adjusted for the race's pairs and looks (this pair at 95%), n = 3; racing decision" in verdict
+    assert result.seed_runs() == 6
     with pytest.raises(InvalidInput, match="already exists; add --resume"):
+        race(parent, top=2, seeds=3, first_test=3, address=ray_address, trainable_fn=fit)
+    with pytest.raises(InvalidInput, match="below --first-test 5: the race would never test"):
         race(parent, top=2, seeds=3, address=ray_address, trainable_fn=fit)
 
 
@@ -208,3 +219,67 @@ def test_the_test_line_quotes_the_counterpart_of_the_raced_metric():
     race_.contenders[0].tests = {SEED_BASE: 0.7, SEED_BASE + 1: 0.8}
     assert race_.test_metric == "test_hit5"
     assert "(test_hit5, final weights, never raced on), #1 scores 75.0%" in race_.test_line()
+
+
+def _hit1_race(rng: random.Random, k: int, seeds: int, gap: float) -> dict[int, list[float]]:
+    """Hit@1 on 50 videos: a shared seed effect, each configuration's own noise, #1 ahead by `gap`."""
+    shared = [rng.gauss(0.0, 0.04) for _ in range(seeds)]
+    return {r: [min(1.0, max(0.0, round((0.6 + shared[i] + rng.gauss(0.0, 0.04) - (gap if r > 1 else 0.0))
+                                        * 50) / 50)) for i in range(seeds)] for r in range(1, k + 1)}
+
+
+def _drop_p(scores: dict[int, list[float]], failed: dict[int, set[int]],
+            first_test: int) -> tuple[bool, float | None]:
+    race_ = _race(scores, first_test=first_test)
+    for c in race_.contenders:
+        c.failed = {SEED_BASE + i for i in failed.get(c.rank, set())}
+        for seed in c.failed:
+            c.scores[seed] = 0.0  # as read_scores stores a failure: the worst Hit@1
+    if race_.leader().rank == 2:
+        return False, None  # #2 leads: it is not tested
+    eliminate(race_, 0.05, len(race_.seeds))
+    second = race_.contenders[1]
+    return second.dropped_after is not None, second.p_adjusted
+
+
+def test_a_failed_seed_never_makes_its_configuration_harder_to_drop():
+    """The same race with and without one failed run of #2 (its seed's score lost), over many
+    random races: #2's racing p is never higher with the failure, so it is never less likely to be
+    dropped. Scoring the failure as the worst value broke this: the spread it added hid a real gap."""
+    rng = random.Random(7)
+    compared = worse = 0
+    for draw in range(1500):
+        k, seeds = rng.choice([2, 3]), rng.choice([5, 6, 8])
+        scores = _hit1_race(rng, k, seeds, gap=rng.choice([0.0, 0.02, 0.04, 0.08]))
+        lost = rng.randrange(seeds)
+        failed = {2: {lost}} if rng.random() < 0.7 else {2: {lost}, 1: {rng.randrange(seeds)}}
+        base_failed = {r: f - {lost} if r == 2 else f for r, f in failed.items()}
+        (dropped_before, without), (dropped_after, with_failure) = (
+            _drop_p(scores, base_failed, 5), _drop_p(scores, failed, 5))
+        assert dropped_after or not dropped_before, (draw, scores, failed)
+        if without is None or with_failure is None:
+            continue  # #2 led the race without the failure: it was not tested
+        compared += 1
+        assert with_failure <= without + 1e-12, (draw, scores, failed, without, with_failure)
+        worse += with_failure < without - 1e-9
+    assert compared > 1000 and worse > compared // 2
+
+
+def test_the_verdict_quotes_the_interval_its_decision_used():
+    """Three configurations, #2 a little behind: the plain paired 95% CI excludes zero, yet the
+    race (Holm over 3 pairs) keeps #2; the verdict's interval, at the adjusted level, holds zero."""
+    scores = {1: [0.62, 0.60, 0.66, 0.58, 0.64], 2: [0.58, 0.60, 0.60, 0.56, 0.60],
+              3: [0.40, 0.42, 0.38, 0.40, 0.44]}
+    race_ = _race(scores, first_test=5)
+    plain = summarize(a - b for a, b in zip(scores[1], scores[2]))
+    assert plain.low > 0  # the unadjusted interval alone would read as a difference
+    dropped = eliminate(race_, 0.05, 5)
+    assert [c.rank for c in dropped] == [3]
+    low, high, level = race_.decision_interval(race_.contenders[1])
+    assert low < 0 < high and level > 0.95
+    verdict = race_.verdict()
+    assert verdict.startswith("no significant difference between #1 and #2 (95% CI "), verdict
+    assert f"{low * 100:+.1f} to {high * 100:+.1f} points, adjusted for the race's pairs and looks" in verdict
+    # and where the race drops, the same interval excludes zero
+    low3, high3, _ = race_.decision_interval(race_.contenders[2])
+    assert low3 > 0

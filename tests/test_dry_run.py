@@ -58,3 +58,22 @@ def test_space_yaml_fills_the_defaults_no_searched_key_changes():
     # the written file reads back to the same study
     again = space_from_mapping(yaml.safe_load(spec.to_yaml()), "space.yaml")
     assert again.identity() == spec.identity()
+
+
+def test_dry_run_prints_the_frame_cache_each_setting_needs(tmp_path: Path, small_set: Path):
+    space = tmp_path / "fps.yaml"
+    space.write_text(yaml.safe_dump({
+        "name": "fps", "base": {"model.preset": "tiny", "data.dataset": "synthetic", "data.root": str(small_set),
+                                "data.cache_dir": str(tmp_path / "cache")},
+        "search": {"num_samples": 2}, "space": {"data.fps": {"choice": [15, 30]}}}))
+    before = _files(tmp_path)
+    done = subprocess.run([sys.executable, "-m", "mtsearch", "run", str(space), "--dry-run",
+                           "--trials-dir", str(tmp_path / "trials")],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert _files(tmp_path) == before  # estimated from headers and a few frames: nothing written
+    lines = [line for line in done.stdout.splitlines() if line.startswith("frame cache at")]
+    assert [line.split(":")[0] for line in lines] == ["frame cache at 15 fps, short side 102, jpeg q90",
+                                                      "frame cache at 30 fps, short side 102, jpeg q90"]
+    assert all(" for 20 videos (0 B cached); " in line and f"free on {tmp_path / 'cache' / 'frames'}" in line
+               for line in lines), lines

@@ -183,6 +183,8 @@ def test_a_bad_space_or_grid_file_is_one_error_line(tmp_path, command, content, 
 BAD_CONFIRMS = [
     ("top-0", ["--top", "0"], "error: --top: a race needs at least 2 configurations (got 0)"),
     ("seeds-1", ["--seeds", "1"], "error: --seeds: a paired test needs at least 2 seeds (got 1)"),
+    ("seeds-below-first-test", ["--seeds", "3"],
+     "error: --seeds: below --first-test 5: the race would never test, so it could drop nothing"),
     ("alpha-1.5", ["--alpha", "1.5"], "error: --alpha: must be between 0 and 1 (got 1.5)"),
     ("connect-timeout-0", ["--connect-timeout", "0"], "argument --connect-timeout: must be a positive number"),
     ("not-a-study", ["FOLDER"], "trials.parquet: not found: this folder holds no study results yet"),

@@ -22,6 +22,7 @@ from typing import Any
 import optuna
 import pyarrow.parquet as pq
 import pytest
+from tmpfs import grow, mounted_tmpfs
 
 from mtsearch.search.driver import run_search
 from mtsearch.space import space_from_mapping
@@ -183,22 +184,12 @@ def test_a_failing_configuration_is_a_result_retried_only_within_max_failures(tm
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """An 8 MB tmpfs at tmp_path/disk, unmounted afterwards; grown with `_grow`."""
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root")
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(disk)],
-                             capture_output=True, text=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
-    try:
+    with mounted_tmpfs(tmp_path / "disk", "8m") as disk:
         yield disk
-    finally:
-        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
 
 
 def _grow(disk: Path) -> None:
-    subprocess.run(["mount", "-o", "remount,size=400m", str(disk)], check=True)
+    grow(disk, "400m")
 
 
 DRIVER = """\

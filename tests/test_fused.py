@@ -10,6 +10,7 @@ from figures import TIMING, same_figure
 
 from mtsearch.config import TrialConfig
 from mtsearch.errors import InvalidInput
+from mtsearch.metrics import TEST_METRICS
 from mtsearch.train import fit
 from mtsearch.train.checkpoint import CHECKPOINT_FILE
 from mtsearch.train.fit import FitResult
@@ -110,7 +111,7 @@ def test_fused_slots_resume_each_from_its_own_checkpoint(small_set: Path, tmp_pa
         assert isinstance(result, FitResult) and result.epochs_done == 3
         # the 1-epoch run met the test split after epoch 1; the straight run only after epoch 3
         rows_f, rows_a = _rows(result.history), _rows(alone.history)
-        rows_f[0] = {**rows_f[0], "test_hit1": None, "test_hit5": None}
+        rows_f[0] = {**rows_f[0], **dict.fromkeys(TEST_METRICS)}
         result.history = rows_f
         alone.history = rows_a
         _assert_same_run(result, alone, dirs[k], tmp_path / f"alone{k}")

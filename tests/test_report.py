@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import random
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ import pytest
 from mtsearch.cli import render
 from mtsearch.errors import InvalidInput
 from mtsearch.results import ablation, importance, report
+from mtsearch.results.stats import NO_DIFFERENCE
 from mtsearch.yamlio import dump_yaml
 
 EPOCH_FIELDS = (
@@ -417,16 +419,22 @@ def test_ablation_paired_verdicts_and_exclusions(tmp_path: Path) -> None:
     bad = next(c for c in result.cells if c.cell == "model.branches=cls+dir")
     assert bad.n == 3 and bad.not_counted == {"diverged": 1}
     assert result.reading.startswith("Against the reference model.branches=cls")
-    assert (
-        "helps: model.branches=cls+track+dir (+10.0 points, 95% CI +7.5 to +12.5)" in result.reading
-    )
+    # Holm over the 3 comparisons: the helping cell's p doubled (second smallest), its CI widened to
+    # match (97.5% alone); the plain 95% interval was +7.5 to +12.5
+    assert ("helps: model.branches=cls+track+dir (+10.0 points, 95% CI +6.4 to +13.6, p = 0.0033, "
+            "Holm p = 0.0066)") in result.reading, result.reading
+    assert "Holm over the table's 3 comparisons; CIs adjusted to match" in result.reading
 
 
 def test_ablation_renderings(tmp_path: Path) -> None:
     result = ablation.ablation(report.load_study(write_grid_study(tmp_path, TWO_BY_TWO)))
     md = render.ablation_markdown(result)
     assert "| model.branches | n |" in md and "| cls (ref) | 2 | 45.0 ± 7.1 |" in md
-    assert "[-12.4, +38.4]" in md  # Δ best 95% CI in points: 13 ± 25.41
+    assert "Δ best" not in md  # biased toward the noisier cell: only with --optimistic
+    assert "| 0.097 / 0.097 | no significant difference |" in md  # p and Holm p (one comparison)
+    optimistic = render.ablation_markdown(result, optimistic=True)
+    assert "[-12.4, +38.4]" in optimistic  # Δ best 95% CI in points: 13 ± 25.41
+    assert "Δ best epoch vs ref (%) (optimistic: biased toward the noisier cell)" in optimistic
     assert md.rstrip().endswith(".")
     rows = render.ablation_csv(result).splitlines()
     assert rows[0].startswith("cell,is_reference,n,seeds,best_mean")
@@ -516,3 +524,65 @@ def test_the_leaderboard_ranks_by_the_final_score_optuna_was_told(tmp_path: Path
     board = report.leaderboard(study)
     assert [r["trial_id"] for r in board.rows] == ["b2", "b1"]
     assert board.rows[1]["best_val_hit1"] == pytest.approx(0.70) and board.rows[1]["val_hit1"] == pytest.approx(0.40)
+
+
+def test_a_failed_run_never_makes_its_cell_look_better():
+    """The same table with and without one failed run of a cell, over many random tables (Hit@1 on
+    50 videos): its "helps" p never falls and its "hurts" p never rises, so a failure can only
+    turn a verdict against its cell. Leaving failed runs out, as before, judged a cell on its
+    survivors."""
+    rng = random.Random(3)
+    hit = lambda v: min(1.0, max(0.0, round(v * 50) / 50))  # noqa: E731
+    order = {"helps": 2, NO_DIFFERENCE: 1, "too few pairs": 1, "hurts": 0}
+    changed = 0
+    for draw in range(800):
+        seeds = rng.choice([3, 4, 5, 6])
+        shared = [rng.gauss(0.0, 0.05) for _ in range(seeds)]
+        gap = rng.choice([-0.06, -0.02, 0.0, 0.02, 0.06])
+        ref = {s: hit(0.5 + shared[s] + rng.gauss(0.0, 0.03)) for s in range(seeds)}
+        cell = {s: hit(0.5 + gap + shared[s] + rng.gauss(0.0, 0.03)) for s in range(seeds)}
+        other = {s: hit(0.5 + shared[s] + rng.gauss(0.0, 0.03)) for s in range(seeds)}
+        lost = rng.randrange(seeds)
+        ref_failed = frozenset({rng.randrange(seeds)}) if rng.random() < 0.3 else frozenset()
+        reference = ablation.CellScores(ref, ref_failed)
+        before = ablation.compare_cells(reference, {"a": ablation.CellScores(cell), "b": ablation.CellScores(other)}, "max")
+        after = ablation.compare_cells(
+            reference, {"a": ablation.CellScores({**cell, lost: None}, frozenset({lost})),
+                        "b": ablation.CellScores(other)}, "max")
+        a0, a1 = before["a"], after["a"]
+        assert order[a1.verdict] <= order[a0.verdict], (draw, a0, a1)
+        if a0.p is not None and a1.p is not None:
+            helped_before = a0.mean is not None and a0.mean > 0
+            helped_after = a1.mean is not None and a1.mean > 0
+            if helped_before and helped_after:
+                assert a1.p >= a0.p - 1e-12, (draw, a0, a1)
+            changed += a1.verdict != a0.verdict
+    assert changed > 10
+
+
+def test_equal_paired_differences_of_a_stepped_metric_get_no_verdict():
+    """Hit@1 on 50 videos: the cell one video ahead on each of 3 seeds. The differences are all
+    equal, so their sd is 0 and the old table printed a zero-width CI and "helps"; the spread is
+    now never below what rounding to the step gives."""
+    reference = ablation.CellScores({0: 0.50, 1: 0.56, 2: 0.44})
+    ahead = ablation.CellScores({0: 0.52, 1: 0.58, 2: 0.46})
+    (result,) = ablation.compare_cells(reference, {"a": ahead}, "max").values()
+    assert result.verdict == NO_DIFFERENCE and result.interval.low < 0 < result.interval.high
+    clearly = ablation.CellScores({0: 0.70, 1: 0.74, 2: 0.66})  # +0.20, +0.18, +0.22
+    (result,) = ablation.compare_cells(reference, {"a": clearly}, "max").values()
+    assert result.verdict == "helps" and result.interval.low > 0
+
+
+def test_holm_over_a_tables_comparisons():
+    """Seven cells: one clearly better, six equal to the reference. Alone, each comparison's p is
+    what it is; the verdict reads its Holm-adjusted p, shown beside it."""
+    rng = random.Random(11)
+    reference = ablation.CellScores({s: 0.5 + 0.01 * s for s in range(5)})
+    cells = {f"c{i}": ablation.CellScores({s: 0.5 + 0.01 * s + rng.gauss(0, 0.01) for s in range(5)})
+             for i in range(6)}
+    cells["better"] = ablation.CellScores({s: 0.6 + 0.01 * s + rng.gauss(0, 0.005) for s in range(5)})
+    out = ablation.compare_cells(reference, cells, "max", metric="loss")
+    assert out["better"].verdict == "helps"
+    ranked = sorted(out.values(), key=lambda c: c.p)
+    assert ranked[0].p_holm == pytest.approx(min(1.0, 7 * ranked[0].p))
+    assert all(c.p_holm >= c.p for c in out.values())

@@ -32,10 +32,12 @@ from mtsearch.space import space_from_mapping
 REPO = Path(__file__).resolve().parents[1]
 SPEC_TRIAL_COLUMNS = {"trial_id", "status", "error", "seed", "epochs_done", "best_epoch", "best_val_hit1",
                       "best_val_hit5", "test_hit1", "test_hit5", "wall_s", "peak_mem_gib", "gpu_share",
-                      "device", "restarts", "machine_fault", "fuse_group", "fuse_k", "config"}
+                      "device", "restarts", "machine_fault", "fuse_group", "fuse_k", "config",
+                      "test_mean_class_acc", "test_views"}
 SPEC_EPOCH_COLUMNS = ["trial_id", "epoch", "loss", "loss_cls", "loss_track", "loss_dir", "train_hit1", "val_hit1",
                       "val_hit5", "dir_acc", "lr", "epoch_s", "clips_per_s", "data_wait", "test_hit1",
-                      "test_hit5", "track_feat_cos", "track_err_px", "track_gain", "cycle_gain"]
+                      "test_hit5", "track_feat_cos", "track_err_px", "track_gain", "cycle_gain",
+                      "val_mean_class_acc", "test_mean_class_acc"]
 
 
 def make_fit(log_dir: Path, epoch_s: float = 0.2, fail_w: float | None = None,
@@ -377,7 +379,7 @@ def test_cli_real_trainer_interrupt_and_resume(tmp_path: Path, ray_address: str,
     # issue 11 with the real trainer: race the two over two fresh seeds, then export the card
     study = str(tmp_path / "trials" / "tiny")
     race = subprocess.run([sys.executable, "-m", "mtsearch", "confirm", study, "--top", "2", "--seeds", "2",
-                           "--address", ray_address], capture_output=True, text=True, timeout=600)
+                           "--first-test", "2", "--address", ray_address], capture_output=True, text=True, timeout=600)
     assert race.returncode == 0, race.stdout + race.stderr
     assert "over seeds 1000..1001" in race.stdout  # the table's title (its columns wrap at 80)
     assert "no significant difference" in race.stdout or "scores higher" in race.stdout

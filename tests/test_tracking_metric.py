@@ -99,7 +99,7 @@ def test_truth_follows_the_pixels_of_decoded_clips(built_in):
 def test_truth_skips_what_cannot_be_followed(built_in):
     cfg, clips = built_in
     truth = _truth(cfg, clips)
-    names = [clips.items[video].path.parent.name for video, _ in clips.clips]
+    names = [clips.items[video].path.parent.name for video, *_ in clips.clips]
     for row in torch.nonzero(truth.rows).flatten().tolist():
         # the patch lies inside the crop in the target frame
         centre = truth.patch_theta[row, :, 2]

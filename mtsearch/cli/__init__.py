@@ -99,12 +99,15 @@ def _result_commands(sub: Any) -> None:
     p.add_argument("study", metavar="trials/NAME")
     p.add_argument("--format", choices=["table", "md", "csv", "json"], default="table",
                    help="table for people (default); md, csv, json for machines (raw fractions)")
+    p.add_argument("--optimistic", action="store_true",
+                   help="also the best-epoch Δ columns (biased toward the noisier cell)")
     p.set_defaults(handler="results:cmd_report")
 
     p = sub.add_parser("confirm", help="race a study's top configurations over seeds")
     p.add_argument("study", metavar="trials/NAME")
     p.add_argument("--top", type=int, default=3, help="configurations in the race (default 3)")
-    p.add_argument("--seeds", type=int, default=5, help="at most this many seeds each (default 5)")
+    p.add_argument("--seeds", type=int, default=10, help="at most this many seeds each (default 10: "
+                   "above --first-test, where racing can stop early)")
     p.add_argument("--alpha", type=float, default=0.05,
                    help="the race's error rate, spent over its rounds and pairs (default 0.05)")
     p.add_argument("--first-test", type=int, default=5, metavar="N",
@@ -148,7 +151,7 @@ def _run_alone_commands(sub: Any) -> None:
 
 
 def _data_commands(sub: Any) -> None:
-    """`data synth` and `data check`."""
+    """`data synth`, `data check` and `data cache`."""
     data = sub.add_parser("data", help="datasets: write the synthetic set, check a dataset")
     data_sub = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND", parser_class=_Parser)
     p = data_sub.add_parser("synth", help="write the built-in synthetic dataset")
@@ -159,10 +162,11 @@ def _data_commands(sub: Any) -> None:
     p.set_defaults(handler="data:cmd_synth")
     p = data_sub.add_parser("check", help="index a dataset; counts per class and unreadable videos")
     p.add_argument("root", metavar="ROOT", nargs="?", help="dataset root (synthetic: default cache)")
-    p.add_argument("--dataset", choices=["hmdb51", "ucf101", "list", "synthetic"], default=None,
-                   help="layout (default: detected from ROOT; synthetic without ROOT)")
+    p.add_argument("--dataset", choices=["hmdb51", "ucf101", "kinetics", "ssv2", "list", "synthetic"],
+                   default=None, help="layout (default: detected from ROOT; synthetic without ROOT)")
     p.add_argument("--split", type=int, choices=[1, 2, 3], default=1)
-    p.add_argument("--fps", type=float, default=None, help="also check length at this fps")
+    p.add_argument("--fps", type=float, default=None,
+                   help="frame rate the clips are read at (default: data.fps's default for the dataset)")
     p.add_argument("--clip-frames", type=int, default=13, help="frames a clip needs (default 13)")
     p.add_argument("--val-fraction", type=float, default=0.2,
                    help="validation videos carved from training (data.val_fraction; default 0.2)")
@@ -170,7 +174,21 @@ def _data_commands(sub: Any) -> None:
                    help="list that part's videos, one per line, and stop (audit the split)")
     p.add_argument("--decode", action="store_true",
                    help="decode every video in full (slow; finds damage the headers hide)")
+    p.add_argument("--short-side", type=int, default=256,
+                   help="data.short_side the cache size is estimated at (default 256, thesis)")
+    p.add_argument("--cache-format", choices=["jpeg", "raw"], default="jpeg",
+                   help="data.cache_format the cache size is estimated for (default jpeg)")
+    p.add_argument("--cache-dir", default=None, help="data.cache_dir (default: $MTSEARCH_CACHE or "
+                   "~/.cache/mtsearch)")
     p.set_defaults(handler="data:cmd_check")
+    p = data_sub.add_parser("cache", help="the frame cache's size per dataset and setting; --clean "
+                            "removes entries of videos that changed or vanished")
+    p.add_argument("--cache-dir", default=None, help="data.cache_dir (default: $MTSEARCH_CACHE or "
+                   "~/.cache/mtsearch)")
+    p.add_argument("--clean", action="store_true",
+                   help="remove the entries of videos that changed or vanished (and old temp files)")
+    p.add_argument("--all", action="store_true", help="with --clean: remove every entry")
+    p.set_defaults(handler="data:cmd_cache")
     data.set_defaults(handler=None, _help=data.print_help)
 
 

@@ -40,23 +40,26 @@ def cmd_confirm(args: argparse.Namespace) -> int:
     leader = result.leader()
     table = Table(title=f"confirm: {result.metric} ({result.mode}) over seeds "
                         f"{result.seeds[0]}..{result.seeds[-1]}, final epoch")
-    for column in ("config", *leader.values, "seeds", "mean ± 95% CI", f"Δ vs {leader.label} (95% CI)",
-                   "dropped"):
+    for column in ("config", *leader.values, "seeds", "mean ± 95% CI",
+                   f"{leader.label} - it (the test's interval)", "dropped"):
         table.add_column(column)
     for c in result.contenders:
         s = c.summary()
         mean = "—" if s.mean is None else f"{s.mean * scale:.1f}{unit}" + (
             f" ± {s.half_width * scale:.1f}" if s.half_width is not None else "")
-        d = result.delta(c, leader)
-        delta = "leader" if c is leader else ("—" if d.mean is None else f"{d.mean * scale:+.1f}" + (
-            f" ({d.low * scale:+.1f}, {d.high * scale:+.1f})" if d.low is not None else ""))
+        delta = "leader" if c is leader else _tested(result, c, scale)
         dropped = "—" if c.dropped_after is None else \
             f"after {c.dropped_after} seeds (racing p = {c.p_adjusted:.3g})"
         values = (fmt_number(v) if isinstance(v, float) else str(v) for v in c.values.values())
-        seeds = str(len(c.scores)) + (f" ({len(c.failed)} failed: scored worst)" if c.failed else "")
+        seeds = str(len(c.scores)) + (f" ({len(c.failed)} failed: counted against it)" if c.failed else "")
         table.add_row(c.label, *values, seeds, mean, delta, dropped)
     console.print(table)
+    console.print("the interval is the one the racing test used: 95% adjusted for the pairs and "
+                  "looks, so it holds 0 exactly when the configuration was kept", markup=False, highlight=False)
     console.print(result.verdict() + ".", markup=False, highlight=False)
+    console.print(f"seed-runs: {result.seed_runs()} of {len(result.contenders) * len(result.seeds)} "
+                  f"({len(result.contenders)} configurations x {len(result.seeds)} seeds)",
+                  markup=False, highlight=False)
     if result.test_line():
         console.print(result.test_line() + ".", markup=False, highlight=False)
     if result.interrupted:
@@ -65,3 +68,15 @@ def cmd_confirm(args: argparse.Namespace) -> int:
     console.print(f"results: {result.study_dir} (mtsearch report / leaderboard / plot read it)",
                   markup=False, highlight=False)
     return EXIT_OK
+
+
+def _tested(result: Any, contender: Any, scale: float) -> str:
+    """The leader's lead over a contender with the interval of its latest racing test; the
+    plain paired mean where no test was made yet."""
+    decided = result.decision_interval(contender)
+    test = contender.test
+    if decided is None or test is None or test.mean is None:
+        d = result.delta(result.leader(), contender)
+        return "—" if d.mean is None else f"{d.mean * scale:+.1f} (not tested)"
+    low, high, level = decided
+    return f"{test.mean * scale:+.1f} ({low * scale:+.1f}, {high * scale:+.1f}; {level * 100:.4g}%)"

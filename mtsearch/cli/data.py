@@ -144,6 +144,108 @@ def _print_problems(out: Console, checks: list[Any], clip_frames: int, fps: floa
             out.print(f"  ... and {len(short) - _SHORT_SHOWN} more", highlight=False)
 
 
+def _print_listing(out: Console, index: Any, checks: list[Any]) -> None:
+    """Listed, missing on disk, unreadable, usable: the counts a copy of a dataset is judged by."""
+    from mtsearch.data.datasets import COUNT_MISSING
+
+    missing = index.missing
+    if missing and index.dataset in COUNT_MISSING:  # not warned one by one: named here
+        out.print(f"[yellow]listed but missing on disk ({len(missing)}), skipped:[/]")
+        for name in sorted(missing)[:_SHORT_SHOWN]:
+            out.print(f"  {name}", markup=False, highlight=False, soft_wrap=True)
+        if len(missing) > _SHORT_SHOWN:
+            out.print(f"  ... and {len(missing) - _SHORT_SHOWN} more", highlight=False)
+    elif missing:
+        out.print(f"[yellow]listed but missing on disk: {len(missing)}[/] (named above)")
+    unreadable = sum(not c.usable for c in checks)
+    out.print(f"listed {index.listed_count}: {len(missing)} missing on disk, {unreadable} unreadable, "
+              f"{len(checks) - unreadable} usable", highlight=False)
+    for name, count in index.unused.items():
+        out.print(f"{name}: {count} listed, not used (no labels to test against)", highlight=False, soft_wrap=True)
+
+
+def _print_flips(out: Console, index: Any) -> None:
+    """The mirrored class pairs `data.flip: swap` exchanges, and the classes it never flips."""
+    from mtsearch.config import TrialConfig
+    from mtsearch.data.flips import mirror_pairs, one_sided
+
+    pairs = mirror_pairs(index.classes)
+    if not pairs and index.dataset != "ssv2":
+        return
+    default = TrialConfig.from_mapping({"data.dataset": index.dataset}).flip
+    out.print(f"flip pairs ({len(pairs)}; data.flip: swap gives a flipped clip its mirror's class; "
+              f"default here: {default}):", highlight=False, soft_wrap=True)
+    for a, b in pairs:
+        out.print(f"  {index.classes[a]} <-> {index.classes[b]}", markup=False, highlight=False,
+                  soft_wrap=True)
+    sided = one_sided(index.classes)
+    if sided:
+        out.print(f"naming a side without a mirrored class ({len(sided)}), never flipped under swap: "
+                  + "; ".join(index.classes[c] for c in sided), markup=False, highlight=False,
+                  soft_wrap=True)
+
+
+def _print_cache_need(out: Console, err: Console, args: argparse.Namespace, index: Any,
+                      checks: list[Any]) -> None:
+    """The frame cache the dataset needs at these settings, and whether the disk has it."""
+    from dataclasses import replace
+
+    from mtsearch.config import TrialConfig
+    from mtsearch.data.cache import FrameCache
+    from mtsearch.data.cache_usage import estimate_need
+    from mtsearch.files import human_bytes
+    from mtsearch.paths import frames_dir
+
+    fps = args.fps if args.fps is not None else TrialConfig.from_mapping({"data.dataset": index.dataset}).fps
+    if args.fps is None and fps is not None:  # checked at the source rate: count frames at `fps`
+        checks = [replace(c, frames=math.ceil(c.frames * min(1.0, fps / c.rate)))
+                  if c.usable and c.frames and c.rate else c for c in checks]
+    cache = FrameCache(frames_dir(args.cache_dir), format=args.cache_format)
+    need = estimate_need(checks, cache, fps, args.short_side)
+    at = "source fps" if fps is None else f"{fps:g} fps"
+    how = (f"measured on {need.sampled} of its videos" if cache.format == "jpeg" else "exact")
+    fmt = f"jpeg q{cache.quality}" if cache.format == "jpeg" else "raw"
+    free = f"{human_bytes(need.free)} free" if need.free is not None else "free space unknown"
+    out.print(f"frame cache at {at}, short side {args.short_side}, {fmt} ({how}): needs "
+              f"{human_bytes(need.total)} for {need.videos} videos, {human_bytes(need.cached)} of it "
+              f"cached; {free} on {cache.root}", highlight=False, soft_wrap=True)
+    if not need.fits:
+        err.print(f"[yellow]warning:[/] the frame cache will not fit: {human_bytes(need.missing)} more "
+                  f"needed, {human_bytes(need.free)} free on {cache.root}; set data.cache_dir (--cache-dir) "
+                  "to a larger disk" + (", or use data.cache_format: jpeg" if cache.format == "raw" else ""),
+                  highlight=False, soft_wrap=True)
+
+
+def cmd_cache(args: argparse.Namespace) -> int:
+    """The cache's entries per dataset and setting; `--clean` removes what nothing can read."""
+    from mtsearch.data.cache_usage import clean, inventory
+    from mtsearch.files import human_bytes
+    from mtsearch.paths import frames_dir
+
+    if args.all and not args.clean:
+        raise InvalidInput(None, "--all", "goes with --clean (remove every entry)")
+    out = Console()
+    root = frames_dir(args.cache_dir)
+    if args.clean:
+        removed, freed = clean(root, everything=args.all)
+        out.print(f"removed {removed} files ({human_bytes(freed)}) from {root}", highlight=False,
+                  soft_wrap=True)
+    groups = inventory(root)
+    table = Table(title=f"frame cache: {root}")
+    for column in ("dataset", "setting", "entries", "size", "stale"):
+        table.add_column(column, justify="left" if column in ("dataset", "setting") else "right")
+    for group in groups:
+        stale = f"{group.stale} ({human_bytes(group.stale_bytes)})" if group.stale else ""
+        table.add_row(group.dataset, group.setting, str(group.entries), human_bytes(group.bytes), stale)
+    out.print(table)
+    total = sum(g.bytes for g in groups)
+    stale = sum(g.stale_bytes for g in groups)
+    out.print(f"{sum(g.entries for g in groups)} entries, {human_bytes(total)}"
+              + (f"; {human_bytes(stale)} stale (videos changed or gone): mtsearch data cache --clean"
+                 if stale else ""), highlight=False, soft_wrap=True)
+    return EXIT_OK
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     from mtsearch.data.datasets import LAYOUTS, check_videos, detect_layout, load_index
     from mtsearch.data.splits import carve
@@ -187,8 +289,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     usable_train = sum(c.usable for c in train_checks)
     usable_test = sum(c.usable for c in test_checks)
     _print_problems(out, checks, args.clip_frames, args.fps)
-    if index.missing:
-        out.print(f"[yellow]listed but missing on disk: {len(index.missing)}[/] (named above)")
+    _print_listing(out, index, checks)
+    _print_flips(out, index)
     out.print(f"validation: the whole {GROUPING.get(index.dataset, 'files')} that come closest to "
               f"{args.val_fraction:g} of each class's training videos, the same for every trial of split "
               f"{args.split} (data.val_fraction; list them with --show-split val)", highlight=False,
@@ -210,6 +312,7 @@ def cmd_check(args: argparse.Namespace) -> int:
               f"val {val_usable}/{sum(in_val)}, test {usable_test}/{len(test_checks)}), "
               f"{len(index.classes)} classes; checked in {seconds:.1f} s ({how})",
               highlight=False, soft_wrap=True)
+    _print_cache_need(out, err, args, index, checks)
     if usable_train == 0 or usable_test == 0:
         counts = (("train", usable_train), ("test", usable_test))
         empty = " and ".join(name for name, count in counts if count == 0)

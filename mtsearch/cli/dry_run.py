@@ -40,7 +40,76 @@ def dry_run(spec: SpaceSpec, trials_dir: Path, say: Any) -> int:
     say(f"disk: up to {human_bytes(need.total)} of checkpoints ({need.checkpoints} of "
         f"{human_bytes(need.checkpoint_bytes)}, {need.how}: {spec.storage.keep_checkpoints} kept + 2 per "
         f"running trial)" + (f"; {human_bytes(free)} free" if free is not None else ""))
+    for line in cache_lines(spec):
+        say(line)
     return 0
+
+
+# keys that choose a trial's frame-cache entries: each distinct setting is its own copy of the data
+_CACHE_KEYS = frozenset({"data.fps", "data.short_side", "data.crop", "data.cache_format",
+                         "data.cache_quality", "data.cache_dir"})
+
+
+def cache_settings(spec: SpaceSpec) -> list[Any]:
+    """One config per distinct frame-cache setting the space can produce (a range: both ends)."""
+    import itertools
+
+    from mtsearch.distributions import expand_params, factor_keys
+
+    levels: dict[str, list[Any]] = {}
+    for factor, dist in spec.space.items():
+        if set(factor_keys(factor)) & _CACHE_KEYS:
+            ranged = dist.kind in ("int", "logint", "uniform", "loguniform")
+            levels[factor] = list(dist.values[:2]) if ranged else list(dist.values)
+    settings: dict[tuple[Any, ...], Any] = {}
+    for combo in itertools.product(*levels.values()):
+        cfg = spec.trial_config(expand_params(dict(zip(levels, combo)))).resolved()
+        key = (cfg.fps, cfg.short_side, cfg.cache_format, cfg.data.cache_quality, cfg.data.cache_dir)
+        settings.setdefault(key, cfg)
+    return list(settings.values())
+
+
+def cache_lines(spec: SpaceSpec) -> list[str]:
+    """What the frame cache will need for the study's data at each setting, and the free space;
+    a warning where it will not fit. Reads the videos' headers and a few frames, writes nothing."""
+    from mtsearch.data.cache import FrameCache
+    from mtsearch.data.cache_usage import estimate_need
+    from mtsearch.data.datasets import check_videos, load_index
+    from mtsearch.errors import InvalidInput
+    from mtsearch.paths import frames_dir
+
+    configs = cache_settings(spec)
+    cfg = configs[0]
+    root = cfg.data.root
+    if root is None:
+        from mtsearch.data.synthetic import builtin_set, builtin_set_ready
+
+        built = builtin_set(cfg.data.cache_dir)
+        if not builtin_set_ready(cfg.data.cache_dir):
+            return ["frame cache: the built-in set is not built yet (about 30 MB of video; the first "
+                    "trial builds it); `mtsearch data check` then estimates its cache"]
+        root = built
+    try:
+        index = load_index(cfg.data.dataset, root, cfg.data.split)
+    except InvalidInput as exc:
+        return [f"frame cache: not estimated ({exc.render()})"]
+    lines, short = [], []
+    for setting in configs:
+        checks = check_videos(index.train + index.test, setting.data.clip_frames, setting.fps)
+        cache = FrameCache(frames_dir(setting.data.cache_dir), format=setting.cache_format,
+                           quality=setting.data.cache_quality)
+        need = estimate_need(checks, cache, setting.fps, setting.short_side)
+        at = "source fps" if setting.fps is None else f"{setting.fps:g} fps"
+        fmt = f"jpeg q{cache.quality}" if cache.format == "jpeg" else "raw"
+        free = f"{human_bytes(need.free)} free" if need.free is not None else "free space unknown"
+        lines.append(f"frame cache at {at}, short side {setting.short_side}, {fmt}: needs "
+                     f"{human_bytes(need.total)} for {need.videos} videos ({human_bytes(need.cached)} "
+                     f"cached); {free} on {cache.root}")
+        if not need.fits:
+            short.append(f"warning: the frame cache will not fit on {cache.root}: {human_bytes(need.missing)} "
+                         f"more needed at {at}, short side {setting.short_side}, {human_bytes(need.free)} "
+                         "free; set data.cache_dir to a larger disk")
+    return lines + short
 
 
 def _millions(cfg: Any) -> str:

@@ -231,7 +231,9 @@ def interval_text(iv: Interval | None, scale: float, signed: bool = False) -> tu
     return spread, ci
 
 
-def ablation_cells(report: AblationReport) -> tuple[list[str], list[list[str]]]:
+def ablation_cells(report: AblationReport, optimistic: bool = False) -> tuple[list[str], list[list[str]]]:
+    """The table's header and rows. The best-epoch Δ columns only with `optimistic`: a maximum over
+    epochs favours the cell whose evaluations are noisier, so it can show a false "helps"."""
     scale, unit = ablation_scale(report)
     u = f" ({unit})" if unit else ""
     title, names = short_labels([c.cell for c in report.cells], report.factors)
@@ -242,10 +244,11 @@ def ablation_cells(report: AblationReport) -> tuple[list[str], list[list[str]]]:
         "best epoch 95% CI",
         f"final{u} mean ± sd",
         "final 95% CI",
-        f"Δ best epoch vs ref{u} (optimistic)",
-        "Δ best epoch 95% CI",
+        *([f"Δ best epoch vs ref{u} (optimistic: biased toward the noisier cell)", "Δ best epoch 95% CI"]
+          if optimistic else []),
         f"Δ final vs ref{u}",
-        "Δ final 95% CI",
+        "Δ final 95% CI (Holm-adjusted)",
+        "p / Holm p",
         "reading",
     ]
     with_test = any(c.test.n for c in report.cells)  # studies from before validation splits have none
@@ -266,6 +269,8 @@ def ablation_cells(report: AblationReport) -> tuple[list[str], list[list[str]]]:
         n = str(cell.n)
         if cell.not_counted:
             n += " (+" + ", ".join(f"{k} {v}" for k, v in sorted(cell.not_counted.items())) + ")"
+        c = cell.comparison
+        p = "–" if c is None or c.p is None else f"{c.p:.2g} / {c.p_holm:.2g}"
         rows.append(
             [
                 name + (" (ref)" if cell.is_reference else ""),
@@ -273,10 +278,12 @@ def ablation_cells(report: AblationReport) -> tuple[list[str], list[list[str]]]:
                 *best,
                 *final,
                 *(interval_text(cell.test, scale) if with_test else ()),
-                *d_best,
+                *(d_best if optimistic else ()),
                 *d_final,
+                p,
                 *([tracking_text(cell.tracking)] if gain is not None else ()),
-                "reference" if cell.is_reference else (cell.verdict or "–"),
+                "reference" if cell.is_reference else (cell.verdict or "–")
+                + (f" ({len(cell.failed)} failed, counted against it)" if cell.failed else ""),
             ]
         )
     return header, rows
@@ -291,11 +298,12 @@ def tracking_text(interval: Interval) -> str:
     return f"{interval.mean:.2f} ± {interval.sd:.2f}"
 
 
-def ablation_markdown(report: AblationReport) -> str:
-    header, rows = ablation_cells(report)
+def ablation_markdown(report: AblationReport, optimistic: bool = False) -> str:
+    header, rows = ablation_cells(report, optimistic)
     caption = (
         f"**{report.study}**: {report.metric} ({report.mode}) per cell over seeds, mean ± sd, "
-        f"95% Student-t CI; Δ = paired difference against the reference cell on the same seeds.\n\n"
+        f"95% Student-t CI; Δ = paired difference against the reference cell on the same seeds, its "
+        f"CI adjusted as its verdict (Holm over the table's comparisons).\n\n"
     )
     table = markdown_table(header, rows, (False, False) + (True,) * (len(header) - 3) + (False,))
     return caption + table + "\n" + report.reading + "\n"
@@ -313,7 +321,7 @@ def ablation_csv(report: AblationReport) -> str:
     }
     cols = ["cell", "is_reference", "n", "seeds"]
     cols += [f"{part}_{k}" for part, keys in stats_keys.items() for k in keys]
-    cols += ["verdict"] + [f"level:{f}" for f in report.factors]
+    cols += ["verdict", "p", "p_holm", "failed"] + [f"level:{f}" for f in report.factors]
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(cols)
@@ -322,7 +330,10 @@ def ablation_csv(report: AblationReport) -> str:
         for part, keys in stats_keys.items():
             iv: Interval | None = getattr(cell, part)
             line += ["" if iv is None or getattr(iv, k) is None else getattr(iv, k) for k in keys]
-        line += [cell.verdict or ""] + [level_text(cell.levels.get(f)) for f in report.factors]
+        c = cell.comparison
+        line += [cell.verdict or "", "" if c is None or c.p is None else c.p,
+                 "" if c is None or c.p_holm is None else c.p_holm, " ".join(map(str, cell.failed))]
+        line += [level_text(cell.levels.get(f)) for f in report.factors]
         writer.writerow(line)
     return buf.getvalue()
 

@@ -104,23 +104,23 @@ def cmd_report(args: argparse.Namespace) -> int:
     """Grids: the ablation table with paired deltas; searches: leaderboard summary + importances."""
     study = report.load_study(args.study)
     if study.is_ablation:
-        _report_grid(study, args.format)
+        _report_grid(study, args.format, args.optimistic)
     else:
         _report_search(study, args.format)
     return 0
 
 
-def _report_grid(study: report.Study, fmt: str) -> None:
+def _report_grid(study: report.Study, fmt: str, optimistic: bool = False) -> None:
     result = ablation.ablation(study)
     if fmt == "json":
         sys.stdout.write(render.ablation_json(result))
     elif fmt == "csv":
         sys.stdout.write(render.ablation_csv(result))
     elif fmt == "md":
-        sys.stdout.write(render.ablation_markdown(result))
+        sys.stdout.write(render.ablation_markdown(result, optimistic))
     else:
         console = _console()
-        header, rows = render.ablation_cells(result)
+        header, rows = render.ablation_cells(result, optimistic)
         title = (
             f"{result.study}: {result.metric} ({result.mode}) per cell over seeds; "
             f"Δ paired against the reference on the same seeds"
@@ -182,8 +182,11 @@ def cmd_export(args: argparse.Namespace) -> int:
         if not runs:
             raise InvalidInput(study.path / CONFIRM_DIR, "--from-confirm", "the winner has no completed run")
         source, trial = child, runs[0]
+        spent = race.get("seed_runs", sum(len(c["scores"]) for c in race["contenders"]))
+        most = race.get("seed_runs_max", len(race["contenders"]) * len(race["seeds"]))
         what = (f"`mtsearch confirm` on {study.path} (top {race['top']}, up to {len(race['seeds'])} seeds, "
-                f"alpha {race['alpha']}): search rank #{winner['rank']} won; {race['verdict']}")
+                f"alpha {race['alpha']}; {spent} of {most} seed-runs spent): search rank #{winner['rank']} "
+                f"won; {race['verdict']}")
     else:
         source, trial = study, report.ranked_trial(study, args.rank)
         winner = None

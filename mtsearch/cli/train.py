@@ -10,7 +10,7 @@ from typing import Any
 
 from mtsearch.cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
 from mtsearch.config import TrialConfig, load_config
-from mtsearch.errors import InvalidInput
+from mtsearch.errors import InvalidInput, StorageFull, storage_failure
 from mtsearch.files import check_output_dir
 from mtsearch.results.report import fmt_number
 from mtsearch.yamlio import read_yaml
@@ -85,9 +85,11 @@ def check_runnable(cfg: TrialConfig, source: str | Path, data_flag: bool = False
         if data_flag and exc.key == "data.root":
             raise InvalidInput(exc.file, "--data", exc.what, exc.got) from None
         raise exc if exc.file else exc.with_file(source) from None
-    why = fps_refusal(cfg.data.fps, source_rates(index.train + index.test), index.root)
+    if cfg.fps is None:
+        return  # every video at its own rate
+    why = fps_refusal(cfg.fps, source_rates(index.train + index.test), index.root)
     if why:
-        raise InvalidInput(source, "data.fps", why, cfg.data.fps)
+        raise InvalidInput(source, "data.fps", why, cfg.fps)
 
 
 def _epoch_line(metrics: dict[str, Any], epochs: int) -> str:
@@ -183,7 +185,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         err.print(f"interrupted; resume with: {resume_cmd}")
         return EXIT_INTERRUPTED
+    except StorageFull as exc:  # a full frame cache or run folder: what, where, and how to go on
+        sys.stderr.write(f"error: {exc.render(resume_cmd)}\n")
+        return EXIT_FAILED
     except (RuntimeError, OSError, MemoryError) as exc:
+        disk = storage_failure(exc)
+        if disk is not None:
+            sys.stderr.write(f"error: {disk.render(resume_cmd)}\n")
+            return EXIT_FAILED
         sys.stderr.write(f"error: training failed: {exc}\n")
         return EXIT_FAILED
 

@@ -2,10 +2,12 @@
 
 Reads the official split files as they really ship: CRLF line ends, trailing spaces, blank
 lines, a UTF-8 byte-order mark, names with `#&()!'`, UCF-101's `HandstandPushups` folder holding
-`v_HandStandPushups_*` files. Class ids are stable: HMDB-51 (and the synthetic set) sort the class
-names, UCF-101 follows classInd.txt, `list` takes the labels as written.
+`v_HandStandPushups_*` files, Kinetics' quoted CSV labels, Something-Something's JSON lists.
+Class ids are stable: HMDB-51 (and the synthetic set) and Kinetics sort the class names, UCF-101
+follows classInd.txt, SSv2 its labels.json ids, `list` takes the labels as written.
 A wrong layout is `InvalidInput` naming what is missing; a listed video missing on disk is skipped
-with a warning that names it.
+(named one by one, or for Kinetics and SSv2, where every copy has thousands of deleted videos,
+counted in one warning; `mtsearch data check` names them).
 """
 
 from __future__ import annotations
@@ -37,7 +39,14 @@ LAYOUTS = {
               "trainlist0<k>.txt, testlist0<k>.txt",
     "list": "ROOT/train.txt and ROOT/test.txt (lines '<relative path> <0-based label>'), "
             "optional ROOT/classes.txt (one class name per line, line n = label n)",
+    "kinetics": "ROOT/annotations/{train,val,test}.csv (header label,youtube_id,time_start,time_end,"
+                "split[,is_cc]) and clips ROOT/{train,val}/[<label>/]<youtube_id>_<start:06d>_"
+                "<end:06d>.mp4",
+    "ssv2": "ROOT/labels/something-something-v2-{labels,train,validation,test}.json and videos "
+            "ROOT/20bn-something-something-v2/<id>.webm",
 }
+# datasets whose copies always miss some listed videos: one counting warning, not one per video
+COUNT_MISSING = frozenset({"kinetics", "ssv2"})
 
 
 @dataclass(frozen=True)
@@ -56,20 +65,26 @@ class DatasetIndex:
     train: list[VideoItem]
     test: list[VideoItem]
     missing: list[str] = field(default_factory=list)  # listed in a split file, not on disk
+    listed: int | None = None  # entries of the lists used (None: train + test + missing)
+    unused: dict[str, int] = field(default_factory=dict)  # lists read but not used: {file: entries}
+
+    @property
+    def listed_count(self) -> int:
+        return self.listed if self.listed is not None else len(self.train) + len(self.test) + len(self.missing)
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
 
 
-def _layout_error(path: Path, dataset: str, what: str) -> InvalidInput:
+def layout_error(path: Path, dataset: str, what: str) -> InvalidInput:
     return InvalidInput(path, "data.root", f"{what}; expected layout: {LAYOUTS[dataset]}")
 
 
 def _read_lines(path: Path, dataset: str) -> list[tuple[int, str]]:
     """(1-based line number, stripped text) of non-blank lines; BOM, CRLF, trailing spaces go."""
     if not path.is_file():
-        raise _layout_error(path, dataset, "missing file")
+        raise layout_error(path, dataset, "missing file")
     try:
         raw = path.read_bytes()
     except OSError as exc:
@@ -124,22 +139,22 @@ def _split_label(line: str) -> tuple[str, str] | None:
     return (parts[0], parts[1]) if len(parts) == 2 else None
 
 
-def _check_root(root: Path, dataset: str) -> None:
+def check_root(root: Path, dataset: str) -> None:
     if not root.exists():
-        raise _layout_error(root, dataset, "dataset folder not found")
+        raise layout_error(root, dataset, "dataset folder not found")
     if not root.is_dir():
-        raise _layout_error(root, dataset, "not a folder")
+        raise layout_error(root, dataset, "not a folder")
     if not any(root.iterdir()):
-        raise _layout_error(root, dataset, "empty folder")
+        raise layout_error(root, dataset, "empty folder")
 
 
 # --- HMDB-51 (and the synthetic set) --------------------------------------------------------------
 
 def _load_hmdb(root: Path, split: int, dataset: str, warn: Warn) -> DatasetIndex:
-    _check_root(root, dataset)
+    check_root(root, dataset)
     split_dir = root / HMDB_SPLIT_DIR
     if not split_dir.is_dir():
-        raise _layout_error(split_dir, dataset, "missing split folder")
+        raise layout_error(split_dir, dataset, "missing split folder")
     suffix = f"_test_split{split}.txt"
     split_files = {p.name[: -len(suffix)]: p for p in split_dir.iterdir()
                    if p.name.endswith(suffix) and p.is_file()}
@@ -150,10 +165,10 @@ def _load_hmdb(root: Path, split: int, dataset: str, warn: Warn) -> DatasetIndex
     )
     for name in video_dirs:
         if name not in split_files:
-            raise _layout_error(split_dir / f"{name}{suffix}", dataset,
+            raise layout_error(split_dir / f"{name}{suffix}", dataset,
                                 f"missing split file for class {name!r}")
     if not split_files:
-        raise _layout_error(split_dir / f"<class>{suffix}", dataset,
+        raise layout_error(split_dir / f"<class>{suffix}", dataset,
                             f"no split files for split {split}")
     classes = sorted(split_files)
     folders = _Folder()
@@ -163,7 +178,7 @@ def _load_hmdb(root: Path, split: int, dataset: str, warn: Warn) -> DatasetIndex
     for label, name in enumerate(classes):
         class_dir = root / name
         if not class_dir.is_dir():
-            raise _layout_error(class_dir, dataset, f"missing class folder for class {name!r}")
+            raise layout_error(class_dir, dataset, f"missing class folder for class {name!r}")
         split_file = split_files[name]
         for number, line in _read_lines(split_file, dataset):
             parsed = _split_label(line)
@@ -188,10 +203,10 @@ def _load_hmdb(root: Path, split: int, dataset: str, warn: Warn) -> DatasetIndex
 
 def _load_ucf(root: Path, split: int, warn: Warn) -> DatasetIndex:
     dataset = "ucf101"
-    _check_root(root, dataset)
+    check_root(root, dataset)
     list_dir = root / UCF_LIST_DIR
     if not list_dir.is_dir():
-        raise _layout_error(list_dir, dataset, "missing split folder")
+        raise layout_error(list_dir, dataset, "missing split folder")
     class_file = list_dir / "classInd.txt"
     classes: list[str] = []
     for number, line in _read_lines(class_file, dataset):
@@ -201,7 +216,7 @@ def _load_ucf(root: Path, split: int, warn: Warn) -> DatasetIndex:
             raise InvalidInput(class_file, f"line {number}", expected, line)
         classes.append(parts[1])
     if not classes:
-        raise _layout_error(class_file, dataset, "no classes listed")
+        raise layout_error(class_file, dataset, "no classes listed")
     by_name = {name.lower(): i for i, name in enumerate(classes)}
     folders = _Folder()
     class_dirs: dict[int, Path] = {}
@@ -231,7 +246,7 @@ def _load_ucf(root: Path, split: int, warn: Warn) -> DatasetIndex:
             if class_dir is None:
                 class_dir = folders.find_dir(root, classes[label]) or folders.find_dir(root, folder)
                 if class_dir is None:
-                    raise _layout_error(root / classes[label], dataset,
+                    raise layout_error(root / classes[label], dataset,
                                         f"missing class folder for class {classes[label]!r}")
                 class_dirs[label] = class_dir
             path = folders.find(class_dir, video)
@@ -252,7 +267,7 @@ def _load_ucf(root: Path, split: int, warn: Warn) -> DatasetIndex:
 def _load_list(root: Path, split: int, warn: Warn) -> DatasetIndex:
     """`<relative path> <0-based label>` lines; one fixed split (the split number is ignored)."""
     dataset = "list"
-    _check_root(root, dataset)
+    check_root(root, dataset)
     names: list[str] | None = None
     class_file = root / "classes.txt"
     if class_file.is_file():
@@ -293,7 +308,8 @@ def _load_list(root: Path, split: int, warn: Warn) -> DatasetIndex:
 # --- entry points ---------------------------------------------------------------------------------
 
 def detect_layout(root: str | os.PathLike[str]) -> str | None:
-    """The dataset kind a folder's layout says (`synthetic`, `hmdb51`, `ucf101`, `list`), or None."""
+    """The dataset kind a folder's layout says (`synthetic`, `hmdb51`, `ucf101`, `kinetics`,
+    `ssv2`, `list`), or None."""
     root = Path(root)
     if (root / "synthetic.yaml").is_file() and (root / HMDB_SPLIT_DIR).is_dir():
         return "synthetic"
@@ -301,6 +317,10 @@ def detect_layout(root: str | os.PathLike[str]) -> str | None:
         return "hmdb51"
     if (root / UCF_LIST_DIR).is_dir():
         return "ucf101"
+    if (root / "annotations" / "train.csv").is_file():
+        return "kinetics"
+    if (root / "labels" / "something-something-v2-labels.json").is_file():
+        return "ssv2"
     if (root / "train.txt").is_file() or (root / "test.txt").is_file():
         return "list"
     return None
@@ -308,7 +328,8 @@ def detect_layout(root: str | os.PathLike[str]) -> str | None:
 
 def load_index(dataset: str, root: str | os.PathLike[str], split: int = 1,
                warn: Warn | None = None) -> DatasetIndex:
-    """Index `root` as `dataset` for official split 1-3 (`list` has one fixed split)."""
+    """Index `root` as `dataset` for official split 1-3 (`list`, `kinetics`, `ssv2` have one
+    fixed split)."""
     if dataset not in LAYOUTS:
         raise InvalidInput(None, "data.dataset", f"must be one of {', '.join(sorted(LAYOUTS))}",
                            dataset)
@@ -320,6 +341,10 @@ def load_index(dataset: str, root: str | os.PathLike[str], split: int = 1,
         return _load_hmdb(path, split, dataset, warn)
     if dataset == "ucf101":
         return _load_ucf(path, split, warn)
+    if dataset in ("kinetics", "ssv2"):
+        from mtsearch.data.annotated_layouts import load_kinetics, load_ssv2
+
+        return (load_kinetics if dataset == "kinetics" else load_ssv2)(path, warn)
     return _load_list(path, split, warn)
 
 
@@ -331,9 +356,19 @@ def index_for_config(cfg: TrialConfig, warn: Warn | None = None) -> DatasetIndex
             raise InvalidInput(None, "data.root",
                                f"a dataset root is required for data.dataset {cfg.data.dataset!r} "
                                f"(expected layout: {LAYOUTS[cfg.data.dataset]})")
+        from mtsearch.data.cache import CacheFull
         from mtsearch.data.synthetic import ensure_synthetic
+        from mtsearch.errors import free_bytes, storage_failure
+        from mtsearch.paths import cache_root
 
-        root = ensure_synthetic(cfg.data.cache_dir, seed=0)
+        try:
+            root = ensure_synthetic(cfg.data.cache_dir, seed=0)
+        except OSError as exc:  # the built-in set is written into the cache folder
+            disk = storage_failure(exc)
+            if disk is None:
+                raise
+            where = cache_root(cfg.data.cache_dir)
+            raise CacheFull(where, disk.reason, free=free_bytes(where)) from None
     return load_index(cfg.data.dataset, root, cfg.data.split, warn)
 
 
@@ -347,6 +382,8 @@ class VideoCheck:
     frames: int | None  # frames at the target fps (exact when `decoded`, else from the headers)
     error: str | None  # why it cannot be used; None when usable
     decoded: bool
+    size: tuple[int, int] | None = None  # (width, height) from the headers
+    rate: float | None = None  # the source frame rate from the headers
 
     @property
     def usable(self) -> bool:
@@ -369,7 +406,7 @@ def _check_one(item: VideoItem, clip_frames: int, fps: float | None, decode: boo
     # Headers are conclusive when they promise comfortably more than a clip; near or below the
     # limit (or with --decode) the decoder decides, since headers of damaged files can lie.
     if not decode and estimate >= clip_frames + max(2, clip_frames // 10):
-        return VideoCheck(item, estimate, None, False)
+        return VideoCheck(item, estimate, None, False, (info.width, info.height), info.fps)
     try:
         frames = read_video(item.path, fps=fps, threads=1,
                             max_frames=None if decode else clip_frames)
@@ -380,7 +417,7 @@ def _check_one(item: VideoItem, clip_frames: int, fps: float | None, decode: boo
     count = len(frames)
     if not decode and count >= clip_frames:
         count = max(count, estimate)  # stopped at one clip; the headers tell the rest
-    return VideoCheck(item, count, None, True)
+    return VideoCheck(item, count, None, True, (info.width, info.height), info.fps)
 
 
 def check_videos(

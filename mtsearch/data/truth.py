@@ -144,7 +144,7 @@ def track_truth(
         """A patch centred there lies inside the crop (normalised, align_corners=True)."""
         return bool(max(abs(x * 2 / (crop - 1) - 1), abs(y * 2 / (crop - 1) - 1)) + scale <= 1)
 
-    for row, (video, start) in enumerate(clips.clips):
+    for row, (video, start, _corner) in enumerate(clips.clips):  # square frames: every crop is centred
         frames = clips._reader.num_frames[video]
         indices = loop_indices(start, min(start + clip_frames, frames), clip_frames)
         # the target and each step's frame, as source frames, while the clip runs straight

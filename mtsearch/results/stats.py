@@ -151,11 +151,25 @@ def paired_verdict(delta: Interval, mode: str) -> str:
 
 
 def lattice_step(values: Iterable[float | None]) -> float | None:
-    """The smallest gap between distinct finite values: a metric that moves in steps (Hit@1 on N
-    videos moves by 1/N) shows its step here. None with fewer than two distinct values."""
-    xs = sorted({float(v) for v in values if v is not None and math.isfinite(float(v))})
+    """The step a metric moves in (Hit@1 on N videos moves by 1/N): the greatest common divisor
+    of the gaps between distinct finite values (to 1e-9), not the smallest gap, so that one run
+    more or less (a seed that failed) rarely changes it. None with fewer than two distinct values
+    or gaps with no common step (a continuous metric)."""
+    xs = sorted({round(float(v), 12) for v in values if v is not None and math.isfinite(float(v))})
     gaps = [b - a for a, b in zip(xs, xs[1:]) if b - a > 1e-12]
-    return min(gaps) if gaps else None
+    if not gaps:
+        return None
+    tol = 1e-9 * max(1.0, max(abs(x) for x in xs))
+    step = min(gaps)
+    for gap in gaps:
+        a, b = max(gap, step), min(gap, step)
+        while b > tol:
+            r = math.fmod(a, b)
+            a, b = b, (0.0 if r < tol or b - r < tol else r)
+        step = a
+        if step <= 1e3 * tol:
+            return None
+    return step
 
 
 def paired_p_two_sided(differences: Iterable[float], sd_floor: float = 0.0) -> float | None:
@@ -185,3 +199,133 @@ def holm(pvalues: Mapping[Any, float]) -> dict[Any, float]:
         running = max(running, min(1.0, (m - i) * p))
         adjusted[key] = running
     return adjusted
+
+
+# ---- paired tests in which a failed run can only count against its own configuration ----------
+
+@dataclass(frozen=True)
+class PairedTest:
+    """A paired t-test of `ours - theirs` over the seeds both ran, failures scored as the test chose.
+
+    `differences` holds the per-seed differences the test used (a failure's imputed value in it),
+    `t` the signed evidence that ours is better (positive: better in the metric's direction), `p`
+    the two-sided p-value and `p_better` the one-sided P(T >= t). `sd` is the spread used (never
+    below the floor)."""
+
+    differences: dict[Any, float]
+    n: int
+    mean: float | None
+    sd: float | None
+    t: float | None
+    p: float | None
+    p_better: float | None
+
+
+def _t_value(xs: list[float], sign: int, sd_floor: float) -> float:
+    n = len(xs)
+    mean = math.fsum(xs) / n
+    sd = max(math.sqrt(max(0.0, math.fsum((x - mean) ** 2 for x in xs)) / (n - 1)), sd_floor)
+    if sd == 0:  # no spread and no floor: no evidence either way (as paired_p_two_sided)
+        return 0.0
+    return sign * mean / (sd / math.sqrt(n))
+
+
+def _extreme_coordinate(xs: list[float], i: int, lo: float, hi: float, sign: int, sd_floor: float,
+                        maximize: bool) -> float:
+    """The value of xs[i] within [lo, hi] that makes the signed t largest (or smallest).
+
+    Without a floor, t as a function of one difference d has one turning point, d = Q/S (Q, S: the
+    sum of squares and the sum of the others); the floor adds the two points where the spread meets
+    it (inside them t is linear in d). So the extreme is at one of at most five candidates."""
+    others = xs[:i] + xs[i + 1:]
+    n = len(xs)
+    s, q = math.fsum(others), math.fsum(x * x for x in others)
+    candidates = [lo, hi]
+    if s != 0:
+        candidates.append(q / s)
+    if sd_floor > 0:  # (n-1) sd^2 = q + d^2 - (s + d)^2 / n = floor^2 (n-1): a quadratic in d
+        a, b, c = 1 - 1 / n, -2 * s / n, q - s * s / n - sd_floor**2 * (n - 1)
+        disc = b * b - 4 * a * c
+        if disc >= 0:
+            root = math.sqrt(disc)
+            candidates += [(-b - root) / (2 * a), (-b + root) / (2 * a)]
+    best_value, best_t = xs[i], None
+    for d in candidates:
+        d = min(max(d, lo), hi)
+        t = _t_value([*xs[:i], d, *xs[i + 1:]], sign, sd_floor)
+        if best_t is None or (t > best_t if maximize else t < best_t):
+            best_value, best_t = d, t
+    return best_value
+
+
+def paired_test(
+    ours: Mapping[Any, float | None],
+    theirs: Mapping[Any, float | None],
+    sign: int = 1,
+    *,
+    ours_failed: Iterable[Any] = (),
+    theirs_failed: Iterable[Any] = (),
+    bounds: tuple[float, float] | None = None,
+    sd_floor: float = 0.0,
+) -> PairedTest:
+    """Paired t-test that `ours` beats `theirs` (`sign` +1: higher is better), over the seeds both ran.
+
+    A failed run (listed in `*_failed`, or a None or NaN score) is scored, within `bounds` (the
+    metric's possible range), as the value that weighs most against its own configuration in this
+    test: theirs as the value that makes t largest, ours as the one that makes it smallest. So a
+    failure can never make its configuration look better than any result the run could have had:
+    adding one never lowers the evidence against it. Scoring it as the worst value instead would
+    widen the spread and could hide a real difference. Two failures on one seed tie (0). With one
+    failure the extreme is exact; with several, a few coordinate sweeps reach it (or near it).
+    """
+    def failed(scores: Mapping[Any, float | None], marked: set[Any], seed: Any) -> bool:
+        value = scores.get(seed)
+        return seed in marked or value is None or not math.isfinite(float(value))
+
+    ours_bad, theirs_bad = set(ours_failed), set(theirs_failed)
+    seeds = sorted(set(ours) & set(theirs), key=lambda k: (str(type(k)), k))
+    known = [float(v) for k in seeds for m, bad in ((ours, ours_bad), (theirs, theirs_bad))
+             if not failed(m, bad, k) for v in (m[k],)]
+    if bounds is None:
+        bounds = (min(known), max(known)) if known else (0.0, 0.0)
+    low, high = min(bounds), max(bounds)
+    xs: list[float] = []
+    free: list[tuple[int, float, float, bool]] = []  # (index, lo, hi, maximize)
+    for seed in seeds:
+        a_bad, b_bad = failed(ours, ours_bad, seed), failed(theirs, theirs_bad, seed)
+        if a_bad and b_bad:
+            xs.append(0.0)
+        elif b_bad:  # ours - x for x in [low, high], t made largest: against theirs
+            a = float(ours[seed])  # type: ignore[arg-type]
+            free.append((len(xs), a - high, a - low, True))
+            xs.append(a - (low if sign > 0 else high))
+        elif a_bad:  # x - theirs, t made smallest: against ours
+            b = float(theirs[seed])  # type: ignore[arg-type]
+            free.append((len(xs), low - b, high - b, False))
+            xs.append((low if sign > 0 else high) - b)
+        else:
+            xs.append(float(ours[seed]) - float(theirs[seed]))  # type: ignore[arg-type]
+    n = len(xs)
+    if n < 2:
+        diffs = dict(zip(seeds, xs))
+        return PairedTest(diffs, n, xs[0] if xs else None, None, None, None, None)
+    for _ in range(4 if len(free) > 1 else 1):
+        for i, lo, hi, maximize in free:
+            xs[i] = _extreme_coordinate(xs, i, lo, hi, sign, sd_floor, maximize)
+    mean = math.fsum(xs) / n
+    sd = max(math.sqrt(math.fsum((x - mean) ** 2 for x in xs) / (n - 1)), sd_floor)
+    t = _t_value(xs, sign, sd_floor)
+    if sd == 0:
+        p, p_better = 1.0, 0.5
+    else:
+        p = min(1.0, 2.0 * (1.0 - t_cdf(abs(t), n - 1)))
+        p_better = 1.0 - t_cdf(t, n - 1)
+    return PairedTest(dict(zip(seeds, xs)), n, mean, sd, t, p, p_better)
+
+
+def mean_interval(test: PairedTest, level: float) -> tuple[float, float] | None:
+    """The t interval of a test's mean difference at `level`, with the spread the test used."""
+    if test.n < 2 or test.mean is None or test.sd is None:
+        return None
+    half = t_quantile((1.0 + level) / 2.0, test.n - 1) * test.sd / math.sqrt(test.n)
+    return test.mean - half, test.mean + half

@@ -36,6 +36,24 @@ FAULT_COLUMNS: tuple[str, ...] = ("restarts", "machine_fault")
 FUSE_COLUMNS: tuple[str, ...] = ("fuse_group", "fuse_k")
 # the final weights on the test split, once per trial; the final epoch row holds them too
 TEST_COLUMNS: tuple[str, ...] = TEST_METRICS
+# the protocol that produced them (eval.views: `clips`, or K temporal clips x N crops as `KxN`)
+TEST_VIEWS = "test_views"
+def _test_views(config: str | None) -> str | None:
+    """The test protocol a trial's recorded config ran (older records: every clip, averaged)."""
+    if not config:
+        return None
+    try:
+        recorded = json.loads(config)
+    except ValueError:
+        return None
+    from mtsearch.records import config_from_record
+
+    try:
+        return config_from_record(recorded).views
+    except Exception:  # noqa: BLE001 - a config this version cannot read still has its figures
+        return None
+
+
 _ARROW_TYPES = {"float": "float64", "int": "int64", "string": "string", "bool": "bool"}
 
 
@@ -60,7 +78,7 @@ class StudyStore:
         if self.with_cell:
             cols.append("cell")
         cols += [k for k in self.param_types if k != "seed"]
-        cols += ["seed", "epochs_done", "best_epoch", "best_val_hit1", "best_val_hit5", *TEST_COLUMNS, "wall_s",
+        cols += ["seed", "epochs_done", "best_epoch", "best_val_hit1", "best_val_hit5", *TEST_COLUMNS, TEST_VIEWS, "wall_s",
                  *TRIAL_FIGURES, *FAULT_COLUMNS, *FUSE_COLUMNS, "config"]
         return cols
 
@@ -71,7 +89,8 @@ class StudyStore:
             "trial_id": pa.string(), "status": pa.string(), "error": pa.string(), "cell": pa.string(),
             "seed": pa.int64(), "epochs_done": pa.int64(), "best_epoch": pa.int64(),
             "best_val_hit1": pa.float64(), "best_val_hit5": pa.float64(), "wall_s": pa.float64(),
-            "test_hit1": pa.float64(), "test_hit5": pa.float64(),
+            "test_hit1": pa.float64(), "test_hit5": pa.float64(), "test_mean_class_acc": pa.float64(),
+            TEST_VIEWS: pa.string(),
             "peak_mem_gib": pa.float64(), "gpu_share": pa.float64(), "device": pa.string(),
             "restarts": pa.int64(), "machine_fault": pa.bool_(),
             "fuse_group": pa.string(), "fuse_k": pa.int64(),
@@ -127,6 +146,7 @@ class StudyStore:
         tested = [r for r in rows if r.get("test_hit1") is not None]
         for column in TEST_COLUMNS:
             trial[column] = tested[-1][column] if tested else None
+        trial[TEST_VIEWS] = _test_views(trial.get("config")) if tested else None
 
     def trial_epochs(self, trial_id: str) -> list[dict[str, Any]]:
         return sorted((r for (t, _), r in self.epochs.items() if t == trial_id), key=lambda r: r["epoch"])

@@ -44,10 +44,12 @@ from mtsearch.results.report import (
 from mtsearch.results.stats import (
     NO_DIFFERENCE,
     Interval,
+    PairedTest,
     holm,
     lattice_step,
+    mean_interval,
     paired_differences,
-    paired_p_two_sided,
+    paired_test,
     summarize,
 )
 from mtsearch.space import SpaceSpec, space_from_mapping
@@ -56,6 +58,10 @@ CONFIRM_DIR = "confirm"
 RACE_FILE = "race.json"  # the finished race: settings, every contender's scores, the winner
 SEED_BASE = 1000  # confirm's seeds: 1000, 1001, ... (never the search's)
 FIRST_TEST = 5  # no drop before this many seeds (irace's firstTest)
+# seeds a race may spend per configuration by default: with the first test at 5 the race can stop
+# early (benchmarks/race_null.py: at K = 2, 7% of seed-runs saved at 1 sd, 27% at 2 sd); at 5 it
+# is a fixed-n comparison with one test
+SEEDS = 10
 FAILED = ("error", "diverged")  # statuses of a run that failed: scored the worst possible value
 
 
@@ -70,7 +76,9 @@ class Contender:
     tests: dict[int, float | None] = field(default_factory=dict)  # seed -> final weights on the test split
     failed: set[int] = field(default_factory=set)  # seeds whose run failed (scored the worst value)
     dropped_after: int | None = None  # seeds run when it was dropped
-    p_adjusted: float | None = None  # the racing test's adjusted p when it was dropped
+    p_adjusted: float | None = None  # its latest racing test's p, adjusted (Holm, looks)
+    p_raw: float | None = None  # that test's own p (1 where the leader was not the better one)
+    test: PairedTest | None = None  # its latest test against the leader
 
     @property
     def label(self) -> str:
@@ -89,6 +97,7 @@ class Race:
     contenders: list[Contender]
     interrupted: bool = False
     first_test: int = FIRST_TEST
+    alpha: float = 0.05  # the level of the latest `eliminate`
 
     @property
     def alive(self) -> list[Contender]:
@@ -104,10 +113,25 @@ class Race:
         return {"metric": self.metric, "mode": self.mode, "top": top, "seeds": self.seeds, "alpha": alpha,
                 "first_test": self.first_test, "looks": looks(len(self.seeds), self.first_test),
                 "leader": leader.rank, "verdict": self.verdict(),
+                "seed_runs": self.seed_runs(), "seed_runs_max": len(self.contenders) * len(self.seeds),
                 "contenders": [{"rank": c.rank, "trial_id": c.trial_id, "values": c.values,
                                 "scores": {str(k): v for k, v in c.scores.items()},
                                 "failed": sorted(c.failed), "dropped_after": c.dropped_after,
                                 "racing_p": c.p_adjusted} for c in self.contenders]}
+
+    def bounds(self) -> tuple[float, float]:
+        """The range a score can take, where a failed run's imputed value lies: the metric's own
+        (0 to 1 for a fraction), else the range the race's completed runs showed."""
+        observed = [v for c in self.contenders for s, v in c.scores.items()
+                    if s not in c.failed and v is not None and math.isfinite(v)]
+        worst = worst_value(self.metric, self.mode)
+        if worst is not None:
+            return (0.0, 1.0)
+        return (min(observed), max(observed)) if observed else (0.0, 0.0)
+
+    def seed_runs(self) -> int:
+        """Seed-runs the race has spent (a failed run counts: it took its GPU time)."""
+        return sum(len(c.scores) for c in self.contenders)
 
     def leader(self) -> Contender:
         """The best mean among those still in, over the seeds every one of them ran (paired: no
@@ -138,9 +162,24 @@ class Race:
         return (f"the figure to quote: on the test split ({self.test_metric}, final weights, never "
                 f"raced on), {leader.label} scores {test.mean * scale:.1f}{unit}{ci} over {test.n} seeds")
 
+    def decision_interval(self, contender: Contender) -> tuple[float, float, float] | None:
+        """(low, high, level) of leader - contender at the confidence the racing decision used:
+        95% widened by the factor its p was adjusted by (Holm over the pairs, Bonferroni over the
+        looks). It excludes zero exactly when the race dropped the contender, so a verdict and its
+        interval never disagree. None before the contender was tested."""
+        test, p_adj, p_raw = contender.test, contender.p_adjusted, contender.p_raw
+        if test is None or p_adj is None or p_raw is None:
+            return None
+        pairs = len(self.contenders) * (len(self.contenders) - 1) // 2
+        factor = p_adj / p_raw if p_raw > 0 else looks(len(self.seeds), self.first_test) * pairs
+        level = 1.0 - self.alpha / max(1.0, factor)
+        interval = mean_interval(test, level)
+        return None if interval is None else (*interval, level)
+
     def verdict(self) -> str:
         """One sentence about the leader and its closest rival, in the words of the rule that drops:
-        a configuration is called worse only when the racing test dropped it."""
+        a configuration is called worse only when the racing test dropped it, and the interval
+        quoted is the one that test used."""
         leader = self.leader()
         others = [c for c in self.contenders if c is not leader and c.summary().mean is not None]
         if not others:
@@ -148,19 +187,29 @@ class Race:
         sign = direction(self.mode).sign
         standing = [c for c in others if c.dropped_after is None] or others
         runner = max(standing, key=lambda c: sign * (c.summary().mean or 0.0))
-        delta = self.delta(leader, runner)
         scale, unit = display_scale(self.metric, [v for c in self.contenders for v in c.scores.values()])
         points = " points" if unit == "%" else ""
-        if delta.n < 2 or delta.low is None or delta.high is None:
-            return f"the top two cannot be told apart with n = {delta.n}"
-        ci = f"95% CI {delta.low * scale:+.1f} to {delta.high * scale:+.1f}{points}, n = {delta.n}"
+        decided = self.decision_interval(runner)
+        if decided is None or runner.test is None or runner.test.mean is None:
+            delta = self.delta(leader, runner)
+            return (f"the race made no test of {leader.label} against {runner.label} (it tests from "
+                    f"{self.first_test} seeds on; n = {delta.n})")
+        low, high, level = decided
+        test = runner.test
+        if (test.t or 0.0) <= 0:  # failures counted against their own runs put the leader behind
+            return (f"{NO_DIFFERENCE} between {leader.label} and {runner.label}: with each failed run "
+                    f"scored against its own configuration, {leader.label} is not ahead "
+                    f"({leader.label} - {runner.label} = {test.mean * scale:+.1f}{points}, n = {test.n})")
+        ci = (f"95% CI {low * scale:+.1f} to {high * scale:+.1f}{points}, adjusted for the race's "
+              f"pairs and looks (this pair at {level * 100:.3g}%), n = {test.n}")
         if runner.dropped_after is None:
-            return f"{NO_DIFFERENCE} between {leader.label} and {runner.label} ({ci})"
+            return (f"{NO_DIFFERENCE} between {leader.label} and {runner.label} ({ci}; racing "
+                    f"decision, adjusted p = {runner.p_adjusted:.3g})")
         word = "higher" if sign > 0 else "lower"
         return (f"config {leader.label} scores {word} than {runner.label}: the race dropped "
                 f"{runner.label} after {runner.dropped_after} seeds (racing decision, adjusted "
                 f"p = {runner.p_adjusted:.3g}); {leader.label} - {runner.label} = "
-                f"{(delta.mean or 0.0) * scale:+.1f}{points} ({ci})")
+                f"{test.mean * scale:+.1f}{points} ({ci})")
 
 
 def looks(seeds: int, first_test: int) -> int:
@@ -218,7 +267,7 @@ def confirm_spec(study: Study, picked: list[Contender], seeds: list[int]) -> Spa
 def race(
     study_dir: str | Path,
     top: int = 3,
-    seeds: int = 5,
+    seeds: int = 10,
     alpha: float = 0.05,
     *,
     first_test: int = FIRST_TEST,
@@ -238,12 +287,21 @@ def race(
         raise InvalidInput(None, "--alpha", "must be between 0 and 1", alpha)
     if first_test < 2:
         raise InvalidInput(None, "--first-test", "a paired test needs at least 2 seeds", first_test)
+    if seeds < first_test:
+        raise InvalidInput(None, "--seeds", f"below --first-test {first_test}: the race would never "
+                           f"test, so it could drop nothing; give --seeds {first_test} or more (racing "
+                           f"saves seed-runs only above it, e.g. the default {SEEDS}) or a lower "
+                           "--first-test", seeds)
     study = load_study(study_dir)
     picked = contenders(study, top)
     seed_list = [SEED_BASE + i for i in range(seeds)]
     spec = confirm_spec(study, picked, seed_list)
     check_output_dir(Path(study_dir) / CONFIRM_DIR, "confirm")  # the race's child study
     from mtsearch.search.driver import run_search  # heavy: ray
+    if seeds == first_test:
+        say(f"a fixed-n comparison: --seeds {seeds} = --first-test, so the race tests once, after "
+            f"the last seed, and every configuration runs all {seeds} seeds ({top * seeds} seed-runs); "
+            f"racing saves seed-runs only with more seeds than the first test (default {SEEDS})")
     (factor,) = spec.space
     result = Race(Path(study_dir) / CONFIRM_DIR, study.metric, study.mode, seed_list, picked,
                   first_test=first_test)
@@ -265,23 +323,28 @@ def race(
 
 
 def eliminate(race: Race, alpha: float, done: int) -> list[Contender]:
-    """The round's drops: none before `first_test` seeds; then a two-sided paired t-test of each
-    configuration against the leader over the seeds both ran, its p Holm-adjusted over every pair
-    still in and Bonferroni-multiplied by the looks, against `alpha`."""
+    """The round's drops: none before `first_test` seeds; then a paired t-test that the leader is
+    better than each configuration over the seeds both ran (`stats.paired_test`: a failed run is
+    scored as the value within the metric's range that weighs most against its own configuration,
+    so a failure can only make its configuration easier to drop), its two-sided p Holm-adjusted
+    over every pair still in and Bonferroni-multiplied by the looks, against `alpha`. Each tested
+    configuration keeps its test (`Contender.test`), so the verdict quotes the interval it used."""
+    race.alpha = alpha
     if done < race.first_test or len(race.alive) < 2:
         return []
     leader = race.leader()
+    sign = direction(race.mode).sign
     step = lattice_step(v for c in race.contenders for v in c.scores.values())
     floor = step / math.sqrt(6.0) if step is not None else 0.0  # sd of a difference of two rounded values
+    bounds = race.bounds()
     pvalues: dict[int, float] = {}
     for c in race.alive:
         if c is leader:
             continue
-        diffs = paired_differences(leader.scores, c.scores)
-        p = paired_p_two_sided(diffs.values(), floor)
-        better = direction(race.mode).sign * math.fsum(diffs.values()) > 0
-        if p is not None:
-            pvalues[c.rank] = p if better else 1.0
+        c.test = paired_test(leader.scores, c.scores, sign, ours_failed=leader.failed,
+                             theirs_failed=c.failed, bounds=bounds, sd_floor=floor)
+        if c.test.p is not None:
+            pvalues[c.rank] = c.test.p if (c.test.t or 0.0) > 0 else 1.0
     pairs = len(race.alive) * (len(race.alive) - 1) // 2
     untested = {f"pair{i}": 1.0 for i in range(pairs - len(pvalues))}  # pairs without the leader
     adjusted = holm({**pvalues, **untested})
@@ -289,8 +352,12 @@ def eliminate(race: Race, alpha: float, done: int) -> list[Contender]:
     dropped = []
     for c in race.alive:
         p = adjusted.get(c.rank)
-        if p is not None and min(1.0, p * spend) < alpha:
-            c.dropped_after, c.p_adjusted = done, min(1.0, p * spend)
+        if p is None:
+            continue
+        c.p_adjusted = min(1.0, p * spend)
+        c.p_raw = pvalues[c.rank]
+        if c.p_adjusted < alpha:
+            c.dropped_after = done
             dropped.append(c)
     return dropped
 

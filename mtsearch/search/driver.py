@@ -397,7 +397,8 @@ def _stop_on_storage(live: Live, study_dir: Path, disk: StorageFull) -> SearchOu
     save what can be saved; every step is best effort on a disk that may still be full."""
     if not disk.path:
         disk = StorageFull(study_dir, disk.reason)
-    disk.free = free_bytes(disk.path)
+    if disk.free is None:
+        disk.free = free_bytes(disk.path)
     for work in (study_dir / TUNE_DIR).glob("*/work"):
         shutil.rmtree(work, ignore_errors=True)
     for step in (live.store.flush,

@@ -108,7 +108,8 @@ class StoreCallback(tune.Callback):
         status = result.get("fit_status")
         if status == STORAGE:  # the disk is gone for every trial: stop the study for --resume
             raise StorageFull(result.get("storage_path") or live.store.study_dir / TUNE_DIR / trial.trial_id,
-                              str(result.get("storage_reason")))
+                              str(result.get("storage_reason")), key=result.get("storage_key"),
+                              needed=result.get("storage_needed"), free=result.get("storage_free"))
         if status == OOM:
             _grant_larger_share(live, trial)
         elif status in ("diverged", "error"):

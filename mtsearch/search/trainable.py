@@ -112,7 +112,8 @@ def run_trial(config: dict[str, Any], *, base: dict[str, Any], metric: str, mode
                 raise
             disk = storage_failure(exc)
             if disk is not None:
-                final(STORAGE, fit_error=str(disk), storage_path=disk.path, storage_reason=disk.reason)
+                final(STORAGE, fit_error=str(disk), storage_path=disk.path, storage_reason=disk.reason,
+                      storage_key=disk.key or None, storage_needed=disk.needed, storage_free=disk.free)
                 raise disk from None
             share = float(ray.get_runtime_context().get_assigned_resources().get("GPU", 0.0))
             if is_out_of_memory(exc) and 0 < share < 1:

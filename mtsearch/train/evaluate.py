@@ -13,7 +13,15 @@ from mtsearch.train.device import autocast, loader_workers
 
 def named(split: str, figures: dict[str, float | None]) -> dict[str, float | None]:
     """`evaluate`'s figures as the columns of `split` (`val_hit1`, or `test_hit1`, ...)."""
-    return {f"{split}_{k}" if k in ("hit1", "hit5") else k: v for k, v in figures.items()}
+    return {f"{split}_{k}" if k in ("hit1", "hit5", "mean_class_acc") else k: v for k, v in figures.items()}
+
+
+def mean_class_accuracy(scores: torch.Tensor, labels: torch.Tensor) -> float:
+    """Top-1 accuracy of each class present, averaged over those classes (each class counts the
+    same, however many videos it has)."""
+    correct = (scores.argmax(dim=1) == labels).float()
+    classes = labels.unique()
+    return torch.stack([correct[labels == c].mean() for c in classes]).mean().item()
 
 
 def hit_at_k(scores: torch.Tensor, labels: torch.Tensor, k: int) -> float:
@@ -30,7 +38,8 @@ def evaluate(
     cfg: TrialConfig,
     device: torch.device,
 ) -> dict[str, float | None]:
-    """Video-level Hit@1/Hit@5: softmax averaged over each video's non-overlapping clips.
+    """Video-level Hit@1/Hit@5 and mean class accuracy: softmax averaged over each video's clips
+    (its non-overlapping clips, or K temporal clips x N crops: the dataset's `views`).
 
     Which clips the direction head sees reversed is fixed per clip (seeded by `seed`), not per
     batch, so every figure is the same whatever `eval.batch_size` is. Sums stay on the device
@@ -84,6 +93,7 @@ def evaluate(
     return {
         "hit1": hit_at_k(scores, seen_labels, 1),
         "hit5": hit_at_k(scores, seen_labels, 5),
+        "mean_class_acc": mean_class_accuracy(scores, seen_labels),
         "dir_acc": dir_correct.item() / offset if model.dir_head is not None and offset else None,
         "track_feat_cos": cosine_sum.item() / offset if model.tracking is not None and offset else None,
         **(tracking.result() if tracking is not None else {}),

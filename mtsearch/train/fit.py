@@ -213,7 +213,7 @@ def _epoch_row(epoch: int, train_stats: dict[str, Any], val: dict[str, Any], tes
         **{name: named("val", val).get(name) for name in EVALUATED},
         "lr": float(optimizer.param_groups[0]["lr"]),
         "epoch_s": seconds,
-        **named("test", {"hit1": test.get("hit1"), "hit5": test.get("hit5")}),
+        **named("test", {k: test.get(k) for k in ("hit1", "hit5", "mean_class_acc")}),
     }
     return {key: metrics.get(key) for key in EPOCH_COLUMNS}
 
@@ -252,14 +252,18 @@ def load_clips(cfg: TrialConfig, warn: Callable[[str], None]) -> tuple[Any, Any,
         warn(f"{len(split.unparsed)} training videos have names that do not parse into their group "
              "(source video or gXX); each is its own group for the validation split "
              "(mtsearch data check names them)")
-    cache = FrameCache(frames_dir(cfg.data.cache_dir))
-    fps, short, frames = cfg.data.fps, cfg.short_side, cfg.data.clip_frames
+    cache = FrameCache(frames_dir(cfg.data.cache_dir), format=cfg.cache_format,
+                       quality=cfg.data.cache_quality, dataset=str(index.root))
+    fps, short, frames = cfg.fps, cfg.short_side, cfg.data.clip_frames
     train_items = usable_videos(split.train, cache, fps, short, warn)
     val_items = usable_videos(split.val, cache, fps, short, warn)
     test_items = usable_videos(split.test, cache, fps, short, warn)
     if not train_items:
         raise RuntimeError(f"no usable training videos in {index.root} (split {cfg.data.split})")
-    train_set = TrainClips(train_items, cache, fps, short, frames, cfg.crop, cfg.seed)
-    val_set = TestClips(val_items, cache, fps, short, frames, cfg.crop)
-    test_set = TestClips(test_items, cache, fps, short, frames, cfg.crop)
+    from mtsearch.data.flips import flip_targets
+
+    train_set = TrainClips(train_items, cache, fps, short, frames, cfg.crop, cfg.seed,
+                           flip_to=flip_targets(index.classes, cfg.flip))
+    val_set = TestClips(val_items, cache, fps, short, frames, cfg.crop, views=cfg.val_views)
+    test_set = TestClips(test_items, cache, fps, short, frames, cfg.crop, views=cfg.views)
     return train_set, val_set, test_set, len(index.classes)

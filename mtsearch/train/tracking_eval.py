@@ -40,7 +40,7 @@ _TRUTHS: weakref.WeakKeyDictionary[TestClips, dict[tuple, TrackTruth | None]] = 
 
 
 def _truth_of(clips: TestClips, cfg: TrialConfig) -> TrackTruth | None:
-    key = (cfg.data.fps, cfg.short_side, cfg.crop, cfg.patch, cfg.track.past_frames,
+    key = (cfg.fps, cfg.short_side, cfg.crop, cfg.patch, cfg.track.past_frames,
            cfg.track.frame_gap)
     known = _TRUTHS.setdefault(clips, {})
     if key not in known:
