@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
-# The GPU figures of benchmarks/RESULTS.md (issues 8 and 10) in one run that fits a 15-minute lease:
-# about 9 minutes on a fresh H100/H200 (the first torch.compile of the thesis model takes ~2 min),
-# most important first, each step capped so the whole stays inside BUDGET_S seconds. MPS=1 adds
-# packing under NVIDIA MPS (about 3 minutes, which the steps after it then lack).
+# The GPU figures of benchmarks/RESULTS.md in one run that fits a 15-minute lease, most important
+# first (trials sharing a process, the fusion probe, the thesis trial), each step capped so the
+# whole stays inside BUDGET_S seconds; what the budget does not reach is skipped and said. MPS=1
+# adds packing under NVIDIA MPS (about 3 minutes, which the steps after it then lack).
+# The probe (../shared/gpu/fusion_probe.py, torch only) travels only from inside the checkout:
+# `mkdir -p shared/gpu && cp ../shared/gpu/fusion_probe.py shared/gpu/` first (PROBE= to override).
 # The device machine has torch but no PyAV or simplejpeg: put their wheels in .whl/ first
 # (python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --platform
 # manylinux_2_28_x86_64 -d .whl av simplejpeg) and carry .whl. Outputs go to $OUT (default /tmp/gpu-out); each step runs even if one before failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/gpu-out}
+PROBE=${PROBE:-shared/gpu/fusion_probe.py}
 BUDGET_S=${BUDGET_S:-570}
 mkdir -p "$OUT"
 if ls .whl/*.whl >/dev/null 2>&1; then
@@ -50,17 +53,24 @@ step() {  # name, cap in seconds, command...: at most the cap, never past the bu
   timeout "$limit" "$@" 2>&1 | tee "$OUT/$name.txt"
   echo "=== $name took $((SECONDS - start)) s"
 }
-# issue 8: branches_cost with the compiled tracker; its first compilation (~2 min on a fresh
-# machine) fills Inductor's cache while the set is written, so later trials load it
+# trials sharing a process (K slots, one CUDA stream each, steady window) against one trial alone
+step shared_process 200 python3 benchmarks/shared_process.py --presets small,thesis --counts 1,2,4 \
+  --epochs 5 --data /tmp/synth
+# the torch-only probe: concurrent (threads + streams) and stacked (grouped-conv, HFTA-style)
+# trials of the thesis step, and the batch-4K ceiling; its summary lines are in its docstring
+if [ -f "$PROBE" ]; then
+  step fusion_probe 300 python3 "$PROBE" --budget 230 --json "$OUT/fusion_probe.json"
+else
+  echo "=== fusion_probe: $PROBE is not here (copy ../shared/gpu/fusion_probe.py to shared/gpu/)"
+fi
+wait "$DATA_PID"; tail -1 "$OUT/data.txt"
+# the thesis trial as the trainer runs it, and 4 of them sharing a process
+step thesis_trial 260 python3 benchmarks/thesis_trial.py --data /tmp/synth
+# how far a slot is from its run alone on the GPU (reduction order, bf16)
+step side_by_side_exactness 90 python3 benchmarks/side_by_side_exactness.py --data /tmp/synth
+# branches_cost with the compiled tracker
 step train_step_thesis 170 python3 benchmarks/train_step.py --presets thesis \
   --masks "cls cls+track+dir" --cuda-graph --precisions bf16g --loop-masks "" --steps 15
-wait "$DATA_PID"; tail -1 "$OUT/data.txt"
-# issue 8: the thesis trial as the trainer runs it
-step thesis_trial 260 python3 benchmarks/thesis_trial.py --data /tmp/synth
-# issue 21: fused trials (K slots in one process, one CUDA stream each) against one trial alone
-step fusion 200 python3 benchmarks/fusion.py --presets small,thesis --counts 1,4,8 --epochs 3 --data /tmp/synth
-# issue 21: how far a fused slot is from its unfused run on the GPU (reduction order, bf16)
-step fused_exactness 90 python3 benchmarks/fused_exactness.py --data /tmp/synth
 # issue 10: trials per GPU, and what `auto` would choose
 step packing_thesis 140 python3 benchmarks/packing.py --presets thesis --counts 1,2,4,8 --data /tmp/synth
 step packing_small 80 python3 benchmarks/packing.py --presets small --counts 1,4,8,16 --data /tmp/synth
@@ -82,4 +92,4 @@ step memory_probe 45 python3 benchmarks/memory_probe.py
 step train_step_eager_tracker 45 python3 benchmarks/train_step.py --presets thesis \
   --masks "cls cls+track+dir" --cuda-graph --precisions bf16g --loop-masks "" --steps 15 --eager-tracker
 step gpu_check 120 python3 benchmarks/gpu_check.py
-grep -h "fusion_gain\|fused_vs_alone\|packing_gain\|branches_cost\|thesis_trial_minutes\|end_to_end_vs_step\|memory_probe:\|gpu_check:" "$OUT"/*.txt
+grep -h "shared_process_gain\|side_by_side_vs_alone\|concurrent_gain\|hfta_gain\|batch_ceiling\|packing_gain\|branches_cost\|thesis_trial_minutes\|end_to_end_vs_step\|memory_probe:\|gpu_check:" "$OUT"/*.txt

@@ -10,15 +10,17 @@ output), as the trainer runs them:
   speed (torch.compile where the trainer compiles, cuDNN autotuning, graph capture, workers).
 It then projects a thesis trial: HMDB-51 split 1, 100 epochs of 3,570 training clips, and an
 evaluation of 11,200 clips every `eval.every` epochs of spaces/thesis-hmdb51.yaml (and after the
-last), plus the warm-up. With `--fuse K` (default 4 on CUDA, 2 on a CPU) it measures K trials
-fused in one process (`train/fused.py`): their aggregate training clips/s over epochs 2..E, and
-K evaluations at once, against one trial in the same run; a fused trial's minutes are the
+last), plus the warm-up. With `--per-process K` (default 4 on CUDA, 2 on a CPU) it measures K
+trials side by side in one process (`resources.trials_per_process`, train/slots.py): their
+aggregate training clips/s in the steady window (from the last slot's end of epoch 2 to the first
+slot's end of epoch E-1, `--shared-epochs`, at least 5), and K evaluations at once, each thread
+on its own CUDA stream, against one trial in the same run; a shared trial's minutes are the
 trial's training and evaluation minutes divided by those gains, plus its own warm-up. The last
 lines are
 
     end_to_end_vs_step: <loop clips/s / bare step clips/s>x
     thesis_trial_minutes: <N>
-    fused_thesis_trial_minutes: <N>   (minutes per trial when K trials run fused)
+    shared_thesis_trial_minutes: <N>   (minutes per trial when K trials share a process)
 
     python benchmarks/thesis_trial.py      # as the trainer runs (CUDA graph); --eager without
 """
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -93,7 +96,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, help="timed bare steps per block (default 20; CPU 3)")
     parser.add_argument("--threads", type=int, help="CPU threads (default: every core)")
     parser.add_argument("--data", help="synthetic set to use: reused if there, else written")
-    parser.add_argument("--fuse", type=int, help="trials fused for the last line (default 4; CPU 2; 1: skip)")
+    parser.add_argument("--per-process", type=int,
+                        help="trials per process for the last line (default 4; CPU 2; 1: skip)")
+    parser.add_argument("--shared-epochs", type=int, default=5,
+                        help="epochs of each shared run (at least 5: the steady window is epochs 3..E-1)")
     args = parser.parse_args()
 
     cuda = torch.cuda.is_available()
@@ -147,41 +153,48 @@ def main() -> None:
     )
     print(f"end_to_end_vs_step: {loop_cps / bare.clips_per_s:.2f}x")
     print(f"thesis_trial_minutes: {train_min + eval_min + warmup_min:.1f}", flush=True)
-    fuse = args.fuse or (4 if cuda else 2)
-    if fuse > 1:
-        train_gain, eval_gain = measure_fused(cfg, device, fuse, args.epochs)
-        print(f"fused: {fuse} trials in one process: training {train_gain:.2f}x and evaluation "
+    count = args.per_process or (4 if cuda else 2)
+    if count > 1:
+        train_gain, eval_gain = measure_shared(cfg, device, count, max(5, args.shared_epochs))
+        print(f"shared: {count} trials in one process: training {train_gain:.2f}x and evaluation "
               f"{eval_gain:.2f}x the clips/s of one trial")
-        print(f"fused_thesis_trial_minutes: {train_min / train_gain + eval_min / eval_gain + warmup_min:.1f}")
+        print(f"shared_thesis_trial_minutes: {train_min / train_gain + eval_min / eval_gain + warmup_min:.1f}")
 
 
-def measure_fused(cfg: TrialConfig, device: torch.device, fuse: int, epochs: int) -> tuple[float, float]:
-    """(training gain, evaluation gain) of `fuse` trials fused in one process over one trial,
-    both measured here: training as the aggregate clips/s of epochs 2..E (`fit_fused`, no
-    evaluation), evaluation as `fuse` evaluations on their own threads at once."""
+def measure_shared(cfg: TrialConfig, device: torch.device, count: int, epochs: int) -> tuple[float, float]:
+    """(training gain, evaluation gain) of `count` trials side by side in one process over one
+    trial, both measured here: training as the aggregate clips/s of the steady window
+    (`fit_side_by_side`, no evaluation), evaluation as `count` evaluations on their own threads
+    at once, each on a CUDA stream of its own (`StreamPool`, as slots get them)."""
     def training_rate(count: int) -> float:
-        from fusion import timed_fused_epochs
+        from shared_process import timed_shared_epochs
 
         cfgs = [cfg.with_overrides({"seed": k, "optim.epochs": epochs, "eval.every": 10_000,
                                     "optim.lr": 2e-4 * (1 + k / 4)}, "<bench>") for k in range(count)]
-        clips, seconds = timed_fused_epochs(cfgs, _clips_per_epoch(cfg), device)
-        return clips / seconds
+        clips, seconds = timed_shared_epochs(cfgs, _clips_per_epoch(cfg), device)
+        return sum(clips) / seconds
 
     def evaluation_rate(count: int) -> float:
         from concurrent.futures import ThreadPoolExecutor
 
         from mtsearch.data.clips import make_loader
         from mtsearch.train import build_training, evaluate, load_clips, loader_workers
+        from mtsearch.train.slots import StreamPool
 
         _, _, test_set, num_classes = load_clips(cfg, print)
         models = [build_training(cfg, num_classes, device, print).model for _ in range(count)]
         loaders = [make_loader(test_set, cfg.eval_batch_size, False, loader_workers(cfg, device), device, 0)
                    for _ in range(count)]
-        share = max(1, threads // count)  # each slot its share of the cores, as fit_fused gives
+        share = max(1, threads // count)  # each slot its share of the cores, as fit_side_by_side gives
+        pool = StreamPool()
+        streams = [pool.acquire(str(k), device) if device.type == "cuda" else None for k in range(count)]
 
         def one(k: int) -> None:
             torch.set_num_threads(share)
-            evaluate(models[k], loaders[k], cfg, device)
+            with torch.cuda.stream(streams[k]) if streams[k] is not None else nullcontext():
+                evaluate(models[k], loaders[k], cfg, device)
+                if streams[k] is not None:
+                    streams[k].synchronize()
 
         with ThreadPoolExecutor(count) as pool:
             list(pool.map(one, range(count)))  # warm-up (and compilation where the trainer compiles)
@@ -191,7 +204,7 @@ def measure_fused(cfg: TrialConfig, device: torch.device, fuse: int, epochs: int
 
     threads = torch.get_num_threads()
     one_train, one_eval = training_rate(1), evaluation_rate(1)
-    train_gain, eval_gain = training_rate(fuse) / one_train, evaluation_rate(fuse) / one_eval
+    train_gain, eval_gain = training_rate(count) / one_train, evaluation_rate(count) / one_eval
     torch.set_num_threads(threads)
     return train_gain, eval_gain
 

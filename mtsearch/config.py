@@ -26,8 +26,8 @@ from mtsearch.presets import BRANCHES, PRESETS, Preset, normalize_branches, trac
 from mtsearch.values import as_float, as_int
 from mtsearch.yamlio import dump_yaml, read_yaml
 
-# the keys that change a tensor's shape: trials equal in all of them may train fused in one
-# process (train/fused.py) and share one memory probe (search/packing.py)
+# the keys that change a tensor's shape: trials equal in all of them may train side by side in one
+# process (train/side_by_side.py) and share one memory probe (search/packing.py)
 SHAPE_KEYS: tuple[str, ...] = ("model.preset", "optim.batch_size", "data.crop", "data.clip_frames",
                                "model.branches", "track.patch", "track.past_frames")
 # keys whose default (None) the preset decides: `resolved()` writes them out

@@ -71,7 +71,7 @@ def direction(mode: str) -> Direction:
 
 
 FRACTION = "fraction"  # in [0, 1]; shown as percent points
-SLOTS_KEY = "slots"  # an epoch row of fused seeds (train/fused.py): each seed's own row, beside their mean
+SLOTS_KEY = "slots"  # an epoch row of a configuration's seeds (train/side_by_side.py): each seed's own row, beside their mean
 
 
 @dataclass(frozen=True)

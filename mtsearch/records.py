@@ -15,6 +15,8 @@ Eras (RECORD_VERSION is the current one):
   6  the validation split that comes closest to its target (data.val_carving: closest)
   7  compressed frame cache: clips read from JPEG frames (data.cache_format: jpeg); before, raw;
      data.flip, eval.views and eval.val_views: before, on / clips / clips
+  8  resources.trials_per_process; before, resources.fuse (same values); the trials.parquet
+     columns fuse_group and fuse_k kept their names
 Preset-decided values (DERIVED_KEYS left unset) are a moving default rather than an era: a resumed
 run or study keeps the values it recorded (`adopt_recorded`), as when tiny's learning rate changed.
 """
@@ -29,9 +31,9 @@ from mtsearch.config import DERIVED_KEYS, ModelConfig, TrialConfig, flatten_keys
 from mtsearch.errors import InvalidInput
 from mtsearch.presets import PRESETS, THESIS_TRACKING, thesis_temperature
 
-RECORD_VERSION = 7
+RECORD_VERSION = 8
 VERSION_KEY = "record_version"
-FAST_PATH, VALIDATION, TRACKING_KEYS, CLOSEST_SPLIT, JPEG_CACHE = 2, 3, 4, 6, 7  # the first version of each era
+FAST_PATH, VALIDATION, TRACKING_KEYS, CLOSEST_SPLIT, JPEG_CACHE, PER_PROCESS = 2, 3, 4, 6, 7, 8  # each era's first version
 # what a run did before the JPEG cache: exact decoded frames, flipped training clips keeping their
 # class, the thesis's averaged clips for every evaluation
 BEFORE_VIEWS: dict[str, Any] = {"data.cache_format": "raw", "data.flip": "on", "eval.views": "clips",
@@ -131,6 +133,9 @@ def upgrade_space(data: Any, source: str | Path) -> Any:
     data = unstamped(data)
     if isinstance(base, Mapping):
         data["base"] = _upgraded(flatten_keys(base, source), version)
+    resources = data.get("resources")
+    if version < PER_PROCESS and isinstance(resources, Mapping) and "fuse" in resources:
+        data["resources"] = {("trials_per_process" if k == "fuse" else k): v for k, v in resources.items()}
     return data
 
 
@@ -204,7 +209,8 @@ def _checked_version(value: Any, source: str | Path) -> int:
 # ---- pickles (Ray Tune's saved state of an interrupted study) ---------------------------------
 
 # Tune pickles the study's callback, searcher and trial-folder function by module path; these are
-# the paths the flat layout (record versions 1-4) gave them.
+# the paths the flat layout (record versions 1-4) gave them (`search.study.accept_moved_modules`
+# makes them resolve).
 MOVED_MODULES: dict[str, str] = {
     **{f"mtsearch.{name}": f"mtsearch.search.{name}" for name in (
         "tuning", "study", "packing", "confirm", "cluster", "preflight", "footprint")},
@@ -216,22 +222,3 @@ MOVED_MODULES: dict[str, str] = {
 # `mtsearch.tuning`, included)
 FLAT_SEARCH_MODULES = ("mtsearch.search.driver", "mtsearch.search.recording", "mtsearch.search.trainable",
                        "mtsearch.search.tuning")
-
-
-def accept_moved_modules() -> None:
-    """Let an interrupted study's pickled Tune state find its classes where they live now."""
-    import importlib
-    import sys
-
-    for old, new in MOVED_MODULES.items():
-        sys.modules.setdefault(old, importlib.import_module(new))
-    package = importlib.import_module("mtsearch.search")
-    if "__getattr__" not in vars(package):
-        def flat_name(name: str) -> Any:
-            for module in FLAT_SEARCH_MODULES:
-                found = getattr(importlib.import_module(module), name, None)
-                if found is not None and not name.startswith("__"):
-                    return found
-            raise AttributeError(name)
-
-        package.__getattr__ = flat_name  # type: ignore[attr-defined]

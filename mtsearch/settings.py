@@ -1,11 +1,14 @@
-"""How a study runs: the `search`, `scheduler`, `resources` and `failure` sections of a space file.
+"""How a study runs: the `search`, `scheduler`, `resources`, `failure` and `storage` sections of a
+space file.
 
-Each section is a table of keys (default, coercion, check), read the way trial config keys are
-(`mtsearch.config`'s coercions and checks), so an error names the file and the dotted key.
+Each section is a frozen dataclass, the one place its keys and defaults are written (one line a
+key), and a table of how each key is read (`FIELDS`: coercion, check), read the way trial config
+keys are (`mtsearch.config`'s coercions and checks), so an error names the file and the dotted key.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -16,15 +19,17 @@ from mtsearch.values import as_float, as_int, at_least, one_of, positive
 
 ALGORITHMS: tuple[str, ...] = ("tpe", "random", "grid", "cmaes")
 SCHEDULERS: tuple[str, ...] = ("asha", "none")
+MIRRORS: tuple[str, ...] = ("tensorboard", "mlflow")
+AUTO = "auto"
 
 
 @dataclass(frozen=True)
 class SearchSettings:
-    algorithm: str = "tpe"
+    algorithm: str = "tpe"  # a grid file's default is grid
     num_samples: int = 16
     max_concurrent: int = 2
     seed: int = 0
-    seeds_per_trial: int = 1  # a sampled configuration trains this many seeds, fused; their mean scores
+    seeds_per_trial: int = 1  # a sampled configuration trains this many seeds in one process; their mean scores
 
 
 @dataclass(frozen=True)
@@ -34,7 +39,39 @@ class SchedulerSettings:
     reduction_factor: float = 3.0
 
 
-AUTO = "auto"
+@dataclass(frozen=True)
+class Resources:
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float | str = AUTO  # a fraction, whole GPUs, or AUTO: sized from memory
+    max_trials_per_gpu: int = 8  # the cap on AUTO's packing (and on OOM retries' neighbours)
+    trials_per_process: int | str = AUTO  # trials of one shape side by side in a process: AUTO, 1 or K
+
+    @property
+    def auto(self) -> bool:
+        return self.gpus_per_trial == AUTO
+
+
+@dataclass(frozen=True)
+class FailureSettings:
+    max_failures: int = 0  # retries of the configuration's own failures
+    max_restarts: int = 3  # retries after faults of the machine, counted apart
+
+
+@dataclass(frozen=True)
+class Storage:
+    """The checkpoints of the best `keep_checkpoints` finished trials are kept, others' deleted;
+    `mirror` copies each epoch's rows live to TensorBoard and/or MLflow."""
+
+    keep_checkpoints: int = 3
+    mirror: tuple[str, ...] = ()
+    tensorboard_dir: str | None = None
+    mlflow_uri: str | None = None
+
+
+SECTIONS: dict[str, type] = {"search": SearchSettings, "scheduler": SchedulerSettings,
+                             "resources": Resources, "failure": FailureSettings, "storage": Storage}
+# keys of earlier versions a new space file may not use: what they are called now
+RENAMED: dict[str, str] = {"resources.fuse": "resources.trials_per_process"}
 
 
 def seeds_of(seed: int, count: int) -> list[int]:
@@ -42,16 +79,14 @@ def seeds_of(seed: int, count: int) -> list[int]:
     return [seed + k for k in range(count)]
 
 
-@dataclass(frozen=True)
-class Resources:
-    cpus_per_trial: float = 1.0
-    gpus_per_trial: float | str = AUTO  # a fraction, whole GPUs, or AUTO: sized from memory
-    max_trials_per_gpu: int = 8  # the cap on AUTO's packing (and on OOM retries' neighbours)
-    fuse: int | str = AUTO  # trials per process and step (train/fused.py): AUTO, 1 (off) or K
+def defaults(section: str) -> dict[str, Any]:
+    """A section's keys and their defaults, in file order."""
+    return {f.name: f.default for f in dataclasses.fields(SECTIONS[section])}
 
-    @property
-    def auto(self) -> bool:
-        return self.gpus_per_trial == AUTO
+
+def as_record(settings: Any) -> dict[str, Any]:
+    """A section's values as a space.yaml writes them (tuples as lists)."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(settings).items()}
 
 
 def _section(raw: Any, key: str, source: str, allowed: tuple[str, ...]) -> dict[str, Any]:
@@ -60,16 +95,18 @@ def _section(raw: Any, key: str, source: str, allowed: tuple[str, ...]) -> dict[
     if not isinstance(raw, Mapping):
         raise InvalidInput(source, key, "expected a mapping", raw)
     for sub in raw:
+        dotted = f"{key}.{sub}"
+        if dotted in RENAMED:
+            raise InvalidInput(source, dotted, f"is now called {RENAMED[dotted]} (same values): rename it")
         if sub not in allowed:
-            raise InvalidInput(source, f"{key}.{sub}", "unknown key" + did_you_mean(str(sub), allowed))
+            raise InvalidInput(source, dotted, "unknown key" + did_you_mean(str(sub), allowed))
     return dict(raw)
 
 
 @dataclass(frozen=True)
 class SettingField:
-    """One key of a space file's settings sections: default, coercion, check (as config keys)."""
+    """How one key of a settings section is read: coercion, check (as config keys)."""
 
-    default: Any
     coerce: Callable[[Any], Any]
     check: Callable[[Any], str | None] | None = None
 
@@ -104,15 +141,15 @@ def _gpu_share(v: float | str) -> str | None:
     return None
 
 
-_fuse = _auto_or(as_int, "auto, 1 (off) or a number of trials per process")
+_per_process = _auto_or(as_int, "auto, 1 (one trial a process) or a number of trials per process")
 
 
-def _fuse_count(value: int | str) -> str | None:
+def _per_process_count(value: int | str) -> str | None:
     if value == AUTO:
         return None
     assert isinstance(value, int)
     if value < 1:
-        return "must be auto, 1 (off) or a number of trials per process"
+        return "must be auto, 1 (one trial a process) or a number of trials per process"
     return None
 
 
@@ -136,59 +173,50 @@ def _mirror_list(value: Any) -> tuple[str, ...]:
     return tuple(dict.fromkeys(items))
 
 
-SETTINGS: dict[str, dict[str, SettingField]] = {
+FIELDS: dict[str, dict[str, SettingField]] = {
     "search": {
-        "algorithm": SettingField("tpe", _text, one_of(ALGORITHMS)),
-        "num_samples": SettingField(16, as_int, at_least(1)),
-        "max_concurrent": SettingField(2, as_int, at_least(1)),
-        "seed": SettingField(0, as_int, at_least(0)),
-        "seeds_per_trial": SettingField(1, as_int, at_least(1)),
+        "algorithm": SettingField(_text, one_of(ALGORITHMS)),
+        "num_samples": SettingField(as_int, at_least(1)),
+        "max_concurrent": SettingField(as_int, at_least(1)),
+        "seed": SettingField(as_int, at_least(0)),
+        "seeds_per_trial": SettingField(as_int, at_least(1)),
     },
     "scheduler": {
-        "type": SettingField("asha", _text, one_of(SCHEDULERS)),
-        "grace_period": SettingField(1, as_int, at_least(1)),
-        "reduction_factor": SettingField(3.0, as_float, _more_than_one),
+        "type": SettingField(_text, one_of(SCHEDULERS)),
+        "grace_period": SettingField(as_int, at_least(1)),
+        "reduction_factor": SettingField(as_float, _more_than_one),
     },
     "resources": {
-        "cpus_per_trial": SettingField(1.0, as_float, positive),
-        "gpus_per_trial": SettingField(AUTO, _gpus, _gpu_share),
-        "max_trials_per_gpu": SettingField(8, as_int, at_least(1)),
-        "fuse": SettingField(AUTO, _fuse, _fuse_count),
+        "cpus_per_trial": SettingField(as_float, positive),
+        "gpus_per_trial": SettingField(_gpus, _gpu_share),
+        "max_trials_per_gpu": SettingField(as_int, at_least(1)),
+        "trials_per_process": SettingField(_per_process, _per_process_count),
     },
     "failure": {
-        "max_failures": SettingField(0, as_int, at_least(0)),  # the configuration's own failures
-        "max_restarts": SettingField(3, as_int, at_least(0)),  # faults of the machine, apart
+        "max_failures": SettingField(as_int, at_least(0)),
+        "max_restarts": SettingField(as_int, at_least(0)),
     },
-    # the checkpoints of the best K finished trials are kept; others' are deleted; `mirror` copies
-    # each epoch's rows live to TensorBoard and/or MLflow
     "storage": {
-        "keep_checkpoints": SettingField(3, as_int, at_least(0)),
-        "mirror": SettingField((), _mirror_list, None),
-        "tensorboard_dir": SettingField(None, _optional_text, None),
-        "mlflow_uri": SettingField(None, _optional_text, None),
+        "keep_checkpoints": SettingField(as_int, at_least(0)),
+        "mirror": SettingField(_mirror_list, None),
+        "tensorboard_dir": SettingField(_optional_text, None),
+        "mlflow_uri": SettingField(_optional_text, None),
     },
 }
-MIRRORS: tuple[str, ...] = ("tensorboard", "mlflow")
-
-
-@dataclass(frozen=True)
-class Storage:
-    keep_checkpoints: int = 3
-    mirror: tuple[str, ...] = ()
-    tensorboard_dir: str | None = None
-    mlflow_uri: str | None = None
 
 
 def _settings(
-    raw: Any, section: str, source: str, allowed: tuple[str, ...] | None = None, **defaults: Any
+    raw: Any, section: str, source: str, allowed: tuple[str, ...] | None = None, **overrides: Any
 ) -> dict[str, Any]:
-    """A settings section read through SETTINGS: unknown keys, coercion and checks name the key."""
-    fields = SETTINGS[section]
+    """A settings section read through FIELDS: unknown keys, coercion and checks name the key;
+    a key the file leaves out takes `overrides` or the section's default."""
+    fields = FIELDS[section]
     sec = _section(raw, section, source, allowed or tuple(fields))
     values: dict[str, Any] = {}
-    for name, spec in fields.items():
+    for name, default in defaults(section).items():
+        spec = fields[name]
         key = f"{section}.{name}"
-        raw_value = sec.get(name, defaults.get(name, spec.default))
+        raw_value = sec.get(name, overrides.get(name, default))
         try:
             value = spec.coerce(raw_value)
         except ValueError as exc:
@@ -205,7 +233,7 @@ def read_search(raw: Any, source: str, ablation: bool) -> SearchSettings:
     if ablation and isinstance(raw, Mapping) and "seeds_per_trial" in raw:
         raise InvalidInput(source, "search.seeds_per_trial", "a grid file repeats its cells over seeds "
                            "with `repeats: N`")
-    values = _settings(raw, "search", source, allowed, algorithm="grid" if ablation else "tpe")
+    values = _settings(raw, "search", source, allowed, **({"algorithm": "grid"} if ablation else {}))
     if values["algorithm"] == "cmaes" and importlib.util.find_spec("cmaes") is None:
         raise InvalidInput(source, "search.algorithm",
                            "cmaes needs the `cmaes` package (pip install cmaes)", "cmaes")
@@ -222,8 +250,8 @@ def read_resources(raw: Any, source: str) -> Resources:
 
 def read_failure(raw: Any, source: str) -> tuple[int, int]:
     """(max_failures, max_restarts): retries of a failing configuration, and of a failing machine."""
-    values = _settings(raw, "failure", source)
-    return int(values["max_failures"]), int(values["max_restarts"])
+    failure = FailureSettings(**_settings(raw, "failure", source))
+    return failure.max_failures, failure.max_restarts
 
 
 def read_storage(raw: Any, source: str) -> Storage:
@@ -250,12 +278,12 @@ def check_mirror_extras(storage: Storage, source: str) -> None:
 
 def check_seeds_per_trial(search: SearchSettings, resources: Resources, space: Mapping[str, Any],
                           source: str) -> None:
-    """A configuration's N seeds are base.seed .. base.seed + N - 1, trained fused in one process."""
+    """A configuration's N seeds are base.seed .. base.seed + N - 1, trained side by side in one process."""
     if search.seeds_per_trial <= 1:
         return
     if "seed" in space:
         raise InvalidInput(source, "space.seed", "set search.seeds_per_trial (seeds base.seed .. base.seed"
                            " + N - 1) or a searched seed, not both")
-    if isinstance(resources.fuse, int) and resources.fuse > 1:
-        raise InvalidInput(source, "resources.fuse", "a configuration's seeds already train fused "
-                           "(search.seeds_per_trial): use auto or 1 with it", resources.fuse)
+    if isinstance(resources.trials_per_process, int) and resources.trials_per_process > 1:
+        raise InvalidInput(source, "resources.trials_per_process", "a configuration's seeds already share "
+                           "one process (search.seeds_per_trial): use auto or 1 with it", resources.trials_per_process)

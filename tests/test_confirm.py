@@ -59,7 +59,7 @@ def _runs(log_dir: Path) -> list[tuple[float, int]]:
 def _parent(tmp_path: Path, address: str, fit: Callable[..., Any]) -> Path:
     spec = space_from_mapping({"name": "weights", "base": {"optim.epochs": 2, "eval.every": 1},
                                "grid": {"loss.w_track": [10, 20, 40]}}, "weights.yaml", "ablation")
-    return run_search(spec, tmp_path / "trials", address=address, trainable_fn=fit).study_dir
+    return run_search(spec, tmp_path / "trials", address=address, trainer=fit).study_dir
 
 
 def test_racing_drops_clearly_worse_configurations_early(tmp_path: Path, ray_address: str):
@@ -69,7 +69,7 @@ def test_racing_drops_clearly_worse_configurations_early(tmp_path: Path, ray_add
     parent = _parent(tmp_path, ray_address, fit)
     said: list[str] = []
     result = race(parent, top=3, seeds=5, alpha=0.05, first_test=3, log=said.append, address=ray_address,
-                  trainable_fn=fit)
+                  trainer=fit)
     assert not result.interrupted
     leader = result.leader()
     assert leader.values == {"loss.w_track": 20.0} and leader.rank == 1
@@ -90,7 +90,7 @@ def test_racing_drops_clearly_worse_configurations_early(tmp_path: Path, ray_add
     assert leaderboard(child).total_ranked == 9
     _check_export(parent)
     # resuming a finished race replays its decisions and runs nothing
-    again = race(parent, top=3, seeds=5, first_test=3, resume=True, address=ray_address, trainable_fn=fit)
+    again = race(parent, top=3, seeds=5, first_test=3, resume=True, address=ray_address, trainer=fit)
     assert [c.dropped_after for c in again.contenders] == [c.dropped_after for c in result.contenders]
     assert len(_runs(logs)) == 12
 
@@ -124,7 +124,7 @@ def test_a_close_race_spends_every_seed_and_says_so(tmp_path: Path, ray_address:
     fit = make_fit(logs, wobble=0.4)  # the wobble drowns the 0.3 gap
     parent = _parent(tmp_path, ray_address, fit)
     said: list[str] = []
-    result = race(parent, top=2, seeds=3, first_test=3, log=said.append, address=ray_address, trainable_fn=fit)
+    result = race(parent, top=2, seeds=3, first_test=3, log=said.append, address=ray_address, trainer=fit)
     assert all(len(c.scores) == 3 for c in result.contenders)
     assert said[0].startswith("a fixed-n comparison: --seeds 3 = --first-test, so the race tests once"), said
     verdict = result.verdict()
@@ -132,9 +132,9 @@ def test_a_close_race_spends_every_seed_and_says_so(tmp_path: Path, ray_address:
     assert "adjusted for the race's pairs and looks (this pair at 95%), n = 3; racing decision" in verdict
     assert result.seed_runs() == 6
     with pytest.raises(InvalidInput, match="already exists; add --resume"):
-        race(parent, top=2, seeds=3, first_test=3, address=ray_address, trainable_fn=fit)
+        race(parent, top=2, seeds=3, first_test=3, address=ray_address, trainer=fit)
     with pytest.raises(InvalidInput, match="below --first-test 5: the race would never test"):
-        race(parent, top=2, seeds=3, address=ray_address, trainable_fn=fit)
+        race(parent, top=2, seeds=3, address=ray_address, trainer=fit)
 
 
 def test_the_test_and_its_correction():

@@ -28,7 +28,7 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path: Path):
     out = done.stdout
     assert "24 sampled trials (tpe)" in out
     assert "network shapes: 4:" in out and "tiny b4 cls (" in out
-    assert "disk: up to" in out and "resources:" in out and "fusion:" in out
+    assert "disk: up to" in out and "resources:" in out and "trials per process: auto: one trial per process" in out
     resolved = yaml.safe_load(out.split("\n\n")[0].split("\n", 1)[1])
     assert resolved["base"]["data"]["crop"] == 96 and resolved["base"]["optim"]["lr"] == 0.001
     assert resolved["base"]["loss"]["w_track"] is None  # searched: each trial's own

@@ -210,10 +210,10 @@ def _pickled_names(data: bytes) -> set[str]:
 
 
 # In a fresh interpreter: what `--resume` does before Tune unpickles its state (the flat layout's
-# modules found where they live now, `records.accept_moved_modules`), then which names do not resolve.
+# modules found where they live now, `search.study.accept_moved_modules`), then which names do not resolve.
 RESOLVE = """
 import importlib, json, sys
-from mtsearch.records import accept_moved_modules
+from mtsearch.search.study import accept_moved_modules
 accept_moved_modules()
 missing = []
 for name in json.loads(sys.argv[1]):
@@ -226,7 +226,7 @@ print(json.dumps(missing))
 """
 
 
-@pytest.mark.parametrize("era", ERAS)
+@pytest.mark.parametrize("era", (*ERAS, "e7_fuse"))
 def test_tune_state_refers_to_names_that_exist(era: str) -> None:
     """Tune restores a study from pickles: every mtsearch name they hold must still import."""
     state = FIXTURES / era / "interrupted" / "tune"
@@ -278,3 +278,67 @@ def test_a_searcher_pickled_before_adoption_existed_still_suggests(tmp_path: Pat
     assert searcher.next_adopted() is None
     params = searcher.suggest("0a1b2c3d")
     assert params is not None and 1 <= params["loss.w_track"] <= 40
+
+
+# ---- e7_fuse: the last era whose space files said `resources.fuse` (now trials_per_process) ----------
+
+E7 = FIXTURES / "e7_fuse"  # 2 trials of one shape trained side by side in one process (fuse: 2)
+
+
+def _renamed_space(tmp_path: Path) -> Path:
+    """The space file e7 ran, as a user writes it today."""
+    path = tmp_path / "space.yaml"
+    path.write_text((E7 / "space.yaml").read_text().replace("fuse: 2", "trials_per_process: 2"))
+    return path
+
+
+def test_a_study_recorded_with_fuse_reads_as_trials_per_process(capsys, tmp_path: Path,
+                                                                 in_era_cache: Path) -> None:
+    from mtsearch.cli.train import check_runnable, load_config_file
+    from mtsearch.space import load_study_space
+
+    study = copy_fixture("e7_fuse", "finished", tmp_path / "legacy")
+    recorded = (study / "space.yaml").read_text()
+    assert "record_version: 7" in recorded and "fuse: 2" in recorded  # as era 7 wrote it
+    assert load_study_space(study).resources.trials_per_process == 2
+    assert {r["fuse_k"] for r in pq.read_table(study / "trials.parquet").to_pylist()} == {2}
+    code, out, _ = run_cli(capsys, "leaderboard", str(study), "--format", "json")
+    board = json.loads(out)
+    assert code == 0 and board["total_ranked"] == 2 and board["counts"] == {"completed": 2}
+    code, out, _ = run_cli(capsys, "report", str(study))
+    assert code == 0 and "2 ranked of 2 trials" in out
+    code, out, _ = run_cli(capsys, "export", str(study))
+    assert code == 0 and "run it with: mtsearch train" in out
+    check_runnable(load_config_file(study / "best.yaml"), study / "best.yaml")
+
+
+def test_an_interrupted_fuse_study_reopens_under_the_new_name(tmp_path: Path) -> None:
+    """The space file of era 7 is refused with the new key's name; renamed, it reopens the study
+    that recorded `fuse` (the study's identity is its space, not how its trials share processes)."""
+    from mtsearch.errors import InvalidInput
+    from mtsearch.search import study
+    from mtsearch.space import load_space
+
+    with pytest.raises(InvalidInput, match=r"resources\.fuse: is now called resources\.trials_per_process"):
+        load_space(E7 / "space.yaml")
+    copy_fixture("e7_fuse", "interrupted", tmp_path / "trials" / "legacy")
+    spec, study_dir, fd, created, extend_from = study.open_study(load_space(_renamed_space(tmp_path)),
+                                                                 tmp_path / "trials", True)
+    study.release(fd)
+    assert not created and extend_from is None and spec.resources.trials_per_process == 2
+
+
+@pytest.mark.slow
+def test_an_interrupted_fuse_study_resumes_to_the_end(tmp_path: Path, era_cache: Path, ray_address: str) -> None:
+    """Both trials were running side by side when era 7's driver stopped (no checkpoint yet): under
+    `--resume` with the renamed key they train again, two to a process, and finish."""
+    study = copy_fixture("e7_fuse", "interrupted", tmp_path / "trials" / "legacy")
+    cmd = [sys.executable, "-m", "mtsearch", "run", str(_renamed_space(tmp_path)), "--resume", "--trials-dir",
+           str(tmp_path / "trials"), "--address", ray_address, "--quiet"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "MTSEARCH_CACHE": str(era_cache)})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    trials = pq.read_table(study / "trials.parquet").to_pylist()
+    assert len(trials) == 2 and all(r["status"] == "completed" and r["fuse_k"] == 2 for r in trials), trials
+    keys = [(r["trial_id"], r["epoch"]) for r in pq.read_table(study / "epochs.parquet").to_pylist()]
+    assert len(keys) == len(set(keys)) == 4

@@ -88,6 +88,10 @@ BAD_FILES = [
     ("unknown-top-key", "run", S + "serach: {}\n", [], "serach: unknown key; did you mean 'search'?"),
     *[(f"unknown-{section}-key", "run", S + f"{section}: {{bogus: 1}}\n", [], f"{section}.bogus: unknown key")
       for section in ("search", "scheduler", "resources", "failure", "storage")],
+    # the key's earlier name: one line naming today's (a study recorded with it still reads: test_eras)
+    *[(f"renamed-fuse-{command}", command, content + "resources: {fuse: 2}\n", [],
+       "resources.fuse: is now called resources.trials_per_process (same values): rename it")
+      for command, content in (("run", S), ("ablate", G))],
     ("unknown-base-key", "run", S + "base: {optim.lrr: 1}\n", [], "base.optim.lrr: unknown config key"),
     ("unknown-base-section", "run", S + "base: {optimm: {lr: 1}}\n", [],
      "base.optimm: unknown key; did you mean 'optim'?"),

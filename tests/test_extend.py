@@ -37,16 +37,16 @@ def test_a_finished_study_grows_by_exactly_the_missing_trials(tmp_path: Path, ra
     logs.mkdir()
     trials = tmp_path / "trials"
     fit = make_fit(logs, 0.05)
-    first = run_search(_spec(SEARCH), trials, address=ray_address, trainable_fn=fit)
+    first = run_search(_spec(SEARCH), trials, address=ray_address, trainer=fit)
     assert not first.interrupted and len(records(logs)) <= 4
     old_ids = {r["trial_id"] for r in pq.read_table(first.study_dir / "trials.parquet").to_pylist()}
 
     with pytest.raises(InvalidInput, match="--num-samples: the study .* already has 4; give 4 or more"):
         run_search(_spec(SEARCH).with_cli(num_samples=3), trials, resume=True, address=ray_address,
-                   trainable_fn=fit)
+                   trainer=fit)
     said: list[str] = []
     grown = run_search(_spec(SEARCH).with_cli(num_samples=7), trials, resume=True, address=ray_address,
-                       trainable_fn=fit, log=said.append)
+                       trainer=fit, log=said.append)
     assert not grown.interrupted
     assert any("extending" in line and "from 4 to 7 trials" in line for line in said)
     rows = pq.read_table(grown.study_dir / "trials.parquet").to_pylist()
@@ -65,7 +65,7 @@ def test_a_finished_study_grows_by_exactly_the_missing_trials(tmp_path: Path, ra
     # the study now records 7: a plain --resume (the file still says 4) keeps it and runs nothing
     assert with_study_count(_spec(SEARCH), grown.study_dir).search.num_samples == 7
     again = run_search(with_study_count(_spec(SEARCH), grown.study_dir), trials, resume=True,
-                       address=ray_address, trainable_fn=fit)
+                       address=ray_address, trainer=fit)
     assert not again.interrupted
     assert len(pq.read_table(again.study_dir / "trials.parquet")) == 7
 
@@ -75,9 +75,9 @@ def test_a_grid_gains_seeds_in_every_cell(tmp_path: Path, ray_address: str):
     logs.mkdir()
     grid = {"name": "grid", "base": {"optim.epochs": 2}, "grid": {"loss.w_track": [10, 30]}, "repeats": 2}
     fit = make_fit(logs, 0.05)
-    run_search(_spec(grid, "ablation"), tmp_path / "trials", address=ray_address, trainable_fn=fit)
+    run_search(_spec(grid, "ablation"), tmp_path / "trials", address=ray_address, trainer=fit)
     grown = run_search(_spec(grid, "ablation").with_cli(repeats=3), tmp_path / "trials", resume=True,
-                       address=ray_address, trainable_fn=fit)
+                       address=ray_address, trainer=fit)
     rows = pq.read_table(grown.study_dir / "trials.parquet").to_pylist()
     cells = sorted((r["cell"], r["seed"]) for r in rows)
     assert cells == [(c, s) for c in ("loss.w_track=10", "loss.w_track=30") for s in (0, 1, 2)]
@@ -125,7 +125,7 @@ def test_selection_follows_validation_and_old_studies_still_read(tmp_path: Path,
 
     spec = _spec({"name": "sel", "base": {"optim.epochs": 2}, "grid": {"loss.w_track": [10, 20, 40]}},
                  "ablation")
-    outcome = run_search(spec, tmp_path / "trials", address=ray_address, trainable_fn=disagreeing_fit())
+    outcome = run_search(spec, tmp_path / "trials", address=ray_address, trainer=disagreeing_fit())
     study = load_study(outcome.study_dir)
     board = leaderboard(study)
     assert [r["loss.w_track"] for r in board.rows] == [10, 20, 40]  # by validation

@@ -109,7 +109,7 @@ def test_a_killed_worker_resumes_from_its_checkpoint_and_is_not_a_result(tmp_pat
     said: list[str] = []
     try:
         outcome = run_search(_spec("killed", 2, 4), tmp_path / "trials", address=ray_address,
-                             trainable_fn=make_fit(logs), log=said.append)
+                             trainer=make_fit(logs), log=said.append)
     finally:
         done.set()
         killer.join()
@@ -136,7 +136,7 @@ def test_a_worker_killed_past_its_restarts_is_an_error_that_resume_reruns(tmp_pa
     killer.start()
     spec = _spec("restarts", 1, 3, failure={"max_restarts": 0})
     try:
-        outcome = run_search(spec, tmp_path / "trials", address=ray_address, trainable_fn=make_fit(logs))
+        outcome = run_search(spec, tmp_path / "trials", address=ray_address, trainer=make_fit(logs))
     finally:
         done.set()
         killer.join()
@@ -151,7 +151,7 @@ def test_a_worker_killed_past_its_restarts_is_an_error_that_resume_reruns(tmp_pa
     for marker in logs.glob("*.epoch"):
         marker.unlink()
     again = run_search(spec, tmp_path / "trials", resume=True, address=ray_address,
-                       trainable_fn=make_fit(logs))
+                       trainer=make_fit(logs))
     (row,) = pq.read_table(again.study_dir / "trials.parquet").to_pylist()
     assert (row["status"], row["error"], row["epochs_done"]) == ("completed", None, 3)
     assert sorted(k[1] for k in _epoch_keys(again.study_dir)) == [1, 2, 3]
@@ -167,7 +167,7 @@ def test_a_failing_configuration_is_a_result_retried_only_within_max_failures(tm
                                "failure": {"max_failures": 1},
                                "space": {"loss.w_track": {"grid": [2.0, 12.0]}}}, "cursed.yaml", "search")
     outcome = run_search(spec, tmp_path / "trials", address=ray_address,
-                         trainable_fn=make_fit(logs, 0.1, fail_w_below=5.0))
+                         trainer=make_fit(logs, 0.1, fail_w_below=5.0))
     rows = {r["loss.w_track"]: r for r in pq.read_table(outcome.study_dir / "trials.parquet").to_pylist()}
     assert rows[12.0]["status"] == "completed"
     cursed = rows[2.0]
@@ -201,7 +201,7 @@ import test_faults
 ray.cloudpickle.register_pickle_by_value(test_faults)
 import mtsearch.search.driver as search
 plain = search.run_search
-search.run_search = lambda *a, **k: plain(*a, trainable_fn=test_faults.make_fit(Path({logs!r}), 0.3,
+search.run_search = lambda *a, **k: plain(*a, trainer=test_faults.make_fit(Path({logs!r}), 0.3,
                                                                              payload_bytes=1_500_000), **k)
 from mtsearch.cli import main
 sys.exit(main(sys.argv[1:]))

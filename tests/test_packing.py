@@ -180,7 +180,7 @@ def test_auto_gives_each_config_the_share_of_its_shape(tmp_path: Path, gpu_ray: 
     said: list[str] = []
     spec = _grid("auto", {"cpus_per_trial": 0.5}, ["tiny", "small"])  # gpus_per_trial: auto
     outcome = run_search(spec, tmp_path / "trials", address=gpu_ray, memory_probe=probe, log=said.append,
-                         trainable_fn=make_fit(tmp_path))
+                         trainer=make_fit(tmp_path))
     assert sorted(probed) == ["small b4", "tiny b4"]
     # tiny: 4.2 GiB with margins -> 9 fit, 2 CPUs per GPU at 0.5 -> 4; small: 12.25 GiB -> 3
     assert said[0].startswith("joining the Ray cluster")  # with --address; else it is the first line
@@ -198,7 +198,7 @@ def test_out_of_memory_is_retried_with_a_larger_share_and_not_counted(tmp_path: 
     spec = _grid("oom", {"cpus_per_trial": 1, "gpus_per_trial": 0.25}, ["tiny"])  # max_failures 0
     said: list[str] = []
     outcome = run_search(spec, tmp_path / "trials", address=gpu_ray, log=said.append,
-                         trainable_fn=make_fit(tmp_path, oom_epoch=2))
+                         trainer=make_fit(tmp_path, oom_epoch=2))
     (row,) = pq.read_table(outcome.study_dir / "trials.parquet").to_pylist()
     assert (row["status"], row["error"], row["gpu_share"], row["epochs_done"]) == ("completed", None, 0.5, 3)
     first, retry = _records(tmp_path)
@@ -212,7 +212,7 @@ def test_out_of_memory_is_retried_with_a_larger_share_and_not_counted(tmp_path: 
 
 def test_out_of_memory_at_a_whole_gpu_is_an_error(tmp_path: Path, gpu_ray: str):
     spec = _grid("oomfull", {"cpus_per_trial": 1, "gpus_per_trial": 1}, ["tiny"])
-    outcome = run_search(spec, tmp_path / "trials", address=gpu_ray, trainable_fn=make_fit(tmp_path, 2))
+    outcome = run_search(spec, tmp_path / "trials", address=gpu_ray, trainer=make_fit(tmp_path, 2))
     (row,) = pq.read_table(outcome.study_dir / "trials.parquet").to_pylist()
     assert row["status"] == "error" and "out of GPU memory at a GPU share of 1" in row["error"]
     assert len(_records(tmp_path)) == 1  # not retried: max_failures is 0

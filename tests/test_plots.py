@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from test_report import TWO_BY_TWO, write_grid_study, write_search_study
 
-from mtsearch.results import parallel_plot, plots, report
+from mtsearch.results import figures, parallel_plot, plots, report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -25,7 +25,7 @@ def assert_real_figure(path: Path, size_inches: tuple[float, float]) -> None:
     import matplotlib.image as mpimg
 
     width, height = png_size(path)
-    assert (width, height) == (round(size_inches[0] * plots.DPI), round(size_inches[1] * plots.DPI))
+    assert (width, height) == (round(size_inches[0] * figures.DPI), round(size_inches[1] * figures.DPI))
     pixels = mpimg.imread(path)
     assert pixels.shape[:2] == (height, width)
     colours = np.unique((pixels[..., :3] * 255).astype(np.uint8).reshape(-1, 3), axis=0)

@@ -95,7 +95,7 @@ def test_asha_prunes_and_optuna_hears_pruned(tmp_path: Path, ray_address: str) -
                   "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 2},
                   "storage": {"keep_checkpoints": 1},
                   "space": {"loss.w_track": {"loguniform": [1, 400]}}})
-    outcome = run_search(spec, tmp_path / "trials", address=ray_address, trainable_fn=make_fit(logs, 0.15))
+    outcome = run_search(spec, tmp_path / "trials", address=ray_address, trainer=make_fit(logs, 0.15))
     assert not outcome.interrupted
     rows = pq.read_table(outcome.study_dir / "trials.parquet").to_pylist()
     statuses = [r["status"] for r in rows]
@@ -120,7 +120,7 @@ def test_max_concurrent_trials_really_run_together(tmp_path: Path, ray_address: 
     spec = _spec({"name": "conc", "base": {"optim.epochs": 3},
                   "search": {"algorithm": "tpe", "num_samples": 4, "max_concurrent": 2},
                   "scheduler": {"type": "none"}, "space": {"loss.w_track": {"uniform": [1, 40]}}})
-    run_search(spec, tmp_path / "trials", address=ray_address, trainable_fn=make_fit(logs, 0.6))
+    run_search(spec, tmp_path / "trials", address=ray_address, trainer=make_fit(logs, 0.6))
     spans = [(r["t0"], r["t1"]) for r in records(logs)]
     assert len(spans) == 4
 
@@ -154,7 +154,7 @@ def test_resources_beyond_the_cluster_are_refused(tmp_path: Path, ray_address: s
     spec = _spec({"name": "gpu", "resources": {"gpus_per_trial": 1},
                   "space": {"loss.w_track": {"uniform": [1, 40]}}})
     with pytest.raises(InvalidInput, match="resources.gpus_per_trial: this Ray cluster has 0 GPUs"):
-        run_search(spec, tmp_path / "trials", address=ray_address, trainable_fn=make_fit(tmp_path))
+        run_search(spec, tmp_path / "trials", address=ray_address, trainer=make_fit(tmp_path))
     assert not (tmp_path / "trials" / "gpu").exists()
 
 
@@ -174,7 +174,7 @@ ray.cloudpickle.register_pickle_by_value(sys.modules["test_search"])
 # 2 s epochs until the kill (Tune saves its state every 2 s); the resume need not wait as long
 resume = "--resume" in sys.argv
 out = run_search(spec, {trials!r}, resume=resume, address={address!r},
-                 trainable_fn=make_fit(Path({logs!r}), 0.4 if resume else 2.0))
+                 trainer=make_fit(Path({logs!r}), 0.4 if resume else 2.0))
 print("interrupted" if out.interrupted else "finished", flush=True)
 """
 
@@ -405,7 +405,7 @@ def test_grid_statuses_columns_and_local_ray(tmp_path: Path) -> None:
                   "grid": {"loss.w_track": [5, 20, 50, 80]}, "search": {"max_concurrent": 2},
                   "reference": {"loss.w_track": 20}}, "ablation")
     updates: list[Any] = []
-    outcome = run_search(spec, tmp_path / "trials", trainable_fn=make_fit(logs, fail_w=50, diverge_w=80),
+    outcome = run_search(spec, tmp_path / "trials", trainer=make_fit(logs, fail_w=50, diverge_w=80),
                          num_cpus=2, on_update=updates.append)
     study = tmp_path / "trials" / "grid"
     assert outcome.study_dir == study and not outcome.interrupted

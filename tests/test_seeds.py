@@ -78,11 +78,11 @@ def test_a_configuration_trains_its_seeds_fused_and_scores_their_mean(small_set:
 
 @pytest.mark.parametrize("change, key", [
     ({"space": {"seed": {"choice": [0, 1]}}}, "space.seed"),
-    ({"resources": {"fuse": 2}}, "resources.fuse"),
-    ({"resources": {"fuse": "sometimes"}}, "resources.fuse"),
+    ({"resources": {"trials_per_process": 2}}, "resources.trials_per_process"),
+    ({"resources": {"trials_per_process": "sometimes"}}, "resources.trials_per_process"),
     ({"search": {"seeds_per_trial": 0}}, "search.seeds_per_trial"),
 ])
-def test_seed_and_fuse_settings_are_checked(change: dict, key: str, tmp_path: Path):
+def test_seed_and_per_process_settings_are_checked(change: dict, key: str, tmp_path: Path):
     data = _space(tmp_path, tmp_path / "cache", seeds_per_trial=2)
     for section, values in change.items():
         data[section] = {**data.get(section, {}), **values}
@@ -96,29 +96,32 @@ def test_a_grid_file_repeats_seeds_with_repeats(tmp_path: Path):
         space_from_mapping(data, "g.yaml", "ablation")
 
 
-def test_fuse_auto_and_one_are_accepted_and_written_out(tmp_path: Path):
+def test_trials_per_process_auto_and_one_are_accepted_and_written_out(tmp_path: Path):
     for value in ("auto", 1):
         data = _space(tmp_path, tmp_path / "cache")
-        data["resources"] = {"fuse": value}
+        data["resources"] = {"trials_per_process": value}
         spec = space_from_mapping(data, "s.yaml")
-        assert spec.to_dict()["resources"]["fuse"] == value
+        assert spec.to_dict()["resources"]["trials_per_process"] == value
         assert spec.to_dict()["search"]["seeds_per_trial"] == 1
 
 
-def test_a_search_says_what_it_fuses(tmp_path: Path):
-    from mtsearch.search.packing import fusion_note
+def test_a_search_says_what_shares_a_process(tmp_path: Path):
+    from mtsearch.search.packing import announces_sharing, sharing_note
 
     plain = space_from_mapping(_space(tmp_path, tmp_path / "cache"), "s.yaml")
     seeded = space_from_mapping(_space(tmp_path, tmp_path / "cache", seeds_per_trial=3), "s.yaml")
-    assert "one trial per process" in fusion_note(plain, on_gpus=False)  # auto on a CPU: why it does not fuse
+    note = sharing_note(plain, on_gpus=False)
+    assert note.startswith("trials per process: auto: one trial per process") and "on a CPU" in note
     off = _space(tmp_path, tmp_path / "cache")
-    off["resources"] = {"fuse": 1}
-    assert fusion_note(space_from_mapping(off, "s.yaml"), on_gpus=False) is None  # asked for none
-    assert "3 seeds train fused" in fusion_note(seeded, on_gpus=False)
-    assert "its own process" in fusion_note(plain, on_gpus=True)  # auto fuses nothing until measured
+    off["resources"] = {"trials_per_process": 1}
+    one = space_from_mapping(off, "s.yaml")
+    assert not announces_sharing(one) and announces_sharing(plain) and announces_sharing(seeded)
+    assert sharing_note(one, on_gpus=True) == "trials per process: one trial per process (resources.trials_per_process: 1)"
+    assert "3 seeds train side by side in one process" in sharing_note(seeded, on_gpus=False)
+    assert "not yet measured on a GPU" in sharing_note(plain, on_gpus=True)  # auto shares nothing until measured
     data = _space(tmp_path, tmp_path / "cache")
-    data["resources"] = {"fuse": 4}
-    assert "up to 4 at a time in one process" in fusion_note(space_from_mapping(data, "s.yaml"), on_gpus=False)
+    data["resources"] = {"trials_per_process": 4}
+    assert "up to 4 at a time in one process" in sharing_note(space_from_mapping(data, "s.yaml"), on_gpus=False)
 
 
 def test_a_seed_that_diverges_ends_its_configuration_and_no_other(small_set: Path, tmp_path: Path):

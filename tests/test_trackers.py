@@ -147,7 +147,7 @@ def test_a_search_mirrors_its_rows_live_and_a_dead_server_only_warns(tmp_path: P
     logs = tmp_path / "logs"
     logs.mkdir()
     said: list[str] = []
-    outcome = run_search(spec, tmp_path / "trials", address=ray_address, trainable_fn=make_fit(logs),
+    outcome = run_search(spec, tmp_path / "trials", address=ray_address, trainer=make_fit(logs),
                          log=said.append)
     assert not outcome.interrupted and not [line for line in said if "mirror" in line], said
     study = load_study(outcome.study_dir)
@@ -168,7 +168,7 @@ def test_a_search_mirrors_its_rows_live_and_a_dead_server_only_warns(tmp_path: P
     dead = space_from_mapping({**spec.to_dict(), "name": "dead",
                                "storage": {"mirror": ["mlflow"], "mlflow_uri": "http://127.0.0.1:9"}}, "dead.yaml")
     said.clear()
-    outcome = run_search(dead, tmp_path / "trials", address=ray_address, trainable_fn=make_fit(logs),
+    outcome = run_search(dead, tmp_path / "trials", address=ray_address, trainer=make_fit(logs),
                          log=said.append)
     warnings = [line for line in said if "mirror" in line]
     assert not outcome.interrupted and len(warnings) == 1 and "mlflow mirror failed" in warnings[0], said

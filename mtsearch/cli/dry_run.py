@@ -14,7 +14,7 @@ from mtsearch.space import SpaceSpec
 def dry_run(spec: SpaceSpec, trials_dir: Path, say: Any) -> int:
     """Print the resolved space, the trials, the network shapes, the resources and the disk."""
     from mtsearch.search.footprint import study_footprint
-    from mtsearch.search.packing import shape_label, spec_shapes
+    from mtsearch.search.packing import shape_label, sharing_note, spec_shapes
 
     study_dir = trials_dir / spec.name
     say(f"# {spec.source}, as `mtsearch {'ablate' if spec.is_ablation else 'run'}` would run it "
@@ -26,7 +26,7 @@ def dry_run(spec: SpaceSpec, trials_dir: Path, say: Any) -> int:
     what = (f"{spec.total_trials} trials" if spec.is_enumerated
             else f"{spec.total_trials} sampled trials ({spec.search.algorithm})")
     if seeds > 1:
-        what += f", each {seeds} seeds fused: {spec.total_trials * seeds} training runs"
+        what += f", each {seeds} seeds in one process: {spec.total_trials * seeds} training runs"
     say(f"trials: {what}, {spec.search.max_concurrent} at a time, up to {spec.max_epochs} epochs each"
         + (f"; ASHA stops weak ones from epoch {spec.scheduler.grace_period}"
            if spec.scheduler.type == "asha" else ""))
@@ -34,7 +34,7 @@ def dry_run(spec: SpaceSpec, trials_dir: Path, say: Any) -> int:
     say(f"network shapes: {len(shapes)}: " + "; ".join(
         f"{shape_label(cfg)} ({_millions(cfg)} M parameters)" for cfg in shapes.values()))
     say(f"resources: {_gpu_choice(spec)}")
-    say(f"fusion: {_fuse_choice(spec, seeds)}")
+    say(sharing_note(spec, on_gpus=_has_gpu()))
     need = study_footprint(spec, study_dir)
     free = free_bytes(study_dir if study_dir.exists() else _existing_parent(study_dir))
     say(f"disk: up to {human_bytes(need.total)} of checkpoints ({need.checkpoints} of "
@@ -135,21 +135,13 @@ def _gpu_choice(spec: SpaceSpec) -> str:
             f"{spec.resources.max_trials_per_gpu} per GPU)")
 
 
-def _fuse_choice(spec: SpaceSpec, seeds: int) -> str:
-    fuse = spec.resources.fuse
-    if fuse == 1:
-        text = "off (resources.fuse: 1)"
-    elif isinstance(fuse, int):
-        text = (f"trials of one network shape train up to {fuse} at a time in one process "
-                "(resources.fuse), each still its own trial")
-    else:
-        text = "auto: independent trials run one per process (fusion is not measured to pay here yet)"
-    if seeds > 1:
-        text += f"; each trial's {seeds} seeds train fused in one process"
-    return text
-
-
 def _existing_parent(path: Path) -> Path:
     while not path.exists() and path != path.parent:
         path = path.parent
     return path
+
+
+def _has_gpu() -> bool:
+    import torch
+
+    return torch.cuda.is_available()

@@ -14,7 +14,7 @@ import os
 import re
 from pathlib import Path
 
-from mtsearch.data.datasets import (
+from mtsearch.data.layouts import (
     VIDEO_SUFFIXES,
     DatasetIndex,
     VideoItem,

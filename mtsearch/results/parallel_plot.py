@@ -9,7 +9,7 @@ from typing import Any
 
 from mtsearch.metrics import MAXIMISE, display_scale, title
 from mtsearch.metrics import label as metric_label
-from mtsearch.results.plots import KEY_NAMES, _is_log_key, _new_figure, _save
+from mtsearch.results.figures import KEY_NAMES, is_log_key, new_figure, save
 from mtsearch.results.report import Study, final_score, param_display_value
 
 
@@ -20,7 +20,7 @@ def _axis_positions(
     ends and round values between them (decades on a log axis), never a value made up mid-axis."""
     numeric = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
     if numeric and len(numeric) == len([v for v in values if v is not None]):
-        log = _is_log_key(study, key, numeric)
+        log = is_log_key(study, key, numeric)
         tf = (lambda v: math.log10(v)) if log else (lambda v: float(v))
         lo, hi = min(tf(v) for v in numeric), max(tf(v) for v in numeric)
         span = hi - lo or 1.0
@@ -52,7 +52,7 @@ def _round_steps(lo: float, hi: float) -> list[float]:
 def _axis_label(study: Study, key: str, values: list[Any]) -> str:
     """A searched key's axis label: its short name, and whether the axis is logarithmic."""
     numeric = [v for v in values if isinstance(v, (int, float))]
-    return KEY_NAMES.get(key, key).split(" (")[0] + ("\n(log scale)" if _is_log_key(study, key, numeric) else "")
+    return KEY_NAMES.get(key, key).split(" (")[0] + ("\n(log scale)" if is_log_key(study, key, numeric) else "")
 
 
 def _draw_axes(ax: Any, ticks: list[list[tuple[float, str]]]) -> None:
@@ -92,7 +92,7 @@ def parallel_coordinates(study: Study, path: Path) -> Path | None:
     labels = [_axis_label(study, k, [t.get(k) for t, _ in rows]) for k in keys]
     labels.append(metric_label(study.metric, unit))
 
-    fig = _new_figure(max(7.0, 2.0 * len(labels) + 2), 5.5)
+    fig = new_figure(max(7.0, 2.0 * len(labels) + 2), 5.5)
     ax = fig.subplots()
     cmap = mpl.colormaps["viridis_r"]  # the best score darkest: the most visible on white
     scores = [s for _, s in rows]
@@ -135,4 +135,4 @@ def parallel_coordinates(study: Study, path: Path) -> Path | None:
         + (", pruned trials faded" if any(t.get("status") == "pruned" for t, _ in rows) else ""),
         fontsize=10,
     )
-    return _save(fig, path)
+    return save(fig, path)

@@ -6,49 +6,16 @@ state) and written atomically, so a plot taken mid-run never leaves half a PNG b
 
 from __future__ import annotations
 
-import io
-import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from mtsearch.files import write_atomic
 from mtsearch.metrics import display_scale, title
 from mtsearch.metrics import label as metric_label
 from mtsearch.results.ablation import ablation, short_labels
+from mtsearch.results.figures import KEY_NAMES, new_figure, save
+from mtsearch.results.parallel_plot import parallel_coordinates
 from mtsearch.results.report import Study, final_score, leaderboard
-
-KEY_NAMES = {
-    "loss.w_track": "w_track (w1, tracking loss weight)",
-    "loss.w_dir": "w_dir (w2, direction loss weight)",
-}
-DPI = 120
-
-
-def _new_figure(width: float, height: float):  # -> matplotlib.figure.Figure
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _save(fig, path: Path) -> Path:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI, facecolor="white")
-    write_atomic(path, buf.getvalue())
-    return path
-
-
-def _is_log_key(study: Study, key: str, values: Sequence[float]) -> bool:
-    """Log axis for keys searched with a log distribution, or positive ones spanning > 1.5 decades."""
-    dist = (study.spec.get("space") or {}).get(key)
-    if isinstance(dist, dict) and any(k in dist for k in ("loguniform", "logint")):
-        return True
-    finite = [v for v in values if v is not None and math.isfinite(v)]
-    return bool(finite) and min(finite) > 0 and max(finite) / min(finite) > 30
-
 
 # ---- learning curves ---------------------------------------------------------------------------
 
@@ -65,7 +32,7 @@ def learning_curves(study: Study, path: Path) -> Path | None:
     scale, unit = display_scale(study.metric, [v for tid in trial_ids for _, v in study.curve(tid)])
     board = leaderboard(study)
     rank = {row["trial_id"]: row["rank"] for row in board.rows}
-    fig = _new_figure(12, 4.8)
+    fig = new_figure(12, 4.8)
     ax_metric, ax_loss = fig.subplots(1, 2)
 
     color_of = _curve_colors(study, trial_ids, rank)
@@ -109,7 +76,7 @@ def learning_curves(study: Study, path: Path) -> Path | None:
         ax.xaxis.get_major_locator().set_params(integer=True)
     _curve_legend(ax_metric, study)
     fig.suptitle(f"{study.name}: learning curves of {len(trial_ids)} trials")
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def _curve_colors(study: Study, trial_ids: list[str], rank: dict[str, int]) -> dict[str, Any]:
@@ -168,7 +135,7 @@ def weights_scatter(
     if not points and not failed:
         return None
     scale, unit = display_scale(study.metric, [p[2] for p in points])
-    fig = _new_figure(7.5, 6)
+    fig = new_figure(7.5, 6)
     ax = fig.subplots()
     if points:
         values = [p[2] * scale for p in points]
@@ -221,7 +188,7 @@ def weights_scatter(
     ax.set_title(f"{study.name}: loss weights searched ({len(points) + len(failed)} trials)")
     ax.grid(True, which="both", alpha=0.25)
     ax.legend(fontsize=8, loc="best")
-    return _save(fig, path)
+    return save(fig, path)
 
 
 # ---- ablation bars -----------------------------------------------------------------------------
@@ -238,7 +205,7 @@ def ablation_bars(study: Study, path: Path) -> Path | None:
     has_deltas = report.reference is not None and any(
         c.delta_final and c.delta_final.n for c in cells
     )
-    fig = _new_figure(12 if has_deltas else 7.5, 5.2)
+    fig = new_figure(12 if has_deltas else 7.5, 5.2)
     axes = fig.subplots(1, 2, width_ratios=[3, 2]) if has_deltas else [fig.subplots()]
     ax = axes[0]
     xs = list(range(len(cells)))
@@ -281,7 +248,7 @@ def ablation_bars(study: Study, path: Path) -> Path | None:
     if has_deltas:
         _delta_panel(axes[1], report, list(zip(names, cells)), scale, unit)
     fig.suptitle(f"{study.name}: ablation of {', '.join(report.factors) or 'cells'}")
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def _seed_dots(ax: Any, study: Study, cells: list[Any], scale: float) -> None:
@@ -333,9 +300,5 @@ def make_plots(
         if "loss.w_track" in study.params and "loss.w_dir" in study.params:
             written.append(weights_scatter(study, out_dir / "weights_scatter.png"))
         if study.params:
-            from mtsearch.results.parallel_plot import (
-                parallel_coordinates,  # it uses this module's helpers
-            )
-
             written.append(parallel_coordinates(study, out_dir / "parallel_coordinates.png"))
     return [p for p in written if p is not None]

@@ -30,7 +30,7 @@ TRIAL_FIGURES: tuple[str, ...] = ("peak_mem_gib", "gpu_share", "device")
 # faults of the machine, which are not results: restarts from a checkpoint after a lost worker or
 # node, and whether such a fault ended the trial (status error; `--resume` reruns it)
 FAULT_COLUMNS: tuple[str, ...] = ("restarts", "machine_fault")
-# trials trained together in one process (train/fused.py): the Ray trial that ran them, and how
+# trials trained together in one process (train/side_by_side.py): the Ray trial that ran them, and how
 # many it ran (null and 1 for a trial trained alone). With search.seeds_per_trial the group is one
 # sampled configuration, its trials are its seeds, and the group id is the Optuna trial's trial_id
 FUSE_COLUMNS: tuple[str, ...] = ("fuse_group", "fuse_k")
@@ -153,7 +153,7 @@ class StudyStore:
 
     def by_ray_trial(self) -> dict[str, list[dict[str, Any]]]:
         """Rows by the Ray trial that ran them (the id Tune and Optuna know): a trial's own row,
-        or a fused configuration's seeds under their `fuse_group`."""
+        or a seeded configuration's seeds under their `fuse_group`."""
         groups: dict[str, list[dict[str, Any]]] = {}
         for trial_id, row in self.trials.items():
             groups.setdefault(ray_trial_id(row, trial_id), []).append(row)
@@ -167,7 +167,7 @@ class StudyStore:
         self.epochs = {k: v for k, v in self.epochs.items() if k[0] not in drop}
 
     def counts(self) -> dict[str, int]:
-        """Trials by status, a fused configuration's seeds counted once (they share a status)."""
+        """Trials by status, a seeded configuration's seeds counted once (they share a status)."""
         counts = {s: 0 for s in STATUSES}
         for rows in self.by_ray_trial().values():
             counts[rows[0]["status"] or "running"] += 1
@@ -199,7 +199,7 @@ class StudyStore:
 
 
 def ray_trial_id(row: Mapping[str, Any], trial_id: str | None = None) -> str:
-    """The Ray trial a row belongs to: its `fuse_group` when fused seeds share one, else itself."""
+    """The Ray trial a row belongs to: its `fuse_group` when a configuration's seeds share one, else itself."""
     return str(row.get("fuse_group") or (trial_id if trial_id is not None else row["trial_id"]))
 
 

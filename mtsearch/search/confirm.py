@@ -275,7 +275,7 @@ def race(
     log: Callable[[str], None] | None = None,
     **run_options: Any,
 ) -> Race:
-    """Run (or resume) the race; `run_options` go to `run_search` (address, trainable_fn, ...).
+    """Run (or resume) the race; `run_options` go to `run_search` (address, trainer, ...).
 
     The options and the study are checked before Ray is imported: a bad one is refused at once."""
     say = log or (lambda message: None)

@@ -32,19 +32,18 @@ from mtsearch.errors import (
     storage_failure,
 )
 from mtsearch.files import write_atomic
-from mtsearch.records import accept_moved_modules
 from mtsearch.results.mirror import build_mirrors
 from mtsearch.results.store import StudyStore, ray_trial_id
 from mtsearch.search.cluster import connect_ray
 from mtsearch.search.footprint import shortfall_warning
-from mtsearch.search.fusion import hosted_trainer
 from mtsearch.search.packing import (
     Probe,
-    TrialResources,
-    fused_per_process,
-    fusion_note,
+    announces_sharing,
     plan_resources,
+    sharing_note,
+    trials_per_process,
 )
+from mtsearch.search.process_hosts import hosted_trainer
 from mtsearch.search.recording import (
     LIVE,
     Live,
@@ -58,6 +57,7 @@ from mtsearch.search.study import (
     ADOPTED_CHECKPOINT,
     SPACE_FILE,
     TUNE_DIR,
+    accept_moved_modules,
     check_study,
     drop_broken_tune_state,
     mend_tune_checkpoints,
@@ -102,7 +102,7 @@ def run_search(
     connect_timeout: float = 30.0,
     on_update: Callable[[SearchProgress], None] | None = None,
     log: Log | None = None,
-    trainable_fn: Trainer | None = None,
+    trainer: Trainer | None = None,
     num_cpus: int | None = None,
     memory_probe: Probe | None = None,
     points: list[dict[str, Any]] | None = None,
@@ -112,7 +112,7 @@ def run_search(
     `points` (a one-factor grid study: values of that factor) runs only those of the grid's
     points that have no finished trial yet: one round of a race (`mtsearch confirm`).
 
-    `trainable_fn` replaces the trainer (same signature as `mtsearch.train.fit`); it must be
+    `trainer` replaces the trainer (same signature as `mtsearch.train.fit`); it must be
     picklable by Ray. `num_cpus` sizes a local Ray (default: all cores); ignored with `address`.
     `memory_probe` replaces the GPU memory probe of `gpus_per_trial: auto` (run in the driver).
     """
@@ -134,16 +134,15 @@ def run_search(
         if shortfall:
             say(f"warning: {shortfall}")
         resources = plan_resources(spec, study_dir, say, memory_probe)
-        fusion = fusion_note(spec, bool(resources.shares) or resources.fixed > 0)
-        if fusion:
-            say(fusion)
-        trainable_fn, fuse_k = hosted_trainer(fused_per_process(spec), trainable_fn)
+        if announces_sharing(spec):
+            say(sharing_note(spec, bool(resources.shares) or resources.fixed > 0))
+        trainer, per_process = hosted_trainer(trials_per_process(spec), trainer)
         store = StudyStore(study_dir, spec.param_types(), with_cell=spec.is_ablation)
         done_at_start = sum(1 for rows in store.by_ray_trial().values()
                             if rows[0]["status"] not in (None, "running"))
         live = Live(spec=spec, store=store, on_update=on_update, started=time.time(),
                      resumed=resume, done_at_start=done_at_start, log=say, resources=resources,
-                     fuse_k=fuse_k)
+                     study_dir=study_dir, key=key, trainer=trainer, per_process=per_process)
         # trials finished before this driver are known, whatever Tune's restored state lists
         live.known_trials.update(ray_trial_id(r, t) for t, r in store.trials.items()
                                  if r["status"] not in (None, "running"))
@@ -154,13 +153,12 @@ def run_search(
             unpark_optuna_trials(spec, study_dir)
         try:
             with optuna_db_at(study_dir):  # a resumed study's pickled searcher opens this folder's
-                return _drive(live, spec, study_dir, key, resume, extend_from, points, trainable_fn,
-                              resources, say)
+                return _drive(live, resume, extend_from, points)
         except Exception as exc:
             disk = storage_failure(exc)
             if disk is None:
                 raise
-            return _stop_on_storage(live, study_dir, disk)
+            return _stop_on_storage(live, disk)
     finally:
         if key is not None:
             live_study = LIVE.pop(key, None)
@@ -172,61 +170,52 @@ def run_search(
             release(lock_fd)
 
 
-def _drive(
-    live: Live, spec: SpaceSpec, study_dir: Path, key: str, resume: bool, extend_from: int | None,
-    points: list[dict[str, Any]] | None, trainable_fn: Trainer | None, resources: TrialResources,
-    say: Log,
-) -> SearchOutcome:
+def _drive(live: Live, resume: bool, extend_from: int | None, points: list[dict[str, Any]] | None) -> SearchOutcome:
     """Tune's part of `run_search`: the study, its resumed part, its extension or a race's round."""
-    store = live.store
+    spec, store, study_dir, say = live.spec, live.store, live.study_dir, live.log
     if extend_from is None and points is None:
         restorable = resume and _tune_state_left(study_dir / TUNE_DIR, say)
         outcome = None
         if restorable or not (resume and store.trials) or spec.is_enumerated:
-            tuner = _make_tuner(spec, study_dir, key, resume, trainable_fn, resources, say)
+            tuner = _make_tuner(live, spec, resume)
             publish(live)
             grid = tuner.fit()
-            outcome = _finish(live, study_dir)
+            outcome = _finish(live)
             ran_out = grid.num_terminated + grid.num_errors == len(grid)  # not stopped by a Ctrl-C
             if not (resume and outcome.interrupted and ran_out):
                 return outcome
         else:
             say(f"resuming {study_dir} from its own records (Tune's saved state is gone)")
-        return _run_missing(live, spec, study_dir, key, trainable_fn, resources, say) or outcome \
-            or _finish(live, study_dir)
+        return _run_missing(live) or outcome or _finish(live)
     # an extension or a race's round: finish what the study started, then run what is missing
     # as a new Tune experiment in the same folder, sharing Optuna's history and ASHA's rungs
     recorded = spec.with_count(extend_from) if extend_from is not None else spec
     if resume and tune.Tuner.can_restore(str(study_dir / TUNE_DIR)):
-        _make_tuner(recorded, study_dir, key, True, trainable_fn, resources, say).fit()
+        _make_tuner(live, recorded, True).fit()
     if points is not None:
-        return _run_points(live, spec, study_dir, points, trainable_fn, resources, say)
-    before = _finish(live, study_dir, recorded.total_trials)
+        return _run_points(live, points)
+    before = _finish(live, recorded.total_trials)
     if before.interrupted:
         return before
     write_atomic(study_dir / SPACE_FILE, spec.to_yaml())
     say(f"extending {study_dir} from {recorded.total_trials} to {spec.total_trials} trials")
-    tuner = _make_tuner(spec, study_dir, key, False, trainable_fn, resources, say,
-                        fresh=False, extend_from=recorded, store=store)
+    tuner = _make_tuner(live, spec, False, fresh=False, extend_from=recorded, store=store)
     publish(live)
     tuner.fit()
-    return _finish(live, study_dir)
+    return _finish(live)
 
 
-def _run_points(
-    live: Live, spec: SpaceSpec, study_dir: Path, points: list[dict[str, Any]],
-    trainer: Trainer | None, resources: TrialResources, say: Log,
-) -> SearchOutcome:
+def _run_points(live: Live, points: list[dict[str, Any]]) -> SearchOutcome:
     """Run the given grid points that no finished trial covers yet, then report whether all are."""
+    spec = live.spec
     (factor,) = spec.space  # a race's grid has one (tied) factor
     missing = [p for p in points if not _point_done(live, spec, p)]
     if missing:
         round_spec = replace(spec, space={factor: Distribution("grid", tuple(p[factor] for p in missing))})
-        tuner = _make_tuner(round_spec, study_dir, str(study_dir), False, trainer, resources, say,
-                            fresh=False)
+        tuner = _make_tuner(live, round_spec, False, fresh=False)
         publish(live)
         tuner.fit()
-    outcome = _finish(live, study_dir, total=0)
+    outcome = _finish(live, total=0)
     outcome.interrupted = outcome.interrupted or not all(_point_done(live, spec, p) for p in points)
     return outcome
 
@@ -254,12 +243,12 @@ def _trial_dirname(trial: Any) -> str:
 
 
 def _make_tuner(
-    spec: SpaceSpec, study_dir: Path, live_key: str, resume: bool, trainer: Trainer | None,
-    resources: TrialResources, say: Log, *, fresh: bool = True, extend_from: SpaceSpec | None = None,
+    live: Live, spec: SpaceSpec, resume: bool, *, fresh: bool = True, extend_from: SpaceSpec | None = None,
     store: StudyStore | None = None, adopt: dict[str, int] | None = None,
 ) -> tune.Tuner:
-    """Tune's state restored from `study_dir/tune` on resume, else a new Tuner for the study.
-    Each trial's resources are a function of its config (its network's GPU share).
+    """Tune's state restored from the study's `tune/` on resume, else a new Tuner for `spec` (the
+    study, as it was before an extension, or a race's round). Each trial's resources are a
+    function of its config (its network's GPU share).
 
     `fresh=False` keeps the trials folder of earlier experiments (an extension, a race's round).
     With `extend_from` (the study as it was) the new Tuner runs only the trials it lacks: the
@@ -268,18 +257,18 @@ def _make_tuner(
     """
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, base=spec.base.to_dict(), metric=spec.metric, mode=spec.mode,
-                             max_failures=spec.max_failures, trainer=trainer,
+                             max_failures=spec.max_failures, trainer=live.trainer,
                              seeds=spec.search.seeds_per_trial),
-        resources,
+        live.resources,
     )
+    study_dir, say = live.study_dir, live.log
     tune_path = study_dir / TUNE_DIR
     if resume and tune.Tuner.can_restore(str(tune_path)):
         say(f"resuming {study_dir}")
         # errored trials are those a fault of the machine ended (run_trial reports the config's
         # own); in a study begun before that rule they may be the config's, so only when the store
         # says a machine's fault ended some
-        live = LIVE.get(live_key)
-        rerun = live is not None and bool(_machine_failed(live))
+        rerun = bool(_machine_failed(live))
         accept_moved_modules()  # a study interrupted under the flat layout pickled its old paths
         for trial_id in mend_tune_checkpoints(tune_path):
             say(f"trial {trial_id}: Tune's saved state named a deleted checkpoint; resuming from the one it kept")
@@ -313,15 +302,16 @@ def _make_tuner(
             # the experiment state (what --resume restores) is staged locally and copied
             # to trials/<name>/tune/ at most once per sync_period (default 300 s)
             sync_config=tune.SyncConfig(sync_period=2),
-            callbacks=[StoreCallback(live_key)],
+            callbacks=[StoreCallback(live.key)],
         ),
     )
 
 
-def _finish(live: Live, study_dir: Path, total: int | None = None) -> SearchOutcome:
+def _finish(live: Live, total: int | None = None) -> SearchOutcome:
     """After `tuner.fit()`: interrupted or done (`total` trials known, default the spec's); a
     finished study drops what Tune never knew."""
     total = live.spec.total_trials if total is None else total
+    study_dir = live.study_dir
     # a row Tune's restored state never knew (started as the disk filled, before Tune could save
     # it) is not running: it would keep every later --resume "interrupted"; it is dropped below
     running = [t for t, r in live.store.trials.items()
@@ -346,16 +336,13 @@ def _tune_state_left(tune_dir: Path, say: Log) -> bool:
     return tune.Tuner.can_restore(str(tune_dir))
 
 
-def _run_missing(
-    live: Live, spec: SpaceSpec, study_dir: Path, key: str, trainer: Trainer | None,
-    resources: TrialResources, say: Log,
-) -> SearchOutcome | None:
+def _run_missing(live: Live) -> SearchOutcome | None:
     """A resumed search whose Tune run ended short of the study's count: trials Tune never knew
     (started as the driver died, before Tune saved them, or its saved state lost) would never run.
     Each that has an open Optuna trial goes on under its own id, into its rows and Optuna trial,
     from the newest checkpoint of an epoch it has rows for; new samples make up the rest. None
     when nothing is missing."""
-    rows = live.store.trials
+    spec, study_dir, say, rows = live.spec, live.study_dir, live.log, live.store.trials
     missing = spec.total_trials - len(live.known_trials)
     if spec.is_enumerated or missing <= 0 or any(
             r["status"] in (None, "running") and ray_trial_id(r, t) in live.known_trials for t, r in rows.items()):
@@ -372,11 +359,11 @@ def _run_missing(
     if missing > len(adopt):
         say(f"{missing - len(adopt)} trial(s) missing from Tune's saved state left nothing to go on from "
             "(no rows, or no open Optuna trial): sampling new ones")
-    tuner = _make_tuner(spec, study_dir, key, False, trainer, resources, say, fresh=False,
-                        extend_from=spec.with_count(spec.total_trials - missing), store=live.store, adopt=adopt)
+    tuner = _make_tuner(live, spec, False, fresh=False, extend_from=spec.with_count(spec.total_trials - missing),
+                        store=live.store, adopt=adopt)
     publish(live)
     tuner.fit()
-    return _finish(live, study_dir)
+    return _finish(live)
 
 
 def _lost_trials(live: Live) -> dict[str, int]:
@@ -391,10 +378,11 @@ def _machine_failed(live: Live) -> list[str]:
     return sorted(tid for tid, row in live.store.trials.items() if row["machine_fault"])
 
 
-def _stop_on_storage(live: Live, study_dir: Path, disk: StorageFull) -> SearchOutcome:
+def _stop_on_storage(live: Live, disk: StorageFull) -> SearchOutcome:
     """The study's disk failed: Tune has stopped every trial (each keeps its last reported
     checkpoint). Free the trainers' working copies, which those checkpoints make redundant, then
     save what can be saved; every step is best effort on a disk that may still be full."""
+    study_dir = live.study_dir
     if not disk.path:
         disk = StorageFull(study_dir, disk.reason)
     if disk.free is None:

@@ -207,34 +207,44 @@ class TrialResources:
         return self.request(self.share(config))
 
 
-def fused_per_process(spec: SpaceSpec) -> int:
-    """K, the trials of one shape that train side by side in one process (`resources.fuse`).
+def trials_per_process(spec: SpaceSpec) -> int:
+    """K, the trials of one shape that train side by side in one process (`resources.trials_per_process`).
 
-    `auto` is 1: on a CPU, fused slots measured slower than the same trials as separate
-    processes (benchmarks/fusion.py against benchmarks/packing.py, docs/packing.md), and on a GPU
-    the fused step is not measured yet. A configuration's seeds fuse on their own (seeds_per_trial).
+    `auto` is 1: on a CPU, trials sharing a process measured no faster than the same trials as
+    separate processes (benchmarks/shared_process.py against benchmarks/packing.py, docs/packing.md),
+    and on a GPU it is not measured yet. A configuration's seeds share a process on their own
+    (`search.seeds_per_trial`).
     """
-    fuse = spec.resources.fuse
-    return fuse if isinstance(fuse, int) else 1
+    k = spec.resources.trials_per_process
+    return k if isinstance(k, int) else 1
 
 
-def fusion_note(spec: SpaceSpec, on_gpus: bool) -> str | None:
-    """The line a search starts with about fusion: what it fuses and why (silent where
-    `resources.fuse: 1` asked for none)."""
+def sharing_note(spec: SpaceSpec, on_gpus: bool) -> str:
+    """What trains side by side in one process, and why: the line `--dry-run` prints and a search
+    starts with (unless `resources.trials_per_process: 1` and one seed a trial)."""
     seeds = 1 if spec.is_ablation else spec.search.seeds_per_trial
-    fuse = fused_per_process(spec)
+    k = trials_per_process(spec)
     parts = []
     if seeds > 1:
-        parts.append(f"each trial's {seeds} seeds train fused in one process (search.seeds_per_trial)")
-    if fuse > 1:
-        parts.append(f"trials of one network shape train up to {fuse} at a time in one process, "
-                     "each still its own trial (resources.fuse)")
+        parts.append(f"each trial's {seeds} seeds train side by side in one process (search.seeds_per_trial)")
+    if k > 1:
+        parts.append(f"trials of one network shape train up to {k} at a time in one process, "
+                     "each still its own trial (resources.trials_per_process)")
+    elif spec.resources.trials_per_process == 1:
+        parts.append("one trial per process (resources.trials_per_process: 1)")
     elif on_gpus:
-        parts.append("each trial trains in its own process; GPUs are shared by measured memory "
-                     "(resources.fuse: auto fuses nothing until the fused step is measured on a GPU)")
-    elif spec.resources.fuse != 1 and seeds == 1:
-        parts.append("auto, one trial per process (fused trials gain nothing on a CPU)")
-    return "fusion: " + "; ".join(parts) if parts else None
+        parts.append("auto: one trial per process, GPUs shared by measured memory (trials sharing a "
+                     "process are not yet measured on a GPU)")
+    else:
+        parts.append("auto: one trial per process (trials sharing a process gain nothing on a CPU)")
+    return "trials per process: " + "; ".join(parts)
+
+
+def announces_sharing(spec: SpaceSpec) -> bool:
+    """Whether a search starts with `sharing_note`: not where the space file asked for one trial a
+    process and each trial is one seed."""
+    seeds = 1 if spec.is_ablation else spec.search.seeds_per_trial
+    return spec.resources.trials_per_process != 1 or seeds > 1
 
 
 def plan_resources(

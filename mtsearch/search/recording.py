@@ -63,7 +63,10 @@ class Live:
     segment_start: dict[str, float] = field(default_factory=dict)
     warned: set[str] = field(default_factory=set)
     mirrors: Any = None  # results.mirror.Mirrors: storage.mirror's live copies, or None
-    fuse_k: int = 1  # resources.fuse: trials of a shape training side by side in one process
+    study_dir: Path = Path()
+    key: str = ""  # this table's key (LIVE), which Tune's pickled callback holds
+    trainer: Any = None  # the trainer each trial runs (None: run_trial's own, `fit`)
+    per_process: int = 1  # resources.trials_per_process: trials of a shape side by side in one process
 
 
 # Tune pickles its RunConfig (with the callbacks) into the experiment folder, so the callback holds
@@ -119,7 +122,7 @@ class StoreCallback(tune.Callback):
                                         error=_error_cell(live, rid, result.get("fit_error"), text))
                 _mirror_end(live, rid)
         elif "epoch" in result and "loss" in result:
-            # fused seeds: each seed's own row (their mean went to Optuna and ASHA)
+            # a configuration's seeds: each seed's own row (their mean went to Optuna and ASHA)
             slots = result.get(SLOTS_KEY)
             pairs = ([(seed_row_id(trial.trial_id, row["seed"]), row) for row in slots] if slots
                      else [(trial.trial_id, result)])
@@ -296,8 +299,8 @@ def _record_start(live: Live, trial: Any) -> None:
             values["cell"] = live.spec.cell_of(trial.config)
         if len(ids) > 1:
             values.update(fuse_group=trial.trial_id, fuse_k=len(ids))
-        elif live.fuse_k > 1:
-            values.update(fuse_k=live.fuse_k)
+        elif live.per_process > 1:
+            values.update(fuse_k=live.per_process)
         values["seed"] = seed
         values["gpu_share"] = _gpu_share(trial)
         seeded = cfg.with_overrides({"seed": seed}, "<seeds_per_trial>") if seed != cfg.seed else cfg
@@ -331,7 +334,7 @@ def retain_checkpoints(live: Live) -> None:
 
 
 def _mean_or_none(values: list[float | None]) -> float | None:
-    """A fused configuration's score: the mean of its seeds' (None unless every seed has one)."""
+    """A seeded configuration's score: the mean of its seeds' (None unless every seed has one)."""
     if not values or any(v is None for v in values):
         return None
     return sum(v for v in values if v is not None) / len(values)
@@ -382,7 +385,7 @@ def _score(spec: SpaceSpec, store: StudyStore, trial_id: str) -> float | None:
 
 
 def snapshot(live: Live) -> SearchProgress:
-    rows = []  # one per Ray trial: a fused configuration's seeds as one row, scored by their mean
+    rows = []  # one per Ray trial: a seeded configuration's seeds as one row, scored by their mean
     for ray_id, group in live.store.by_ray_trial().items():
         scores = [_score(live.spec, live.store, row["trial_id"]) for row in group]
         rows.append({**group[0], "trial_id": ray_id, "score": _mean_or_none(scores)})

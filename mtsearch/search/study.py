@@ -7,13 +7,16 @@ space, except that its count may grow (an extension) and preset-decided values s
 from __future__ import annotations
 
 import fcntl
+import importlib
 import os
 import shutil
+import sys
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from mtsearch.errors import InvalidInput
-from mtsearch.records import adopt_recorded
+from mtsearch.records import FLAT_SEARCH_MODULES, MOVED_MODULES, adopt_recorded
 from mtsearch.space import SpaceSpec, load_study_space
 
 LOCK_FILE = ".lock"
@@ -226,3 +229,21 @@ def _checkpoint_epoch(folder: Path) -> int:
     except (OSError, ValueError):  # a label half written by a full disk
         return 0
     return int(epoch) if epoch is not None else int(folder.name.split("_")[1]) + 1
+
+
+def accept_moved_modules() -> None:
+    """Before Tune unpickles an interrupted study's state: the module paths of earlier layouts
+    (`records.MOVED_MODULES`) resolve to where their classes live now, and so do the names the
+    flat layout's `mtsearch.search` held (`records.FLAT_SEARCH_MODULES`)."""
+    for old, new in MOVED_MODULES.items():
+        sys.modules.setdefault(old, importlib.import_module(new))
+    package = importlib.import_module("mtsearch.search")
+    if "__getattr__" not in vars(package):
+        def flat_name(name: str) -> Any:
+            for module in FLAT_SEARCH_MODULES:
+                found = getattr(importlib.import_module(module), name, None)
+                if found is not None and not name.startswith("__"):
+                    return found
+            raise AttributeError(name)
+
+        package.__getattr__ = flat_name  # type: ignore[attr-defined]

@@ -52,11 +52,11 @@ Log = Callable[[str], None]
 
 
 def _default_trainer(seeds: int = 1) -> Trainer:
-    """`fit`; with `search.seeds_per_trial` above 1, the configuration's seeds fused (`fit_seeds`)."""
+    """`fit`; with `search.seeds_per_trial` above 1, the configuration's seeds side by side (`fit_seeds`)."""
     if seeds > 1:
         from functools import partial
 
-        from mtsearch.train.fused import fit_seeds
+        from mtsearch.train.side_by_side import fit_seeds
 
         return partial(fit_seeds, seeds=seeds)
     from mtsearch.train import fit
@@ -108,7 +108,7 @@ def run_trial(config: dict[str, Any], *, base: dict[str, Any], metric: str, mode
             result = train(cfg, work, on_epoch=on_epoch, resume=True, log=notes.append)
             break
         except Exception as exc:  # noqa: BLE001 - sorted below into the machine's and the config's
-            if isinstance(exc, ray.exceptions.RayActorError):  # the fusion host training it died
+            if isinstance(exc, ray.exceptions.RayActorError):  # the process host training it died
                 raise
             disk = storage_failure(exc)
             if disk is not None:
@@ -135,7 +135,7 @@ def prepare_work_dir(whole: bool = False) -> Path:
     """The trainer's folder, starting from Tune's last reported checkpoint: the source of truth,
     as the trainer may have saved an epoch that was never reported, and resuming from that would
     skip its row. (A retry in the same worker goes on from the trainer's own checkpoint.)
-    `whole`: the checkpoint is the whole folder (fused seeds, a `seed<N>/checkpoint/` each)."""
+    `whole`: the checkpoint is the whole folder (a configuration's seeds, a `seed<N>/checkpoint/` each)."""
     threads = max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))
     try:
         import torch

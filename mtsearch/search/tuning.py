@@ -233,7 +233,7 @@ def objective_at(epochs: list[dict[str, Any]], metric: str, mode: str, milestone
 
 def group_objective_at(store: StudyStore, rows: list[dict[str, Any]], metric: str, mode: str,
                        milestone: float) -> float | None:
-    """`objective_at` of a Ray trial: of its one row, or the mean over a fused configuration's
+    """`objective_at` of a Ray trial: of its one row, or the mean over a seeded configuration's
     seeds (what it reported); None unless every seed got there."""
     values = [objective_at(store.trial_epochs(row["trial_id"]), metric, mode, milestone) for row in rows]
     if not values or any(v is None for v in values):
@@ -265,7 +265,7 @@ def park_optuna_trials(spec: SpaceSpec, study_dir: Path, store: StudyStore, fini
     groups = store.by_ray_trial()
     for trial in study.get_trials(deepcopy=False, states=(states.RUNNING,)):
         rows = groups.get(trial.user_attrs.get(TRIAL_ID_ATTR, ""), [])
-        row = rows[0] if rows else None  # a fused configuration's seeds share their status
+        row = rows[0] if rows else None  # a seeded configuration's seeds share their status
         status = row["status"] if row is not None else None
         if row is not None and (status in (None, "running") or row["machine_fault"]):
             storage.set_trial_state_values(trial._trial_id, states.WAITING)

@@ -92,8 +92,7 @@ def fit(
 @dataclass
 class TrialRun:
     """One trial between its epochs: built once by `prepare_run` (data, network, optimiser, the
-    checkpoint it resumes), then trained by `train_epochs`. `fit` runs one; `fused.fit_fused`
-    runs several side by side in one process."""
+    checkpoint it resumes), then trained by `train_epochs`. `fit` runs one; `train/slots.py` runs several side by side in one process."""
 
     cfg: TrialConfig  # resolved, with a resumed run's recorded defaults
     device: torch.device
@@ -151,11 +150,13 @@ def train_epochs(
     run: TrialRun, *, on_epoch: OnEpoch | None, on_batch: OnBatch | None,
     say: Callable[[str], None], warmup: AbstractContextManager[Any] | None = None,
     global_rng: AbstractContextManager[Any] | None = None,
+    keep_going: Callable[[], bool] | None = None,
 ) -> FitResult:
     """The epochs from `run.start_epoch` on: train, step the schedule, evaluate, checkpoint and
-    report each; stops early when `on_epoch` returns False or the loss is not finite.
+    report each; stops early when `on_epoch` returns False, `keep_going` (asked before each
+    epoch) returns False or the loss is not finite.
 
-    `warmup` (fused slots on a GPU: a lock they share) is held through the epochs that compile,
+    `warmup` (slots sharing a GPU: a lock they share) is held through the epochs that compile,
     autotune or capture something new (the first, the first evaluated one, the one where the
     tracking warm-up ends and the last), which must not run in two threads at once.
     `global_rng` (slots that others join while they train) is held while the epoch reseeds the
@@ -168,6 +169,9 @@ def train_epochs(
     status, error = "completed", None
     evaluated = False
     for epoch in range(run.start_epoch, cfg.optim.epochs + 1):
+        if keep_going is not None and not keep_going():
+            status = "stopped"
+            break
         do_eval = epoch % cfg.eval.every == 0 or epoch == cfg.optim.epochs
         flips = model.track_trains_trunk != (epoch > cfg.track.warmup_epochs)  # a new step to capture
         new_work = epoch in (run.start_epoch, cfg.optim.epochs) or (do_eval and not evaluated) or flips

@@ -11,7 +11,8 @@ SYNC_EVERY steps.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,6 +61,7 @@ class TrainStep:
         self.bf16 = bf16  # autocast on CUDA (the trainer always; benchmarks also measure fp32)
         self.warn = warn
         self.graph: Any = None
+        self.side_stream: Any = None  # capture_stream() where the current stream is the default
         self.static: tuple[Any, ...] | None = None
         self.eager_steps = 0
         self.sums = torch.zeros(len(_SUMS) + 1, device=device)
@@ -102,12 +104,9 @@ class TrainStep:
             if full and self.eager_steps >= GRAPH_WARMUP and self._capture(x, y, draws):
                 self.graph.replay()  # capturing records the step; replaying runs it
                 return
-            if self.use_graph:  # warm-up steps run on a side stream, as capture requires
-                side = torch.cuda.Stream(self.device)
-                side.wait_stream(torch.cuda.current_stream(self.device))
-                with torch.cuda.stream(side):
+            if self.use_graph:  # warm-up steps run on the stream the capture will use
+                with self._on_capture_stream():
                     self._step(x, y, draws)
-                torch.cuda.current_stream(self.device).wait_stream(side)
                 self.eager_steps += 1
                 return
         self._step(x, y, draws)
@@ -141,18 +140,46 @@ class TrainStep:
         """Capture one step on static copies of this batch; False (and eager from now on) on failure."""
         static = (x.clone(), y.clone(), draws.clone())
         graph = torch.cuda.CUDAGraph()
+        stream = self.capture_stream()
         try:
-            torch.cuda.synchronize(self.device)
+            stream.wait_stream(torch.cuda.current_stream(self.device))
+            stream.synchronize()
             self.optimizer.zero_grad(set_to_none=True)  # the graph's backward allocates its grads
-            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+            # on this step's own stream (a slot's, for its life), never the class-wide one that
+            # torch.cuda.graph draws by default and every thread would share
+            with torch.cuda.graph(graph, stream=stream, capture_error_mode="thread_local"):
                 self._step(*static)
         except Exception as exc:  # an op that cannot be captured: keep training eagerly
             self.warn(f"CUDA graph capture failed, training without it: {exc}")
             self.use_graph = False
-            torch.cuda.synchronize(self.device)
+            stream.synchronize()
             return False
         self.graph, self.static = graph, static
         return True
+
+    def capture_stream(self) -> Any:
+        """The stream warm-up and capture run on: the current one where it is not the device's
+        default (a slot's own stream), else one side stream of this step's, made once (capture
+        cannot run on the default stream)."""
+        current = torch.cuda.current_stream(self.device)
+        if current != torch.cuda.default_stream(self.device):
+            return current
+        if self.side_stream is None:
+            self.side_stream = torch.cuda.Stream(self.device)
+        return self.side_stream
+
+    @contextmanager
+    def _on_capture_stream(self) -> Iterator[None]:
+        """Run on `capture_stream()`, ordered after and before the current stream's work."""
+        current = torch.cuda.current_stream(self.device)
+        stream = self.capture_stream()
+        if stream == current:
+            yield
+            return
+        stream.wait_stream(current)
+        with torch.cuda.stream(stream):
+            yield
+        current.wait_stream(stream)
 
 
 _NO_BAD_STEP = 2**62

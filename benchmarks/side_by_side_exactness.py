@@ -1,16 +1,16 @@
-"""How far a fused slot is from its unfused run, on this machine's device.
+"""How far a slot sharing a process is from its run alone, on this machine's device.
 
 K slots of one preset (all branches, differing in seed, learning rate, loss weights and fps)
-train fused with `fit_fused` (a CUDA stream each on a GPU), then each trains alone with `fit`.
+train side by side with `fit_side_by_side` (a CUDA stream each on a GPU), then each trains alone with `fit`.
 Per slot it prints the largest relative difference over the epochs' losses and the norm-relative
 difference of the final weights (BatchNorm statistics included). On the CPU in fp32 both are 0:
-the same kernels on the same shapes (tests/test_fused.py holds it to 1e-4). On a GPU, autotuned
+the same kernels on the same shapes (tests/test_side_by_side.py holds it to 1e-4). On a GPU, autotuned
 kernels and bf16 may reduce sums in another order, and this measures by how much. The last line is
 
-    fused_vs_alone: losses <max relative>, weights <max norm-relative>
+    side_by_side_vs_alone: losses <max relative>, weights <max norm-relative>
 
-    python benchmarks/fused_exactness.py                     # small on CUDA, tiny on the CPU
-    python benchmarks/fused_exactness.py --preset thesis --slots 2 --epochs 2
+    python benchmarks/side_by_side_exactness.py                     # small on CUDA, tiny on the CPU
+    python benchmarks/side_by_side_exactness.py --preset thesis --slots 2 --epochs 2
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def main() -> None:
     from train_step import synthetic_root, trial_config
 
     from mtsearch.train import fit
-    from mtsearch.train.fused import fit_fused
+    from mtsearch.train.side_by_side import fit_side_by_side
 
     cuda = torch.cuda.is_available()
     preset = args.preset or ("small" if cuda else "tiny")
@@ -59,16 +59,16 @@ def main() -> None:
     ]
     with tempfile.TemporaryDirectory(prefix="mtsearch-exact-") as tmp:
         root = Path(tmp)
-        fused_dirs = [root / f"fused{k}" for k in range(len(cfgs))]
-        fused = fit_fused(cfgs, fused_dirs)
+        shared_dirs = [root / f"shared{k}" for k in range(len(cfgs))]
+        together = fit_side_by_side(cfgs, shared_dirs)
         worst_loss = worst_weight = 0.0
-        for k, (cfg, result) in enumerate(zip(cfgs, fused, strict=True)):
+        for k, (cfg, result) in enumerate(zip(cfgs, together, strict=True)):
             if isinstance(result, BaseException):
                 raise result
             alone = fit(cfg, root / f"alone{k}")
             pairs = list(zip(_losses(result.history), _losses(alone.history), strict=True))
             loss_rel = max(abs(a - b) / max(abs(b), 1e-12) for a, b in pairs)
-            mine, theirs = _weights(fused_dirs[k]), _weights(root / f"alone{k}")
+            mine, theirs = _weights(shared_dirs[k]), _weights(root / f"alone{k}")
             weight_rel = max(
                 float((mine[name].double() - tensor.double()).norm()) / (float(tensor.double().norm()) or 1.0)
                 for name, tensor in theirs.items() if tensor.is_floating_point())
@@ -77,7 +77,7 @@ def main() -> None:
                   f"{cfg.data.fps}): losses {loss_rel:.2e}, weights {weight_rel:.2e}")
     device = torch.cuda.get_device_name(0) if cuda else "cpu"
     print(f"{preset} on {device}, {len(cfgs)} slots, {args.epochs} epochs")
-    print(f"fused_vs_alone: losses {worst_loss:.2e}, weights {worst_weight:.2e}")
+    print(f"side_by_side_vs_alone: losses {worst_loss:.2e}, weights {worst_weight:.2e}")
 
 
 if __name__ == "__main__":

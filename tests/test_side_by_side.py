@@ -1,4 +1,4 @@
-"""Fused trials (train/fused.py): each slot reproduces its own unfused run, and owns its failures."""
+"""Fused trials (train/side_by_side.py): each slot reproduces its own unfused run, and owns its failures."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from mtsearch.metrics import TEST_METRICS
 from mtsearch.train import fit
 from mtsearch.train.checkpoint import CHECKPOINT_FILE
 from mtsearch.train.fit import FitResult
-from mtsearch.train.fused import fit_fused
+from mtsearch.train.side_by_side import fit_side_by_side
 
 # 16 training videos at batch 4: 4 steps an epoch, so 5 epochs are the contract's 20 steps
 SLOTS = (
@@ -64,7 +64,7 @@ def test_each_fused_slot_reproduces_its_unfused_run(small_set: Path, tmp_path: P
     """Three slots differing in w_track, lr, seed and fps; all branches; 20 steps each."""
     cache = tmp_path / "cache"
     cfgs = [slot_config(small_set, cache, **slot) for slot in SLOTS]
-    fused = fit_fused(cfgs, [tmp_path / f"fused{k}" for k in range(3)], cores=3)
+    fused = fit_side_by_side(cfgs, [tmp_path / f"fused{k}" for k in range(3)], cores=3)
     for k, cfg in enumerate(cfgs):
         alone = fit(cfg, tmp_path / f"alone{k}")
         result = fused[k]
@@ -89,7 +89,7 @@ def test_a_slot_that_diverges_or_stops_leaves_the_others_untouched(small_set: Pa
             return not (k == 2 and metrics["epoch"] == 1)  # slot 2 is stopped after epoch 1
         return on_epoch
 
-    fused = fit_fused(cfgs, [tmp_path / f"fused{k}" for k in range(3)],
+    fused = fit_side_by_side(cfgs, [tmp_path / f"fused{k}" for k in range(3)],
                       on_epoch=[reporter(k) for k in range(3)], cores=3)
     assert fused[1].status == "diverged" and "non-finite loss" in fused[1].error
     assert fused[2].status == "stopped" and seen[2] == [1]
@@ -103,8 +103,8 @@ def test_fused_slots_resume_each_from_its_own_checkpoint(small_set: Path, tmp_pa
     dirs = [tmp_path / f"fused{k}" for k in range(2)]
     short = [slot_config(small_set, cache, **SLOTS[k], **{"optim.epochs": 1, "eval.every": 1}) for k in range(2)]
     full = [slot_config(small_set, cache, **SLOTS[k], **{"optim.epochs": 3, "eval.every": 1}) for k in range(2)]
-    fit_fused(short, dirs, cores=2)  # as if killed after the first epoch
-    resumed = fit_fused(full, dirs, cores=2)
+    fit_side_by_side(short, dirs, cores=2)  # as if killed after the first epoch
+    resumed = fit_side_by_side(full, dirs, cores=2)
     for k in range(2):
         alone = fit(full[k], tmp_path / f"alone{k}")
         result = resumed[k]
@@ -121,7 +121,7 @@ def test_slots_of_another_network_shape_are_refused(small_set: Path, tmp_path: P
     cache = tmp_path / "cache"
     cfgs = [slot_config(small_set, cache), slot_config(small_set, cache, **{"data.crop": 64})]
     with pytest.raises(InvalidInput, match="data.crop"):
-        fit_fused(cfgs, [tmp_path / "a", tmp_path / "b"])
+        fit_side_by_side(cfgs, [tmp_path / "a", tmp_path / "b"])
 
 
 def test_a_slot_that_cannot_start_is_its_own_failure(small_set: Path, tmp_path: Path):
@@ -129,7 +129,7 @@ def test_a_slot_that_cannot_start_is_its_own_failure(small_set: Path, tmp_path: 
     good = slot_config(small_set, cache, **{"optim.epochs": 1})
     fit(slot_config(small_set, cache, **{"optim.epochs": 1, "loss.w_dir": 7}), tmp_path / "b")
     # slot 1's folder holds another config's checkpoint: that slot fails, slot 0 trains
-    results = fit_fused([good, good], [tmp_path / "a", tmp_path / "b"], cores=2)
+    results = fit_side_by_side([good, good], [tmp_path / "a", tmp_path / "b"], cores=2)
     assert isinstance(results[0], FitResult) and results[0].status == "completed"
     assert isinstance(results[1], InvalidInput) and "loss.w_dir" in str(results[1])
 

@@ -1,16 +1,19 @@
-"""Fusing independent trials of a search (`resources.fuse: K`): the Ray side of `train/slots.py`.
+"""Trials of a search that share a process (`resources.trials_per_process: K`): the Ray side of
+`train/slots.py`.
 
 Each Tune trial stays one trial, so its Optuna trial, ASHA decisions, rows, checkpoint and
-`--resume` are those of an unfused trial. Only its training moves: the trial becomes a proxy
-(`HostedTrainer`, the trainer `run_trial` calls) that asks a per-node, per-GPU, per-shape fusion
+`--resume` are those of a trial alone. Only its training moves: the trial becomes a proxy
+(`HostedTrainer`, the trainer `run_trial` calls) that asks a per-node, per-GPU, per-shape process
 host for a slot, then relays each epoch (its row and checkpoint) to Tune and asks for the next.
 The host trains up to K slots in one process (`SlotHost`); a slot trains an epoch only when its
 proxy asks, so a trial ASHA stops has trained no further than what ASHA saw, and its place goes
 to the next trial of the shape once the host finds the proxy gone.
 
-The registry that places slots is an actor of the driver and the hosts are its own, so the
-whole arrangement ends with the driver, even on kill -9. The proxy keeps its reservation (CPUs,
-GPU share); hosts reserve nothing, and give each slot its proxy's CPUs as torch threads.
+A proxy shows it is there by renewing a lease from a thread of its own (a proxy busy reporting
+still renews); a host counts one whose lease ran out as gone. The registry that places slots is
+an actor of the driver and the hosts are its own, so the whole arrangement ends with the driver,
+even on kill -9. The proxy keeps its reservation (CPUs, GPU share); hosts reserve nothing, and
+give each slot its proxy's CPUs as torch threads.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import os
 import pickle
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,21 +35,40 @@ from mtsearch.search.trainable import prepare_work_dir
 from mtsearch.train.slots import SlotEvent, SlotHost
 
 RESERVATION_S = 300.0  # a place reserved for a proxy that never joined is free again after this
+RENEW_EVERY_S = 1.0  # a proxy renews its lease this often
+LEASE_S = 30.0  # a slot waiting for its proxy counts it gone after this long without a renewal
+QUICK_LEASE_S = 4.0  # ... and a placement looking for a free place, after this long
 
 
-def _owner_alive(owner: Any, timeout: float) -> bool:
-    """False once the proxy's actor is gone (ASHA stopped it, or it failed); a busy one is alive."""
-    try:
-        ray.get(owner.__ray_ready__.remote(), timeout=timeout)
-    except (ray.exceptions.GetTimeoutError, ray.exceptions.ActorUnavailableError):
-        return True  # busy, or out of reach for a moment
-    except ray.exceptions.RayActorError:
-        return False
-    return True
+class Leases:
+    """When each proxy last renewed its lease (the host's clock): whether it is still there."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic):
+        self.clock = clock
+        self._renewed: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def renew(self, key: str) -> None:
+        with self._lock:
+            self._renewed[key] = self.clock()
+
+    def drop(self, key: str) -> None:
+        with self._lock:
+            self._renewed.pop(key, None)
+
+    def alive(self, key: str, quick: bool = False) -> bool:
+        """False once `key` has not renewed for LEASE_S (QUICK_LEASE_S with `quick`)."""
+        with self._lock:
+            renewed = self._renewed.get(key)
+        return renewed is not None and self.clock() - renewed < (QUICK_LEASE_S if quick else LEASE_S)
+
+    def of(self, key: str) -> Callable[..., bool]:
+        """`key`'s liveness as a slot asks it (`alive(quick=False)`)."""
+        return lambda quick=False: self.alive(key, quick)
 
 
 @ray.remote(num_cpus=0, max_concurrency=1000)
-class FusionHost:
+class ProcessHost:
     """One process training up to `capacity` slots of one network shape on one node (and GPU)."""
 
     def __init__(self, gpu_ids: list[str]):
@@ -53,8 +76,9 @@ class FusionHost:
         # the variable alone for actors without GPUs
         os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(gpu_ids)
         self.slots = SlotHost()
+        self.leases = Leases()
         self.reserved: dict[str, float] = {}
-        self.lock = threading.Lock()
+        self.lock = threading.Lock()  # the reservations: no call to another process under it
 
     def reserve(self, key: str, capacity: int) -> bool:
         """Hold a place for `key` if fewer than `capacity` slots train or are promised here."""
@@ -71,14 +95,27 @@ class FusionHost:
             return True
 
     def join(self, key: str, cfg: TrialConfig, out_dir: str | None, resume: bool, threads: int,
-             owner: Any) -> None:
+             leased: bool = True) -> None:
+        """Train `cfg` in slot `key`; with `leased`, its proxy renews a lease (`renew`) while it
+        is there, and the slot leaves once the lease runs out."""
+        if leased:
+            self.leases.renew(key)
         self.slots.join(key, cfg, out_dir, resume=resume, threads=threads,
-                        alive=_Owner(owner) if owner is not None else None)
+                        alive=self.leases.of(key) if leased else None)
         with self.lock:
             self.reserved.pop(key, None)
 
+    def renew(self, key: str) -> None:
+        self.leases.renew(key)
+
+    def ping(self) -> bool:
+        """A no-op a caller can time (is the host there and answering?)."""
+        return True
+
     def next(self, key: str, stop: bool = False) -> SlotEvent:
         event = self.slots.next(key, stop)
+        if event.kind == "end":
+            self.leases.drop(key)
         if event.error is not None:
             try:
                 pickle.loads(pickle.dumps(event.error))
@@ -93,18 +130,8 @@ class FusionHost:
         return self.slots.retire(key)
 
 
-class _Owner:
-    """Whether a slot's proxy still exists: patient in the slot's own wait, quick in a placement."""
-
-    def __init__(self, handle: Any):
-        self.handle = handle
-
-    def __call__(self, quick: bool = False) -> bool:
-        return _owner_alive(self.handle, timeout=0.5 if quick else 10.0)
-
-
 @ray.remote(num_cpus=0)
-class FusionRegistry:
+class HostRegistry:
     """Places each proxy in a host of its node, GPU and shape with a free place, else a new one."""
 
     def __init__(self, capacity: int):
@@ -123,7 +150,7 @@ class FusionRegistry:
                 hosts.remove(host)
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-        host = FusionHost.options(
+        host = ProcessHost.options(
             scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False)).remote(list(gpu_ids))
         ray.get(host.reserve.remote(key, self.capacity))
         hosts.append(host)
@@ -136,12 +163,12 @@ class FusionRegistry:
 
 
 def hosted_trainer(capacity: int, trainer: Any) -> tuple[Any, int]:
-    """The trainer of a search fusing `capacity` trials a process, and that K: a `HostedTrainer`
+    """The trainer of a search training `capacity` trials a process, and that K: a `HostedTrainer`
     with the registry of this driver (it, and the hosts it starts, end with the driver); or the
-    given trainer (a caller's own never fuses), and 1."""
+    given trainer (a caller's own trains one trial a process), and 1."""
     if trainer is not None or capacity <= 1:
         return trainer, 1
-    return HostedTrainer(FusionRegistry.remote(capacity)), capacity
+    return HostedTrainer(HostRegistry.remote(capacity)), capacity
 
 
 def _retire_earlier_attempt(registry: Any, key: str) -> bool:
@@ -156,10 +183,47 @@ def _retire_earlier_attempt(registry: Any, key: str) -> bool:
         return False
 
 
+class _Renewer:
+    """The proxy's side of its lease: renews it every RENEW_EVERY_S from a thread of its own
+    (fire and forget), until stopped or until the proxy's process ends."""
+
+    def __init__(self, host: Any, key: str):
+        self.host, self.key = host, key
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._run, name=f"lease-{key}", daemon=True)
+
+    def __enter__(self) -> _Renewer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stopped.set()
+
+    def _run(self) -> None:
+        while not self.stopped.wait(RENEW_EVERY_S):
+            try:
+                self.host.renew.remote(self.key)
+            except Exception:  # noqa: BLE001 - a host that is gone: the proxy's next call says so
+                return
+
+
+def _with_trace(error: BaseException, trace: str | None, say: Callable[[str], None]) -> BaseException:
+    """The slot's exception with where it was raised in the host (a note on Python 3.11+, else a
+    log line)."""
+    if trace:
+        text = f"in the process host:\n{trace}"
+        if hasattr(error, "add_note"):
+            error.add_note(text)
+        else:
+            say(text)
+    return error
+
+
 @dataclass(frozen=True)
 class HostedTrainer:
-    """The trainer of a fused search's trial (the `Trainer` protocol of `trainable.py`): trains
-    `cfg` in a slot of a fusion host and relays its epochs, so to `run_trial` it is `fit`."""
+    """The trainer of a search's trial that shares a process (the `Trainer` protocol of
+    `trainable.py`): trains `cfg` in a slot of a process host and relays its epochs, so to
+    `run_trial` it is `fit`."""
 
     registry: Any
 
@@ -176,22 +240,21 @@ class HostedTrainer:
             # Tune's last checkpoint, as run_trial did before that slot had stopped
             out_dir = prepare_work_dir()
         host = ray.get(self.registry.place.remote(context.get_node_id(), gpus, shape, key))
-        ray.get(host.join.remote(key, cfg, str(out_dir) if out_dir is not None else None, resume,
-                                 threads, context.current_actor))
-        stop = False
-        try:
-            while True:
-                event: SlotEvent = ray.get(host.next.remote(key, stop))
-                for line in event.notes:
-                    say(line)
-                if event.kind == "end":
-                    if event.error is not None:
-                        if event.error_trace:
-                            event.error.add_note(f"in the fusion host:\n{event.error_trace}")
-                        raise event.error
-                    return event.result
-                ckpt = Path(event.ckpt_dir) if event.ckpt_dir is not None else None
-                stop = on_epoch is not None and on_epoch(event.metrics, ckpt) is False
-        except BaseException:  # the slot must not wait for a proxy that stopped asking
-            host.leave.remote(key)
-            raise
+        with _Renewer(host, key):
+            ray.get(host.join.remote(key, cfg, str(out_dir) if out_dir is not None else None, resume,
+                                     threads))
+            stop = False
+            try:
+                while True:
+                    event: SlotEvent = ray.get(host.next.remote(key, stop))
+                    for line in event.notes:
+                        say(line)
+                    if event.kind == "end":
+                        if event.error is not None:
+                            raise _with_trace(event.error, event.error_trace, say)
+                        return event.result
+                    ckpt = Path(event.ckpt_dir) if event.ckpt_dir is not None else None
+                    stop = on_epoch is not None and on_epoch(event.metrics, ckpt) is False
+            except BaseException:  # the slot must not wait for a proxy that stopped asking
+                host.leave.remote(key)
+                raise

@@ -1,4 +1,4 @@
-"""`resources.fuse: K` in a search (search/fusion.py): trials of one shape train side by side in
+"""`resources.trials_per_process: K` in a search (search/process_hosts.py): trials of one shape train side by side in
 one process, and each is still its own trial: its own rows (equal to its unfused run), ASHA
 decision, Optuna trial, failure and checkpoint."""
 
@@ -28,7 +28,7 @@ def _fused_space(root: Path, cache: Path, fuse: int = 2) -> dict:
     # the training loss differs from trial to trial from the first epoch: ASHA stops some
     data["metric"], data["mode"] = "loss", "min"
     data["scheduler"] = {"type": "asha", "grace_period": 1, "reduction_factor": 2}
-    data["resources"] = {"cpus_per_trial": 1, "fuse": fuse}
+    data["resources"] = {"cpus_per_trial": 1, "trials_per_process": fuse}
     return data
 
 
@@ -114,12 +114,12 @@ def test_a_fused_slot_that_diverges_touches_no_other(small_set: Path, tmp_path: 
         [r["loss"] for r in alone.history], rel=1e-5)
 
 
-def test_fuse_with_seeds_per_trial_is_refused(tmp_path: Path):
+def test_trials_per_process_with_seeds_per_trial_is_refused(tmp_path: Path):
     from mtsearch.errors import InvalidInput
 
     data = _fused_space(tmp_path, tmp_path / "cache")
     data["search"]["seeds_per_trial"] = 2
-    with pytest.raises(InvalidInput, match=r"resources\.fuse"):
+    with pytest.raises(InvalidInput, match=r"resources\.trials_per_process"):
         space_from_mapping(data, "fused.yaml")
 
 
@@ -176,7 +176,7 @@ def test_a_fusion_host_that_dies_is_a_fault_of_the_machine_and_its_trials_restar
         while time.time() < deadline and not killed:
             time.sleep(0.3)
             if epochs_file.exists() and pq.read_table(epochs_file).num_rows >= 4:
-                killed.extend(_descendants_named("ray::FusionHost"))  # of this test's own Ray
+                killed.extend(_descendants_named("ray::ProcessHost"))  # of this test's own Ray
                 for pid in killed:
                     os.kill(pid, signal.SIGKILL)
 
