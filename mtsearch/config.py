@@ -23,6 +23,7 @@ from mtsearch.key_checks import (
     VAL_CARVINGS,
 )
 from mtsearch.presets import BRANCHES, PRESETS, Preset, normalize_branches, tracking_defaults
+from mtsearch.schedules import SCHEDULABLE, Schedule, is_schedule, parse_schedule, plain
 from mtsearch.values import as_float, as_int
 from mtsearch.yamlio import dump_yaml, read_yaml
 
@@ -94,17 +95,17 @@ class TrackConfig:
 
 @dataclass(frozen=True)
 class LossConfig:
-    w_track: float | None = None  # w1 (thesis 25; None: `tracking_defaults`, tiny 0.25)
-    w_dir: float = 2.0  # w2
+    w_track: float | Schedule | None = None  # w1 (thesis 25; None: `tracking_defaults`, tiny 0.25)
+    w_dir: float | Schedule = 2.0  # w2 (these four keys may be schedules: schedules.py)
     track_lambda: float = 0.1  # lambda: weight of the skip and long cycle terms in l_track
     sim_weight: float | None = None  # weight of l_sim in l_track (thesis 1; None: `tracking_defaults`)
 
 
 @dataclass(frozen=True)
 class OptimConfig:
-    lr: float | None = None  # None: the preset's (thesis 2e-4)
+    lr: float | Schedule | None = None  # None: the preset's (thesis 2e-4)
     betas: tuple[float, float] = (0.5, 0.999)
-    weight_decay: float = 1e-4
+    weight_decay: float | Schedule = 1e-4
     batch_size: int = 4
     epochs: int = 100
     plateau_patience: int = 10
@@ -263,7 +264,7 @@ class TrialConfig:
         """Nested plain data (lists, not tuples) for YAML/JSON."""
         nested: dict[str, Any] = {}
         for key, value in self.to_flat().items():
-            value = list(value) if isinstance(value, tuple) else value
+            value = list(value) if isinstance(value, tuple) else plain(value)
             section, _, name = key.rpartition(".")
             (nested.setdefault(section, {}) if section else nested)[name] = value
         return nested
@@ -351,8 +352,8 @@ def column_type(key: str) -> str:
     """A key's value type as a table column: bool, int, float or string (branch masks: labels)."""
     if key == "model.branches":
         return "string"
-    if key == "data.fps":
-        return "float"  # a searched rate is a number (`source` is a base value only)
+    if key == "data.fps" or key in SCHEDULABLE:
+        return "float"  # a searched value is a number (`source`, a schedule: base values only)
     typ = _type_of(key)
     for base, kind in ((bool, "bool"), (int, "int"), (float, "float")):
         if typ is base or typ == base | None:
@@ -369,6 +370,8 @@ def _coerce(key: str, raw: Any, source: str | Path) -> Any:
             value = None
         elif key == "model.branches":
             value = normalize_branches(raw)
+        elif key in SCHEDULABLE and is_schedule(raw):
+            value = parse_schedule(raw, key)
         elif typ is bool or text == "bool | None":
             if not isinstance(raw, bool):
                 raise ValueError("expected true or false")
@@ -394,9 +397,10 @@ def _coerce(key: str, raw: Any, source: str | Path) -> Any:
     except ValueError as exc:
         raise InvalidInput(source, key, str(exc), raw) from None
     check = CHECKS.get(key)
-    problem = check(value) if check and value is not None else None
-    if problem:
-        raise InvalidInput(source, key, problem, raw)
+    for one in ([v for _, v in value.steps] if isinstance(value, Schedule) else [value]):
+        problem = check(one) if check and one is not None else None
+        if problem:
+            raise InvalidInput(source, key, problem, raw)
     return value
 
 

@@ -111,6 +111,11 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
     Metric("val_mean_class_acc", _E, MAXIMISE, "validation mean class accuracy", FRACTION, True,
            evaluated=True),
     Metric("test_mean_class_acc", _E, MAXIMISE, "test mean class accuracy", FRACTION, False),
+    # the values in force for the epoch, constant or from a schedule (`lr` above is the optimiser's,
+    # after the plateau rule); a branch's weight only where the branch is on
+    Metric("w_track", _E, MINIMISE, "tracking loss weight in force", "", False),
+    Metric("w_dir", _E, MINIMISE, "direction loss weight in force", "", False),
+    Metric("weight_decay", _E, MINIMISE, "weight decay in force", "", False),
     Metric("peak_mem_gib", _T, MINIMISE, "peak memory", "GiB", False),
 )}
 

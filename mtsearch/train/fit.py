@@ -28,6 +28,7 @@ import torch
 from mtsearch.config import TrialConfig
 from mtsearch.metrics import EPOCH_COLUMNS, EVALUATED, best_epoch
 from mtsearch.records import adopt_recorded
+from mtsearch.schedules import changes_at, in_force
 from mtsearch.train.checkpoint import (
     CHECKPOINT_FILE,
     read_checkpoint,
@@ -49,6 +50,7 @@ from mtsearch.train.step import (
     OnBatch,
     Training,
     build_training,
+    put_in_force,
     step_lr_scheduler,
     train_epoch,
 )
@@ -172,6 +174,9 @@ def train_epochs(
         if keep_going is not None and not keep_going():
             status = "stopped"
             break
+        now = in_force(cfg, epoch)  # a schedule's values for this epoch (cfg itself without one)
+        put_in_force(run.training, now, changes_at(cfg, epoch))
+        step.cfg = now
         do_eval = epoch % cfg.eval.every == 0 or epoch == cfg.optim.epochs
         flips = model.track_trains_trunk != (epoch > cfg.track.warmup_epochs)  # a new step to capture
         new_work = epoch in (run.start_epoch, cfg.optim.epochs) or (do_eval and not evaluated) or flips
@@ -185,7 +190,7 @@ def train_epochs(
                 step.forget_graph()  # a captured step would keep the warm-up's detached trunk
             t0 = time.perf_counter()
             try:
-                train_stats = train_epoch(step, model, run.train_loader, cfg, epoch, on_batch)
+                train_stats = train_epoch(step, model, run.train_loader, now, epoch, on_batch)
             except Diverged as exc:
                 status, error = "diverged", str(exc)
                 say(f"epoch {epoch}: {error}")
@@ -195,7 +200,7 @@ def train_epochs(
             test = {}
             if epoch == cfg.optim.epochs:  # the final weights meet the test split once
                 test = val if run.eval_set is run.test_set else evaluate_once(model, run.test_set, cfg, device)
-        metrics = _epoch_row(epoch, train_stats, val, test, optimizer, time.perf_counter() - t0)
+        metrics = _epoch_row(epoch, train_stats, val, test, optimizer, time.perf_counter() - t0, now)
         history.append(metrics)
         metrics = {**metrics, "peak_mem_gib": peak_memory_gib(device), "device": device_label(device)}
         if ckpt_dir is not None:
@@ -208,9 +213,10 @@ def train_epochs(
 
 
 def _epoch_row(epoch: int, train_stats: dict[str, Any], val: dict[str, Any], test: dict[str, Any],
-               optimizer: torch.optim.Optimizer, seconds: float) -> dict[str, Any]:
+               optimizer: torch.optim.Optimizer, seconds: float, now: TrialConfig) -> dict[str, Any]:
     """One epochs.parquet row: the training figures, the evaluation's (on the split it selects
-    with) and, after the last epoch, the test split's."""
+    with), after the last epoch the test split's, and the loss weights and weight decay in force
+    (a branch's weight where it is on)."""
     metrics = {
         "epoch": epoch,
         **train_stats,
@@ -218,6 +224,9 @@ def _epoch_row(epoch: int, train_stats: dict[str, Any], val: dict[str, Any], tes
         "lr": float(optimizer.param_groups[0]["lr"]),
         "epoch_s": seconds,
         **named("test", {k: test.get(k) for k in ("hit1", "hit5", "mean_class_acc")}),
+        "w_track": float(now.tracking["loss.w_track"]) if now.has("track") else None,
+        "w_dir": float(now.loss.w_dir) if now.has("dir") else None,
+        "weight_decay": float(now.optim.weight_decay),
     }
     return {key: metrics.get(key) for key in EPOCH_COLUMNS}
 

@@ -11,7 +11,7 @@ SYNC_EVERY steps.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from mtsearch.config import TrialConfig
+from mtsearch.schedules import in_force
 from mtsearch.train.device import autocast, compile_wanted
 
 OnBatch = Callable[[int, int, float, float], None]  # (done, total, running loss, clips/s)
@@ -269,6 +270,31 @@ def step_lr_scheduler(scheduler: Any, optimizer: torch.optim.Optimizer, loss: fl
             group["lr"] = rate
 
 
+def put_in_force(training: Training, cfg: TrialConfig, keys: Iterable[str]) -> None:
+    """Make `cfg`'s values of `keys` (loss weights, `optim.lr`, `optim.weight_decay`: keys that
+    change no tensor) the ones the next steps train with: the step's config, the optimiser's param
+    groups (a tensor learning rate keeps its tensor) and a fresh plateau rule (the losses it
+    compared were of the old values). A captured CUDA graph holds the loss weights and the weight
+    decay as constants, so it is captured anew."""
+    keys = set(keys)
+    if not keys:
+        return
+    optimizer, step = training.optimizer, training.step
+    for group in optimizer.param_groups:
+        if "optim.lr" in keys:
+            if isinstance(group["lr"], torch.Tensor):
+                group["lr"].fill_(cfg.lr)
+            else:
+                group["lr"] = cfg.lr
+        if "optim.weight_decay" in keys:
+            group["weight_decay"] = cfg.optim.weight_decay
+    plateau = training.scheduler
+    plateau.best, plateau.num_bad_epochs, plateau.cooldown_counter = plateau.mode_worse, 0, 0
+    step.cfg = cfg
+    if keys - {"optim.lr"}:
+        step.forget_graph()
+
+
 @dataclass
 class Training:
     """What a trial trains with, built one way (`build_training`) for `fit`, the memory probe and
@@ -289,6 +315,7 @@ def build_training(
     `bf16` and `compile_tracking` are for benchmarks that measure what each buys."""
     from mtsearch.model import MultiBranchNet
 
+    cfg = in_force(cfg, 1)  # a schedule's first values; train_epochs puts later ones in force
     model = MultiBranchNet(cfg, num_classes).to(device)
     if device.type == "cuda":
         model = model.channels_last()
