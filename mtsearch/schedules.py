@@ -4,7 +4,7 @@ optimiser's learning rate and weight decay.
 `loss.w_track: {schedule: [[1, 25.0], [21, 37.5], [41, 30.0]]}` means 25 from epoch 1, 37.5 from
 epoch 21 and 30 from epoch 41 on. A constant stays a constant. The keys are those that change no
 tensor's shape, so a run can change them between epochs (what population-based training does,
-and what `train` replays from its lineage). `in_force(cfg, epoch)` is the config an epoch trains
+and what `train` replays from its lineage). `train/in_force.py` gives the config an epoch trains
 with: every schedule replaced by its value at that epoch.
 """
 
@@ -13,10 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from mtsearch.config import TrialConfig
+from typing import Any
 
 # the keys that may hold a schedule, and whether 0 is a valid value in force (a weight of 0 turns
 # its term off, but a schedule's entries must be positive: a zero segment is a branch switched off
@@ -100,22 +97,3 @@ def parse_schedule(raw: Any, key: str) -> Schedule:
 def plain(value: Any) -> Any:
     """A key's value as a file holds it: a schedule as its mapping, anything else as it is."""
     return value.to_plain() if isinstance(value, Schedule) else value
-
-
-def scheduled_keys(cfg: TrialConfig) -> list[str]:
-    flat = cfg.to_flat()
-    return [key for key in SCHEDULABLE if isinstance(flat[key], Schedule)]
-
-
-def in_force(cfg: TrialConfig, epoch: int) -> TrialConfig:
-    """The config epoch `epoch` trains with: each schedule replaced by its value then."""
-    flat = cfg.to_flat()
-    now = {key: flat[key].at(epoch) for key in SCHEDULABLE if isinstance(flat[key], Schedule)}
-    return cfg.with_overrides(now, "<schedule>") if now else cfg
-
-
-def changes_at(cfg: TrialConfig, epoch: int) -> dict[str, float]:
-    """The scheduled keys whose value changes at `epoch` (not at epoch 1), and their new values."""
-    flat = cfg.to_flat()
-    return {key: flat[key].at(epoch) for key in SCHEDULABLE
-            if isinstance(flat[key], Schedule) and epoch > 1 and flat[key].at(epoch) != flat[key].at(epoch - 1)}

@@ -31,7 +31,7 @@ from mtsearch.distributions import (
 from mtsearch.errors import InvalidInput, did_you_mean
 from mtsearch.metrics import MODES, OBJECTIVES, TEST_METRICS, default_mode
 from mtsearch.presets import branches_label
-from mtsearch.records import stamped, unstamped, upgrade_space
+from mtsearch.records import VERSION_KEY, stamped, unstamped, upgrade_space
 from mtsearch.settings import (
     Resources,
     SchedulerSettings,
@@ -270,7 +270,8 @@ def space_from_mapping(
     if not isinstance(data, Mapping):
         raise InvalidInput(source, None, "expected a mapping (name, base, metric, search, space ...)",
                            type(data).__name__ if data is not None else "an empty file")
-    data = unstamped(data)  # a study's space.yaml given back as a space file
+    # a study's space.yaml given back as a space file: read as the record it is
+    data = upgrade_space(data, source) if isinstance(data, Mapping) and VERSION_KEY in data else unstamped(data)
     if kind is None:
         kind = ABLATION if "grid" in data else SEARCH
     allowed = _GRID_TOP if kind == ABLATION else _SEARCH_TOP

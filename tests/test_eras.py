@@ -321,6 +321,8 @@ def test_an_interrupted_fuse_study_reopens_under_the_new_name(tmp_path: Path) ->
 
     with pytest.raises(InvalidInput, match=r"resources\.fuse: is now called resources\.trials_per_process"):
         load_space(E7 / "space.yaml")
+    # the study's own space.yaml, given back as a space file, is the record it is (version 7)
+    assert load_space(E7 / "interrupted" / "space.yaml").resources.trials_per_process == 2
     copy_fixture("e7_fuse", "interrupted", tmp_path / "trials" / "legacy")
     spec, study_dir, fd, created, extend_from = study.open_study(load_space(_renamed_space(tmp_path)),
                                                                  tmp_path / "trials", True)

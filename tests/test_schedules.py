@@ -14,8 +14,9 @@ from test_side_by_side import SLOTS, slot_config
 from mtsearch.config import TrialConfig
 from mtsearch.errors import InvalidInput
 from mtsearch.metrics import TEST_METRICS
-from mtsearch.schedules import Schedule, changes_at, in_force
+from mtsearch.schedules import Schedule
 from mtsearch.train import fit
+from mtsearch.train.in_force import changes_at, in_force
 
 W_TRACK = {"schedule": [[1, 0.25], [3, 2.0]]}
 LR = {"schedule": [[1, 1e-3], [4, 3e-4]]}

@@ -148,3 +148,42 @@ def test_the_warmup_lock_of_gpu_slots_changes_nothing_computed(small_set: Path, 
     assert not lock.locked()
     alone = fit(cfg, tmp_path / "alone")
     _assert_same_run(locked, alone, tmp_path / "locked", tmp_path / "alone")
+
+
+def test_an_interrupt_in_a_slots_report_stops_every_slot_and_goes_up(small_set: Path, tmp_path: Path):
+    """A callback that raises KeyboardInterrupt (Ctrl-C) is the caller's: every slot stops at the end
+    of its epoch and the interrupt is raised once all have ended, never a slot left waiting."""
+    cache = tmp_path / "cache"
+    cfgs = [slot_config(small_set, cache, **SLOTS[k], **{"optim.epochs": 3}) for k in range(2)]
+
+    def interrupt(metrics: dict, ckpt: Path | None) -> bool:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fit_side_by_side(cfgs, [tmp_path / "a", tmp_path / "b"], on_epoch=[interrupt, None], cores=2)
+
+
+def test_a_seeds_report_that_raises_stops_every_seed_and_goes_up(small_set: Path, tmp_path: Path):
+    """`fit_seeds` reports from the caller's thread (a search's `tune.report`): when that raises,
+    each seed stops instead of waiting for a report that never comes, and the error goes up."""
+    import threading
+
+    from mtsearch.train.side_by_side import fit_seeds
+
+    cfg = slot_config(small_set, tmp_path / "cache", **SLOTS[0], **{"optim.epochs": 3})
+    before = {t.name for t in threading.enumerate()}
+
+    def failing_report(row: dict, ckpt: Path | None) -> bool:
+        raise OSError("the disk that holds the reports is gone")
+
+    with pytest.raises(OSError, match="disk"):
+        fit_seeds(cfg, tmp_path / "run", seeds=2, on_epoch=failing_report)
+    import time
+
+    deadline = time.time() + 30  # a slot thread frees its memory after handing over its end
+    while time.time() < deadline:
+        left = [t for t in threading.enumerate() if t.name.startswith("slot-") and t.name not in before]
+        if not left:
+            break
+        time.sleep(0.1)
+    assert not left, [t.name for t in left]  # none waits for a report that never comes

@@ -141,7 +141,14 @@ def test_a_slot_joined_again_resumes_once_the_old_one_has_ended(small_set: Path,
 # ---- the slot's life: states, waits, streams ------------------------------------------------------
 
 from mtsearch.search.process_hosts import Leases  # noqa: E402
-from mtsearch.train.slots import TRANSITIONS, SlotState, SlotThreadDied, StreamPool, _Slot  # noqa: E402
+from mtsearch.train.slots import (  # noqa: E402
+    TRANSITIONS,
+    SlotLost,
+    SlotState,
+    SlotThreadDied,
+    StreamPool,
+    _Slot,
+)
 
 
 def test_a_slot_walks_starting_training_awaiting_leaving_ended(small_set: Path, tmp_path: Path):
@@ -216,18 +223,21 @@ def test_slot_transitions_are_the_table_and_only_the_table():
 
 
 def test_a_proxy_lease_keeps_its_slot_until_renewals_stop():
+    from mtsearch.search.process_hosts import LEASE_S, QUICK_LEASE_S, RENEW_EVERY_S
+
+    assert RENEW_EVERY_S * 5 <= QUICK_LEASE_S < LEASE_S  # a few late renewals never count a proxy gone
     now = [100.0]
     leases = Leases(clock=lambda: now[0])
     alive = leases.of("t1")
     assert not alive()  # never renewed: no proxy
     leases.renew("t1")
-    now[0] += 3.0
+    now[0] += QUICK_LEASE_S - 1
     assert alive() and alive(quick=True)
-    now[0] += 2.0  # 5 s without a renewal: a placement counts it gone, a waiting slot not yet
+    now[0] += 2  # past the quick lease: a placement counts it gone, a waiting slot not yet
     assert alive() and not alive(quick=True)
     leases.renew("t1")
     assert alive(quick=True)
-    now[0] += 31.0
+    now[0] += LEASE_S + 1
     assert not alive()
     leases.renew("t1")
     leases.drop("t1")
@@ -267,3 +277,20 @@ def test_real_cuda_streams_of_live_slots_are_distinct():
     held = [pool.acquire(f"k{n}", torch.device("cuda", 0)).cuda_stream for n in range(8)]
     torch.cuda.Stream()  # others drawing from torch's pool meanwhile change nothing held
     assert len(set(held)) == 8 and set(pool.held().values()) == set(held)
+
+
+def test_an_owner_that_abandons_its_slot_leaves_nothing_behind(small_set: Path, tmp_path: Path):
+    host = SlotHost()
+    host.join("a", slot_config(small_set, tmp_path / "cache", **SLOTS[0]), tmp_path / "a", threads=1)
+    assert host.next("a").metrics["epoch"] == 1
+    host.leave("a", abandoned=True)  # the owner failed: it will not take the end event
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            host.state("a")
+        except SlotLost:
+            break
+        time.sleep(0.1)
+    with pytest.raises(SlotLost):  # gone: a late owner hears its slot is lost (a KeyError)
+        host.next("a")
+    assert issubclass(SlotLost, KeyError) and host.training() == []

@@ -32,12 +32,12 @@ from ray import tune
 
 from mtsearch.config import TrialConfig, shape_key
 from mtsearch.search.trainable import prepare_work_dir
-from mtsearch.train.slots import SlotEvent, SlotHost
+from mtsearch.train.slots import SlotEvent, SlotHost, SlotLost
 
 RESERVATION_S = 300.0  # a place reserved for a proxy that never joined is free again after this
 RENEW_EVERY_S = 1.0  # a proxy renews its lease this often
 LEASE_S = 30.0  # a slot waiting for its proxy counts it gone after this long without a renewal
-QUICK_LEASE_S = 4.0  # ... and a placement looking for a free place, after this long
+QUICK_LEASE_S = 10.0  # ... and a placement looking for a free place, after this long
 
 
 class Leases:
@@ -113,7 +113,11 @@ class ProcessHost:
         return True
 
     def next(self, key: str, stop: bool = False) -> SlotEvent:
-        event = self.slots.next(key, stop)
+        try:
+            event = self.slots.next(key, stop)
+        except SlotLost as exc:  # counted gone while it was still there: its trial restarts
+            self.leases.drop(key)
+            return SlotEvent("end", error=exc)
         if event.kind == "end":
             self.leases.drop(key)
         if event.error is not None:
@@ -124,7 +128,9 @@ class ProcessHost:
         return event
 
     def leave(self, key: str) -> None:
-        self.slots.leave(key)
+        """The proxy stopped asking (it failed or was stopped): nobody takes the end."""
+        self.slots.leave(key, abandoned=True)
+        self.leases.drop(key)
 
     def retire(self, key: str) -> bool:
         return self.slots.retire(key)

@@ -22,6 +22,7 @@ from mtsearch.errors import GpuOutOfMemory, is_out_of_memory, storage_failure
 from mtsearch.metrics import direction
 from mtsearch.search.study import ADOPTED_CHECKPOINT
 from mtsearch.search.tuning import OBJECTIVE
+from mtsearch.train.slots import SlotLost
 
 NOTES = "trainer_notes"  # report key carrying the trainer's log lines to the driver
 OOM = "out_of_gpu_memory"  # fit_status of the report a trial sends before failing out of memory
@@ -108,8 +109,8 @@ def run_trial(config: dict[str, Any], *, base: dict[str, Any], metric: str, mode
             result = train(cfg, work, on_epoch=on_epoch, resume=True, log=notes.append)
             break
         except Exception as exc:  # noqa: BLE001 - sorted below into the machine's and the config's
-            if isinstance(exc, ray.exceptions.RayActorError):  # the process host training it died
-                raise
+            if isinstance(exc, (ray.exceptions.RayActorError, SlotLost)):  # its process host died, or
+                raise  # counted it gone: Tune restarts it from its checkpoint
             disk = storage_failure(exc)
             if disk is not None:
                 final(STORAGE, fit_error=str(disk), storage_path=disk.path, storage_reason=disk.reason,

@@ -267,7 +267,9 @@ def park_optuna_trials(spec: SpaceSpec, study_dir: Path, store: StudyStore, fini
         rows = groups.get(trial.user_attrs.get(TRIAL_ID_ATTR, ""), [])
         row = rows[0] if rows else None  # a seeded configuration's seeds share their status
         status = row["status"] if row is not None else None
-        if row is not None and (status in (None, "running") or row["machine_fault"]):
+        if row is None and not finished:  # asked for as the driver stopped, before any row
+            storage.set_trial_state_values(trial._trial_id, states.WAITING)
+        elif row is not None and (status in (None, "running") or row["machine_fault"]):
             storage.set_trial_state_values(trial._trial_id, states.WAITING)
         elif status == "completed":
             value = group_objective_at(store, rows, spec.metric, spec.mode, row["epochs_done"] or 0)

@@ -28,7 +28,6 @@ import torch
 from mtsearch.config import TrialConfig
 from mtsearch.metrics import EPOCH_COLUMNS, EVALUATED, best_epoch
 from mtsearch.records import adopt_recorded
-from mtsearch.schedules import changes_at, in_force
 from mtsearch.train.checkpoint import (
     CHECKPOINT_FILE,
     read_checkpoint,
@@ -45,6 +44,7 @@ from mtsearch.train.device import (
     seed_everything,
 )
 from mtsearch.train.evaluate import evaluate, evaluate_once, named
+from mtsearch.train.in_force import changes_at, in_force
 from mtsearch.train.step import (
     Diverged,
     OnBatch,

@@ -83,7 +83,8 @@ def fit_side_by_side(
     results: list[FitResult | BaseException] = [RuntimeError("not run")] * slots
 
     def own(k: int) -> None:
-        key, stop, failure = str(k), False, None
+        key, stop = str(k), False
+        failure: BaseException | None = None
         while True:
             event = host.next(key, stop)
             if event.kind == "end":
@@ -92,7 +93,7 @@ def fit_side_by_side(
             report = on_epoch[k]
             try:
                 stop = report is not None and report(event.metrics, _folder(event)) is False
-            except Exception as exc:  # noqa: BLE001 - the slot's failure: it stops, the others train on
+            except BaseException as exc:  # noqa: BLE001 - the slot's failure: it stops, others train on
                 failure, stop = exc, True
 
     for k, cfg in enumerate(cfgs):
@@ -104,6 +105,9 @@ def fit_side_by_side(
     for owner in owners:
         owner.join()
     torch.set_num_threads(cores)
+    for result in results:  # an interrupt in a slot's callback is the caller's, once all have ended
+        if isinstance(result, BaseException) and not isinstance(result, Exception):
+            raise result
     return results
 
 
@@ -187,6 +191,17 @@ class _Lockstep:
     def run(self, host: SlotHost) -> list[SlotEvent]:
         """Own every seed's slot to its end; their end events, in seed order."""
         ends: dict[int, SlotEvent] = {}
+        try:
+            return self._own(host, ends)
+        except BaseException:  # the report raised: every seed still training stops, then it goes up
+            for k in range(len(self.seeds)):
+                while k not in ends:
+                    event = host.next(str(k), stop=True)
+                    if event.kind == "end":
+                        ends[k] = event
+            raise
+
+    def _own(self, host: SlotHost, ends: dict[int, SlotEvent]) -> list[SlotEvent]:
         held: dict[int, int] = {}  # seed -> the epoch it handed over and waits past
         ask = set(range(len(self.seeds)))  # seeds whose next event is due
         stopping = False

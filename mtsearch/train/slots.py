@@ -77,6 +77,11 @@ class SlotEvent:
     notes: list[str] = field(default_factory=list)
 
 
+class SlotLost(KeyError):
+    """No slot of that name trains here (it ended and its end was taken, or its owner was counted
+    gone and it left): to an owner that is still there, a fault of the machine, not of its config."""
+
+
 class SlotThreadDied(RuntimeError):
     """A slot's thread is gone without handing over its end (it cannot happen short of a bug in
     this module or an interpreter shutdown): its owner hears this instead of waiting forever."""
@@ -282,13 +287,18 @@ class SlotHost:
             old.thread.join()
         return True
 
-    def leave(self, key: str) -> None:
-        """The owner wants no more epochs: the slot stops at the end of the one it is training."""
+    def leave(self, key: str, abandoned: bool = False) -> None:
+        """The owner wants no more epochs: the slot stops at the end of the one it is training.
+        `abandoned`: nor will it take the end event (the slot is then forgotten as it ends)."""
         with self._lock:
             slot = self._slots.get(key)
         if slot is not None:
             with slot.cond:
+                slot.owner_gone = slot.owner_gone or abandoned
                 slot.move(SlotState.LEAVING)
+                ended = slot.state is SlotState.ENDED
+            if abandoned and ended:
+                self._forget(slot)
 
     def training(self) -> list[str]:
         """The keys of the slots still training (not those told to leave)."""
@@ -316,7 +326,7 @@ class SlotHost:
         with self._lock:
             slot = self._slots.get(key)
         if slot is None:
-            raise KeyError(f"no slot {key!r} trains here")
+            raise SlotLost(f"no slot {key!r} trains here")
         return slot
 
     def _forget(self, slot: _Slot) -> None:
@@ -338,6 +348,9 @@ class SlotHost:
             on_gpu = run.device.type == "cuda"
             if on_gpu:
                 stream = self.streams.acquire(slot.key, run.device)
+                # the weights, restored state and loaders were made on this thread's default
+                # stream; the slot's own stream does not wait for it unless told to
+                stream.wait_stream(torch.cuda.current_stream(run.device))
             with _on_stream(stream):
                 event.result = train_epochs(run, on_epoch=slot.on_epoch, on_batch=on_batch, say=slot.note,
                                             warmup=self.one_at_a_time if on_gpu else None,
@@ -357,7 +370,8 @@ class SlotHost:
                 orphaned = slot.owner_gone
             if orphaned:
                 self._forget(slot)
-            _free_memory()
+            with self.one_at_a_time:  # the allocator may not be emptied during another's capture
+                _free_memory()
 
 
 def _on_stream(stream: Any) -> AbstractContextManager[Any]:

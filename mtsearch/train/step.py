@@ -19,8 +19,8 @@ from typing import Any
 import torch
 
 from mtsearch.config import TrialConfig
-from mtsearch.schedules import in_force
 from mtsearch.train.device import autocast, compile_wanted
+from mtsearch.train.in_force import in_force
 
 OnBatch = Callable[[int, int, float, float], None]  # (done, total, running loss, clips/s)
 
