@@ -116,6 +116,12 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
     Metric("w_track", _E, MINIMISE, "tracking loss weight in force", "", False),
     Metric("w_dir", _E, MINIMISE, "direction loss weight in force", "", False),
     Metric("weight_decay", _E, MINIMISE, "weight decay in force", "", False),
+    # what the epoch cost: clips trained and evaluated (the validation split, and the test split
+    # after the last epoch) and the seconds each took; trials.parquet sums them per trial
+    Metric("train_clips", _E, MINIMISE, "training clips", "", False),
+    Metric("train_s", _E, MINIMISE, "training time", "s", False),
+    Metric("eval_clips", _E, MINIMISE, "evaluated clips", "", False),
+    Metric("eval_s", _E, MINIMISE, "evaluation time", "s", False),
     Metric("peak_mem_gib", _T, MINIMISE, "peak memory", "GiB", False),
 )}
 

@@ -33,11 +33,13 @@ REPO = Path(__file__).resolve().parents[1]
 SPEC_TRIAL_COLUMNS = {"trial_id", "status", "error", "seed", "epochs_done", "best_epoch", "best_val_hit1",
                       "best_val_hit5", "test_hit1", "test_hit5", "wall_s", "peak_mem_gib", "gpu_share",
                       "device", "restarts", "machine_fault", "fuse_group", "fuse_k", "config",
-                      "test_mean_class_acc", "test_views"}
+                      "test_mean_class_acc", "test_views", "train_clips", "eval_clips", "device_s", "train_s",
+                      "eval_s"}
 SPEC_EPOCH_COLUMNS = ["trial_id", "epoch", "loss", "loss_cls", "loss_track", "loss_dir", "train_hit1", "val_hit1",
                       "val_hit5", "dir_acc", "lr", "epoch_s", "clips_per_s", "data_wait", "test_hit1",
                       "test_hit5", "track_feat_cos", "track_err_px", "track_gain", "cycle_gain",
-                      "val_mean_class_acc", "test_mean_class_acc", "w_track", "w_dir", "weight_decay"]
+                      "val_mean_class_acc", "test_mean_class_acc", "w_track", "w_dir", "weight_decay",
+                      "train_clips", "train_s", "eval_clips", "eval_s"]
 
 
 def make_fit(log_dir: Path, epoch_s: float = 0.2, fail_w: float | None = None,
@@ -375,6 +377,11 @@ def test_cli_real_trainer_interrupt_and_resume(tmp_path: Path, ray_address: str,
     keys = [(r["trial_id"], r["epoch"]) for r in epochs]
     assert len(keys) == len(set(keys)) == 2 * EPOCHS
     assert all(r["loss"] is not None and r["val_hit1"] is not None for r in epochs)
+    for trial in trials:  # the cost ledger: each trial's sums are its epoch rows'
+        mine = [r for r in epochs if r["trial_id"] == trial["trial_id"]]
+        assert trial["train_clips"] == sum(r["train_clips"] for r in mine) > 0
+        assert trial["eval_clips"] == sum(r["eval_clips"] for r in mine) > 0
+        assert trial["device_s"] == pytest.approx(sum(r["train_s"] + r["eval_s"] for r in mine))
 
     # issue 11 with the real trainer: race the two over two fresh seeds, then export the card
     study = str(tmp_path / "trials" / "tiny")

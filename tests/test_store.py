@@ -25,7 +25,8 @@ SPEC_TRIAL_COLUMNS = ["trial_id", "status", "error", "seed", "epochs_done", "bes
 SPEC_EPOCH_COLUMNS = ["trial_id", "epoch", "loss", "loss_cls", "loss_track", "loss_dir", "train_hit1", "val_hit1",
                       "val_hit5", "dir_acc", "lr", "epoch_s", "clips_per_s", "data_wait", "test_hit1",
                       "test_hit5", "track_feat_cos", "track_err_px", "track_gain", "cycle_gain",
-                      "val_mean_class_acc", "test_mean_class_acc", "w_track", "w_dir", "weight_decay"]
+                      "val_mean_class_acc", "test_mean_class_acc", "w_track", "w_dir", "weight_decay",
+                      "train_clips", "train_s", "eval_clips", "eval_s"]
 
 
 def _epoch(epoch: int, val: float | None) -> dict:

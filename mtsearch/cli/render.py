@@ -139,6 +139,8 @@ def leaderboard_footer(board: Leaderboard) -> list[str]:
     ]
     if board.selection_note:
         lines.append(board.selection_note)
+    if board.cost is not None:
+        lines.append(board.cost.line())
     if board.unranked:
         lines.append(f"not ranked (no score or failed): {len(board.unranked)}")
         for row in board.unranked[:10]:
@@ -177,6 +179,7 @@ def leaderboard_csv(board: Leaderboard) -> str:
 def leaderboard_json(board: Leaderboard) -> str:
     """The leaderboard's data, raw values; `units` says what each metric key is in."""
     data = asdict(board)
+    data["cost"] = board.cost.to_record() if board.cost is not None else None
     keys = {key for row in board.rows for key in row}
     data["units"] = {key: unit for key in sorted(keys) if (unit := stored_unit(key))}
     return _json_text(data)

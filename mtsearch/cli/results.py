@@ -16,6 +16,7 @@ from typing import Any
 from mtsearch.cli import render
 from mtsearch.errors import InvalidInput
 from mtsearch.results import ablation, importance, report
+from mtsearch.results.cost import study_cost
 
 
 def _console() -> Any:
@@ -128,6 +129,9 @@ def _report_grid(study: report.Study, fmt: str, optimistic: bool = False) -> Non
         aligned = (False, False) + (True,) * (len(header) - 3) + (False,)
         console.print(_rich_table(title, header, rows, aligned))
         console.print(result.reading, markup=False)
+        cost = study_cost(study.trials)
+        if cost is not None:
+            console.print(cost.line(), markup=False)
 
 
 def _report_search(study: report.Study, fmt: str) -> None:

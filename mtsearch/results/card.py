@@ -17,6 +17,7 @@ from typing import Any
 from mtsearch import __version__
 from mtsearch.config import TrialConfig
 from mtsearch.metrics import counterpart_on_test, display_scale
+from mtsearch.results.cost import study_cost
 from mtsearch.results.report import Study, best_score, final_score, fmt_number
 from mtsearch.results.stats import Interval
 
@@ -124,6 +125,12 @@ def render_card(
     for row in curve:
         cells = [_curve_cell(c, row.get(c)) for c in CURVE_COLUMNS]
         lines.append(f"| {row['epoch']} | " + " | ".join(cells) + " |")
+    spent = study_cost([trial])
+    if spent is not None:
+        lines += ["", "## Cost", "", f"- this trial: {spent.summary()}"]
+        whole = study_cost(study.trials)
+        if whole is not None:
+            lines.append(f"- the study ({whole.trials} trials): {whole.summary()}")
     lines += ["", "## Environment", "", *[f"- {k}: {v}" for k, v in environment(trial.get("device")).items()]]
     lines += ["", "## Data", ""]
     try:

@@ -21,6 +21,7 @@ from mtsearch.errors import InvalidInput
 from mtsearch.metrics import MAXIMISE, Direction, direction, display_scale
 from mtsearch.presets import branches_label
 from mtsearch.records import config_from_record, recorded_selection
+from mtsearch.results.cost import StudyCost, study_cost
 from mtsearch.results.stats import summarize
 from mtsearch.results.store import EPOCHS_FILE, TRIALS_FILE, epoch_rows, is_ranked, trial_rows
 from mtsearch.space import SpaceSpec, load_study_space
@@ -172,6 +173,7 @@ class Leaderboard:
     counts: dict[str, int]
     total_ranked: int
     selection_note: str | None = None  # set when the test split selected
+    cost: StudyCost | None = None  # the study's summed ledger (None before the ledger existed)
 
 
 def param_display_value(value: Any) -> Any:
@@ -226,7 +228,7 @@ def leaderboard(study: Study, top: int | None = None) -> Leaderboard:
         rows = rows[:top]
     return Leaderboard(study=study.name, metric=study.metric, mode=study.mode, params=study.params,
                        rows=rows, unranked=unranked, counts=counts, total_ranked=total,
-                       selection_note=study.selection_note)
+                       selection_note=study.selection_note, cost=study_cost(study.trials))
 
 
 def seeds_per_configuration(study: Study) -> int:

@@ -34,6 +34,9 @@ FAULT_COLUMNS: tuple[str, ...] = ("restarts", "machine_fault")
 # many it ran (null and 1 for a trial trained alone). With search.seeds_per_trial the group is one
 # sampled configuration, its trials are its seeds, and the group id is the Optuna trial's trial_id
 FUSE_COLUMNS: tuple[str, ...] = ("fuse_group", "fuse_k")
+# what a trial cost, summed over its epochs' rows: clips trained and evaluated, and the seconds on
+# its device (training and evaluation); null for trials recorded before the ledger
+LEDGER_COLUMNS: tuple[str, ...] = ("train_clips", "eval_clips", "device_s", "train_s", "eval_s")
 # the final weights on the test split, once per trial; the final epoch row holds them too
 TEST_COLUMNS: tuple[str, ...] = TEST_METRICS
 # the protocol that produced them (eval.views: `clips`, or K temporal clips x N crops as `KxN`)
@@ -55,6 +58,18 @@ def _test_views(config: str | None) -> str | None:
 
 
 _ARROW_TYPES = {"float": "float64", "int": "int64", "string": "string", "bool": "bool"}
+
+
+def _ledger(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """A trial's LEDGER_COLUMNS from its epoch rows (the epochs that recorded what they cost)."""
+    spent = [r for r in rows if r.get("train_s") is not None]
+    if not spent:
+        return dict.fromkeys(LEDGER_COLUMNS)
+    train_s = sum(r["train_s"] for r in spent)
+    eval_s = sum(r.get("eval_s") or 0.0 for r in spent)
+    return {"train_clips": int(sum(r.get("train_clips") or 0 for r in spent)),
+            "eval_clips": int(sum(r.get("eval_clips") or 0 for r in spent)),
+            "device_s": train_s + eval_s, "train_s": train_s, "eval_s": eval_s}
 
 
 class StudyStore:
@@ -79,7 +94,7 @@ class StudyStore:
             cols.append("cell")
         cols += [k for k in self.param_types if k != "seed"]
         cols += ["seed", "epochs_done", "best_epoch", "best_val_hit1", "best_val_hit5", *TEST_COLUMNS, TEST_VIEWS, "wall_s",
-                 *TRIAL_FIGURES, *FAULT_COLUMNS, *FUSE_COLUMNS, "config"]
+                 *TRIAL_FIGURES, *FAULT_COLUMNS, *FUSE_COLUMNS, *LEDGER_COLUMNS, "config"]
         return cols
 
     def _trial_schema(self) -> Any:
@@ -94,6 +109,8 @@ class StudyStore:
             "peak_mem_gib": pa.float64(), "gpu_share": pa.float64(), "device": pa.string(),
             "restarts": pa.int64(), "machine_fault": pa.bool_(),
             "fuse_group": pa.string(), "fuse_k": pa.int64(),
+            "train_clips": pa.int64(), "eval_clips": pa.int64(), "device_s": pa.float64(),
+            "train_s": pa.float64(), "eval_s": pa.float64(),
             "config": pa.string(),
         }
         for key, kind in self.param_types.items():
@@ -147,6 +164,7 @@ class StudyStore:
         for column in TEST_COLUMNS:
             trial[column] = tested[-1][column] if tested else None
         trial[TEST_VIEWS] = _test_views(trial.get("config")) if tested else None
+        trial.update(_ledger(rows))
 
     def trial_epochs(self, trial_id: str) -> list[dict[str, Any]]:
         return sorted((r for (t, _), r in self.epochs.items() if t == trial_id), key=lambda r: r["epoch"])

@@ -196,11 +196,15 @@ def train_epochs(
                 say(f"epoch {epoch}: {error}")
                 break
             step_lr_scheduler(scheduler, optimizer, train_stats["loss"])
+            evaluating = time.perf_counter()
             val = evaluate(model, run.eval_loader, cfg, device) if do_eval and len(run.eval_set) else {}
+            spent = {"eval_clips": len(run.eval_set) if val else 0}
             test = {}
             if epoch == cfg.optim.epochs:  # the final weights meet the test split once
                 test = val if run.eval_set is run.test_set else evaluate_once(model, run.test_set, cfg, device)
-        metrics = _epoch_row(epoch, train_stats, val, test, optimizer, time.perf_counter() - t0, now)
+                spent["eval_clips"] += 0 if run.eval_set is run.test_set else len(run.test_set)
+            spent["eval_s"] = time.perf_counter() - evaluating
+        metrics = _epoch_row(epoch, {**train_stats, **spent}, val, test, optimizer, time.perf_counter() - t0, now)
         history.append(metrics)
         metrics = {**metrics, "peak_mem_gib": peak_memory_gib(device), "device": device_label(device)}
         if ckpt_dir is not None:

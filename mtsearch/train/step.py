@@ -240,6 +240,7 @@ def train_epoch(
     stats["train_hit1"] = sums["correct"] / clips if clips else None
     stats["clips_per_s"] = clips / seconds if seconds > 0 else None
     stats["data_wait"] = min(1.0, waited / seconds) if seconds > 0 else None
+    stats["train_clips"], stats["train_s"] = clips, seconds
     return stats
 
 def make_optimizer(
