@@ -15,10 +15,21 @@ from dataclasses import dataclass
 from typing import Any
 
 from mtsearch.errors import InvalidInput, did_you_mean
+from mtsearch.metrics import MODES, OBJECTIVES, TEST_METRICS, default_mode
 from mtsearch.values import as_float, as_int, at_least, one_of, positive
 
 ALGORITHMS: tuple[str, ...] = ("tpe", "random", "grid", "cmaes")
-SCHEDULERS: tuple[str, ...] = ("asha", "none")
+SCHEDULERS: tuple[str, ...] = ("asha", "none", "pbt", "pb2")
+POPULATION_BASED: tuple[str, ...] = ("pbt", "pb2")
+# the scheduler keys each type reads (a key of another type is refused, naming the type it is for)
+SCHEDULER_KEYS: dict[str, tuple[str, ...]] = {
+    "asha": ("type", "grace_period", "reduction_factor"),
+    "none": ("type", "grace_period", "reduction_factor"),
+    "pbt": ("type", "perturbation_interval", "burn_in", "quantile", "resample_probability",
+            "perturbation_factors", "population", "mutate"),
+    "pb2": ("type", "perturbation_interval", "burn_in", "quantile", "perturbation_factors", "population",
+            "mutate"),
+}
 MIRRORS: tuple[str, ...] = ("tensorboard", "mlflow")
 AUTO = "auto"
 
@@ -35,8 +46,19 @@ class SearchSettings:
 @dataclass(frozen=True)
 class SchedulerSettings:
     type: str = "asha"
-    grace_period: int = 1
-    reduction_factor: float = 3.0
+    grace_period: int = 1  # asha
+    reduction_factor: float = 3.0  # asha
+    perturbation_interval: int = 4  # pbt, pb2: epochs between exploits
+    burn_in: int | None = None  # no exploit before this epoch (None: the tracking warm-up)
+    quantile: float = 0.25  # the bottom quantile copies the top one
+    resample_probability: float = 0.25  # pbt: a mutated key is drawn afresh, else multiplied
+    perturbation_factors: tuple[float, ...] = (1.2, 0.8)  # pbt: what a kept key is multiplied by
+    population: int = 4  # the trials that train side by side
+    mutate: tuple[str, ...] | None = None  # the searched keys PBT changes mid-run (None: all it may)
+
+    @property
+    def population_based(self) -> bool:
+        return self.type in POPULATION_BASED
 
 
 @dataclass(frozen=True)
@@ -85,8 +107,11 @@ def defaults(section: str) -> dict[str, Any]:
 
 
 def as_record(settings: Any) -> dict[str, Any]:
-    """A section's values as a space.yaml writes them (tuples as lists)."""
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(settings).items()}
+    """A section's values as a space.yaml writes them (tuples as lists); a scheduler writes its own type's keys."""
+    values = dataclasses.asdict(settings)
+    if isinstance(settings, SchedulerSettings):
+        values = {k: v for k, v in values.items() if k in SCHEDULER_KEYS[settings.type]}
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
 
 
 def _section(raw: Any, key: str, source: str, allowed: tuple[str, ...]) -> dict[str, Any]:
@@ -153,6 +178,36 @@ def _per_process_count(value: int | str) -> str | None:
     return None
 
 
+def _optional_epochs(value: Any) -> int | None:
+    return None if value is None else as_int(value)
+
+
+def _fraction_to_half(v: float) -> str | None:
+    return None if 0 < v <= 0.5 else "must be > 0 and <= 0.5 (the bottom and the top quantile may not overlap)"
+
+
+def _probability(v: float) -> str | None:
+    return None if 0 <= v <= 1 else "must be between 0 and 1"
+
+
+def _factors(value: Any) -> tuple[float, ...]:
+    if not isinstance(value, (list, tuple)) or not value:
+        raise ValueError("expected a non-empty list of factors, e.g. [1.2, 0.8]")
+    factors = tuple(as_float(v) for v in value)
+    if any(not f > 0 for f in factors):
+        raise ValueError("factors must be > 0")
+    return factors
+
+
+def _key_list(value: Any) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)) or not items or not all(isinstance(v, str) for v in items):
+        raise ValueError("expected a list of searched keys, e.g. [loss.w_track, loss.w_dir]")
+    return tuple(dict.fromkeys(items))
+
+
 def _text(value: Any) -> str:
     if not isinstance(value, str):
         raise ValueError("expected a string")
@@ -185,6 +240,13 @@ FIELDS: dict[str, dict[str, SettingField]] = {
         "type": SettingField(_text, one_of(SCHEDULERS)),
         "grace_period": SettingField(as_int, at_least(1)),
         "reduction_factor": SettingField(as_float, _more_than_one),
+        "perturbation_interval": SettingField(as_int, at_least(1)),
+        "burn_in": SettingField(_optional_epochs, lambda v: None if v is None or v >= 0 else "must be >= 0"),
+        "quantile": SettingField(as_float, _fraction_to_half),
+        "resample_probability": SettingField(as_float, _probability),
+        "perturbation_factors": SettingField(_factors, None),
+        "population": SettingField(as_int, at_least(2)),
+        "mutate": SettingField(_key_list, None),
     },
     "resources": {
         "cpus_per_trial": SettingField(as_float, positive),
@@ -241,6 +303,14 @@ def read_search(raw: Any, source: str, ablation: bool) -> SearchSettings:
 
 
 def read_scheduler(raw: Any, source: str, default_type: str) -> SchedulerSettings:
+    """The scheduler section; a key of another scheduler type is refused, naming the type it is for."""
+    kind = raw.get("type", default_type) if isinstance(raw, Mapping) else default_type
+    if isinstance(raw, Mapping) and kind in SCHEDULER_KEYS:
+        for sub in raw:
+            owners = [t for t, keys in SCHEDULER_KEYS.items() if sub in keys and t != "none"]
+            if sub not in SCHEDULER_KEYS[kind] and owners and f"scheduler.{sub}" not in RENAMED:
+                raise InvalidInput(source, f"scheduler.{sub}", f"is a key of scheduler type {' and '.join(owners)}, "
+                                   f"not of {kind}", raw[sub])
     return SchedulerSettings(**_settings(raw, "scheduler", source, type=default_type))
 
 
@@ -287,3 +357,22 @@ def check_seeds_per_trial(search: SearchSettings, resources: Resources, space: M
     if isinstance(resources.trials_per_process, int) and resources.trials_per_process > 1:
         raise InvalidInput(source, "resources.trials_per_process", "a configuration's seeds already share "
                            "one process (search.seeds_per_trial): use auto or 1 with it", resources.trials_per_process)
+
+
+def read_objective(data: Mapping[str, Any], source: str) -> tuple[str, str]:
+    """`metric` and `mode`: an epoch metric of the validation split, and min or max."""
+    metric = data.get("metric", "val_hit1")
+    if metric in TEST_METRICS:
+        raise InvalidInput(source, "metric", "the test split is reported, never optimised; use a validation "
+                           "metric such as " + metric.replace("test_", "val_", 1), metric)
+    if metric not in OBJECTIVES:
+        raise InvalidInput(source, "metric", "must be an epoch metric: " + ", ".join(OBJECTIVES)
+                           + did_you_mean(str(metric), OBJECTIVES), metric)
+    mode = data.get("mode", default_mode(metric))
+    if mode not in MODES:
+        optuna_words = {"maximize": "max", "maximise": "max", "minimize": "min", "minimise": "min"}
+        hint = (f"; did you mean {optuna_words[str(mode).lower()]!r}?" if str(mode).lower() in optuna_words
+                else did_you_mean(str(mode), MODES))
+        raise InvalidInput(source, "mode", "must be min or max" + hint, mode)
+    return metric, mode
+

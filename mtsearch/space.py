@@ -29,7 +29,6 @@ from mtsearch.distributions import (
     space_section,
 )
 from mtsearch.errors import InvalidInput, did_you_mean
-from mtsearch.metrics import MODES, OBJECTIVES, TEST_METRICS, default_mode
 from mtsearch.presets import branches_label
 from mtsearch.records import VERSION_KEY, stamped, unstamped, upgrade_space
 from mtsearch.settings import (
@@ -40,6 +39,7 @@ from mtsearch.settings import (
     as_record,
     check_seeds_per_trial,
     read_failure,
+    read_objective,
     read_resources,
     read_scheduler,
     read_search,
@@ -81,8 +81,9 @@ class SpaceSpec:
     # ---- derived --------------------------------------------------------------------------------
     @property
     def is_enumerated(self) -> bool:
-        """True when trials enumerate a grid (an ablation, or a search with `algorithm: grid`)."""
-        return self.is_ablation or self.search.algorithm == "grid"
+        """True when trials are known before they start: a grid (an ablation, or a search with
+        `algorithm: grid`), or a population-based search's population."""
+        return self.is_ablation or self.search.algorithm == "grid" or self.scheduler.population_based
 
     @property
     def is_ablation(self) -> bool:
@@ -109,6 +110,8 @@ class SpaceSpec:
 
     @property
     def total_trials(self) -> int:
+        if self.scheduler.population_based:
+            return self.scheduler.population
         if not self.is_enumerated:
             return self.search.num_samples
         cells = math.prod(len(d.values) for d in self.space.values()) if self.space else 1
@@ -161,6 +164,9 @@ class SpaceSpec:
                 raise InvalidInput(None, "--repeats", "must be >= 1", repeats)
             spec = replace(spec, repeats=repeats)
         if num_samples is not None:
+            if spec.scheduler.population_based:
+                raise InvalidInput(None, "--num-samples", "does not apply to a population-based search "
+                                   "(scheduler.population sets the trial count)", num_samples)
             if spec.is_enumerated:
                 raise InvalidInput(None, "--num-samples", "does not apply to grids (the grid sets the trial count)",
                                    num_samples)
@@ -292,19 +298,7 @@ def space_from_mapping(
     base_overrides = _prefixed(prefixed_call(lambda: flatten_keys(raw_base, source), "base"), "base", source)
     base = prefixed_call(lambda: TrialConfig().with_overrides(base_overrides, source), "base")
 
-    metric = data.get("metric", "val_hit1")
-    if metric in TEST_METRICS:
-        raise InvalidInput(source, "metric", "the test split is reported, never optimised; use a validation "
-                           "metric such as " + metric.replace("test_", "val_", 1), metric)
-    if metric not in OBJECTIVES:
-        raise InvalidInput(source, "metric", "must be an epoch metric: " + ", ".join(OBJECTIVES)
-                           + did_you_mean(str(metric), OBJECTIVES), metric)
-    mode = data.get("mode", default_mode(metric))
-    if mode not in MODES:
-        optuna_words = {"maximize": "max", "maximise": "max", "minimize": "min", "minimise": "min"}
-        hint = (f"; did you mean {optuna_words[str(mode).lower()]!r}?" if str(mode).lower() in optuna_words
-                else did_you_mean(str(mode), MODES))
-        raise InvalidInput(source, "mode", "must be min or max" + hint, mode)
+    metric, mode = read_objective(data, source)
 
     search = read_search(data.get("search"), source, kind == ABLATION)
     default_sched = "asha" if kind == SEARCH and search.algorithm != "grid" else "none"
@@ -334,6 +328,12 @@ def space_from_mapping(
         spec = replace(spec, reference=_reference(data["reference"], spec))
     if base.device.startswith("cuda") and resources.gpus_per_trial == 0.0:
         raise InvalidInput(source, "resources.gpus_per_trial", f"must be > 0 when base.device is {base.device}", 0)
+    if scheduler.population_based:
+        from mtsearch.mutations import check_population_space
+
+        scheduler = check_population_space(scheduler, search, space, base, data.get("search"), source,
+                                           kind == ABLATION)
+        spec = replace(spec, scheduler=scheduler, search=replace(search, num_samples=scheduler.population))
     if scheduler.type == "asha":
         if "optim.epochs" in space:
             raise InvalidInput(source, "space.optim.epochs",

@@ -24,6 +24,10 @@ from mtsearch.metrics import EPOCH_METRICS, TEST_METRICS, best_epoch, stored_uni
 
 TRIALS_FILE = "trials.parquet"
 EPOCHS_FILE = "epochs.parquet"
+LINEAGE_FILE = "lineage.parquet"  # population-based training: one row per copy (exploit)
+# a copy: after `epoch`, trial `trial_id` took trial `donor_id`'s weights of `donor_epoch` and its
+# config, with the mutated keys' `old` values (its own) replaced by `new` from epoch + 1 (JSON maps)
+LINEAGE_COLUMNS: tuple[str, ...] = ("trial_id", "epoch", "donor_id", "donor_epoch", "reason", "old", "new")
 STATUSES: tuple[str, ...] = ("running", "completed", "pruned", "error", "diverged")
 # what a trial ran on: the trainer reports peak memory and device, the driver the share
 TRIAL_FIGURES: tuple[str, ...] = ("peak_mem_gib", "gpu_share", "device")
@@ -85,6 +89,7 @@ class StudyStore:
         self.with_cell = with_cell
         self.trials: dict[str, dict[str, Any]] = {}
         self.epochs: dict[tuple[str, int], dict[str, Any]] = {}
+        self.lineage: dict[tuple[str, int], dict[str, Any]] = {}
         self._load_existing()
 
     # ---- columns ------------------------------------------------------------------------------
@@ -152,6 +157,18 @@ class StudyStore:
         if trial is not None:
             self._refresh_progress(trial_id)
 
+    def add_copy(self, trial_id: str, copy: Mapping[str, Any]) -> None:
+        """Record one exploit (LINEAGE_COLUMNS); the same trial and epoch again replaces it."""
+        epoch = int(copy["epoch"])
+        self.lineage[(trial_id, epoch)] = {
+            "trial_id": trial_id, "epoch": epoch, "donor_id": str(copy["donor"]),
+            "donor_epoch": int(copy["donor_epoch"]), "reason": copy.get("reason"),
+            "old": json.dumps(copy.get("old") or {}, sort_keys=True),
+            "new": json.dumps(copy.get("new") or {}, sort_keys=True)}
+
+    def trial_copies(self, trial_id: str) -> list[dict[str, Any]]:
+        return sorted((r for (t, _), r in self.lineage.items() if t == trial_id), key=lambda r: r["epoch"])
+
     def _refresh_progress(self, trial_id: str) -> None:
         rows = self.trial_epochs(trial_id)
         trial = self.trials[trial_id]
@@ -202,6 +219,9 @@ class StudyStore:
                      self.study_dir / TRIALS_FILE)
         _write_table(pa.Table.from_pylist(epoch_rows, schema=self._epoch_schema()),
                      self.study_dir / EPOCHS_FILE)
+        if self.lineage or (self.study_dir / LINEAGE_FILE).exists():
+            copies = sorted(self.lineage.values(), key=lambda r: (r["epoch"], r["trial_id"]))
+            _write_table(pa.Table.from_pylist(copies, schema=lineage_schema()), self.study_dir / LINEAGE_FILE)
 
     def _load_existing(self) -> None:
         trials_path = self.study_dir / TRIALS_FILE
@@ -214,6 +234,27 @@ class StudyStore:
         if epochs_path.exists():
             for row in load_epochs(self.study_dir).to_pylist():
                 self.epochs[(row["trial_id"], int(row["epoch"]))] = row
+        if (self.study_dir / LINEAGE_FILE).exists():
+            for row in _read_table(self.study_dir / LINEAGE_FILE).to_pylist():
+                self.lineage[(row["trial_id"], int(row["epoch"]))] = row
+
+
+def lineage_schema() -> Any:
+    import pyarrow as pa
+
+    types = {"epoch": pa.int64(), "donor_epoch": pa.int64()}
+    return pa.schema([(c, types.get(c, pa.string())) for c in LINEAGE_COLUMNS])
+
+
+def lineage_rows(study_dir: str | Path) -> list[dict[str, Any]]:
+    """A population-based study's copies, `old`/`new` decoded ([] for any other study)."""
+    path = Path(study_dir) / LINEAGE_FILE
+    if not path.exists():
+        return []
+    rows = _read_table(path).to_pylist()
+    for row in rows:
+        row["old"], row["new"] = json.loads(row["old"] or "{}"), json.loads(row["new"] or "{}")
+    return rows
 
 
 def ray_trial_id(row: Mapping[str, Any], trial_id: str | None = None) -> str:

@@ -43,6 +43,8 @@ from mtsearch.search.packing import (
     sharing_note,
     trials_per_process,
 )
+from mtsearch.search.pbt import PopulationRules
+from mtsearch.search.population import KEPT_DIR, check_population_fits, start_coordinator
 from mtsearch.search.process_hosts import hosted_trainer
 from mtsearch.search.recording import (
     LIVE,
@@ -137,12 +139,17 @@ def run_search(
         if announces_sharing(spec):
             say(sharing_note(spec, bool(resources.shares) or resources.fixed > 0))
         trainer, per_process = hosted_trainer(trials_per_process(spec), trainer)
+        population = None
+        if spec.scheduler.population_based:
+            check_population_fits(spec, resources)
+            population = start_coordinator(PopulationRules.of(spec), study_dir)
         store = StudyStore(study_dir, spec.param_types(), with_cell=spec.is_ablation)
         done_at_start = sum(1 for rows in store.by_ray_trial().values()
                             if rows[0]["status"] not in (None, "running"))
         live = Live(spec=spec, store=store, on_update=on_update, started=time.time(),
                      resumed=resume, done_at_start=done_at_start, log=say, resources=resources,
-                     study_dir=study_dir, key=key, trainer=trainer, per_process=per_process)
+                     study_dir=study_dir, key=key, trainer=trainer, per_process=per_process,
+                     population=population)
         # trials finished before this driver are known, whatever Tune's restored state lists
         live.known_trials.update(ray_trial_id(r, t) for t, r in store.trials.items()
                                  if r["status"] not in (None, "running"))
@@ -255,10 +262,13 @@ def _make_tuner(
     extra samples, or a grid's new seeds; `store` holds the earlier trials for ASHA's rungs.
     `adopt`: lost trials that run first under their own ids (`adoptable_trials`).
     """
+    members = {}
+    if live.population is not None:
+        members = {"population": live.population, "boundaries": PopulationRules.of(spec).boundaries}
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, base=spec.base.to_dict(), metric=spec.metric, mode=spec.mode,
                              max_failures=spec.max_failures, trainer=live.trainer,
-                             seeds=spec.search.seeds_per_trial),
+                             seeds=spec.search.seeds_per_trial, **members),
         live.resources,
     )
     study_dir, say = live.study_dir, live.log
@@ -290,7 +300,8 @@ def _make_tuner(
             search_alg=search,
             scheduler=scheduler(spec, store),
             num_samples=samples,
-            max_concurrent_trials=None if isinstance(search, LostTrialsFirst) else spec.search.max_concurrent,
+            max_concurrent_trials=(None if isinstance(search, LostTrialsFirst) else spec.scheduler.population
+                                   if spec.scheduler.population_based else spec.search.max_concurrent),
             reuse_actors=False,
             trial_dirname_creator=_trial_dirname,
         ),
@@ -403,7 +414,7 @@ def _drop_work_dirs(study_dir: Path, store: StudyStore) -> None:
     """A finished trial's working copy duplicates its last Tune checkpoint: free the disk."""
     for trial_id, row in store.trials.items():
         if row["status"] not in (None, "running"):
-            for folder in ("work", ADOPTED_CHECKPOINT):
+            for folder in ("work", ADOPTED_CHECKPOINT, KEPT_DIR):
                 shutil.rmtree(study_dir / TUNE_DIR / ray_trial_id(row, trial_id) / folder, ignore_errors=True)
 
 

@@ -23,6 +23,7 @@ from mtsearch.metrics import SLOTS_KEY, direction
 from mtsearch.records import config_from_record, stamped
 from mtsearch.results.store import StudyStore, is_ranked
 from mtsearch.search.packing import TrialResources, larger_share
+from mtsearch.search.population import EXPLOIT_KEY
 from mtsearch.search.study import TUNE_DIR
 from mtsearch.search.trainable import NOTES, OOM, STORAGE, Log, last_line, shorten
 from mtsearch.settings import seeds_of
@@ -67,6 +68,7 @@ class Live:
     key: str = ""  # this table's key (LIVE), which Tune's pickled callback holds
     trainer: Any = None  # the trainer each trial runs (None: run_trial's own, `fit`)
     per_process: int = 1  # resources.trials_per_process: trials of a shape side by side in one process
+    population: Any = None  # population-based training: the study's PopulationCoordinator
 
 
 # Tune pickles its RunConfig (with the callbacks) into the experiment folder, so the callback holds
@@ -126,6 +128,10 @@ class StoreCallback(tune.Callback):
             slots = result.get(SLOTS_KEY)
             pairs = ([(seed_row_id(trial.trial_id, row["seed"]), row) for row in slots] if slots
                      else [(trial.trial_id, result)])
+            copy = result.get(EXPLOIT_KEY)
+            if copy is not None:  # a member's first epoch after it copied another: the lineage
+                live.store.add_copy(trial.trial_id, copy)
+                live.store.upsert_trial(trial.trial_id, config=stamped(copy["config"]))
             for rid, row in pairs:
                 live.store.add_epoch(rid, row)
                 live.store.upsert_trial(rid, peak_mem_gib=result.get("peak_mem_gib"), device=result.get("device"))
@@ -146,6 +152,7 @@ class StoreCallback(tune.Callback):
                 row["error"] = None
                 _mirror_end(live, rid)
         _touch_wall(live, trial.trial_id, end=True)
+        _leave_population(live, trial.trial_id)
         retain_checkpoints(live)
         publish(live)
 
@@ -163,6 +170,7 @@ class StoreCallback(tune.Callback):
             live.store.upsert_trial(rid, status="error", error=error, machine_fault=True, restarts=restarts)
             _mirror_end(live, rid)
         _touch_wall(live, trial.trial_id, end=True)
+        _leave_population(live, trial.trial_id)
         retain_checkpoints(live)
         publish(live)
 
@@ -185,6 +193,12 @@ class StoreCallback(tune.Callback):
                 live.store.upsert_trial(rid, status="running")
             _touch_wall(live, trial.trial_id, end=True)
             publish(live)
+
+
+def _leave_population(live: Live, trial_id: str) -> None:
+    """A member that ended is waited for no more at the boundaries it did not reach."""
+    if live.population is not None:
+        live.population.end.remote(trial_id)
 
 
 def _mirror_epoch(live: Live, trial_id: str, result: dict[str, Any]) -> None:
@@ -304,7 +318,9 @@ def _record_start(live: Live, trial: Any) -> None:
         values["seed"] = seed
         values["gpu_share"] = _gpu_share(trial)
         seeded = cfg.with_overrides({"seed": seed}, "<seeds_per_trial>") if seed != cfg.seed else cfg
-        live.store.upsert_trial(rid, config=stamped(seeded.resolved().to_dict()), **values)
+        if not live.store.trial_copies(rid):  # a member that copied another keeps its lineage's config
+            values["config"] = stamped(seeded.resolved().to_dict())
+        live.store.upsert_trial(rid, **values)
         row = live.store.trials[rid]
         if row["epochs_done"] is None:
             row["epochs_done"] = 0

@@ -20,6 +20,14 @@ from mtsearch.config import TrialConfig
 from mtsearch.distributions import expand_params
 from mtsearch.errors import GpuOutOfMemory, is_out_of_memory, storage_failure
 from mtsearch.metrics import direction
+from mtsearch.search.population import (
+    EXPLOIT_KEY,
+    KEPT_DIR,
+    keep_weights,
+    last_score,
+    member_config,
+    take_over,
+)
 from mtsearch.search.study import ADOPTED_CHECKPOINT
 from mtsearch.search.tuning import OBJECTIVE
 from mtsearch.train.slots import SlotLost
@@ -66,7 +74,8 @@ def _default_trainer(seeds: int = 1) -> Trainer:
 
 
 def run_trial(config: dict[str, Any], *, base: dict[str, Any], metric: str, mode: str,
-              max_failures: int = 0, trainer: Trainer | None = None, seeds: int = 1) -> None:
+              max_failures: int = 0, trainer: Trainer | None = None, seeds: int = 1,
+              population: Any = None, boundaries: tuple[int, ...] = ()) -> None:
     """Tune function trainable: train one config, reporting each epoch with its checkpoint.
 
     A failure of the configuration (an exception in training, out of memory on a whole GPU) is
@@ -75,20 +84,27 @@ def run_trial(config: dict[str, Any], *, base: dict[str, Any], metric: str, mode
     exceptions, for Tune to retry on a fresh worker (`failure.max_restarts`): out of memory on a
     GPU share (reported first, so the retry gets a larger share) and a failing disk (reported
     first, so the driver stops the study).
+
+    `population` (a `PopulationCoordinator`): the trial is a member of a population-based
+    search, which after each of `boundaries` may copy another member (search/population.py).
     """
     train = trainer or _default_trainer(seeds)
     cfg = TrialConfig.from_mapping(base, "<study base>").with_overrides(expand_params(config), "<trial>")
     last = {"objective": direction(mode).worst, "epoch": 0}
     notes: list[str] = []  # the trainer's log (skipped videos, resumes, retries), shown by the driver
 
+    member = _Member(population, boundaries, metric) if population is not None else None
+
     def send(metrics: dict[str, Any], checkpoint: Any = None) -> None:
         report = {**metrics, OBJECTIVE: last["objective"], "epochs_planned": cfg.optim.epochs}
+        if member is not None and member.copied and "loss" in metrics:
+            report[EXPLOIT_KEY] = member.copied.pop()
         if notes:
             report[NOTES] = list(notes)
             notes.clear()
         tune.report(report, checkpoint=checkpoint)
 
-    def on_epoch(metrics: dict[str, Any], ckpt_dir: Path | None) -> None:
+    def on_epoch(metrics: dict[str, Any], ckpt_dir: Path | None) -> bool | None:
         value = metrics.get(metric)
         if value is not None and math.isfinite(value):
             last["objective"] = float(value)
@@ -98,38 +114,125 @@ def run_trial(config: dict[str, Any], *, base: dict[str, Any], metric: str, mode
             checkpoint = tune.Checkpoint.from_directory(str(ckpt_dir))
             checkpoint.set_metadata({"epoch": last["epoch"]})  # what set_aside_checkpoint reads
         send(metrics, checkpoint)
+        if member is not None and ckpt_dir is not None and last["epoch"] in boundaries:
+            score = last["objective"] if math.isfinite(last["objective"]) else None
+            if member.arrive(work, last["epoch"], score, now["cfg"]):
+                return False  # the trainer stops; the copy is put in its place below
+        return None
 
     def final(fit_status: str, **extra: Any) -> None:
         send({"epoch": last["epoch"], "fit_status": fit_status, **extra})
 
     failures = 0
     work = prepare_work_dir(whole=seeds > 1)
+    now = {"cfg": cfg}  # the config training now: a member's lineage changes it
+    if member is not None:
+        now["cfg"] = member.begin(cfg, work, last, notes)
     while True:
         try:
-            result = train(cfg, work, on_epoch=on_epoch, resume=True, log=notes.append)
-            break
-        except Exception as exc:  # noqa: BLE001 - sorted below into the machine's and the config's
-            if isinstance(exc, (ray.exceptions.RayActorError, SlotLost)):  # its process host died, or
-                raise  # counted it gone: Tune restarts it from its checkpoint
-            disk = storage_failure(exc)
-            if disk is not None:
-                final(STORAGE, fit_error=str(disk), storage_path=disk.path, storage_reason=disk.reason,
-                      storage_key=disk.key or None, storage_needed=disk.needed, storage_free=disk.free)
-                raise disk from None
-            share = float(ray.get_runtime_context().get_assigned_resources().get("GPU", 0.0))
-            if is_out_of_memory(exc) and 0 < share < 1:
-                final(OOM)  # the driver grants a larger share before the failure arrives
-                raise GpuOutOfMemory(share, last_line(exc) or "") from None
-            message = str(GpuOutOfMemory(share, last_line(exc) or "")) if is_out_of_memory(exc) \
-                else error_line(exc)
-            if failures >= max_failures:
-                final("error", fit_error=message, fit_traceback=_traceback_text(exc))
+            result = train(now["cfg"], work, on_epoch=on_epoch, resume=True, log=notes.append)
+        except Exception as exc:  # noqa: BLE001 - sorted by _ends_trial into the machine's and the config's
+            if _ends_trial(exc, final, failures, max_failures):
                 return
             failures += 1
-            notes.append(f"failed: {message}; retry {failures} of {max_failures} from its last checkpoint")
+            notes.append(f"failed: {error_message(exc)}; retry {failures} of {max_failures}"
+                         " from its last checkpoint")
+            continue
+        if member is not None and member.decision is None and getattr(result, "status", None) == "diverged":
+            member.diverged(last["epoch"], now["cfg"])
+        if member is not None and member.decision is not None:
+            now["cfg"] = member.take_over(work, now["cfg"], notes)
+            continue
+        break
     if getattr(result, "status", None) == "diverged":
         final("diverged", fit_error=str(result.error or "loss is not finite"))
     shutil.rmtree(work, ignore_errors=True)
+
+
+def error_message(exc: BaseException) -> str:
+    """A training failure in one line; out of memory says how much of a GPU the trial held."""
+    if is_out_of_memory(exc):
+        share = float(ray.get_runtime_context().get_assigned_resources().get("GPU", 0.0))
+        return str(GpuOutOfMemory(share, last_line(exc) or ""))
+    return error_line(exc)
+
+
+def _ends_trial(exc: Exception, final: Callable[..., None], failures: int, max_failures: int) -> bool:
+    """Sort a training exception. A fault of the machine is raised for Tune to retry on a fresh
+    worker (reported first where the driver acts on it); a failure of the config ends the trial
+    (True) once its retries are spent."""
+    if isinstance(exc, (ray.exceptions.RayActorError, SlotLost)):  # its process host died, or
+        raise exc  # counted it gone: Tune restarts it from its checkpoint
+    disk = storage_failure(exc)
+    if disk is not None:
+        final(STORAGE, fit_error=str(disk), storage_path=disk.path, storage_reason=disk.reason,
+              storage_key=disk.key or None, storage_needed=disk.needed, storage_free=disk.free)
+        raise disk from None
+    share = float(ray.get_runtime_context().get_assigned_resources().get("GPU", 0.0))
+    if is_out_of_memory(exc) and 0 < share < 1:
+        final(OOM)  # the driver grants a larger share before the failure arrives
+        raise GpuOutOfMemory(share, last_line(exc) or "") from None
+    if failures >= max_failures:
+        final("error", fit_error=error_message(exc), fit_traceback=_traceback_text(exc))
+        return True
+    return False
+
+
+class _Member:
+    """A trial's side of population-based training: arrive at a boundary with its weights of
+    that epoch kept, hear the decision, and on a copy put the donor's state in its place."""
+
+    def __init__(self, coordinator: Any, boundaries: tuple[int, ...], metric: str):
+        self.coordinator, self.boundaries, self.metric = coordinator, boundaries, metric
+        self.trial_id = tune.get_context().get_trial_id()
+        self.kept_dir = Path(tune.get_context().get_storage().trial_fs_path) / KEPT_DIR
+        self.decision: dict[str, Any] | None = None
+        self.copied: list[dict[str, Any]] = []  # the copy the next epoch's report carries
+
+    def begin(self, cfg: TrialConfig, work: Path, last: dict[str, Any], notes: list[str]) -> TrialConfig:
+        """The config to start on: the member's lineage so far (its checkpoint's), with what was
+        decided at the boundary it restarts from done again. `last` gets the checkpoint's epoch
+        and score."""
+        if cfg.threads is None:  # as the study records it (SearchSpec.trial_config): a lineage's
+            cfg = cfg.with_overrides({"threads": torch_threads()}, "<trial>")  # config replays it
+        cfg, at, history = member_config(cfg, work)
+        score = last_score(history, self.metric)
+        last.update(epoch=at, **({"objective": score} if score is not None else {}))
+        if at in self.boundaries:  # restarted from a boundary's checkpoint: do what was decided there
+            self.arrive(work, at, score, cfg)
+        return self.take_over(work, cfg, notes)
+
+    def arrive(self, work: Path, epoch: int, score: float | None, cfg: TrialConfig) -> bool:
+        """Wait at boundary `epoch` for the population; whether this member is to copy another."""
+        kept = keep_weights(work, self.kept_dir, epoch)
+        self.decision = ray.get(self.coordinator.decide.remote(
+            self.trial_id, epoch, score, cfg.resolved().to_dict(), kept))
+        return self.decision is not None
+
+    def diverged(self, epoch: int, cfg: TrialConfig) -> None:
+        """A member whose loss diverged after `epoch` copies a donor at the next boundary."""
+        later = [b for b in self.boundaries if b > epoch]
+        if later:
+            self.decision = ray.get(self.coordinator.decide.remote(
+                self.trial_id, later[0], None, cfg.resolved().to_dict(), None, True))
+
+    def take_over(self, work: Path, cfg: TrialConfig, notes: list[str]) -> TrialConfig:
+        """The config to train on: the decision's, with the donor's weights in `work`, or `cfg`."""
+        decision, self.decision = self.decision, None
+        if decision is None:
+            return cfg
+        new_cfg = take_over(work, decision)
+        changes = ", ".join(f"{k} {decision['old'][k]:.4g} -> {v:.4g}" for k, v in decision["new"].items())
+        notes.append(f"copies trial {decision['donor']} at epoch {decision['donor_epoch']}"
+                     f" ({decision['reason']}): {changes}")
+        self.copied = [{k: decision[k] for k in ("donor", "donor_epoch", "old", "new", "reason", "config")}
+                       | {"epoch": decision["donor_epoch"]}]
+        return new_cfg
+
+
+def torch_threads() -> int:
+    """The trial's torch threads: its CPUs (a share below one gets one thread)."""
+    return max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))
 
 
 def prepare_work_dir(whole: bool = False) -> Path:
@@ -137,7 +240,7 @@ def prepare_work_dir(whole: bool = False) -> Path:
     as the trainer may have saved an epoch that was never reported, and resuming from that would
     skip its row. (A retry in the same worker goes on from the trainer's own checkpoint.)
     `whole`: the checkpoint is the whole folder (a configuration's seeds, a `seed<N>/checkpoint/` each)."""
-    threads = max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))
+    threads = torch_threads()
     try:
         import torch
 

@@ -180,7 +180,14 @@ def optuna_db_at(study_dir: Path) -> Iterator[None]:
 
 
 def param_space(spec: SpaceSpec, seeds: Iterable[int] | None = None) -> dict[str, Any]:
-    """Tune's parameter space; a grid file's repeats run `seeds` (default 0..repeats-1)."""
+    """Tune's parameter space; a grid file's repeats run `seeds` (default 0..repeats-1); a
+    population-based search's population, one tied factor of every searched key and the seed."""
+    if spec.scheduler.population_based:
+        from mtsearch.search.pbt import initial_population
+
+        members = initial_population(spec)
+        keys = [*spec.space, "seed"]
+        return {",".join(keys): tune.grid_search([[m[k] for k in keys] for m in members])}
     space: dict[str, Any] = {}
     for key, dist in spec.space.items():
         low_high = dist.values
