@@ -86,6 +86,11 @@ class SpaceSpec:
         return self.is_ablation or self.search.algorithm == "grid" or self.scheduler.population_based
 
     @property
+    def concurrent_trials(self) -> int:
+        """How many trials run at once at most: a population trains all its members side by side."""
+        return self.scheduler.population if self.scheduler.population_based else self.search.max_concurrent
+
+    @property
     def is_ablation(self) -> bool:
         """A grid file (`mtsearch ablate`): cells x repeats, a `cell` column, a reference cell."""
         return self.kind == ABLATION

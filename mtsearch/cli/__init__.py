@@ -71,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run a search (Ray Tune + Optuna + ASHA)")
     p.add_argument("space", metavar="SPACE.yaml")
     _search_options(p)
+    p.add_argument("--from", dest="from_study", metavar="STUDY",
+                   help="a pbt/pb2 search: start the population from the top trials of an earlier study "
+                   "(their values at its last epoch), then a Sobol design for the rest")
     p.set_defaults(handler="run:cmd_run")
 
     p = sub.add_parser("ablate", help="run a grid of configs x seeds")

@@ -27,9 +27,12 @@ def dry_run(spec: SpaceSpec, trials_dir: Path, say: Any) -> int:
             else f"{spec.total_trials} sampled trials ({spec.search.algorithm})")
     if seeds > 1:
         what += f", each {seeds} seeds in one process: {spec.total_trials * seeds} training runs"
-    say(f"trials: {what}, {spec.search.max_concurrent} at a time, up to {spec.max_epochs} epochs each"
-        + (f"; ASHA stops weak ones from epoch {spec.scheduler.grace_period}"
-           if spec.scheduler.type == "asha" else ""))
+    if spec.scheduler.population_based:
+        say(f"trials: {population_line(spec)}")
+    else:
+        say(f"trials: {what}, {spec.search.max_concurrent} at a time, up to {spec.max_epochs} epochs each"
+            + (f"; ASHA stops weak ones from epoch {spec.scheduler.grace_period}"
+               if spec.scheduler.type == "asha" else ""))
     shapes = spec_shapes(spec)
     say(f"network shapes: {len(shapes)}: " + "; ".join(
         f"{shape_label(cfg)} ({_millions(cfg)} M parameters)" for cfg in shapes.values()))
@@ -145,3 +148,19 @@ def _has_gpu() -> bool:
     import torch
 
     return torch.cuda.is_available()
+
+
+def population_line(spec: SpaceSpec) -> str:
+    """What a population-based search does, in one line: its members, boundaries and explore rule."""
+    from mtsearch.mutations import boundaries
+
+    s = spec.scheduler
+    at = boundaries(s, spec.max_epochs)
+    how = ("PB2 picks the copies' values (a GP bandit over the ranges)" if s.type == "pb2" else
+           f"values resampled from the space with p {s.resample_probability:g}, else scaled by "
+           + " or ".join(f"×{f:g}" for f in s.perturbation_factors))
+    return (f"a population of {s.population} trials ({s.type}), all {s.population} at once, "
+            f"{spec.max_epochs} epochs each: after epoch{'s' if len(at) > 1 else ''} "
+            f"{', '.join(map(str, at))} the bottom {s.quantile:.0%} copy the top {s.quantile:.0%} "
+            f"(weights and config) and train on with {', '.join(s.mutate or ())} explored: {how}; "
+            f"{s.population * spec.max_epochs} training epochs in all")

@@ -79,7 +79,8 @@ def leaderboard_columns(board: Leaderboard) -> list[str]:
     cols += [f"best_{board.metric}", "test_hit1"]
     if any("cell" in r for r in board.rows):
         cols.append("cell")
-    return cols + board.params + ["seed", "epochs_done", "best_epoch", "wall_s"]
+    cols += board.params + ["seed", "epochs_done", "best_epoch", "wall_s"]
+    return cols + (["exploits"] if any("exploits" in r for r in board.rows) else [])
 
 
 def leaderboard_cells(board: Leaderboard) -> tuple[list[str], list[list[str]]]:
@@ -107,13 +108,16 @@ def leaderboard_cells(board: Leaderboard) -> tuple[list[str], list[list[str]]]:
 
 
 def column_decimals(values: Sequence[Any], significant: int = 3, most: int = 3) -> int | None:
-    """Decimals that show a float column's smallest value to `significant` digits (at most
-    `most`), so every number of the column has the same format; None for a column of no floats."""
+    """Decimals that show a float column's smallest value to `significant` digits, so every
+    number of the column has the same format; None (significant digits each) for a column of no
+    floats, or of values so small that more than `most` decimals would be needed (a learning rate
+    of 3e-4 is not `0.000`)."""
     floats = [abs(v) for v in values if isinstance(v, float) and math.isfinite(v)]
     if not floats:
         return None
     smallest = min((v for v in floats if v > 0), default=1.0)
-    return max(0, min(most, significant - 1 - math.floor(math.log10(smallest))))
+    needed = significant - 1 - math.floor(math.log10(smallest))
+    return None if needed > most else max(0, needed)
 
 
 def drop_constant_columns(header: list[str], body: list[list[str]], keep: int

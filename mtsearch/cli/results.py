@@ -157,22 +157,17 @@ def _report_search(study: report.Study, fmt: str) -> None:
 def cmd_export(args: argparse.Namespace) -> int:
     """The N-th best trial's resolved config as YAML that `mtsearch train` runs as is, and its
     result card (`best.md`) beside it; `--from-confirm`: the winner of `mtsearch confirm`."""
-    from mtsearch.files import check_output_file, write_atomic
-    from mtsearch.results.card import render_card
+    from mtsearch.files import write_atomic
+    from mtsearch.results.card import render_card, schedule_segments
+    from mtsearch.results.lineage import segments_comment
+    from mtsearch.results.schedule_plot import lineage_figure
     from mtsearch.results.stats import summarize
     from mtsearch.search.confirm import CONFIRM_DIR, read_race
 
     if args.to:
         return _export_to_tracker(args)
     study = report.load_study(args.study)
-    out = Path(args.out) if args.out else study.path / "best.yaml"
-    check_output_file(out, "--out")
-    if out.suffix == ".md":  # the card goes beside the YAML as <stem>.md: it would replace it
-        raise InvalidInput(None, "--out", "the config is YAML; the card is written beside it as "
-                           "<name>.md, so end the path in .yaml", str(out))
-    if out.with_suffix(".md").is_dir():
-        raise InvalidInput(None, "--out", f"the result card goes beside it as "
-                           f"{str(out.with_suffix('.md'))!r}, and that is a folder", str(out))
+    out = _export_path(args, study)
     race = read_race(study.path)
     if args.from_confirm:
         if race is None:
@@ -208,18 +203,25 @@ def cmd_export(args: argparse.Namespace) -> int:
         f"# exported by `mtsearch export {study.path} {how}`: trial {trial.get('trial_id')}, "
         f"status {trial.get('status')}, final {study.metric} {score}\n"
     )
+    segments = schedule_segments(source, trial, cfg)
+    schedule_png = None
+    if segments:  # a schedule (a population's winner): the segments its weights went through
+        header += segments_comment(segments)
+        schedule_png = out.with_suffix(".schedule.png")
     confirmed = summarize(winner["scores"].values()) if winner is not None else None
     group = report.seed_rows(source, trial)  # search.seeds_per_trial: the configuration's seeds
     searched = summarize(report.final_score(source, t) for t in group) if len(group) > 1 else None
     card = render_card(source, trial, cfg, yaml_path=out, selected_by=what, confirmed=confirmed,
                        confirm_seeds=[int(s) for s in winner["scores"]] if winner is not None else None,
                        searched=searched, searched_seeds=[int(t["seed"]) for t in group] if searched else None,
-                       warn=lambda message: None)
+                       warn=lambda message: None, schedule_png=schedule_png)
     if searched is not None and searched.mean is not None:
         score = report.metric_text(study.metric, searched.mean) + f" (mean of {searched.n} seeds)"
     write_atomic(out, header + cfg.to_yaml())
     card_path = out.with_suffix(".md")
     write_atomic(card_path, card)
+    if schedule_png is not None:
+        lineage_figure(segments, schedule_png)
     _console().print(
         f"wrote {out} and {card_path} ({how.lstrip('-')}: trial {trial.get('trial_id')}, "
         f"{study.metric} {score}); run it with: mtsearch train {out}",
@@ -227,6 +229,21 @@ def cmd_export(args: argparse.Namespace) -> int:
         soft_wrap=True,
     )
     return 0
+
+
+def _export_path(args: argparse.Namespace, study: report.Study) -> Path:
+    """Where the config goes (`--out`, default best.yaml in the study); its card goes beside it."""
+    from mtsearch.files import check_output_file
+
+    out = Path(args.out) if args.out else study.path / "best.yaml"
+    check_output_file(out, "--out")
+    if out.suffix == ".md":  # the card goes beside the YAML as <stem>.md: it would replace it
+        raise InvalidInput(None, "--out", "the config is YAML; the card is written beside it as "
+                           "<name>.md, so end the path in .yaml", str(out))
+    if out.with_suffix(".md").is_dir():
+        raise InvalidInput(None, "--out", f"the result card goes beside it as "
+                           f"{str(out.with_suffix('.md'))!r}, and that is a folder", str(out))
+    return out
 
 
 def _matches(flat: dict[str, Any], values: dict[str, Any]) -> bool:

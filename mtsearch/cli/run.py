@@ -37,6 +37,54 @@ def cmd_run(args: argparse.Namespace) -> int:
     return _run(args, SEARCH)
 
 
+def _print_results(console: Console, spec: Any, study_dir: Path) -> None:
+    """Where the study's files are, and the disk they take."""
+    files = ["trials.parquet", "epochs.parquet", "space.yaml"]
+    files += ["lineage.parquet"] if spec.scheduler.population_based else [] if spec.is_enumerated else ["optuna.db"]
+    console.print(f"results: {study_dir} ({', '.join(files)})", markup=False, highlight=False)
+    console.print(f"disk: {human_bytes(disk_usage(study_dir))} in {study_dir} "
+                  f"(checkpoints of the best {spec.storage.keep_checkpoints} trials kept)",
+                  markup=False, highlight=False)
+
+
+def _population_from(spec: Any, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """`--from STUDY`: the top trials of an earlier study as a population's first members, each
+    its values of this space at its last epoch (a range's value kept inside this space's bounds)."""
+    study_path = getattr(args, "from_study", None)
+    if study_path is None:
+        return []
+    if not spec.scheduler.population_based:
+        raise InvalidInput(None, "--from", "takes the initial population of a pbt or pb2 search; this "
+                           f"space's scheduler is {spec.scheduler.type}", study_path)
+    if args.resume and (Path(args.trials_dir) / spec.name).exists():
+        raise InvalidInput(None, "--from", "a resumed study keeps the population it started with", study_path)
+    from mtsearch.results import report
+    from mtsearch.train.in_force import in_force
+
+    study = report.load_study(study_path)
+    ranked = report.leaderboard(study).total_ranked
+    if not ranked:
+        raise InvalidInput(study.path, "--from", "no trial of this study has a score to rank it by")
+    members = []
+    for rank in range(1, min(ranked, spec.scheduler.population) + 1):
+        trial = report.ranked_trial(study, rank)
+        cfg = report.trial_config(study, trial)
+        flat = in_force(cfg, cfg.optim.epochs).to_flat()
+        members.append({key: _inside(dist, flat.get(key), key, trial, study.path)
+                        for key, dist in spec.space.items()})
+    return members
+
+
+def _inside(dist: Any, value: Any, key: str, trial: dict[str, Any], source: Path) -> Any:
+    if dist.kind == "choice":
+        if value not in dist.values:
+            raise InvalidInput(source, "--from", f"trial {trial.get('trial_id')}'s {key} {value!r} is not one "
+                               f"of this space's choices {list(dist.values)}")
+        return value
+    low, high = dist.values
+    return min(max(value, low), high)
+
+
 def cmd_ablate(args: argparse.Namespace) -> int:
     return _run(args, ABLATION)
 
@@ -53,6 +101,7 @@ def _run(args: argparse.Namespace, kind: str) -> int:
     if args.resume and num_samples is None and repeats is None:
         spec = with_study_count(spec, Path(args.trials_dir) / spec.name)
     _check_data_root(spec)
+    population_from = _population_from(spec, args)
     console = Console()
     err = Console(stderr=True)
     from mtsearch.data.synthetic import builtin_set_ready
@@ -67,6 +116,9 @@ def _run(args: argparse.Namespace, kind: str) -> int:
         if builtin_pending:
             err.print("note: the built-in synthetic set is not built yet; the first run writes it "
                       "(about a minute), so data.fps was not checked against its videos", markup=False)
+        if population_from:
+            console.print(f"initial population: {len(population_from)} of {spec.scheduler.population} "
+                          f"from the top of {args.from_study}, the rest a Sobol design", markup=False, soft_wrap=True)
         return dry_run(spec, Path(args.trials_dir), lambda line: console.print(line, markup=False,
                                                                               highlight=False, soft_wrap=True))
     command = "ablate" if kind == ABLATION else "run"
@@ -85,12 +137,14 @@ def _run(args: argparse.Namespace, kind: str) -> int:
     try:
         if args.quiet:
             outcome = run_search(spec, args.trials_dir, resume=args.resume, address=args.address,
-                                 connect_timeout=args.connect_timeout, on_update=on_update, log=log)
+                                 connect_timeout=args.connect_timeout, on_update=on_update, log=log,
+                                 population_from=population_from)
         else:
             with Live(get_renderable=lambda: _render(state["progress"]), console=console,
                       refresh_per_second=2, transient=True):
                 outcome = run_search(spec, args.trials_dir, resume=args.resume, address=args.address,
-                                     connect_timeout=args.connect_timeout, on_update=on_update, log=log)
+                                     connect_timeout=args.connect_timeout, on_update=on_update, log=log,
+                                     population_from=population_from)
     except KeyboardInterrupt:
         err.print(f"interrupted; resume with: {resume_cmd}", markup=False, highlight=False, soft_wrap=True)
         return EXIT_INTERRUPTED
@@ -108,11 +162,7 @@ def _run(args: argparse.Namespace, kind: str) -> int:
     if outcome.interrupted:
         err.print(f"interrupted; resume with: {resume_cmd}", markup=False, highlight=False, soft_wrap=True)
         return EXIT_INTERRUPTED
-    console.print(f"results: {outcome.study_dir} (trials.parquet, epochs.parquet, space.yaml"
-                  + (", optuna.db)" if not spec.is_enumerated else ")"), markup=False, highlight=False)
-    console.print(f"disk: {human_bytes(disk_usage(outcome.study_dir))} in {outcome.study_dir} "
-                  f"(checkpoints of the best {spec.storage.keep_checkpoints} trials kept)",
-                  markup=False, highlight=False)
+    _print_results(console, spec, outcome.study_dir)
     finished = [r for r in progress.rows if r["status"] in ("completed", "pruned")]
     if progress.rows and not finished:
         err.print("error: every trial failed; see the error column in trials.parquet", markup=False)
@@ -164,12 +214,16 @@ def _leaderboard(progress: Any, top: int) -> Table:
     table.add_column("epochs", justify="right")
     for key in progress.searched_keys:
         table.add_column(key, justify="right")
+    copies = any("exploits" in row for row in progress.rows)  # a population: values now, copies made
+    if copies:
+        table.add_column("exploits", justify="right")
     decimals = {k: column_decimals([row.get(k) for row in ranked]) for k in progress.searched_keys}
     for rank, row in enumerate(ranked, 1):
         status = row["status"] or "running"
         table.add_row(str(rank), row["trial_id"], Text(status, style=_STATUS_STYLE.get(status, "")),
                       fmt_number(row["score"], scale, digits=METRIC_DIGITS), fmt_number(row.get("epochs_done")),
-                      *(fmt_number(row.get(k), decimals=decimals[k]) for k in progress.searched_keys))
+                      *(fmt_number(row.get(k), decimals=decimals[k]) for k in progress.searched_keys),
+                      *([fmt_number(row.get("exploits"))] if copies else []))
     return table
 
 

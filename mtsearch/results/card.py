@@ -2,7 +2,7 @@
 
 What a researcher pastes into a lab notebook: what the search changed (a diff against the
 thesis's defaults), the metric (best and final epoch; over seeds when a race confirmed it), the
-learning curve, the environment, a fingerprint of the data, and the command that reproduces it.
+learning curve, a schedule's segments, the environment, a fingerprint of the data, and the command that reproduces it.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from mtsearch import __version__
 from mtsearch.config import TrialConfig
 from mtsearch.metrics import counterpart_on_test, display_scale
 from mtsearch.results.cost import study_cost
+from mtsearch.results.lineage import LineageSegment, lineage_segments, scheduled_keys
 from mtsearch.results.report import Study, best_score, final_score, fmt_number
 from mtsearch.results.stats import Interval
 
@@ -83,9 +84,9 @@ def render_card(
     study: Study, trial: Mapping[str, Any], cfg: TrialConfig, *, yaml_path: Path, selected_by: str,
     confirmed: Interval | None = None, confirm_seeds: list[int] | None = None,
     searched: Interval | None = None, searched_seeds: list[int] | None = None,
-    warn: Callable[[str], None] | None = None,
+    warn: Callable[[str], None] | None = None, schedule_png: Path | None = None,
 ) -> str:
-    """The card as Markdown."""
+    """The card as Markdown; `schedule_png`, the plot of a scheduled config, written beside it."""
     metric = study.metric
     curve = study.epochs.get(str(trial.get("trial_id")), [])
     scale, unit = display_scale(metric, [r.get(metric) for r in curve])
@@ -125,6 +126,7 @@ def render_card(
     for row in curve:
         cells = [_curve_cell(c, row.get(c)) for c in CURVE_COLUMNS]
         lines.append(f"| {row['epoch']} | " + " | ".join(cells) + " |")
+    lines += _schedule_section(study, trial, cfg, schedule_png)
     spent = study_cost([trial])
     if spent is not None:
         lines += ["", "## Cost", "", f"- this trial: {spent.summary()}"]
@@ -139,6 +141,32 @@ def render_card(
         lines.append(f"- not available here: {exc}")
     lines += ["", "## Reproduce", "", "```", f"mtsearch train {yaml_path} --out runs/{study.name}", "```", ""]
     return "\n".join(lines)
+
+
+def _schedule_section(study: Study, trial: Mapping[str, Any], cfg: TrialConfig,
+                      schedule_png: Path | None) -> list[str]:
+    """A config with schedules (a population's winner): its segments as a table, and the plot."""
+    segments = schedule_segments(study, trial, cfg)
+    if not segments:
+        return []
+    keys = list(segments[0].values)
+    lines = ["", "## Schedule", "",
+             "The values in force, segment by segment. A copy starts from its donor's weights, which "
+             "the donor trained on its own seed and data stream; `mtsearch train` replays them all.", "",
+             "| epochs | trained by | seed | " + " | ".join(f"`{k}`" for k in keys) + " |",
+             "|---|---|---|" + "---|" * len(keys)]
+    lines += [f"| {s.first}-{s.last} | {s.trained_by} | {s.seed} | "
+              + " | ".join(f"{s.values[k]:.4g}" for k in keys) + " |" for s in segments]
+    if schedule_png is not None:
+        lines += ["", f"![the schedule]({schedule_png.name})"]
+    return lines
+
+
+def schedule_segments(study: Study, trial: Mapping[str, Any], cfg: TrialConfig) -> list[LineageSegment]:
+    """The segments of a scheduled config ([] for one of constants)."""
+    if not scheduled_keys(cfg):
+        return []
+    return lineage_segments(study.lineage, str(trial.get("trial_id")), cfg)
 
 
 def _curve_header(column: str) -> str:

@@ -301,4 +301,8 @@ def make_plots(
             written.append(weights_scatter(study, out_dir / "weights_scatter.png"))
         if study.params:
             written.append(parallel_coordinates(study, out_dir / "parallel_coordinates.png"))
+        if study.space.scheduler.population_based:
+            from mtsearch.results.schedule_plot import schedule_plot
+
+            written.append(schedule_plot(study, out_dir / "schedule.png"))
     return [p for p in written if p is not None]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,14 @@ from mtsearch.presets import branches_label
 from mtsearch.records import config_from_record, recorded_selection
 from mtsearch.results.cost import StudyCost, study_cost
 from mtsearch.results.stats import summarize
-from mtsearch.results.store import EPOCHS_FILE, TRIALS_FILE, epoch_rows, is_ranked, trial_rows
+from mtsearch.results.store import (
+    EPOCHS_FILE,
+    TRIALS_FILE,
+    epoch_rows,
+    is_ranked,
+    lineage_rows,
+    trial_rows,
+)
 from mtsearch.space import SpaceSpec, load_study_space
 
 # ---- reading a study ---------------------------------------------------------------------------
@@ -38,6 +45,7 @@ class Study:
     trials: list[dict[str, Any]]  # one dict per trial, `config` decoded
     epochs: dict[str, list[dict[str, Any]]]  # trial_id -> rows sorted by epoch
     params: list[str]  # searched keys that are trials.parquet columns, in the space's order
+    lineage: list[dict[str, Any]] = field(default_factory=list)  # a population's copies (lineage.parquet)
 
     @property
     def name(self) -> str:
@@ -126,7 +134,8 @@ def load_study(path: str | Path) -> Study:
         rows.sort(key=lambda r: int(r["epoch"]))
     columns = trials[0].keys() if trials else ()
     params = [k for factor in space.space for k in factor_keys(factor) if k in columns]
-    return Study(path=path, space=space, trials=trials, epochs=epochs, params=params)
+    return Study(path=path, space=space, trials=trials, epochs=epochs, params=params,
+                 lineage=lineage_rows(path))
 
 
 # ---- per-trial scores --------------------------------------------------------------------------
@@ -220,6 +229,8 @@ def leaderboard(study: Study, top: int | None = None) -> Leaderboard:
         for key in study.params:
             row[key] = param_display_value(entry.get(key))
         row.update({key: entry.get(key) for key in ("seed", "epochs_done", "best_epoch", "wall_s")})
+        if study.space.scheduler.population_based:  # its values are those of its last epoch
+            row["exploits"] = sum(1 for c in study.lineage if c["trial_id"] == row["trial_id"])
         rows.append(row)
     total = len(rows)
     if top is not None:

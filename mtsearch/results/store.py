@@ -83,10 +83,12 @@ class StudyStore:
     `with_cell` adds the grid `cell` column.
     """
 
-    def __init__(self, study_dir: str | Path, param_types: Mapping[str, str], with_cell: bool = False):
+    def __init__(self, study_dir: str | Path, param_types: Mapping[str, str], with_cell: bool = False,
+                 with_lineage: bool = False):
         self.study_dir = Path(study_dir)
         self.param_types = dict(param_types)
         self.with_cell = with_cell
+        self.with_lineage = with_lineage  # a population: lineage.parquet is written from the start
         self.trials: dict[str, dict[str, Any]] = {}
         self.epochs: dict[tuple[str, int], dict[str, Any]] = {}
         self.lineage: dict[tuple[str, int], dict[str, Any]] = {}
@@ -210,18 +212,19 @@ class StudyStore:
 
     # ---- disk ---------------------------------------------------------------------------------
     def flush(self) -> None:
-        """Write both tables atomically (temp file in the same folder + rename)."""
+        """Write the tables atomically (temp file in the same folder + rename): the lineage first,
+        so that a reader who sees a copy's first epoch row also sees the copy."""
         import pyarrow as pa
 
+        if self.with_lineage or self.lineage or (self.study_dir / LINEAGE_FILE).exists():
+            copies = sorted(self.lineage.values(), key=lambda r: (r["epoch"], r["trial_id"]))
+            _write_table(pa.Table.from_pylist(copies, schema=lineage_schema()), self.study_dir / LINEAGE_FILE)
         trial_rows = sorted(self.trials.values(), key=lambda r: r["trial_id"])
         epoch_rows = sorted(self.epochs.values(), key=lambda r: (r["trial_id"], r["epoch"]))
         _write_table(pa.Table.from_pylist(trial_rows, schema=self._trial_schema()),
                      self.study_dir / TRIALS_FILE)
         _write_table(pa.Table.from_pylist(epoch_rows, schema=self._epoch_schema()),
                      self.study_dir / EPOCHS_FILE)
-        if self.lineage or (self.study_dir / LINEAGE_FILE).exists():
-            copies = sorted(self.lineage.values(), key=lambda r: (r["epoch"], r["trial_id"]))
-            _write_table(pa.Table.from_pylist(copies, schema=lineage_schema()), self.study_dir / LINEAGE_FILE)
 
     def _load_existing(self) -> None:
         trials_path = self.study_dir / TRIALS_FILE

@@ -44,7 +44,7 @@ from mtsearch.search.packing import (
     trials_per_process,
 )
 from mtsearch.search.pbt import PopulationRules
-from mtsearch.search.population import KEPT_DIR, check_population_fits, start_coordinator
+from mtsearch.search.population import KEPT_DIR, initial_members, start_population
 from mtsearch.search.process_hosts import hosted_trainer
 from mtsearch.search.recording import (
     LIVE,
@@ -108,6 +108,7 @@ def run_search(
     num_cpus: int | None = None,
     memory_probe: Probe | None = None,
     points: list[dict[str, Any]] | None = None,
+    population_from: list[dict[str, Any]] | None = None,
 ) -> SearchOutcome:
     """Run (or resume) a study to the end; returns what happened, never prints.
 
@@ -117,6 +118,8 @@ def run_search(
     `trainer` replaces the trainer (same signature as `mtsearch.train.fit`); it must be
     picklable by Ray. `num_cpus` sizes a local Ray (default: all cores); ignored with `address`.
     `memory_probe` replaces the GPU memory probe of `gpus_per_trial: auto` (run in the driver).
+    `population_from`: a population-based search's first members (`run --from`), recorded in the
+    study before its first trial.
     """
     say = log or (lambda msg: None)
     spec = _absolute_paths(spec)
@@ -132,27 +135,23 @@ def run_search(
         key = str(study_dir)
         if not (study_dir / SPACE_FILE).exists():
             write_atomic(study_dir / SPACE_FILE, spec.to_yaml())
-        shortfall = shortfall_warning(spec, study_dir)
-        if shortfall:
+        if shortfall := shortfall_warning(spec, study_dir):
             say(f"warning: {shortfall}")
         resources = plan_resources(spec, study_dir, say, memory_probe)
         if announces_sharing(spec):
             say(sharing_note(spec, bool(resources.shares) or resources.fixed > 0))
         trainer, per_process = hosted_trainer(trials_per_process(spec), trainer)
-        population = None
-        if spec.scheduler.population_based:
-            check_population_fits(spec, resources)
-            population = start_coordinator(PopulationRules.of(spec), study_dir)
-        store = StudyStore(study_dir, spec.param_types(), with_cell=spec.is_ablation)
+        store = StudyStore(study_dir, spec.param_types(), with_cell=spec.is_ablation,
+                           with_lineage=spec.scheduler.population_based)
         done_at_start = sum(1 for rows in store.by_ray_trial().values()
                             if rows[0]["status"] not in (None, "running"))
+        # trials finished before this driver are known, whatever Tune's restored state lists
+        ended = {ray_trial_id(r, t) for t, r in store.trials.items() if r["status"] not in (None, "running")}
         live = Live(spec=spec, store=store, on_update=on_update, started=time.time(),
                      resumed=resume, done_at_start=done_at_start, log=say, resources=resources,
                      study_dir=study_dir, key=key, trainer=trainer, per_process=per_process,
-                     population=population)
-        # trials finished before this driver are known, whatever Tune's restored state lists
-        live.known_trials.update(ray_trial_id(r, t) for t, r in store.trials.items()
-                                 if r["status"] not in (None, "running"))
+                     population=start_population(spec, resources, study_dir, population_from or [], ended))
+        live.known_trials.update(ended)
         LIVE[key] = live
         live.mirrors = build_mirrors(spec.name, spec.metric, spec.mode, spec.storage, [
             *spec.searched_keys, *(["cell"] if spec.is_ablation else [])], study_dir, say)
@@ -294,7 +293,7 @@ def _make_tuner(
         spec.search.max_concurrent)
     return tune.Tuner(
         trainable,
-        param_space=param_space(spec, seeds) if spec.is_enumerated else None,  # a search's: its searcher's
+        param_space=param_space(spec, seeds, initial_members(study_dir)) if spec.is_enumerated else None,  # a search's: its searcher's
         tune_config=tune.TuneConfig(
             metric=OBJECTIVE, mode=spec.mode,
             search_alg=search,

@@ -31,7 +31,9 @@ class Footprint:
 
 
 def study_footprint(spec: SpaceSpec, study_dir: Path, tune_dir: str = "tune") -> Footprint:
-    checkpoints = spec.storage.keep_checkpoints + 2 * spec.search.max_concurrent
+    checkpoints = spec.storage.keep_checkpoints + 2 * spec.concurrent_trials
+    if spec.scheduler.population_based:  # each member's weights of the last two boundaries, for copies
+        checkpoints += 2 * spec.concurrent_trials
     measured = [disk_usage(p) for p in (study_dir / tune_dir).glob("*/checkpoint_*") if p.is_dir()]
     if measured:
         return Footprint(max(measured), "measured", checkpoints)

@@ -41,6 +41,7 @@ from mtsearch.space import SpaceSpec
 
 POPULATION_FILE = "population.json"  # the decided boundaries
 KEPT_DIR = "pbt"  # in a member's trial folder: its weights of each boundary a donor may copy
+INITIAL_KEY = "initial"  # in POPULATION_FILE: the members `run --from` took from an earlier study
 EXPLOIT_KEY = "pbt_exploit"  # report key: the copy a member's first epoch after it trained from
 
 
@@ -60,6 +61,7 @@ class PopulationCoordinator:
                       for s in recorded.get("segments", [])],
             start=dict(recorded.get("start", {})))
         self.kept: dict[int, list[str]] = {int(e): v for e, v in recorded.get("kept", {}).items()}
+        self.initial = recorded.get(INITIAL_KEY, [])
 
     def decide(self, trial_id: str, epoch: int, score: float | None, config: dict[str, Any],
                checkpoint: str | None, diverged: bool = False) -> dict[str, Any] | None:
@@ -109,7 +111,36 @@ class PopulationCoordinator:
             "segments": [asdict(s) for s in self.history.segments],
             "start": self.history.start,
             "kept": {str(e): v for e, v in sorted(self.kept.items())},
+            **({INITIAL_KEY: self.initial} if self.initial else {}),
         }, indent=1, sort_keys=True))
+
+
+def start_population(spec: SpaceSpec, resources: Any, study_dir: Path, members: list[dict[str, Any]],
+                     ended: set[str]) -> Any:
+    """A population-based search's coordinator (None for any other search), once the cluster is
+    known to train the whole population at once and `members` (`run --from`) are recorded. The
+    `ended` members (finished before a resume) keep nobody waiting at a boundary."""
+    if not spec.scheduler.population_based:
+        return None
+    check_population_fits(spec, resources)
+    keep_initial(study_dir, members)
+    coordinator = start_coordinator(PopulationRules.of(spec), study_dir)
+    ray.get([coordinator.end.remote(t) for t in ended])
+    return coordinator
+
+
+def keep_initial(study_dir: Path, members: list[dict[str, Any]]) -> None:
+    """Record the members taken from an earlier study (`run --from`) before the first trial, so a
+    resumed study draws the same population; a study that has its record keeps it."""
+    path = study_dir / POPULATION_FILE
+    if members and not path.exists():
+        write_atomic(path, json.dumps({INITIAL_KEY: members}, indent=1, sort_keys=True))
+
+
+def initial_members(study_dir: Path) -> list[dict[str, Any]]:
+    """The members a study took from an earlier one ([] for a Sobol design alone)."""
+    path = study_dir / POPULATION_FILE
+    return list(json.loads(path.read_text()).get(INITIAL_KEY, [])) if path.exists() else []
 
 
 def start_coordinator(rules: PopulationRules, study_dir: Path) -> Any:

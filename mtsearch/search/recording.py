@@ -16,6 +16,7 @@ from typing import Any
 
 from ray import tune
 
+from mtsearch.config import TrialConfig
 from mtsearch.distributions import expand_params
 from mtsearch.errors import StorageFull, storage_failure
 from mtsearch.files import write_atomic
@@ -131,7 +132,8 @@ class StoreCallback(tune.Callback):
             copy = result.get(EXPLOIT_KEY)
             if copy is not None:  # a member's first epoch after it copied another: the lineage
                 live.store.add_copy(trial.trial_id, copy)
-                live.store.upsert_trial(trial.trial_id, config=stamped(copy["config"]))
+                live.store.upsert_trial(trial.trial_id, config=stamped(copy["config"]),
+                                        **lineage_values(live.spec, TrialConfig.from_mapping(copy["config"])))
             for rid, row in pairs:
                 live.store.add_epoch(rid, row)
                 live.store.upsert_trial(rid, peak_mem_gib=result.get("peak_mem_gib"), device=result.get("device"))
@@ -318,8 +320,10 @@ def _record_start(live: Live, trial: Any) -> None:
         values["seed"] = seed
         values["gpu_share"] = _gpu_share(trial)
         seeded = cfg.with_overrides({"seed": seed}, "<seeds_per_trial>") if seed != cfg.seed else cfg
-        if not live.store.trial_copies(rid):  # a member that copied another keeps its lineage's config
-            values["config"] = stamped(seeded.resolved().to_dict())
+        values["config"] = stamped(seeded.resolved().to_dict())
+        if live.store.trial_copies(rid) and existing is not None and existing.get("config"):
+            # a member that copied another keeps its lineage: its config and values now
+            values.update(config=existing["config"], **lineage_values(live.spec, config_from_record(json.loads(existing["config"]))))
         live.store.upsert_trial(rid, **values)
         row = live.store.trials[rid]
         if row["epochs_done"] is None:
@@ -393,6 +397,15 @@ def _trial_error(trial: Any) -> str | None:
         return None
 
 
+def lineage_values(spec: SpaceSpec, cfg: TrialConfig) -> dict[str, Any]:
+    """A population member's searched values at its last epoch, and its seed: what its row in
+    trials.parquet shows once it copied another (its config keeps the whole lineage)."""
+    from mtsearch.train.in_force import in_force
+
+    flat = in_force(cfg, cfg.optim.epochs).to_flat()
+    return {key: flat[key] for key in spec.searched_keys if key in flat} | {"seed": cfg.seed}
+
+
 def _score(spec: SpaceSpec, store: StudyStore, trial_id: str) -> float | None:
     """The metric at the trial's last evaluated epoch so far: what Optuna and ASHA are told."""
     values = [r.get(spec.metric) for r in store.trial_epochs(trial_id)]
@@ -404,7 +417,10 @@ def snapshot(live: Live) -> SearchProgress:
     rows = []  # one per Ray trial: a seeded configuration's seeds as one row, scored by their mean
     for ray_id, group in live.store.by_ray_trial().items():
         scores = [_score(live.spec, live.store, row["trial_id"]) for row in group]
-        rows.append({**group[0], "trial_id": ray_id, "score": _mean_or_none(scores)})
+        row = {**group[0], "trial_id": ray_id, "score": _mean_or_none(scores)}
+        if live.population is not None:
+            row["exploits"] = len(live.store.trial_copies(ray_id))
+        rows.append(row)
     return SearchProgress(
         name=live.spec.name, study_dir=live.store.study_dir, metric=live.spec.metric, mode=live.spec.mode,
         total=live.spec.total_trials, searched_keys=live.spec.searched_keys, counts=live.store.counts(),

@@ -130,7 +130,8 @@ def run_trial(config: dict[str, Any], *, base: dict[str, Any], metric: str, mode
         now["cfg"] = member.begin(cfg, work, last, notes)
     while True:
         try:
-            result = train(now["cfg"], work, on_epoch=on_epoch, resume=True, log=notes.append)
+            result = train(now["cfg"], work, on_epoch=on_epoch, resume=True,
+                           log=member.log(notes) if member is not None else notes.append)
         except Exception as exc:  # noqa: BLE001 - sorted by _ends_trial into the machine's and the config's
             if _ends_trial(exc, final, failures, max_failures):
                 return
@@ -188,6 +189,14 @@ class _Member:
         self.kept_dir = Path(tune.get_context().get_storage().trial_fs_path) / KEPT_DIR
         self.decision: dict[str, Any] | None = None
         self.copied: list[dict[str, Any]] = []  # the copy the next epoch's report carries
+
+    def log(self, notes: list[str]) -> Log:
+        """The trainer's log: its "resuming from epoch" after a copy goes (the copy's note said it)."""
+        def say(line: str) -> None:
+            if self.copied and line.startswith("resuming from epoch"):
+                return
+            notes.append(line)
+        return say
 
     def begin(self, cfg: TrialConfig, work: Path, last: dict[str, Any], notes: list[str]) -> TrialConfig:
         """The config to start on: the member's lineage so far (its checkpoint's), with what was

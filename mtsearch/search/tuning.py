@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -179,13 +179,15 @@ def optuna_db_at(study_dir: Path) -> Iterator[None]:
         storages.__setstate__ = original  # type: ignore[method-assign]
 
 
-def param_space(spec: SpaceSpec, seeds: Iterable[int] | None = None) -> dict[str, Any]:
+def param_space(spec: SpaceSpec, seeds: Iterable[int] | None = None,
+                earlier: Sequence[Mapping[str, Any]] = ()) -> dict[str, Any]:
     """Tune's parameter space; a grid file's repeats run `seeds` (default 0..repeats-1); a
-    population-based search's population, one tied factor of every searched key and the seed."""
+    population-based search's population, one tied factor of every searched key and the seed
+    (`earlier`'s members first: the top of an earlier study, `run --from`)."""
     if spec.scheduler.population_based:
         from mtsearch.search.pbt import initial_population
 
-        members = initial_population(spec)
+        members = initial_population(spec, earlier)
         keys = [*spec.space, "seed"]
         return {",".join(keys): tune.grid_search([[m[k] for k in keys] for m in members])}
     space: dict[str, Any] = {}
