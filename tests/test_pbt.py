@@ -264,6 +264,12 @@ def test_a_pbt_search_records_its_exploits_and_train_replays_the_winners_lineage
         assert rows[(copy["trial_id"], 2)][column] == pytest.approx(old[key])
         assert rows[(copy["trial_id"], 3)][column] == pytest.approx(new[key])
 
+    board = json.loads(mtsearch("leaderboard", str(study), "--format", "json", env=env).stdout)
+    recipient = next(r for r in board["rows"] if r["trial_id"] == copy["trial_id"])
+    assert recipient["exploits"] == 1 and recipient["loss.w_track"] == pytest.approx(new["loss.w_track"])
+    confirm = mtsearch("confirm", str(study), env=env)  # a race of constants: refused, one line
+    assert confirm.returncode == 2 and confirm.stderr.count("error:") == 1 and "Traceback" not in confirm.stderr
+
     best = tmp_path / "best.yaml"
     export = mtsearch("export", str(study), "--out", str(best), env=env)
     assert export.returncode == 0, export.stderr

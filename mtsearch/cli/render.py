@@ -137,9 +137,11 @@ def leaderboard_footer(board: Leaderboard) -> list[str]:
     counts = ", ".join(f"{n} {s}" for s, n in sorted(board.counts.items(), key=lambda kv: -kv[1]))
     order = direction(board.mode).extreme
     total = sum(board.counts.values())
+    told = ("a population: searched values are those in force then, exploits how often it copied another"
+            if any("exploits" in r for r in board.rows) else "what Optuna was told")
     lines = [
         f"{board.total_ranked} ranked of {total} trials ({counts}); ranked by {order} {board.metric} at "
-        f"the last evaluated epoch (what Optuna was told); best_{board.metric} is the best epoch, optimistic"
+        f"the last evaluated epoch ({told}); best_{board.metric} is the best epoch, optimistic"
     ]
     if board.selection_note:
         lines.append(board.selection_note)

@@ -29,6 +29,10 @@ def param_importances(study: Study) -> Importances:
     forest fitted on two or three points ranks parameters by noise.
     """
     db = study.path / "optuna.db"
+    if study.space.scheduler.population_based:
+        return Importances({}, 0, IMPORTANCE_EVALUATOR, "a population-based search samples no Optuna study: "
+                           "its members are a Sobol design whose values change as they copy each other "
+                           "(see lineage.parquet and `mtsearch plot`'s schedule.png)")
     if not db.exists():
         return Importances({}, 0, IMPORTANCE_EVALUATOR, f"no Optuna study at {db}")
     import warnings

@@ -224,6 +224,10 @@ def contenders(study: Study, top: int) -> list[Contender]:
     if study.is_ablation and "seed" in study.params:
         raise InvalidInput(study.path, None, "confirm races a search's configurations; this is a grid "
                            "over seeds already (see `mtsearch report`)")
+    if study.space.scheduler.population_based:
+        raise InvalidInput(study.path, None, "confirm races constant configurations; a population's trials "
+                           "are schedules whose seeds are their lineage's: export the winner (`mtsearch export`) "
+                           "and train its schedule with other seeds (`seed:` in the exported file)")
     board = leaderboard(study)
     picked: list[Contender] = []
     seen: set[tuple[Any, ...]] = set()
