@@ -19,8 +19,10 @@ from mtsearch.key_checks import (
     CACHE_FORMATS,
     CHECKS,
     CLIPS_VIEWS,
+    EVAL_RUNGS,
     SOURCE_FPS,
     VAL_CARVINGS,
+    check_cross_fields,
 )
 from mtsearch.presets import BRANCHES, PRESETS, Preset, normalize_branches, tracking_defaults
 from mtsearch.schedules import SCHEDULABLE, Schedule, is_schedule, parse_schedule, plain
@@ -114,7 +116,8 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class EvalConfig:
-    every: int = 2
+    every: int | str = 2  # evaluate every N epochs, or `rungs`: at `at` (the scheduler's milestones)
+    at: tuple[int, ...] | None = None  # with every: rungs, the epochs evaluated besides the last
     batch_size: int | None = None  # None: 4 x optim.batch_size (forward only; results do not depend on it)
     views: str | None = None  # the test protocol: clips | KxN; None: clips (kinetics 10x3, ssv2 2x3)
     val_views: str | None = None  # evaluations during training; None: eval.views (kinetics, ssv2: 1x1)
@@ -148,7 +151,7 @@ class TrialConfig:
                 raise InvalidInput(source, key, "unknown key" + did_you_mean(key, _FIELDS))
             values[key] = _coerce(key, raw, source)
         cfg = _build(values)
-        _check_cross_fields(cfg, source)
+        check_cross_fields(cfg, source)
         return cfg
 
     # ---- derived values -----------------------------------------------------------------------
@@ -240,6 +243,15 @@ class TrialConfig:
 
     def has(self, branch: str) -> bool:
         return branch in self.model.branches
+
+    def evaluates(self, epoch: int) -> bool:
+        """Whether epoch `epoch` evaluates the validation split: every `eval.every` epochs, or with
+        `rungs` at `eval.at` (none outside a search: the last alone); the last epoch always."""
+        if epoch == self.optim.epochs:
+            return True
+        if self.eval.every == EVAL_RUNGS:
+            return epoch in (self.eval.at or ())
+        return epoch % int(self.eval.every) == 0
 
     def resolved(self) -> TrialConfig:
         """Preset-dependent defaults written out, so the config runs the same anywhere."""
@@ -378,6 +390,15 @@ def _coerce(key: str, raw: Any, source: str | Path) -> Any:
             value = raw
         elif key == "data.fps":
             value = SOURCE_FPS if raw == SOURCE_FPS else as_float(raw)
+        elif key == "eval.every":
+            try:
+                value = EVAL_RUNGS if raw == EVAL_RUNGS else as_int(raw)
+            except ValueError:
+                raise ValueError("expected a number of epochs, or rungs (a scheduler's milestones)") from None
+        elif key == "eval.at":
+            if not isinstance(raw, (list, tuple)):
+                raise ValueError("expected a list of epochs")
+            value = tuple(sorted({as_int(e) for e in raw}))
         elif key == "optim.betas":
             if not isinstance(raw, (list, tuple)) or len(raw) != 2:
                 raise ValueError("expected two numbers [beta1, beta2]")
@@ -412,31 +433,6 @@ def _build(flat: Mapping[str, Any]) -> TrialConfig:
         (sections[section] if section else top)[name] = value
     built = {name: _SECTION_TYPES[name](**vals) for name, vals in sections.items()}
     return TrialConfig(**built, **top)
-
-
-def _check_cross_fields(cfg: TrialConfig, source: str | Path) -> None:
-    if "cls" not in cfg.model.branches:
-        raise InvalidInput(source, "model.branches", "must include cls (classification is always on)",
-                           list(cfg.model.branches))
-    if cfg.has("track"):
-        k, f, s = cfg.track.past_frames, cfg.track.frame_gap, cfg.data.clip_frames
-        if k * f >= s:
-            raise InvalidInput(
-                source, "track.past_frames",
-                f"track.past_frames * track.frame_gap must be < data.clip_frames ({k}*{f} >= {s})", k,
-            )
-    if cfg.selection == "val" and cfg.val_fraction == 0:
-        raise InvalidInput(source, "data.selection", "val needs data.val_fraction > 0 (the thesis's "
-                           "protocol is data.selection: test with data.val_fraction: 0)", "val")
-    if cfg.has("dir") and cfg.data.clip_frames < 2:
-        raise InvalidInput(source, "data.clip_frames", "the dir branch needs at least 2 frames",
-                           cfg.data.clip_frames)
-    if cfg.has("track") and cfg.patch >= cfg.crop:
-        raise InvalidInput(source, "track.patch", f"must be smaller than data.crop ({cfg.crop})",
-                           cfg.patch)
-    if cfg.short_side < cfg.crop:
-        raise InvalidInput(source, "data.short_side", f"must be >= data.crop ({cfg.crop})",
-                           cfg.short_side)
 
 
 def shape_key(cfg: TrialConfig) -> tuple[Any, ...]:

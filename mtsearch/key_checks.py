@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+from mtsearch.errors import InvalidInput
 from mtsearch.presets import PRESETS
 from mtsearch.values import at_least, non_negative, one_of, positive
 
@@ -16,6 +18,7 @@ FLIPS: tuple[str, ...] = ("on", "off", "swap")  # data.flip (data/flips.py)
 CACHE_FORMATS: tuple[str, ...] = ("jpeg", "raw")  # data.cache_format (data/frame_formats.py)
 CLIPS_VIEWS = "clips"  # eval.views: every non-overlapping clip, averaged (the thesis's protocol)
 VAL_CARVINGS: tuple[str, ...] = ("closest", "greedy")  # data/splits.py; greedy: records before v6
+EVAL_RUNGS = "rungs"  # eval.every: the scheduler's milestones (eval.at) and the last epoch
 
 
 def parse_views(views: str) -> tuple[int, int] | None:
@@ -90,7 +93,8 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "optim.epochs": at_least(1),
     "optim.plateau_patience": at_least(0),
     "optim.grad_clip": non_negative,
-    "eval.every": at_least(1),
+    "eval.every": lambda v: None if v == EVAL_RUNGS else at_least(1)(v),
+    "eval.at": lambda v: None if all(e >= 1 for e in v) else "epochs count from 1",
     "eval.batch_size": at_least(1),
     "eval.views": lambda v: view_problem(v),
     "eval.val_views": lambda v: view_problem(v),
@@ -98,3 +102,32 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "device": _device,
     "threads": at_least(1),
 }
+
+
+def check_cross_fields(cfg: Any, source: str | Path) -> None:
+    """The checks that read several keys of a TrialConfig at once (after each key's own)."""
+    if cfg.eval.at is not None and cfg.eval.every != EVAL_RUNGS:
+        raise InvalidInput(source, "eval.at", "goes with eval.every: rungs (a search fills it with its "
+                           f"scheduler's milestones); eval.every is {cfg.eval.every}", list(cfg.eval.at))
+    if "cls" not in cfg.model.branches:
+        raise InvalidInput(source, "model.branches", "must include cls (classification is always on)",
+                           list(cfg.model.branches))
+    if cfg.has("track"):
+        k, f, s = cfg.track.past_frames, cfg.track.frame_gap, cfg.data.clip_frames
+        if k * f >= s:
+            raise InvalidInput(
+                source, "track.past_frames",
+                f"track.past_frames * track.frame_gap must be < data.clip_frames ({k}*{f} >= {s})", k,
+            )
+    if cfg.selection == "val" and cfg.val_fraction == 0:
+        raise InvalidInput(source, "data.selection", "val needs data.val_fraction > 0 (the thesis's "
+                           "protocol is data.selection: test with data.val_fraction: 0)", "val")
+    if cfg.has("dir") and cfg.data.clip_frames < 2:
+        raise InvalidInput(source, "data.clip_frames", "the dir branch needs at least 2 frames",
+                           cfg.data.clip_frames)
+    if cfg.has("track") and cfg.patch >= cfg.crop:
+        raise InvalidInput(source, "track.patch", f"must be smaller than data.crop ({cfg.crop})",
+                           cfg.patch)
+    if cfg.short_side < cfg.crop:
+        raise InvalidInput(source, "data.short_side", f"must be >= data.crop ({cfg.crop})",
+                           cfg.short_side)

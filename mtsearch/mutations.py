@@ -16,6 +16,7 @@ from typing import Any
 from mtsearch.config import TrialConfig
 from mtsearch.distributions import Distribution, factor_keys
 from mtsearch.errors import InvalidInput
+from mtsearch.key_checks import EVAL_RUNGS
 from mtsearch.schedules import SCHEDULABLE
 from mtsearch.settings import SchedulerSettings, SearchSettings
 
@@ -86,7 +87,7 @@ def check_population_space(
         raise InvalidInput(source, "scheduler.burn_in", f"leaves no exploit before the last epoch ({epochs})",
                            burn_in)
     every = base.eval.every
-    if scheduler.perturbation_interval % every:
+    if every != EVAL_RUNGS and scheduler.perturbation_interval % int(every):
         raise InvalidInput(source, "scheduler.perturbation_interval",
                            f"must be a multiple of eval.every ({every}): an exploit compares the trials' "
                            "validation scores of that epoch", scheduler.perturbation_interval)

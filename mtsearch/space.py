@@ -29,6 +29,7 @@ from mtsearch.distributions import (
     space_section,
 )
 from mtsearch.errors import InvalidInput, did_you_mean
+from mtsearch.milestones import evaluated_at_milestones, with_milestones
 from mtsearch.presets import branches_label
 from mtsearch.records import VERSION_KEY, stamped, unstamped, upgrade_space
 from mtsearch.settings import (
@@ -308,6 +309,7 @@ def space_from_mapping(
     search = read_search(data.get("search"), source, kind == ABLATION)
     default_sched = "asha" if kind == SEARCH and search.algorithm != "grid" else "none"
     scheduler = read_scheduler(data.get("scheduler"), source, default_sched)
+    base = evaluated_at_milestones(base, scheduler, kind == SEARCH and "eval.every" not in base_overrides)
     resources = read_resources(data.get("resources"), source)
     max_failures, max_restarts = read_failure(data.get("failure"), source)
     storage = read_storage(data.get("storage"), source)
@@ -346,7 +348,7 @@ def space_from_mapping(
         if scheduler.grace_period > base.optim.epochs:
             raise InvalidInput(source, "scheduler.grace_period",
                                f"must be <= optim.epochs ({base.optim.epochs})", scheduler.grace_period)
-    return spec
+    return replace(spec, base=with_milestones(spec.base, scheduler))
 
 
 def load_study_space(study_dir: str | Path) -> SpaceSpec:

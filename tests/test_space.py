@@ -132,7 +132,8 @@ def test_shipped_spaces_validate() -> None:
     assert weights.base.model.preset == "tiny" and weights.total_trials >= 12
     assert weights.scheduler.type == "asha"
     # ASHA's first rung falls on an evaluated epoch, so it compares fresh val_hit1 values
-    assert weights.scheduler.grace_period % weights.base.eval.every == 0
+    base = weights.base
+    assert base.evaluates(weights.scheduler.grace_period) and base.eval.at == (4,)
     assert set(weights.space) == {"loss.w_track", "loss.w_dir"}
     full = load_space(SPACES / "full.yaml", "search")
     assert {"loss.w_track", "loss.w_dir", "track.frame_gap", "data.fps", "model.branches"} <= set(full.space)

@@ -33,6 +33,7 @@ def dry_run(spec: SpaceSpec, trials_dir: Path, say: Any) -> int:
         say(f"trials: {what}, {spec.search.max_concurrent} at a time, up to {spec.max_epochs} epochs each"
             + (f"; ASHA stops weak ones from epoch {spec.scheduler.grace_period}"
                if spec.scheduler.type == "asha" else ""))
+    say(f"evaluation: {evaluation_line(spec)}")
     shapes = spec_shapes(spec)
     say(f"network shapes: {len(shapes)}: " + "; ".join(
         f"{shape_label(cfg)} ({_millions(cfg)} M parameters)" for cfg in shapes.values()))
@@ -164,3 +165,17 @@ def population_line(spec: SpaceSpec) -> str:
             f"{', '.join(map(str, at))} the bottom {s.quantile:.0%} copy the top {s.quantile:.0%} "
             f"(weights and config) and train on with {', '.join(s.mutate or ())} explored: {how}; "
             f"{s.population * spec.max_epochs} training epochs in all")
+
+
+def evaluation_line(spec: SpaceSpec) -> str:
+    """The epochs a trial evaluates the validation split at, and what picked them."""
+    base, epochs = spec.base, spec.max_epochs
+    at = [e for e in range(1, epochs + 1) if base.evaluates(e)]
+    if base.eval.every == "rungs":
+        why = {"asha": "ASHA's rungs", "pbt": "the boundaries", "pb2": "the boundaries"}.get(
+            spec.scheduler.type, "no scheduler")
+        how = f"eval.every: rungs ({why} and the last epoch)"
+    else:
+        how = f"eval.every: {base.eval.every}"
+    shown = ", ".join(map(str, at[:12])) + (f", … ({len(at)} in all)" if len(at) > 12 else "")
+    return f"validation split at epoch{'s' if len(at) > 1 else ''} {shown} of {epochs}, by {how}"

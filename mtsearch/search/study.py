@@ -95,6 +95,9 @@ def _reopened(spec: SpaceSpec, study_dir: Path, existed: bool, resume: bool) -> 
         return spec, None
     saved = load_study_space(study_dir)
     spec = replace(spec, base=adopt_recorded(spec.base, saved.base))
+    if "eval.every" not in spec.base_overrides:  # a default: the study evaluates as it recorded
+        spec = replace(spec, base=spec.base.with_overrides(  # (before rungs, every 2 epochs)
+            {"eval.every": saved.base.eval.every, "eval.at": saved.base.eval.at}, "<recorded>"))
     if spec.count < saved.count:
         raise InvalidInput(None, spec.count_flag, f"the study {study_dir} already has "
                            f"{saved.count}; give {saved.count} or more to extend it", spec.count)

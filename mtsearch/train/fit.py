@@ -177,7 +177,7 @@ def train_epochs(
         now = in_force(cfg, epoch)  # a schedule's values for this epoch (cfg itself without one)
         put_in_force(run.training, now, changes_at(cfg, epoch))
         step.cfg = now
-        do_eval = epoch % cfg.eval.every == 0 or epoch == cfg.optim.epochs
+        do_eval = cfg.evaluates(epoch)
         flips = model.track_trains_trunk != (epoch > cfg.track.warmup_epochs)  # a new step to capture
         new_work = epoch in (run.start_epoch, cfg.optim.epochs) or (do_eval and not evaluated) or flips
         evaluated = evaluated or do_eval
