@@ -270,14 +270,19 @@ def test_a_pbt_search_records_its_exploits_and_train_replays_the_winners_lineage
     confirm = mtsearch("confirm", str(study), env=env)  # a race of constants: refused, one line
     assert confirm.returncode == 2 and confirm.stderr.count("error:") == 1 and "Traceback" not in confirm.stderr
 
-    best = tmp_path / "best.yaml"
-    export = mtsearch("export", str(study), "--out", str(best), env=env)
+    best = tmp_path / "best.yaml"  # the member with an exploit in its lineage, whatever its rank
+    export = mtsearch("export", str(study), "--rank", str(recipient["rank"]), "--out", str(best), env=env)
     assert export.returncode == 0, export.stderr
-    winner = export.stdout.split("trial ")[1].split(",")[0]
-    # the weights' own history: a copy's epochs up to the exploit are its donor's
-    trained_by = {e: copy["donor_id"] if winner == copy["trial_id"] and e <= 2 else winner for e in range(1, 5)}
+    # the weights' own history: the copy's epochs up to the exploit are its donor's
+    trained_by = {e: copy["donor_id"] if e <= 2 else copy["trial_id"] for e in range(1, 5)}
     expected = [rows[(trained_by[e], e)] for e in range(1, 5)]
-    assert f"epochs 1-2: trained by trial {trained_by[1]}" in best.read_text()
+    header = best.read_text()
+    assert f"epochs 1-2: trained by trial {copy['donor_id']}" in header
+    assert f"epochs 3-4: trained by trial {copy['trial_id']}" in header
+    card = best.with_suffix(".md").read_text()
+    assert "## Schedule" in card and best.with_suffix(".schedule.png").stat().st_size > 0
+    plot = mtsearch("plot", str(study), env=env)
+    assert plot.returncode == 0 and (study / "plots" / "schedule.png").stat().st_size > 0, plot.stderr
     train = mtsearch("train", str(best), "--out", str(tmp_path / "replay"), env=env)
     assert train.returncode == 0, train.stdout + train.stderr
     got = _rows(tmp_path / "replay", "metrics.parquet")
