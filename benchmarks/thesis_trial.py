@@ -9,8 +9,10 @@ output), as the trainer runs them:
 - the one-off warm-up: what the first epoch and the first evaluation took beyond their steady
   speed (torch.compile where the trainer compiles, cuDNN autotuning, graph capture, workers).
 It then projects a thesis trial: HMDB-51 split 1, 100 epochs of 3,570 training clips, and an
-evaluation of 11,200 clips every `eval.every` epochs of spaces/thesis-hmdb51.yaml (and after the
-last), plus the warm-up. With `--per-process K` (default 4 on CUDA, 2 on a CPU) it measures K
+evaluation of 11,200 clips at each epoch it evaluates, plus the warm-up: under `eval.every: 2`
+(`thesis_trial_minutes_every_2`, 50 evaluations) and under spaces/thesis-hmdb51.yaml's
+`eval.every: rungs` (`thesis_trial_minutes`: ASHA's rungs 10, 30, 90 and the last epoch, for a
+trial ASHA keeps to the end). With `--per-process K` (default 4 on CUDA, 2 on a CPU) it measures K
 trials side by side in one process (`resources.trials_per_process`, train/slots.py): their
 aggregate training clips/s in the steady window (from the last slot's end of epoch 2 to the first
 slot's end of epoch E-1, `--shared-epochs`, at least 5), and K evaluations at once, each thread
@@ -43,13 +45,17 @@ THESIS_EPOCHS = 100
 SPACE = Path(__file__).resolve().parent.parent / "spaces" / "thesis-hmdb51.yaml"
 
 
-def eval_every() -> int:
-    base = flatten_keys((read_yaml(SPACE) or {}).get("base") or {}, SPACE)
-    return int(base.get("eval.every", TrialConfig().eval.every))
+def evaluated_epochs(every: int | str | None = None) -> list[int]:
+    """The epochs a full search trial of SPACE evaluates: under its own `eval.every` (None), or
+    under `every` (`rungs`: its scheduler's milestones and the last epoch)."""
+    from mtsearch.space import space_from_mapping
 
-
-def evaluations(epochs: int, every: int) -> int:
-    return sum(1 for e in range(1, epochs + 1) if e % every == 0 or e == epochs)
+    data = dict(read_yaml(SPACE) or {})
+    base = flatten_keys(data.get("base") or {}, SPACE)
+    if every is not None:
+        base["eval.every"] = every
+    spec = space_from_mapping({**data, "base": base}, str(SPACE), "search")
+    return [e for e in range(1, spec.max_epochs + 1) if spec.base.evaluates(e)]
 
 
 def measure_eval(
@@ -142,17 +148,21 @@ def main() -> None:
     print(f"warm-up: {train_warmup_s:.1f} s training + {eval_warmup_s:.1f} s evaluation, once per "
           f"trial ({'torch.compile, ' if compiled else ''}cuDNN autotuning, graph capture, workers)")
 
-    every = eval_every()
-    evals = evaluations(THESIS_EPOCHS, every)
     train_min = THESIS_EPOCHS * HMDB51_TRAIN_CLIPS / loop_cps / 60
-    eval_min = evals * HMDB51_EVAL_CLIPS / eval_cps / 60
-    print(
-        f"projection: HMDB-51 split 1, {THESIS_EPOCHS} epochs x {HMDB51_TRAIN_CLIPS} clips "
-        f"({train_min:.1f} min) + {evals} evaluations x {HMDB51_EVAL_CLIPS} clips "
-        f"({eval_min:.1f} min; eval.every {every} from {SPACE.name}) + warm-up ({warmup_min:.1f} min)"
-    )
+    minutes = {}
+    for every in (2, "rungs"):  # today's eval.every: 2 and a scheduler's milestones
+        at = evaluated_epochs(every)
+        eval_min = len(at) * HMDB51_EVAL_CLIPS / eval_cps / 60
+        minutes[every] = (train_min + eval_min + warmup_min, eval_min)
+        shown = ", ".join(map(str, at)) if len(at) <= 8 else f"{at[0]}, {at[1]}, ..., {at[-1]}"
+        print(f"projection, eval.every {every}: HMDB-51 split 1, {THESIS_EPOCHS} epochs x {HMDB51_TRAIN_CLIPS} "
+              f"clips ({train_min:.1f} min) + {len(at)} evaluations x {HMDB51_EVAL_CLIPS} clips at epochs "
+              f"{shown} ({eval_min:.1f} min) + warm-up ({warmup_min:.1f} min)")
     print(f"end_to_end_vs_step: {loop_cps / bare.clips_per_s:.2f}x")
-    print(f"thesis_trial_minutes: {train_min + eval_min + warmup_min:.1f}", flush=True)
+    print(f"thesis_trial_minutes_every_2: {minutes[2][0]:.1f}")
+    print(f"thesis_trial_minutes: {minutes['rungs'][0]:.1f} (eval.every: rungs, a trial ASHA keeps to the end)",
+          flush=True)
+    eval_min = minutes["rungs"][1]
     count = args.per_process or (4 if cuda else 2)
     if count > 1:
         train_gain, eval_gain = measure_shared(cfg, device, count, max(5, args.shared_epochs))
