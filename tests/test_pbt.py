@@ -318,3 +318,14 @@ def test_kill_9_then_resume_finishes_a_pbt_search_with_its_lineage_once(tmp_path
     lineage = _rows(study, "lineage.parquet")
     assert sorted(r["epoch"] for r in lineage) == [2, 4, 6]  # one copy a boundary, none twice
     assert all(row in lineage for row in mid_run)  # the copies before the kill, as they were
+
+
+def test_a_population_the_machine_cannot_train_at_once_is_refused_writing_nothing(tmp_path: Path):
+    space = tmp_path / "big.yaml"
+    space.write_text("name: big\nbase: {model.preset: tiny, optim.epochs: 4, eval.every: 2}\n"
+                     "scheduler: {type: pbt, population: 4096, perturbation_interval: 2}\n"
+                     "resources: {cpus_per_trial: 1}\nspace: {loss.w_track: {loguniform: [0.1, 30]}}\n")
+    run = mtsearch("run", str(space), "--trials-dir", str(tmp_path / "trials"), "--quiet", env={})
+    errors = [line for line in run.stderr.splitlines() if line.startswith("error:")]
+    assert run.returncode == 2 and len(errors) == 1 and "scheduler.population" in errors[0], run.stderr
+    assert "Traceback" not in run.stderr and not (tmp_path / "trials").exists()

@@ -44,7 +44,12 @@ from mtsearch.search.packing import (
     trials_per_process,
 )
 from mtsearch.search.pbt import PopulationRules
-from mtsearch.search.population import KEPT_DIR, initial_members, start_population
+from mtsearch.search.population import (
+    KEPT_DIR,
+    check_population_fits,
+    initial_members,
+    start_population,
+)
 from mtsearch.search.process_hosts import hosted_trainer
 from mtsearch.search.recording import (
     LIVE,
@@ -131,7 +136,8 @@ def run_search(
     lock_fd, key = -1, None
     try:
         _check_resources(spec)
-        spec, study_dir, lock_fd, _, extend_from = open_study(spec, Path(trials_dir).resolve(), resume)
+        check_population_fits(spec)  # before the study folder is made
+        spec, study_dir, lock_fd, created, extend_from = open_study(spec, Path(trials_dir).resolve(), resume)
         key = str(study_dir)
         if not (study_dir / SPACE_FILE).exists():
             write_atomic(study_dir / SPACE_FILE, spec.to_yaml())
@@ -150,7 +156,7 @@ def run_search(
         live = Live(spec=spec, store=store, on_update=on_update, started=time.time(),
                      resumed=resume, done_at_start=done_at_start, log=say, resources=resources,
                      study_dir=study_dir, key=key, trainer=trainer, per_process=per_process,
-                     population=start_population(spec, resources, study_dir, population_from or [], ended))
+                     population=start_population(spec, resources, study_dir, population_from, ended, created))
         live.known_trials.update(ended)
         LIVE[key] = live
         live.mirrors = build_mirrors(spec.name, spec.metric, spec.mode, spec.storage, [

@@ -115,15 +115,21 @@ class PopulationCoordinator:
         }, indent=1, sort_keys=True))
 
 
-def start_population(spec: SpaceSpec, resources: Any, study_dir: Path, members: list[dict[str, Any]],
-                     ended: set[str]) -> Any:
+def start_population(spec: SpaceSpec, resources: Any, study_dir: Path, members: list[dict[str, Any]] | None,
+                     ended: set[str], created: bool) -> Any:
     """A population-based search's coordinator (None for any other search), once the cluster is
     known to train the whole population at once and `members` (`run --from`) are recorded. The
-    `ended` members (finished before a resume) keep nobody waiting at a boundary."""
+    `ended` members (finished before a resume) keep nobody waiting at a boundary. A population
+    refused here, once the GPU shares are known, leaves no new (`created`) study folder behind."""
     if not spec.scheduler.population_based:
         return None
-    check_population_fits(spec, resources)
-    keep_initial(study_dir, members)
+    try:
+        check_population_fits(spec, max([resources.fixed, *resources.shares.values()], default=0.0))
+    except InvalidInput:
+        if created:
+            shutil.rmtree(study_dir, ignore_errors=True)
+        raise
+    keep_initial(study_dir, members or [])
     coordinator = start_coordinator(PopulationRules.of(spec), study_dir)
     ray.get([coordinator.end.remote(t) for t in ended])
     return coordinator
@@ -217,24 +223,28 @@ def last_score(history: list[dict[str, Any]], metric: str) -> float | None:
     return value
 
 
-def check_population_fits(spec: SpaceSpec, resources: Any) -> None:
+def check_population_fits(spec: SpaceSpec, gpu_share: float | None = None) -> None:
     """A population trains side by side, each member waiting for the others at each boundary: a
     member that could not start would keep every other waiting. Refuse a population the cluster
-    cannot run at once."""
+    cannot run at once: its CPUs, and its GPU shares (`gpu_share`; by default the space's own
+    number, where it gives one). Nothing for a search of another kind."""
+    if not spec.scheduler.population_based:
+        return
     total = ray.cluster_resources()
-    count = spec.scheduler.population
+    count, per_trial = spec.scheduler.population, spec.resources.cpus_per_trial
     cpus = float(total.get("CPU", 0.0))
-    if resources.cpus * count > cpus + 1e-9:
-        fits = int(cpus // resources.cpus) if resources.cpus else 0
+    if per_trial * count > cpus + 1e-9:
+        fits = int(cpus // per_trial) if per_trial else 0
         raise InvalidInput(spec.source, "scheduler.population",
                            f"its {count} members train at once, and this Ray cluster has {cpus:g} CPUs for "
-                           f"{fits} of them at resources.cpus_per_trial {resources.cpus:g}: lower the "
+                           f"{fits} of them at resources.cpus_per_trial {per_trial:g}: lower the "
                            f"population or cpus_per_trial (e.g. {cpus / count:g})", count)
-    share = max([resources.fixed, *resources.shares.values()], default=0.0)
+    if gpu_share is None:
+        gpus_per_trial = spec.resources.gpus_per_trial
+        gpu_share = gpus_per_trial if isinstance(gpus_per_trial, float) else 0.0
     gpus = float(total.get("GPU", 0.0))
-    if share > 0 and share * count > gpus + 1e-9:
+    if gpu_share > 0 and gpu_share * count > gpus + 1e-9:
         raise InvalidInput(spec.source, "scheduler.population",
-                           f"its {count} members train at once, and {count} GPU shares of {share:g} "
+                           f"its {count} members train at once, and {count} GPU shares of {gpu_share:g} "
                            f"exceed this cluster's {gpus:g} GPUs: lower the population or "
                            "resources.gpus_per_trial", count)
-
