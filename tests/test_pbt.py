@@ -132,6 +132,8 @@ def test_an_earlier_studys_members_come_first_then_the_design():
     for member in members[1:]:  # the design fills the rest, inside the space
         assert 0.1 <= member["loss.w_track"] <= 30.0 and 3e-4 <= member["optim.lr"] <= 3e-3
     assert [m["seed"] for m in members] == [0, 1, 2, 3]
+    whole = [{"loss.w_track": float(i + 1), "optim.lr": 1e-3} for i in range(5)]
+    assert [m["loss.w_track"] for m in initial_population(spec, whole)] == [1.0, 2.0, 3.0, 4.0]  # no design left
 
 
 # ---- the space file ----------------------------------------------------------------------------
@@ -329,3 +331,18 @@ def test_a_population_the_machine_cannot_train_at_once_is_refused_writing_nothin
     errors = [line for line in run.stderr.splitlines() if line.startswith("error:")]
     assert run.returncode == 2 and len(errors) == 1 and "scheduler.population" in errors[0], run.stderr
     assert "Traceback" not in run.stderr and not (tmp_path / "trials").exists()
+
+
+def test_run_from_an_earlier_study_takes_its_top_trials_values_inside_this_space(tmp_path: Path):
+    from test_report import write_search_study
+
+    from mtsearch.cli.run import _population_from
+
+    earlier = write_search_study(tmp_path / "trials")
+    spec = _pbt(space={"loss.w_track": {"loguniform": [0.1, 30.0]}, "loss.w_dir": {"uniform": [1.0, 5.0]}})
+    args = type("Args", (), {"from_study": str(earlier), "resume": False, "trials_dir": str(tmp_path / "t")})()
+    members = _population_from(spec, args)
+    assert len(members) == 4 and set(members[0]) == {"loss.w_track", "loss.w_dir"}
+    assert all(0.1 <= m["loss.w_track"] <= 30.0 and 1.0 <= m["loss.w_dir"] <= 5.0 for m in members)
+    with pytest.raises(InvalidInput, match="--from"):  # a search of another scheduler takes none
+        _population_from(space_from_mapping({"name": "a", "space": SPACE}, "a.yaml", "search"), args)

@@ -44,9 +44,10 @@ def initial_population(spec: SpaceSpec, earlier: Sequence[Mapping[str, Any]] = (
     keys = list(spec.space)
     count = spec.scheduler.population
     members = [{k: point[k] for k in keys} for point in list(earlier)[:count]]
-    sobol = torch.quasirandom.SobolEngine(len(keys), scramble=True, seed=spec.search.seed)
-    for row in sobol.draw(count - len(members)).double().tolist():
-        members.append({key: from_unit(spec.space[key], u) for key, u in zip(keys, row, strict=True)})
+    if len(members) < count:
+        sobol = torch.quasirandom.SobolEngine(len(keys), scramble=True, seed=spec.search.seed)
+        for row in sobol.draw(count - len(members)).double().tolist():
+            members.append({key: from_unit(spec.space[key], u) for key, u in zip(keys, row, strict=True)})
     return [{**m, "seed": spec.base.seed + i} for i, m in enumerate(members)]
 
 
