@@ -230,6 +230,7 @@ def leaderboard(study: Study, top: int | None = None) -> Leaderboard:
             row[key] = param_display_value(entry.get(key))
         row.update({key: entry.get(key) for key in ("seed", "epochs_done", "best_epoch", "wall_s")})
         if study.space.scheduler.population_based:  # its values are those of its last epoch
+            row.update(_values_now(study, entry))
             row["exploits"] = sum(1 for c in study.lineage if c["trial_id"] == row["trial_id"])
         rows.append(row)
     total = len(rows)
@@ -240,6 +241,18 @@ def leaderboard(study: Study, top: int | None = None) -> Leaderboard:
     return Leaderboard(study=study.name, metric=study.metric, mode=study.mode, params=study.params,
                        rows=rows, unranked=unranked, counts=counts, total_ranked=total,
                        selection_note=study.selection_note, cost=study_cost(study.trials))
+
+
+def _values_now(study: Study, trial: Mapping[str, Any]) -> dict[str, Any]:
+    """A population member's searched values and seed at its last epoch (its config is its
+    lineage; its trials.parquet columns are the values it started with)."""
+    from mtsearch.train.in_force import in_force
+
+    if not trial.get("config"):
+        return {}
+    cfg = trial_config(study, trial)
+    flat = in_force(cfg, cfg.optim.epochs).to_flat()
+    return {**{k: param_display_value(flat[k]) for k in study.params if k in flat}, "seed": cfg.seed}
 
 
 def seeds_per_configuration(study: Study) -> int:

@@ -132,8 +132,7 @@ class StoreCallback(tune.Callback):
             copy = result.get(EXPLOIT_KEY)
             if copy is not None:  # a member's first epoch after it copied another: the lineage
                 live.store.add_copy(trial.trial_id, copy)
-                live.store.upsert_trial(trial.trial_id, config=stamped(copy["config"]),
-                                        **lineage_values(live.spec, TrialConfig.from_mapping(copy["config"])))
+                live.store.upsert_trial(trial.trial_id, config=stamped(copy["config"]))
             for rid, row in pairs:
                 live.store.add_epoch(rid, row)
                 live.store.upsert_trial(rid, peak_mem_gib=result.get("peak_mem_gib"), device=result.get("device"))
@@ -323,7 +322,7 @@ def _record_start(live: Live, trial: Any) -> None:
         values["config"] = stamped(seeded.resolved().to_dict())
         if live.store.trial_copies(rid) and existing is not None and existing.get("config"):
             # a member that copied another keeps its lineage: its config and values now
-            values.update(config=existing["config"], **lineage_values(live.spec, config_from_record(json.loads(existing["config"]))))
+            values["config"] = existing["config"]  # (its searched columns stay its grid point's)
         live.store.upsert_trial(rid, **values)
         row = live.store.trials[rid]
         if row["epochs_done"] is None:
@@ -398,8 +397,10 @@ def _trial_error(trial: Any) -> str | None:
 
 
 def lineage_values(spec: SpaceSpec, cfg: TrialConfig) -> dict[str, Any]:
-    """A population member's searched values at its last epoch, and its seed: what its row in
-    trials.parquet shows once it copied another (its config keeps the whole lineage)."""
+    """A population member's searched values at its last epoch, and its seed: what the live
+    leaderboard shows once it copied another. (Its trials.parquet row keeps the values it was
+    started with, which name its point of the population for a resume; its config keeps the
+    whole lineage.)"""
     from mtsearch.train.in_force import in_force
 
     flat = in_force(cfg, cfg.optim.epochs).to_flat()
@@ -418,7 +419,9 @@ def snapshot(live: Live) -> SearchProgress:
     for ray_id, group in live.store.by_ray_trial().items():
         scores = [_score(live.spec, live.store, row["trial_id"]) for row in group]
         row = {**group[0], "trial_id": ray_id, "score": _mean_or_none(scores)}
-        if live.population is not None:
+        if live.population is not None:  # shown: its values at its last epoch, and its copies
+            if row.get("config"):
+                row.update(lineage_values(live.spec, config_from_record(json.loads(row["config"]))))
             row["exploits"] = len(live.store.trial_copies(ray_id))
         rows.append(row)
     return SearchProgress(
